@@ -1,0 +1,233 @@
+//! Fixtures shared by Switchyard's tests: real HTTP servers on loopback port 0, scripted
+//! backends whose behaviour a test changes while they run, and polling helpers.
+//!
+//! Nothing here mocks HTTP: every fixture is a real axum server on a real socket. This crate does
+//! not depend on the core, so the core's own tests can use it without a dependency cycle.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A server running on a loopback port; it stops when dropped.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl TestServer {
+    /// `http://{addr}`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server now (it also stops when dropped).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Serves `router` on 127.0.0.1:0.
+pub async fn serve(router: Router) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    serve_on(listener, router)
+}
+
+/// Serves `router` on an already bound listener.
+pub fn serve_on(listener: TcpListener, router: Router) -> TestServer {
+    let addr = listener
+        .local_addr()
+        .expect("bound listener has an address");
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(s.cancelled_owned())
+            .await;
+    });
+    TestServer { addr, stop }
+}
+
+/// What a scripted backend does with the next request.
+#[derive(Debug, Clone)]
+pub enum Script {
+    /// Answer this status and JSON body after this delay.
+    Reply {
+        /// Delay before answering.
+        delay: Duration,
+        /// Status.
+        status: u16,
+        /// JSON body.
+        body: String,
+    },
+}
+
+/// A backend answering every path per a script a test can change, counting what it sees.
+#[derive(Debug, Clone, Default)]
+pub struct Scripted {
+    state: Arc<ScriptedState>,
+}
+
+#[derive(Debug, Default)]
+struct ScriptedState {
+    script: std::sync::Mutex<Option<Script>>,
+    /// Requests received.
+    received: AtomicUsize,
+    /// Requests whose handler was dropped before it answered (the caller went away).
+    abandoned: AtomicUsize,
+    /// Requests answered.
+    completed: AtomicUsize,
+    /// Requests by method: GET, POST.
+    gets: AtomicU64,
+    posts: AtomicU64,
+}
+
+impl Scripted {
+    /// A backend answering 200 `{"ok":true}` at once.
+    pub fn new() -> Self {
+        let s = Self::default();
+        s.set(Script::Reply {
+            delay: Duration::ZERO,
+            status: 200,
+            body: r#"{"ok":true}"#.into(),
+        });
+        s
+    }
+
+    /// Changes what the next requests get.
+    pub fn set(&self, script: Script) {
+        *self.state.script.lock().expect("script lock") = Some(script);
+    }
+
+    /// Answers `status` with `body` after `delay`.
+    pub fn reply(&self, delay: Duration, status: u16, body: &str) {
+        self.set(Script::Reply {
+            delay,
+            status,
+            body: body.into(),
+        });
+    }
+
+    /// Requests received so far.
+    pub fn received(&self) -> usize {
+        self.state.received.load(Ordering::SeqCst)
+    }
+
+    /// Requests abandoned by the caller before the answer.
+    pub fn abandoned(&self) -> usize {
+        self.state.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered.
+    pub fn completed(&self) -> usize {
+        self.state.completed.load(Ordering::SeqCst)
+    }
+
+    /// POST requests received.
+    pub fn posts(&self) -> u64 {
+        self.state.posts.load(Ordering::SeqCst)
+    }
+
+    /// GET requests received.
+    pub fn gets(&self) -> u64 {
+        self.state.gets.load(Ordering::SeqCst)
+    }
+
+    /// The router serving the script on every path.
+    pub fn router(&self) -> Router {
+        let state = self.state.clone();
+        Router::new().fallback(any(move |req: axum::extract::Request| {
+            let state = state.clone();
+            async move { handle(state, req).await }
+        }))
+    }
+
+    /// Serves it on a loopback port.
+    pub async fn serve(&self) -> TestServer {
+        serve(self.router()).await
+    }
+}
+
+struct AbandonGuard {
+    state: Arc<ScriptedState>,
+    done: bool,
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        let counter = if self.done {
+            &self.state.completed
+        } else {
+            &self.state.abandoned
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn handle(state: Arc<ScriptedState>, req: axum::extract::Request) -> Response {
+    state.received.fetch_add(1, Ordering::SeqCst);
+    match *req.method() {
+        axum::http::Method::GET => state.gets.fetch_add(1, Ordering::SeqCst),
+        axum::http::Method::POST => state.posts.fetch_add(1, Ordering::SeqCst),
+        _ => 0,
+    };
+    let script = state.script.lock().expect("script lock").clone();
+    let mut guard = AbandonGuard {
+        state: state.clone(),
+        done: false,
+    };
+    let Some(Script::Reply {
+        delay,
+        status,
+        body,
+    }) = script
+    else {
+        guard.done = true;
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    tokio::time::sleep(delay).await;
+    guard.done = true;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// Polls `check` every 10 ms until it is true or `timeout` passes; says whether it became true.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

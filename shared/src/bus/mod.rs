@@ -1,0 +1,97 @@
+//! The event bus: where events are published, numbered and kept.
+//!
+//! A bus assigns each event its offset when it is published, keeps a bounded history per topic,
+//! and lets a reader ask for the events after a position — learning explicitly, through
+//! [`Delivery::Gap`] or [`Read::Gap`], when history no longer covers that position. The in-memory
+//! bus is the embedded default; brokers (Redis Streams, NATS JetStream) implement the same trait so
+//! callers do not change.
+//!
+//! The bus has no per-subscriber queues: a subscription is a cursor over the topic's history, so
+//! a subscriber that does not read never blocks the publisher or anyone else; it only falls
+//! behind, and then gets a gap. Local fan-out with bounded queues is the hub's job.
+
+pub mod memory;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::event::{Event, Position, Topic};
+
+/// A bus failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    /// The broker cannot be reached or refused the operation.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The bus is shutting down.
+    #[error("bus closed")]
+    Closed,
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// With the next event published.
+    Live,
+    /// After this position: every retained event after it, then live ones.
+    After(Position),
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The next event.
+    Event(Event),
+    /// Events were lost between `after` and `resume`: history no longer covers them (they were
+    /// trimmed, or the epoch changed). Delivery continues after `resume`.
+    Gap {
+        /// The position the reader had.
+        after: Position,
+        /// The position delivery continues from.
+        resume: Position,
+    },
+}
+
+/// The answer to a history read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The events after the position, oldest first (possibly none), and the position after the
+    /// last of them (the position asked for when there are none).
+    Events {
+        /// The events.
+        events: Vec<Event>,
+        /// Where the next read should start.
+        next: Position,
+    },
+    /// History does not cover the position asked for; `resume` is the oldest position it can
+    /// continue from.
+    Gap {
+        /// The oldest position history can continue from.
+        resume: Position,
+    },
+}
+
+/// A live subscription: events and gaps, in offset order.
+pub type Subscription = BoxStream<'static, Delivery>;
+
+/// An event bus.
+#[async_trait::async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes `payload` on `topic`; the returned event carries its assigned offset.
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<Event, BusError>;
+
+    /// Reads up to `max` retained events after `after`.
+    async fn read(&self, topic: &Topic, after: Position, max: usize) -> Result<Read, BusError>;
+
+    /// The latest event on `topic`, if any is retained.
+    async fn latest(&self, topic: &Topic) -> Result<Option<Event>, BusError>;
+
+    /// The current head of `topic`: the position of its latest event (offset 0 if none yet).
+    async fn head(&self, topic: &Topic) -> Result<Position, BusError>;
+
+    /// Subscribes to `topic`. Once this returns, every event published afterwards is delivered.
+    async fn subscribe(&self, topic: &Topic, from: StartAt) -> Result<Subscription, BusError>;
+
+    /// Whether the bus is reachable (for /readyz).
+    async fn check(&self) -> Result<(), BusError>;
+}

@@ -1,0 +1,48 @@
+//! The command line every Switchyard binary shares: `--config FILE` and `--print-config`.
+//!
+//! A binary's `main` parses [`Args`], calls [`Args::load`] with its own config type and env prefix,
+//! and hands the result to its `run`. Nothing here starts servers.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::{self, ConfigError, Source};
+
+/// Arguments common to every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// TOML configuration file; without it the defaults are used. Environment variables
+    /// `PREFIX__SECTION__KEY` override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (file, environment and defaults merged) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// What a binary should do after loading its configuration.
+#[derive(Debug)]
+pub enum Loaded<T> {
+    /// Run with this configuration.
+    Run(T),
+    /// `--print-config` was given and the configuration has been printed: exit successfully.
+    Printed,
+}
+
+impl Args {
+    /// Loads the configuration from `--config` and the environment under `env_prefix`, and prints
+    /// it when `--print-config` was given.
+    pub fn load<T: DeserializeOwned + Serialize>(
+        &self,
+        env_prefix: &str,
+    ) -> Result<Loaded<T>, ConfigError> {
+        let config: T = Source::from_process(self.config.as_deref())?.load(env_prefix)?;
+        if self.print_config {
+            print!("{}", config::to_toml(&config));
+            return Ok(Loaded::Printed);
+        }
+        Ok(Loaded::Run(config))
+    }
+}

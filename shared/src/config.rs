@@ -1,0 +1,476 @@
+//! Configuration: one TOML file per deployment, environment-variable overrides on top, and the
+//! configuration sections every Switchyard binary shares.
+//!
+//! Loading goes through [`Source`], which tests replace with an in-memory file and environment.
+//! Unknown keys are errors that name the full path of the key (`backends.exchange.timeout`), so a
+//! typo never silently falls back to a default.
+//!
+//! Environment overrides use a per-binary prefix and `__` between path segments:
+//! `SWITCHYARD_WEB__SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`. Values are read as TOML
+//! scalars when they parse as one (`5`, `true`, `1.5`) and as strings otherwise.
+//!
+//! This module does not know any gateway's own sections; each binary composes these sections into
+//! its own config struct.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// An error loading configuration. The message always names the file, variable or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file at fault.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// An environment override cannot be applied (for example it descends into a scalar).
+    #[error("environment variable {var} cannot be applied: {message}")]
+    Env {
+        /// The variable at fault.
+        var: String,
+        /// Why.
+        message: String,
+    },
+    /// A key is unknown, missing or has the wrong type.
+    #[error("invalid config at `{key}`: {message}")]
+    Invalid {
+        /// The dotted path of the key at fault.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Where configuration comes from: an optional file and the process environment.
+///
+/// Tests build one with [`Source::new`] and their own file text and variables.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    file: Option<(PathBuf, String)>,
+    env: Vec<(String, String)>,
+}
+
+impl Source {
+    /// A source with the given file (path, contents) and environment variables.
+    pub fn new(file: Option<(PathBuf, String)>, env: Vec<(String, String)>) -> Self {
+        Self { file, env }
+    }
+
+    /// Reads `path` (if given) and takes the process environment.
+    pub fn from_process(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                Some((p.to_owned(), text))
+            }
+            None => None,
+        };
+        Ok(Self::new(file, std::env::vars().collect()))
+    }
+
+    /// Loads a `T` from this source: file first, then every variable that starts with
+    /// `{env_prefix}__`, then strict deserialisation.
+    pub fn load<T: DeserializeOwned>(&self, env_prefix: &str) -> Result<T, ConfigError> {
+        let mut root = match &self.file {
+            Some((path, text)) => text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Syntax {
+                    path: path.clone(),
+                    message: e.to_string().trim().to_owned(),
+                })?,
+            None => toml::Table::new(),
+        };
+        let prefix = format!("{env_prefix}__");
+        let mut vars: Vec<&(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .collect();
+        vars.sort();
+        for (var, value) in vars {
+            let path: Vec<String> = var[prefix.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            apply_override(&mut root, &path, value).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+        }
+        let de = toml::Value::Table(root);
+        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
+            key: e.path().to_string(),
+            message: e.inner().to_string(),
+        })
+    }
+}
+
+fn apply_override(root: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("the variable names no key".into());
+    };
+    if path.iter().any(String::is_empty) {
+        return Err("empty key segment".into());
+    }
+    let mut table = root;
+    for seg in parents {
+        let entry = table
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{seg}` is not a table"))?;
+    }
+    table.insert(last.clone(), parse_scalar(raw));
+    Ok(())
+}
+
+/// Reads an override value as a TOML value when it parses as one, else as a plain string.
+fn parse_scalar(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+/// Renders a config as TOML, for `--print-config`.
+pub fn to_toml<T: Serialize>(config: &T) -> String {
+    toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+}
+
+/// The HTTP listener and request limits of a server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Port 0 picks a free port (the bound address is logged).
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub body_limit_bytes: usize,
+    /// How long a graceful shutdown waits for in-flight requests before closing them.
+    pub drain_timeout_ms: u64,
+}
+
+impl ServerConfig {
+    /// A server config listening on `listen` with the default limits.
+    pub fn on(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            ..Self::default()
+        }
+    }
+
+    /// The drain timeout as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            body_limit_bytes: 64 * 1024,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` for terminals, `json` for log collectors (one object per line).
+    pub format: LogFormat,
+    /// A tracing-subscriber filter such as `info` or `info,switchyard_core=debug`.
+    /// `RUST_LOG`, when set, wins over this.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Coloured, multi-field lines for people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One backend service the core may call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Base URL, such as `http://127.0.0.1:9102`; request paths are appended to it.
+    pub base_url: String,
+    /// Longest time to establish a TCP connection.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest time for one attempt of one call, unless the caller's deadline is sooner.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Path probed by /readyz to decide whether this backend is reachable.
+    #[serde(default = "defaults::health_path")]
+    pub health_path: String,
+    /// Retries of idempotent calls (GET, HEAD, PUT, DELETE). POST is never retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// The circuit breaker in front of this backend.
+    #[serde(default)]
+    pub circuit: CircuitConfig,
+}
+
+impl BackendConfig {
+    /// A backend at `base_url` with default timeouts, retries and breaker.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            connect_timeout_ms: defaults::connect_timeout_ms(),
+            request_timeout_ms: defaults::request_timeout_ms(),
+            health_path: defaults::health_path(),
+            retry: RetryConfig::default(),
+            circuit: CircuitConfig::default(),
+        }
+    }
+}
+
+/// Retry policy for idempotent calls: exponential backoff with full jitter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; 1 turns retries off.
+    pub max_attempts: u32,
+    /// Upper bound of the first backoff; each later one doubles, up to `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    /// Largest backoff between two attempts.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff_ms: 25,
+            max_backoff_ms: 400,
+        }
+    }
+}
+
+/// Circuit breaker: opens after consecutive failures, fails fast while open, then lets one probe
+/// through (half-open) and closes again when it succeeds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitConfig {
+    /// Consecutive failed calls (connect errors, timeouts, 5xx) that open the circuit.
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before a probe is let through.
+    pub open_ms: u64,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_ms: 5_000,
+        }
+    }
+}
+
+/// The event bus a process uses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// `memory` (one process, the default). Redis and NATS follow in later releases.
+    pub kind: BusKind,
+    /// Events kept per stream topic for resume; older ones are dropped and a subscriber asking
+    /// for them gets a gap.
+    pub history_events: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            kind: BusKind::Memory,
+            history_events: 1_000,
+        }
+    }
+}
+
+/// Which bus implementation to run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In-process, no external service.
+    Memory,
+}
+
+/// The topic hub: per-subscriber queue bounds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Events queued for one local subscriber of a stream topic before it is cut off as lagging.
+    pub subscriber_queue_events: usize,
+    /// Topic classes by prefix: a topic takes the class of the longest matching prefix, and is a
+    /// stream topic when none matches.
+    pub topics: BTreeMap<String, crate::event::TopicClass>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        let mut topics = BTreeMap::new();
+        topics.insert("rates.".to_owned(), crate::event::TopicClass::State);
+        Self {
+            subscriber_queue_events: 256,
+            topics,
+        }
+    }
+}
+
+mod defaults {
+    pub(super) fn connect_timeout_ms() -> u64 {
+        500
+    }
+    pub(super) fn request_timeout_ms() -> u64 {
+        2_000
+    }
+    pub(super) fn health_path() -> String {
+        "/healthz".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Demo {
+        #[serde(default)]
+        server: ServerConfig,
+        #[serde(default)]
+        backends: BTreeMap<String, BackendConfig>,
+    }
+
+    fn source(text: &str, env: &[(&str, &str)]) -> Source {
+        Source::new(
+            Some(("demo.toml".into(), text.into())),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_key() {
+        let text = "[backends.exchange]\nbase_url = \"http://x\"\nrequest_timeout = 5\n";
+        let err = source(text, &[]).load::<Demo>("T").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("backends.exchange"), "{msg}");
+        assert!(msg.contains("request_timeout"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_top_level_section_is_an_error() {
+        let err = source("[servr]\nlisten = \"127.0.0.1:1\"\n", &[])
+            .load::<Demo>("T")
+            .unwrap_err();
+        assert!(err.to_string().contains("servr"), "{err}");
+    }
+
+    #[test]
+    fn environment_override_wins_over_the_file() {
+        let text = "[server]\nlisten = \"127.0.0.1:1000\"\nbody_limit_bytes = 10\n";
+        let cfg: Demo = source(
+            text,
+            &[
+                ("T__SERVER__LISTEN", "127.0.0.1:2000"),
+                ("T__SERVER__BODY_LIMIT_BYTES", "20"),
+                ("OTHER__SERVER__LISTEN", "127.0.0.1:3000"),
+            ],
+        )
+        .load("T")
+        .unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:2000".parse().unwrap());
+        assert_eq!(cfg.server.body_limit_bytes, 20);
+    }
+
+    #[test]
+    fn environment_can_add_a_nested_table() {
+        let cfg: Demo = source("", &[("T__BACKENDS__LIMITS__BASE_URL", "http://l:1")])
+            .load("T")
+            .unwrap();
+        assert_eq!(cfg.backends["limits"].base_url, "http://l:1");
+        assert_eq!(cfg.backends["limits"].retry, RetryConfig::default());
+    }
+
+    #[test]
+    fn unknown_environment_key_is_an_error_naming_it() {
+        let err = source("", &[("T__SERVER__LISTN", "x")])
+            .load::<Demo>("T")
+            .unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = source("[server]\nbody_limit_bytes = \"big\"\n", &[])
+            .load::<Demo>("T")
+            .unwrap_err();
+        assert!(err.to_string().contains("server.body_limit_bytes"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        let err = source("[server\n", &[]).load::<Demo>("T").unwrap_err();
+        assert!(err.to_string().contains("demo.toml"), "{err}");
+    }
+
+    #[test]
+    fn defaults_round_trip_through_print_config() {
+        let cfg = Demo {
+            server: ServerConfig::default(),
+            backends: BTreeMap::from([("x".to_owned(), BackendConfig::new("http://x"))]),
+        };
+        #[derive(Serialize)]
+        struct Ser<'a> {
+            server: &'a ServerConfig,
+            backends: &'a BTreeMap<String, BackendConfig>,
+        }
+        let text = to_toml(&Ser {
+            server: &cfg.server,
+            backends: &cfg.backends,
+        });
+        let back: Demo = source(&text, &[]).load("T").unwrap();
+        assert_eq!(back, cfg);
+    }
+}

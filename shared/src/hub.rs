@@ -1,0 +1,429 @@
+//! The topic hub: one per process, between the bus and the gateways' connections.
+//!
+//! Interest is reference-counted per topic: the first local subscriber of a topic makes the hub
+//! subscribe to its source once; later subscribers share that subscription; when the last one
+//! leaves, the source subscription is dropped. A pump task per topic fans each event out:
+//!
+//! - **stream** topics: into a bounded queue per subscriber with `try_send`; the pump never waits
+//!   for anyone. A subscriber whose queue is full is unhooked from the live fan-out; once it has
+//!   read what its queue holds, it catches up from the bus's history after the last position it
+//!   delivered and rejoins live delivery — or gets a gap when history no longer covers it. A slow
+//!   subscriber therefore costs its bounded queue and never loses an event silently. Cutting a
+//!   slow *client* off is the gateway's decision, at its own bounded send queue.
+//! - **state** topics: into one watch slot shared by all subscribers, so each sees the newest value
+//!   and never a backlog (conflation costs no per-subscriber memory).
+//!
+//! A subscriber may start after a position: it gets every retained event after it from the bus's
+//! history, then live ones, in order and without duplicates, or a gap when history no longer
+//! covers the position. The hub does not encode anything: gateways turn [`Item`]s into frames.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, BusError, Delivery, Read, StartAt, Subscription};
+use crate::config::HubConfig;
+use crate::event::{Event, Position, Topic, TopicClass};
+
+/// Events read from history per bus call while a subscriber catches up.
+const REPLAY_PAGE: usize = 256;
+
+/// What a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// The next event.
+    Event(Event),
+    /// Events between `after` and `resume` are lost (history no longer covers them); delivery
+    /// continues after `resume`. The client should refetch its state.
+    Gap {
+        /// The last position the subscriber had.
+        after: Position,
+        /// Where delivery continues.
+        resume: Position,
+    },
+}
+
+/// The per-process topic hub.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bus: Arc<dyn Bus>,
+    config: HubConfig,
+    topics: Mutex<HashMap<Topic, Entry>>,
+    next_id: AtomicU64,
+}
+
+struct Entry {
+    shared: Arc<Shared>,
+    refs: usize,
+    pump: CancellationToken,
+}
+
+struct Shared {
+    class: TopicClass,
+    stream: Mutex<HashMap<u64, Slot>>,
+    state: watch::Sender<Option<Event>>,
+}
+
+struct Slot {
+    tx: mpsc::Sender<Item>,
+    lagged: Arc<AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections here only insert, remove or try_send; none can leave torn state.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    /// A hub over `bus`.
+    pub fn new(bus: Arc<dyn Bus>, config: HubConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                bus,
+                config,
+                topics: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The bus this hub reads from (publish through it).
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.inner.bus
+    }
+
+    /// The class of `topic`: that of the longest configured prefix it starts with, else stream.
+    pub fn class_of(&self, topic: &Topic) -> TopicClass {
+        self.inner
+            .config
+            .topics
+            .iter()
+            .filter(|(prefix, _)| topic.as_str().starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map_or(TopicClass::Stream, |(_, class)| *class)
+    }
+
+    /// Local subscribers of `topic` right now.
+    pub fn subscriber_count(&self, topic: &Topic) -> usize {
+        lock(&self.inner.topics).get(topic).map_or(0, |e| e.refs)
+    }
+
+    /// Topics with at least one local subscriber (each has exactly one source subscription).
+    pub fn active_topics(&self) -> usize {
+        lock(&self.inner.topics).len()
+    }
+
+    /// Subscribes to `topic`, live or after a position.
+    ///
+    /// For state topics the subscriber first gets the latest value (if any), whatever `from` is.
+    pub async fn subscribe(&self, topic: &Topic, from: StartAt) -> Result<Subscriber, BusError> {
+        let class = self.class_of(topic);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let capacity = self.inner.config.subscriber_queue_events.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let slot = Slot {
+            tx,
+            lagged: lagged.clone(),
+        };
+        // Where a lagging subscriber that has delivered nothing yet catches up from: the head
+        // before it joined (events published while it joins may then come twice, never not).
+        let start = match (class, from) {
+            (TopicClass::Stream, StartAt::Live) => self.inner.bus.head(topic).await?,
+            (_, StartAt::After(p)) => p,
+            (TopicClass::State, StartAt::Live) => Position {
+                epoch: 0,
+                offset: 0,
+            },
+        };
+        let shared = self.join(topic, class, id, slot).await?;
+        let kind = match class {
+            TopicClass::State => {
+                let mut rx = shared.state.subscribe();
+                rx.mark_changed();
+                Kind::State(rx)
+            }
+            TopicClass::Stream => Kind::Stream {
+                rx,
+                lagged,
+                replay: match from {
+                    StartAt::Live => None,
+                    StartAt::After(p) => Some(Replay {
+                        cursor: p,
+                        buf: VecDeque::new(),
+                        done: false,
+                    }),
+                },
+                last: match from {
+                    StartAt::Live => None,
+                    StartAt::After(p) => Some(p),
+                },
+                start,
+            },
+        };
+        Ok(Subscriber {
+            hub: self.clone(),
+            topic: topic.clone(),
+            id,
+            kind,
+        })
+    }
+
+    /// Adds a subscriber slot to the topic's entry, creating the entry (and its one source
+    /// subscription) when this is the first subscriber.
+    async fn join(
+        &self,
+        topic: &Topic,
+        class: TopicClass,
+        id: u64,
+        slot: Slot,
+    ) -> Result<Arc<Shared>, BusError> {
+        let slot = match self.join_existing(topic, id, slot) {
+            Ok(shared) => return Ok(shared),
+            Err(slot) => slot,
+        };
+        // First subscriber: subscribe to the source without holding the lock.
+        let source = self.inner.bus.subscribe(topic, StartAt::Live).await?;
+        let latest = match class {
+            TopicClass::State => self.inner.bus.latest(topic).await?,
+            TopicClass::Stream => None,
+        };
+        let mut topics = lock(&self.inner.topics);
+        if let Some(entry) = topics.get_mut(topic) {
+            // Another subscriber created the entry meanwhile; ours is not needed.
+            entry.refs += 1;
+            lock(&entry.shared.stream).insert(id, slot);
+            return Ok(entry.shared.clone());
+        }
+        let shared = Arc::new(Shared {
+            class,
+            stream: Mutex::new(HashMap::from([(id, slot)])),
+            state: watch::channel(latest).0,
+        });
+        let pump = CancellationToken::new();
+        tokio::spawn(run_pump(shared.clone(), source, pump.clone()));
+        topics.insert(
+            topic.clone(),
+            Entry {
+                shared: shared.clone(),
+                refs: 1,
+                pump,
+            },
+        );
+        tracing::debug!(%topic, ?class, "source subscription opened");
+        Ok(shared)
+    }
+
+    /// Joins the topic's entry if it exists; gives the slot back if it does not.
+    fn join_existing(&self, topic: &Topic, id: u64, slot: Slot) -> Result<Arc<Shared>, Slot> {
+        let mut topics = lock(&self.inner.topics);
+        let Some(entry) = topics.get_mut(topic) else {
+            return Err(slot);
+        };
+        entry.refs += 1;
+        lock(&entry.shared.stream).insert(id, slot);
+        Ok(entry.shared.clone())
+    }
+
+    /// Hooks a subscriber that lagged back into the live fan-out with a fresh queue.
+    fn rejoin(
+        &self,
+        topic: &Topic,
+        id: u64,
+        lagged: &Arc<AtomicBool>,
+    ) -> Option<mpsc::Receiver<Item>> {
+        let topics = lock(&self.inner.topics);
+        let entry = topics.get(topic)?;
+        let (tx, rx) = mpsc::channel(self.inner.config.subscriber_queue_events.max(1));
+        lagged.store(false, Ordering::Release);
+        let lagged = lagged.clone();
+        lock(&entry.shared.stream).insert(id, Slot { tx, lagged });
+        Some(rx)
+    }
+
+    fn leave(&self, topic: &Topic, id: u64) {
+        let mut topics = lock(&self.inner.topics);
+        let Some(entry) = topics.get_mut(topic) else {
+            return;
+        };
+        lock(&entry.shared.stream).remove(&id);
+        entry.refs -= 1;
+        if entry.refs == 0 {
+            if let Some(entry) = topics.remove(topic) {
+                entry.pump.cancel();
+                tracing::debug!(%topic, "source subscription released");
+            }
+        }
+    }
+}
+
+async fn run_pump(shared: Arc<Shared>, mut source: Subscription, stop: CancellationToken) {
+    loop {
+        let delivery = tokio::select! {
+            () = stop.cancelled() => return,
+            d = source.next() => d,
+        };
+        let Some(delivery) = delivery else {
+            return;
+        };
+        match (shared.class, delivery) {
+            (TopicClass::State, Delivery::Event(e)) => {
+                shared.state.send_replace(Some(e));
+            }
+            // A state topic has no backlog to lose: the next value replaces the missed ones.
+            (TopicClass::State, Delivery::Gap { .. }) => {}
+            (TopicClass::Stream, Delivery::Event(e)) => shared.fan_out(Item::Event(e)),
+            (TopicClass::Stream, Delivery::Gap { after, resume }) => {
+                shared.fan_out(Item::Gap { after, resume });
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Offers `item` to every stream subscriber; cuts off those whose queue is full.
+    fn fan_out(&self, item: Item) {
+        lock(&self.stream).retain(|_, slot| match slot.tx.try_send(item.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                slot.lagged.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+}
+
+/// One local subscription. Dropping it leaves the topic.
+pub struct Subscriber {
+    hub: Hub,
+    topic: Topic,
+    id: u64,
+    kind: Kind,
+}
+
+enum Kind {
+    State(watch::Receiver<Option<Event>>),
+    Stream {
+        rx: mpsc::Receiver<Item>,
+        lagged: Arc<AtomicBool>,
+        replay: Option<Replay>,
+        /// The last position delivered (or asked to resume from), to drop live duplicates.
+        last: Option<Position>,
+        /// Where to catch up from after lagging when nothing has been delivered yet.
+        start: Position,
+    },
+}
+
+struct Replay {
+    cursor: Position,
+    buf: VecDeque<Event>,
+    done: bool,
+}
+
+impl Subscriber {
+    /// The subscribed topic.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// The next item; `None` when the hub has stopped this topic's source.
+    pub async fn next(&mut self) -> Option<Item> {
+        match &mut self.kind {
+            Kind::State(rx) => loop {
+                rx.changed().await.ok()?;
+                if let Some(e) = rx.borrow_and_update().clone() {
+                    return Some(Item::Event(e));
+                }
+            },
+            Kind::Stream {
+                rx,
+                lagged,
+                replay,
+                last,
+                start,
+            } => loop {
+                if let Some(r) = replay {
+                    match next_replayed(&self.hub, &self.topic, r).await {
+                        Some(item) => {
+                            *last = Some(match &item {
+                                Item::Event(e) => e.position(),
+                                Item::Gap { resume, .. } => *resume,
+                            });
+                            return Some(item);
+                        }
+                        None => *replay = None,
+                    }
+                }
+                let Some(item) = rx.recv().await else {
+                    if !lagged.load(Ordering::Acquire) {
+                        return None;
+                    }
+                    // Unhooked for lagging: catch up from history, then rejoin live delivery.
+                    *rx = self.hub.rejoin(&self.topic, self.id, lagged)?;
+                    *replay = Some(Replay {
+                        cursor: last.unwrap_or(*start),
+                        buf: VecDeque::new(),
+                        done: false,
+                    });
+                    tracing::debug!(topic = %self.topic, "subscriber lagged; catching up from history");
+                    continue;
+                };
+                if let (Item::Event(e), Some(l)) = (&item, *last) {
+                    if e.epoch == l.epoch && e.offset <= l.offset {
+                        continue; // Already delivered from history.
+                    }
+                }
+                if let Item::Event(e) = &item {
+                    *last = Some(e.position());
+                }
+                return Some(item);
+            },
+        }
+    }
+}
+
+/// The next item from history, or `None` once history has caught up with the head.
+async fn next_replayed(hub: &Hub, topic: &Topic, r: &mut Replay) -> Option<Item> {
+    if let Some(e) = r.buf.pop_front() {
+        return Some(Item::Event(e));
+    }
+    if r.done {
+        return None;
+    }
+    match hub.inner.bus.read(topic, r.cursor, REPLAY_PAGE).await {
+        Ok(Read::Events { events, next }) => {
+            r.cursor = next;
+            r.buf.extend(events);
+            r.buf.pop_front().map(Item::Event)
+        }
+        Ok(Read::Gap { resume }) => {
+            let after = r.cursor;
+            r.cursor = resume;
+            Some(Item::Gap { after, resume })
+        }
+        Err(e) => {
+            // History cannot be read: never skip silently; signal a gap, then go live.
+            tracing::warn!(%topic, error = %e, "history read failed during resume");
+            let after = r.cursor;
+            let resume = hub.inner.bus.head(topic).await.unwrap_or(after);
+            r.cursor = resume;
+            r.done = true;
+            Some(Item::Gap { after, resume })
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.hub.leave(&self.topic, self.id);
+    }
+}

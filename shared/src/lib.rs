@@ -1,0 +1,19 @@
+//! The Switchyard core: what every gateway shares and no gateway's wire format leaks into.
+//!
+//! - Requests flow down: [`upstream`] (backend registry, pooled HTTP with deadlines, retries and
+//!   circuit breaking) and [`compose`] (concurrent fan-out with partial results).
+//! - Events flow up: [`event`] (topics, offsets, epochs), [`bus`] (where events are published and
+//!   kept) and [`hub`] (local subscribers with bounded queues and shared source subscriptions).
+//! - Plumbing: [`config`], [`cli`], [`server`] and [`telemetry`].
+//!
+//! The core speaks typed Rust and opaque payload bytes; only gateways know their wire formats.
+
+pub mod bus;
+pub mod cli;
+pub mod compose;
+pub mod config;
+pub mod event;
+pub mod hub;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,232 @@
+//! Server plumbing shared by every gateway and demo service: serving with a bounded graceful
+//! drain, OS shutdown signals, `/healthz` and `/readyz`, request body limits, and the JSON error
+//! body `{"error": {"code", "message", ...}}`.
+//!
+//! Shutdown is a parameter: servers take a [`CancellationToken`] and stop accepting when it is
+//! cancelled, then give in-flight requests up to the drain timeout. Long-lived handlers (sockets,
+//! long polls) watch the same token to answer and close on their own before the drain ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+pub use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use crate::bus::Bus;
+use crate::config::ServerConfig;
+use crate::upstream::Upstreams;
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then drains for at most `drain`.
+///
+/// Returns once every connection has finished, or when the drain timeout passes (remaining
+/// connections are then closed as the server future is dropped).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    let server = axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        res = &mut server => return res,
+        () = shutdown.cancelled() => {}
+    }
+    tracing::info!(%addr, drain_ms = drain.as_millis() as u64, "draining");
+    match tokio::time::timeout(drain, server).await {
+        Ok(res) => res,
+        Err(_) => {
+            tracing::warn!(%addr, "drain timeout passed; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves when the process receives SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
+    {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
+            () = term => tracing::info!("SIGTERM received; shutting down"),
+        }
+    }
+}
+
+/// A token cancelled when the process is asked to stop.
+pub fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        t.cancel();
+    });
+    token
+}
+
+/// Adds the layers every server has: request tracing and the body limit.
+pub fn with_common_layers(app: Router, config: &ServerConfig) -> Router {
+    app.layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// What `/readyz` checks: the backends a gateway calls and its bus.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    upstreams: Option<Arc<Upstreams>>,
+    bus: Option<Arc<dyn Bus>>,
+}
+
+impl Readiness {
+    /// Checks these backends and this bus.
+    pub fn new(upstreams: Option<Arc<Upstreams>>, bus: Option<Arc<dyn Bus>>) -> Self {
+        Self { upstreams, bus }
+    }
+
+    /// Runs every check concurrently; returns each check's name and outcome.
+    pub async fn check(&self) -> Vec<(String, Result<(), String>)> {
+        let backends = async {
+            match &self.upstreams {
+                Some(u) => u
+                    .probe_all()
+                    .await
+                    .into_iter()
+                    .map(|(name, r)| (name, r.map_err(|e| e.to_string())))
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        let bus = async {
+            match &self.bus {
+                Some(b) => Some(("bus".to_owned(), b.check().await.map_err(|e| e.to_string()))),
+                None => None,
+            }
+        };
+        let (mut out, bus) = tokio::join!(backends, bus);
+        out.extend(bus);
+        out
+    }
+}
+
+/// `/healthz` (the process is up) and `/readyz` (its backends and bus answer).
+pub fn health_routes(readiness: Readiness) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    let checks = readiness.check().await;
+                    let ready = checks.iter().all(|(_, r)| r.is_ok());
+                    let detail: serde_json::Map<String, serde_json::Value> = checks
+                        .into_iter()
+                        .map(|(name, r)| {
+                            let v = match r {
+                                Ok(()) => json!("ok"),
+                                Err(e) => json!(e),
+                            };
+                            (name, v)
+                        })
+                        .collect();
+                    let status = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (
+                        status,
+                        axum::Json(json!({"ready": ready, "checks": detail})),
+                    )
+                }
+            }),
+        )
+}
+
+/// A JSON error answer: `{"error": {"code": ..., "message": ..., "backend": ...}}`.
+///
+/// `code` is stable and meant for programs; `message` is for people and may change.
+#[derive(Debug, Clone)]
+pub struct JsonError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code, such as `invalid_amount`.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The backend at fault, when the failure came from upstream.
+    pub backend: Option<String>,
+}
+
+impl JsonError {
+    /// An error without a backend.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            backend: None,
+        }
+    }
+
+    /// A 400 Bad Request.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// Names the backend the failure came from.
+    pub fn with_backend(mut self, backend: impl Into<String>) -> Self {
+        self.backend = Some(backend.into());
+        self
+    }
+}
+
+impl IntoResponse for JsonError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"code": self.code, "message": self.message});
+        if let Some(b) = self.backend {
+            body["backend"] = json!(b);
+        }
+        (self.status, axum::Json(json!({ "error": body }))).into_response()
+    }
+}
+
+/// Turns axum's extractor rejections (bad JSON, bad query string, body too large) into
+/// [`JsonError`]s, so clients always get the JSON error shape.
+pub fn rejection(rejection: impl IntoResponse + std::fmt::Display) -> JsonError {
+    let text = rejection.to_string();
+    let status = rejection.into_response().status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "invalid_request",
+    };
+    JsonError::new(status, code, text)
+}

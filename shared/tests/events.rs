@@ -1,0 +1,316 @@
+//! The in-memory bus and the topic hub: offsets, history, gaps, resume, conflation, shared
+//! source subscriptions, and slow subscribers that cannot block anyone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::bus::{Bus, Delivery, Read, StartAt};
+use switchyard_core::config::HubConfig;
+use switchyard_core::event::{Position, Topic};
+use switchyard_core::hub::{Hub, Item};
+use tokio::time::timeout;
+
+fn topic(name: &str) -> Topic {
+    Topic::new(name).expect("valid topic")
+}
+
+async fn publish_n(bus: &dyn Bus, t: &Topic, n: usize) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    for i in 0..n {
+        let e = bus
+            .publish(t, Bytes::from(format!("e{i}")))
+            .await
+            .expect("publish");
+        offsets.push(e.offset);
+    }
+    offsets
+}
+
+fn hub(bus: Arc<MemoryBus>, queue: usize) -> Hub {
+    Hub::new(
+        bus,
+        HubConfig {
+            subscriber_queue_events: queue,
+            ..HubConfig::default()
+        },
+    )
+}
+
+async fn next(sub: &mut switchyard_core::hub::Subscriber) -> Item {
+    timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("an item within 5 s")
+        .expect("subscription open")
+}
+
+async fn next_offset(sub: &mut switchyard_core::hub::Subscriber) -> u64 {
+    match next(sub).await {
+        Item::Event(e) => e.offset,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn offsets_increase_per_topic_from_one() {
+    let bus = MemoryBus::new(100);
+    let (a, b) = (topic("a"), topic("b"));
+    assert_eq!(publish_n(&bus, &a, 3).await, vec![1, 2, 3]);
+    assert_eq!(publish_n(&bus, &b, 2).await, vec![1, 2]);
+    assert_eq!(publish_n(&bus, &a, 1).await, vec![4]);
+    assert_eq!(bus.head(&a).await.expect("head").offset, 4);
+}
+
+#[tokio::test]
+async fn reading_from_an_old_offset_gets_the_events_after_it() {
+    let bus = MemoryBus::new(100);
+    let t = topic("t");
+    publish_n(&bus, &t, 10).await;
+    let after = Position {
+        epoch: bus.epoch(),
+        offset: 6,
+    };
+    match bus.read(&t, after, 100).await.expect("read") {
+        Read::Events { events, next } => {
+            let offsets: Vec<u64> = events.iter().map(|e| e.offset).collect();
+            assert_eq!(offsets, vec![7, 8, 9, 10]);
+            assert_eq!(events[0].payload, Bytes::from("e6"));
+            assert_eq!(next.offset, 10);
+        }
+        gap => panic!("expected events, got {gap:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reading_below_retained_history_reports_the_gap() {
+    let bus = MemoryBus::new(5);
+    let t = topic("t");
+    publish_n(&bus, &t, 12).await; // offsets 8..=12 retained
+    let epoch = bus.epoch();
+    let read = bus
+        .read(&t, Position { epoch, offset: 3 }, 100)
+        .await
+        .expect("read");
+    assert_eq!(
+        read,
+        Read::Gap {
+            resume: Position { epoch, offset: 7 }
+        }
+    );
+    // Exactly at the edge is still covered.
+    let read = bus
+        .read(&t, Position { epoch, offset: 7 }, 100)
+        .await
+        .expect("read");
+    assert!(matches!(read, Read::Events { ref events, .. } if events.len() == 5));
+    // A position from another epoch (a previous process) is lost history too.
+    let read = bus
+        .read(
+            &t,
+            Position {
+                epoch: epoch ^ 1,
+                offset: 11,
+            },
+            100,
+        )
+        .await
+        .expect("read");
+    assert!(matches!(read, Read::Gap { .. }));
+}
+
+#[tokio::test]
+async fn bus_subscription_resumes_and_reports_gaps_in_order() {
+    let bus = MemoryBus::new(3);
+    let t = topic("t");
+    publish_n(&bus, &t, 6).await; // 4, 5, 6 retained
+    let epoch = bus.epoch();
+    let mut sub = bus
+        .subscribe(&t, StartAt::After(Position { epoch, offset: 1 }))
+        .await
+        .expect("subscribe");
+    let first = sub.next().await.expect("gap");
+    assert_eq!(
+        first,
+        Delivery::Gap {
+            after: Position { epoch, offset: 1 },
+            resume: Position { epoch, offset: 3 }
+        }
+    );
+    for want in [4, 5, 6] {
+        match sub.next().await.expect("event") {
+            Delivery::Event(e) => assert_eq!(e.offset, want),
+            other => panic!("{other:?}"),
+        }
+    }
+    publish_n(&bus, &t, 1).await;
+    match timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("live")
+        .expect("event")
+    {
+        Delivery::Event(e) => assert_eq!(e.offset, 7),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hub_subscriber_resumes_from_history_then_live_without_duplicates() {
+    let bus = Arc::new(MemoryBus::new(100));
+    let hub = hub(bus.clone(), 64);
+    let t = topic("conversions.alice");
+    publish_n(&*bus, &t, 5).await;
+    let from = Position {
+        epoch: bus.epoch(),
+        offset: 2,
+    };
+    let mut sub = hub
+        .subscribe(&t, StartAt::After(from))
+        .await
+        .expect("subscribe");
+    // Published after the subscription exists but before history is read: must come once.
+    publish_n(&*bus, &t, 2).await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(next_offset(&mut sub).await);
+    }
+    assert_eq!(got, vec![3, 4, 5, 6, 7]);
+    publish_n(&*bus, &t, 1).await;
+    assert_eq!(next_offset(&mut sub).await, 8);
+}
+
+#[tokio::test]
+async fn hub_resume_below_history_gives_a_gap_then_the_rest() {
+    let bus = Arc::new(MemoryBus::new(4));
+    let hub = hub(bus.clone(), 64);
+    let t = topic("t");
+    publish_n(&*bus, &t, 10).await; // 7..=10 retained
+    let epoch = bus.epoch();
+    let mut sub = hub
+        .subscribe(&t, StartAt::After(Position { epoch, offset: 2 }))
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        next(&mut sub).await,
+        Item::Gap {
+            after: Position { epoch, offset: 2 },
+            resume: Position { epoch, offset: 6 }
+        }
+    );
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(next_offset(&mut sub).await);
+    }
+    assert_eq!(got, vec![7, 8, 9, 10]);
+}
+
+#[tokio::test]
+async fn one_source_subscription_per_topic_released_by_the_last_subscriber() {
+    let bus = Arc::new(MemoryBus::new(10));
+    let hub = hub(bus.clone(), 8);
+    let t = topic("t");
+    let mut subs = Vec::new();
+    for _ in 0..50 {
+        subs.push(hub.subscribe(&t, StartAt::Live).await.expect("subscribe"));
+    }
+    assert_eq!(hub.active_topics(), 1);
+    assert_eq!(hub.subscriber_count(&t), 50);
+    publish_n(&*bus, &t, 1).await;
+    for s in &mut subs {
+        assert_eq!(next_offset(s).await, 1);
+    }
+    subs.truncate(1);
+    assert_eq!(hub.subscriber_count(&t), 1);
+    assert_eq!(hub.active_topics(), 1);
+    subs.clear();
+    assert_eq!(hub.active_topics(), 0);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_does_not_read_blocks_neither_the_bus_nor_others() {
+    let bus = Arc::new(MemoryBus::new(10_000));
+    let hub = hub(bus.clone(), 16);
+    let t = topic("t");
+    let mut stalled = hub.subscribe(&t, StartAt::Live).await.expect("stalled");
+    let mut reader = hub.subscribe(&t, StartAt::Live).await.expect("reader");
+
+    let n = 2_000u64;
+    let publisher = {
+        let bus = bus.clone();
+        let t = t.clone();
+        tokio::spawn(async move { publish_n(&*bus, &t, n as usize).await })
+    };
+    // The reader gets every event, in order, although the other never reads and although
+    // bursts overflow its own small queue (it catches up from history).
+    for want in 1..=n {
+        assert_eq!(next_offset(&mut reader).await, want);
+    }
+    timeout(Duration::from_secs(5), publisher)
+        .await
+        .expect("the publisher was never blocked")
+        .expect("publisher task");
+    // The stalled subscriber held only its bounded queue; when it reads at last it still gets
+    // every event, in order, from history.
+    for want in 1..=n {
+        assert_eq!(next_offset(&mut stalled).await, want);
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_lagging_beyond_history_gets_a_gap_never_a_silent_hole() {
+    let bus = Arc::new(MemoryBus::new(50));
+    let hub = hub(bus.clone(), 4);
+    let t = topic("t");
+    let mut slow = hub.subscribe(&t, StartAt::Live).await.expect("subscribe");
+    publish_n(&*bus, &t, 200).await;
+    let mut seen = Vec::new();
+    let mut gap = None;
+    while seen.last() != Some(&200) {
+        match next(&mut slow).await {
+            Item::Event(e) => seen.push(e.offset),
+            Item::Gap { after, resume } => {
+                assert!(gap.is_none(), "one gap");
+                assert_eq!(after.offset, *seen.last().unwrap_or(&0));
+                gap = Some(resume.offset);
+            }
+        }
+    }
+    let resume = gap.expect("a gap was signalled");
+    // Everything delivered is in order, and the only hole is the one the gap announced.
+    let (before, after): (Vec<u64>, Vec<u64>) = seen.iter().partition(|o| **o <= resume);
+    assert_eq!(before, (1..=before.len() as u64).collect::<Vec<_>>());
+    assert_eq!(after, ((resume + 1)..=200).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn state_topics_are_conflated_to_the_latest_value() {
+    let bus = Arc::new(MemoryBus::new(100));
+    let hub = hub(bus.clone(), 4);
+    let t = topic("rates.EUR/USD");
+    publish_n(&*bus, &t, 3).await;
+    let mut sub = hub.subscribe(&t, StartAt::Live).await.expect("subscribe");
+    // A new subscriber starts with the latest value only.
+    assert_eq!(next_offset(&mut sub).await, 3);
+    // A slow one is never cut off and never sees a backlog: only the newest value.
+    publish_n(&*bus, &t, 100).await;
+    assert!(
+        test_support::eventually(Duration::from_secs(5), || async {
+            bus.head(&t).await.expect("head").offset == 103
+        })
+        .await
+    );
+    let mut last = 0;
+    while let Ok(Some(Item::Event(e))) = timeout(Duration::from_millis(200), sub.next()).await {
+        last = e.offset;
+    }
+    assert_eq!(last, 103);
+}
+
+#[tokio::test]
+async fn topic_classes_come_from_prefix_rules() {
+    let hub = hub(Arc::new(MemoryBus::new(1)), 1);
+    use switchyard_core::event::TopicClass;
+    assert_eq!(hub.class_of(&topic("rates.EUR/USD")), TopicClass::State);
+    assert_eq!(hub.class_of(&topic("conversions.bob")), TopicClass::Stream);
+}
