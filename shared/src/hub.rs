@@ -256,11 +256,11 @@ impl Hub {
         };
         lock(&entry.shared.stream).remove(&id);
         entry.refs -= 1;
-        if entry.refs == 0 {
-            if let Some(entry) = topics.remove(topic) {
-                entry.pump.cancel();
-                tracing::debug!(%topic, "source subscription released");
-            }
+        if entry.refs == 0
+            && let Some(entry) = topics.remove(topic)
+        {
+            entry.pump.cancel();
+            tracing::debug!(%topic, "source subscription released");
         }
     }
 }
@@ -377,10 +377,11 @@ impl Subscriber {
                     tracing::debug!(topic = %self.topic, "subscriber lagged; catching up from history");
                     continue;
                 };
-                if let (Item::Event(e), Some(l)) = (&item, *last) {
-                    if e.epoch == l.epoch && e.offset <= l.offset {
-                        continue; // Already delivered from history.
-                    }
+                if let (Item::Event(e), Some(l)) = (&item, *last)
+                    && e.epoch == l.epoch
+                    && e.offset <= l.offset
+                {
+                    continue; // Already delivered from history.
                 }
                 if let Item::Event(e) = &item {
                     *last = Some(e.position());

@@ -95,3 +95,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Whether the bus is reachable (for /readyz).
     async fn check(&self) -> Result<(), BusError>;
 }
+
+/// Builds the bus a configuration asks for.
+pub fn from_config(config: &crate::config::BusConfig) -> std::sync::Arc<dyn Bus> {
+    match config.kind {
+        crate::config::BusKind::Memory => {
+            std::sync::Arc::new(memory::MemoryBus::new(config.history_events))
+        }
+    }
+}

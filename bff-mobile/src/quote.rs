@@ -1,0 +1,94 @@
+//! `GET /v1/quote?user=&from=&to=&amount=`: the composed quote as JSON, and the one place where
+//! operation errors become this gateway's JSON errors.
+//!
+//! A failed optional part is data: `remaining_limit` is null and `errors` lists the part's
+//! backend and code. A failed required part is a 502 (504 on timeout) naming the backend; bad
+//! input is a 400 with a stable code.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use operations::{OpError, Operations, QuoteRequest};
+use serde::{Deserialize, Serialize};
+use switchyard_core::server::{JsonError, rejection};
+use switchyard_core::upstream::{UpstreamError, UpstreamErrorKind};
+
+pub(crate) fn routes(ops: Operations) -> Router {
+    Router::new().route("/quote", get(quote)).with_state(ops)
+}
+
+#[derive(Deserialize)]
+struct Params {
+    user: String,
+    from: String,
+    to: String,
+    amount: String,
+}
+
+#[derive(Serialize)]
+struct QuoteBody {
+    pair: String,
+    amount: String,
+    rate: String,
+    converted: String,
+    remaining_limit: Option<String>,
+    within_limit: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<PartError>,
+}
+
+#[derive(Serialize)]
+struct PartError {
+    backend: String,
+    code: String,
+    message: String,
+}
+
+async fn quote(
+    State(ops): State<Operations>,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<QuoteBody>, JsonError> {
+    let Query(p) = params.map_err(rejection)?;
+    let req = QuoteRequest::parse(&p.user, &p.from, &p.to, &p.amount)
+        .map_err(|e| to_json_error(e.into()))?;
+    let q = ops.quote(&req).await.map_err(to_json_error)?;
+    let errors = q
+        .remaining_limit
+        .as_ref()
+        .err()
+        .map(|e| PartError {
+            backend: e.backend.to_string(),
+            code: e.kind.code().to_owned(),
+            message: e.to_string(),
+        })
+        .into_iter()
+        .collect();
+    Ok(Json(QuoteBody {
+        pair: q.pair.to_string(),
+        amount: q.amount.to_string(),
+        rate: q.rate.to_string(),
+        converted: q.converted.to_string(),
+        remaining_limit: q.remaining_limit.as_ref().ok().map(ToString::to_string),
+        within_limit: q.within_limit(),
+        errors,
+    }))
+}
+
+fn to_json_error(e: OpError) -> JsonError {
+    match e {
+        OpError::Invalid(i) => JsonError::bad_request(i.code, i.message),
+        OpError::Upstream(u) => upstream(&u),
+    }
+}
+
+fn upstream(e: &UpstreamError) -> JsonError {
+    tracing::warn!(backend = %e.backend, error = %e, "backend call failed");
+    let (status, code) = match e.kind {
+        UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
+    };
+    JsonError::new(status, code, e.to_string()).with_backend(e.backend.to_string())
+}

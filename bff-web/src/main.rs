@@ -1,0 +1,29 @@
+//! The bff-web binary: reads its configuration, installs signal handling, runs the gateway.
+
+use clap::Parser;
+use switchyard_core::cli::{Args, Loaded};
+
+#[derive(Parser)]
+#[command(
+    name = "bff-web",
+    version,
+    about = "Switchyard gateway for browsers (GraphQL)"
+)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Loaded::Run(config) = cli.args.load::<bff_web::Config>(bff_web::ENV_PREFIX)? else {
+        return Ok(());
+    };
+    switchyard_core::telemetry::init(&config.log);
+    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "bff-web listening");
+    let bus = switchyard_core::bus::from_config(&config.bus);
+    let shutdown = switchyard_core::server::shutdown_token();
+    bff_web::run(config, bus, listener, shutdown).await
+}

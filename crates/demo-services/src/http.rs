@@ -1,0 +1,50 @@
+//! HTTP plumbing the three services share: turning validation failures and axum's extractor
+//! rejections into the JSON error body, JSON answers for unknown routes and methods, and the
+//! finishing touches every router gets (health routes, common layers).
+//!
+//! It knows no service's routes or state; each service module owns those.
+
+use std::fmt::Display;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use switchyard_core::config::ServerConfig;
+use switchyard_core::server::{self, JsonError, Readiness};
+
+/// A validation failure from [`demo_api`] as a 400 with its stable code.
+pub(crate) fn invalid(e: demo_api::Invalid) -> JsonError {
+    JsonError::bad_request(e.code, e.message)
+}
+
+/// An extractor rejection (bad JSON, unknown field, bad query string, oversized body) as a JSON
+/// error.
+///
+/// axum answers 422 for JSON that parses but does not fit the type (an unknown or missing
+/// field); the demo API calls every malformed request a 400 `invalid_request` and keeps 422 for
+/// business refusals such as `limit_exceeded`, so that status is turned into 400 here.
+pub(crate) fn bad_input(rejection: impl IntoResponse + Display) -> JsonError {
+    let mut e = server::rejection(rejection);
+    if e.status == StatusCode::UNPROCESSABLE_ENTITY {
+        e.status = StatusCode::BAD_REQUEST;
+    }
+    e
+}
+
+/// Adds `/healthz` and `/readyz`, JSON 404 and 405 answers, and the common layers to a service's
+/// API routes.
+pub(crate) fn finish(api: Router, readiness: Readiness, config: &ServerConfig) -> Router {
+    let app = api
+        .merge(server::health_routes(readiness))
+        .fallback(|| async {
+            JsonError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            JsonError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not accept that method",
+            )
+        });
+    server::with_common_layers(app, config)
+}

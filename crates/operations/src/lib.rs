@@ -1,0 +1,170 @@
+//! The demo domain's composed operations, shared by every gateway.
+//!
+//! An operation turns a validated client request into a composition plan over the backends
+//! (`exchange`, `limits`, `conversions`), runs it, and returns typed Rust results — including, for
+//! optional parts, the error that took a value's place. Gateways map these results and
+//! [`OpError`]s to their own wire formats; nothing here knows GraphQL, frames or HTTP status
+//! codes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use demo_api::{Decimal, Invalid, Limit, Pair, Rate, UserId};
+use serde::{Deserialize, Serialize};
+use switchyard_core::compose::{Need, Plan};
+use switchyard_core::config::BackendConfig;
+use switchyard_core::upstream::{UpstreamError, Upstreams};
+use tokio::time::Instant;
+
+/// Backend names the operations call; a gateway's registry must configure them.
+pub mod backend {
+    /// Rates (REST) and ticks (WebSocket).
+    pub const EXCHANGE: &str = "exchange";
+    /// Per-user daily limits.
+    pub const LIMITS: &str = "limits";
+    /// Conversions (and their events).
+    pub const CONVERSIONS: &str = "conversions";
+}
+
+/// The default backend registry: the demo services on their default ports.
+pub fn default_backends() -> BTreeMap<String, BackendConfig> {
+    [
+        (backend::LIMITS, 9101),
+        (backend::EXCHANGE, 9102),
+        (backend::CONVERSIONS, 9103),
+    ]
+    .into_iter()
+    .map(|(name, port)| {
+        (
+            name.to_owned(),
+            BackendConfig::new(format!("http://127.0.0.1:{port}")),
+        )
+    })
+    .collect()
+}
+
+/// Operation settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Deadline for one whole operation, all its backend calls included.
+    pub deadline_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { deadline_ms: 1_500 }
+    }
+}
+
+/// Why an operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpError {
+    /// The client's input is invalid (downstream's fault).
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// A required backend call failed (upstream's fault); the error names the backend.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// A quote request, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuoteRequest {
+    /// Who asks.
+    pub user: UserId,
+    /// What to convert into what.
+    pub pair: Pair,
+    /// How much of the pair's base currency.
+    pub amount: Decimal,
+}
+
+impl QuoteRequest {
+    /// Validates raw client input.
+    pub fn parse(user: &str, from: &str, to: &str, amount: &str) -> Result<Self, Invalid> {
+        Ok(Self {
+            user: UserId::parse(user)?,
+            pair: Pair::new(
+                demo_api::Currency::parse(from)?,
+                demo_api::Currency::parse(to)?,
+            )?,
+            amount: demo_api::parse_amount(amount)?,
+        })
+    }
+}
+
+/// A quote: what converting `amount` would give now, and how much of the user's limit is left.
+#[derive(Debug, Clone)]
+pub struct Quote {
+    /// The pair.
+    pub pair: Pair,
+    /// The amount of the base currency.
+    pub amount: Decimal,
+    /// The current rate.
+    pub rate: Decimal,
+    /// The exchange tick the rate comes from.
+    pub rate_seq: u64,
+    /// `amount × rate`, rounded as the conversions service rounds.
+    pub converted: Decimal,
+    /// What is left of the user's daily limit — or why it is unknown (limits is optional).
+    pub remaining_limit: Result<Decimal, UpstreamError>,
+}
+
+impl Quote {
+    /// Whether converting the amount now would stay within the limit (unknown if limits failed).
+    pub fn within_limit(&self) -> Option<bool> {
+        self.remaining_limit
+            .as_ref()
+            .ok()
+            .map(|r| self.amount <= *r)
+    }
+}
+
+/// The operations, over one backend registry.
+#[derive(Debug, Clone)]
+pub struct Operations {
+    upstreams: Arc<Upstreams>,
+    deadline: Duration,
+}
+
+impl Operations {
+    /// Operations over `upstreams`.
+    pub fn new(upstreams: Arc<Upstreams>, config: &Config) -> Self {
+        Self {
+            upstreams,
+            deadline: Duration::from_millis(config.deadline_ms),
+        }
+    }
+
+    /// The registry the operations call.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
+    }
+
+    /// A quote: the rate from exchange (required) and the remaining limit from limits
+    /// (optional), fetched concurrently under the operation's deadline.
+    pub async fn quote(&self, req: &QuoteRequest) -> Result<Quote, OpError> {
+        let mut plan = Plan::new(&self.upstreams);
+        let rate = plan.get::<Rate>(
+            backend::EXCHANGE,
+            format!("/v1/rates/{}/{}", req.pair.base, req.pair.quote),
+            Need::Required,
+        );
+        let limit = plan.get::<Limit>(
+            backend::LIMITS,
+            format!("/v1/limits/{}", req.user),
+            Need::Optional,
+        );
+        let out = plan.run(Instant::now() + self.deadline).await?;
+        let rate = out.get(rate).map_err(Clone::clone)?;
+        Ok(Quote {
+            pair: req.pair,
+            amount: req.amount,
+            rate: rate.rate,
+            rate_seq: rate.seq,
+            converted: demo_api::round_money(req.amount * rate.rate),
+            remaining_limit: out.get(limit).map(|l| l.remaining).map_err(Clone::clone),
+        })
+    }
+}

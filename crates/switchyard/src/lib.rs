@@ -1,0 +1,241 @@
+//! The launcher's library: start the whole demo stack — the three demo services and the three
+//! gateways — in one process on one in-memory bus, and stop it.
+//!
+//! The stack's configuration holds each component's own configuration. The launcher wires them:
+//! every gateway's (and conversions') `limits`, `exchange` and `conversions` backends are pointed
+//! at the services it started (so port 0 works everywhere), and all components share one bus.
+//! Each component's own `bus` and `log` sections are not used here; the stack's are.
+//! Tests use [`Stack`] directly; the `switchyard` binary wraps it with signals and printing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use switchyard_core::bus::{self, Bus};
+use switchyard_core::config::{BackendConfig, BusConfig, LogConfig};
+use switchyard_core::server::CancellationToken;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// Prefix of the environment variables that override the launcher's configuration.
+pub const ENV_PREFIX: &str = "SWITCHYARD";
+
+/// The whole stack's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Log output for the whole process.
+    pub log: LogConfig,
+    /// The one bus every component shares (in-memory for the one-process stack).
+    pub bus: BusConfig,
+    /// The limits service.
+    pub limits: demo_services::limits::Config,
+    /// The exchange service.
+    pub exchange: demo_services::exchange::Config,
+    /// The conversions service.
+    pub conversions: demo_services::conversions::Config,
+    /// The browser gateway.
+    pub web: bff_web::Config,
+    /// The mobile gateway.
+    pub mobile: bff_mobile::Config,
+    /// The device gateway.
+    pub device: bff_device::Config,
+}
+
+impl Config {
+    /// Every listener on 127.0.0.1 port 0 — for tests and benchmarks.
+    pub fn ephemeral() -> Self {
+        let mut c = Self::default();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.limits.server.listen = any;
+        c.exchange.server.listen = any;
+        c.conversions.server.listen = any;
+        c.web.server.listen = any;
+        c.mobile.server.listen = any;
+        c.device.server.listen = any;
+        c
+    }
+}
+
+/// The components of the stack, in start order.
+pub const COMPONENTS: [&str; 6] = [
+    "limits",
+    "exchange",
+    "conversions",
+    "bff-web",
+    "bff-mobile",
+    "bff-device",
+];
+
+/// A running stack.
+pub struct Stack {
+    addrs: HashMap<&'static str, SocketAddr>,
+    bus: Arc<dyn Bus>,
+    root: CancellationToken,
+    tokens: HashMap<&'static str, CancellationToken>,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+impl Stack {
+    /// Binds every listener, then starts every component.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let Config {
+            log: _,
+            bus: bus_config,
+            limits,
+            exchange,
+            conversions,
+            mut web,
+            mut mobile,
+            mut device,
+        } = config;
+        let bus = bus::from_config(&bus_config);
+
+        let mut listeners = HashMap::new();
+        let mut addrs = HashMap::new();
+        for (name, addr) in [
+            ("limits", limits.server.listen),
+            ("exchange", exchange.server.listen),
+            ("conversions", conversions.server.listen),
+            ("bff-web", web.server.listen),
+            ("bff-mobile", mobile.server.listen),
+            ("bff-device", device.server.listen),
+        ] {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: cannot listen on {addr}: {e}"))?;
+            addrs.insert(name, listener.local_addr()?);
+            listeners.insert(name, listener);
+        }
+
+        let service_url = |name: &str| format!("http://{}", addrs[name]);
+        let wire = |backends: &mut std::collections::BTreeMap<String, BackendConfig>| {
+            for name in [
+                operations::backend::LIMITS,
+                operations::backend::EXCHANGE,
+                operations::backend::CONVERSIONS,
+            ] {
+                backends
+                    .entry(name.to_owned())
+                    .or_insert_with(|| BackendConfig::new(""))
+                    .base_url = service_url(name);
+            }
+        };
+        let mut conversions = conversions;
+        wire(&mut conversions.backends);
+        wire(&mut web.backends);
+        wire(&mut mobile.backends);
+        wire(&mut device.backends);
+
+        let root = CancellationToken::new();
+        let mut tokens = HashMap::new();
+        let mut tasks = JoinSet::new();
+        let mut take = |name: &'static str| {
+            let token = root.child_token();
+            tokens.insert(name, token.clone());
+            let listener = listeners
+                .remove(name)
+                .unwrap_or_else(|| unreachable!("every component's listener is bound above"));
+            (listener, token)
+        };
+        let (l, t) = take("limits");
+        tasks.spawn(async move { ("limits", demo_services::limits::run(limits, l, t).await) });
+        let (l, t) = take("exchange");
+        tasks.spawn(async move {
+            (
+                "exchange",
+                demo_services::exchange::run(exchange, l, t).await,
+            )
+        });
+        let (l, t) = take("conversions");
+        let b = bus.clone();
+        tasks.spawn(async move {
+            (
+                "conversions",
+                demo_services::conversions::run(conversions, b, l, t).await,
+            )
+        });
+        let (l, t) = take("bff-web");
+        let b = bus.clone();
+        tasks.spawn(async move { ("bff-web", bff_web::run(web, b, l, t).await) });
+        let (l, t) = take("bff-mobile");
+        let b = bus.clone();
+        tasks.spawn(async move { ("bff-mobile", bff_mobile::run(mobile, b, l, t).await) });
+        let (l, t) = take("bff-device");
+        let b = bus.clone();
+        tasks.spawn(async move { ("bff-device", bff_device::run(device, b, l, t).await) });
+
+        Ok(Self {
+            addrs,
+            bus,
+            root,
+            tokens,
+            tasks,
+        })
+    }
+
+    /// The address a component listens on (`limits`, `exchange`, `conversions`, `bff-web`,
+    /// `bff-mobile`, `bff-device`).
+    pub fn addr(&self, component: &str) -> SocketAddr {
+        self.addrs
+            .get(component)
+            .copied()
+            .unwrap_or_else(|| panic!("no component named {component}; see COMPONENTS"))
+    }
+
+    /// `http://{addr}` of a component.
+    pub fn url(&self, component: &str) -> String {
+        format!("http://{}", self.addr(component))
+    }
+
+    /// The shared bus.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
+    /// Stops one component (its listener closes; the rest keep running).
+    pub fn stop_component(&self, component: &str) {
+        if let Some(t) = self.tokens.get(component) {
+            t.cancel();
+        }
+    }
+
+    /// Waits until `signal` resolves or a component fails, then stops everything and waits for
+    /// every component's drain. Returns the first component error, if any.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let failed = tokio::select! {
+            () = signal => None,
+            done = self.tasks.join_next() => match done {
+                Some(Ok((name, Err(e)))) => Some(anyhow::anyhow!("{name} failed: {e:#}")),
+                Some(Ok((name, Ok(())))) => Some(anyhow::anyhow!("{name} stopped unexpectedly")),
+                Some(Err(e)) => Some(anyhow::anyhow!("a component panicked: {e}")),
+                None => None,
+            },
+        };
+        let stopped = self.stop().await;
+        match failed {
+            Some(e) => Err(e),
+            None => stopped,
+        }
+    }
+
+    /// Stops every component and waits for their drains.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.root.cancel();
+        let mut first = None;
+        while let Some(done) = self.tasks.join_next().await {
+            let err = match done {
+                Ok((_, Ok(()))) => continue,
+                Ok((name, Err(e))) => anyhow::anyhow!("{name} failed: {e:#}"),
+                Err(e) => anyhow::anyhow!("a component panicked: {e}"),
+            };
+            tracing::error!("{err:#}");
+            first.get_or_insert(err);
+        }
+        first.map_or(Ok(()), Err)
+    }
+}

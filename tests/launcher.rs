@@ -1,0 +1,228 @@
+//! The whole stack through the launcher: health of every component, the quote through each
+//! gateway against the services' own answers, and a backend going down mid-flight.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard::{COMPONENTS, Config, Stack};
+
+/// A stack whose exchange rate does not move during a test (one tick an hour).
+async fn stack() -> Stack {
+    let mut config = Config::ephemeral();
+    config.exchange.tick_interval_ms = 3_600_000;
+    Stack::start(config).await.expect("stack starts")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+async fn get_json(url: &str) -> (u16, Value) {
+    let r = client().get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("JSON body"))
+}
+
+async fn graphql(stack: &Stack, query: &str) -> (u16, Value) {
+    let r = client()
+        .post(format!("{}/v1/graphql", stack.url("bff-web")))
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("JSON body"))
+}
+
+const QUOTE: &str = r#"{ quote(user: "alice", from: "EUR", to: "USD", amount: "250.50") { pair rate converted remainingLimit withinLimit } }"#;
+
+#[tokio::test]
+async fn every_component_answers_healthz_and_gateways_are_ready() {
+    let stack = stack().await;
+    for c in COMPONENTS {
+        let (status, body) = get_json(&format!("{}/healthz", stack.url(c))).await;
+        assert_eq!(status, 200, "{c}");
+        assert_eq!(body["status"], "ok", "{c}");
+    }
+    for g in ["bff-web", "bff-mobile", "bff-device"] {
+        let (status, body) = get_json(&format!("{}/readyz", stack.url(g))).await;
+        assert_eq!(status, 200, "{g}: {body}");
+        assert_eq!(body["checks"]["exchange"], "ok");
+        assert_eq!(body["checks"]["bus"], "ok");
+    }
+    stack.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn quote_through_each_gateway_equals_the_services_direct_answers() {
+    let stack = stack().await;
+    let (_, rate) = get_json(&format!("{}/v1/rates/EUR/USD", stack.url("exchange"))).await;
+    let (_, limit) = get_json(&format!("{}/v1/limits/alice", stack.url("limits"))).await;
+    let rate_d: demo_api::Decimal = rate["rate"]
+        .as_str()
+        .expect("rate")
+        .parse()
+        .expect("decimal");
+    let amount: demo_api::Decimal = "250.50".parse().expect("decimal");
+    let converted = demo_api::round_money(amount * rate_d).to_string();
+    let remaining = limit["remaining"].as_str().expect("remaining").to_owned();
+
+    let (status, body) = graphql(&stack, QUOTE).await;
+    assert_eq!(status, 200);
+    assert!(body.get("errors").is_none(), "{body}");
+    let q = &body["data"]["quote"];
+    assert_eq!(q["pair"], "EUR/USD");
+    assert_eq!(q["rate"], rate["rate"]);
+    assert_eq!(q["converted"], converted.as_str());
+    assert_eq!(q["remainingLimit"], remaining.as_str());
+    assert_eq!(q["withinLimit"], true);
+
+    for g in ["bff-mobile", "bff-device"] {
+        let (status, q) = get_json(&format!(
+            "{}/v1/quote?user=alice&from=EUR&to=USD&amount=250.50",
+            stack.url(g)
+        ))
+        .await;
+        assert_eq!(status, 200, "{g}: {q}");
+        let text = q.to_string();
+        assert!(
+            text.contains(rate["rate"].as_str().expect("rate")),
+            "{g}: {q}"
+        );
+        assert!(text.contains(&format!("\"{converted}\"")), "{g}: {q}");
+        assert!(text.contains(&format!("\"{remaining}\"")), "{g}: {q}");
+    }
+    stack.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn invalid_input_is_a_clear_error_through_every_gateway() {
+    let stack = stack().await;
+    let (status, body) = graphql(
+        &stack,
+        r#"{ quote(user: "alice", from: "EUR", to: "USD", amount: "-3") { rate } }"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["reason"], "invalid_amount",
+        "{body}"
+    );
+    for g in ["bff-mobile", "bff-device"] {
+        let (status, body) = get_json(&format!(
+            "{}/v1/quote?user=alice&from=EUR&to=XXX&amount=1",
+            stack.url(g)
+        ))
+        .await;
+        assert_eq!(status, 400, "{g}");
+        assert_eq!(body["error"]["code"], "invalid_currency", "{g}: {body}");
+        let (status, body) = get_json(&format!("{}/v1/quote?user=alice", stack.url(g))).await;
+        assert_eq!(status, 400, "{g}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{g}: {body}");
+    }
+    stack.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn with_exchange_stopped_the_quote_names_exchange_within_its_deadline() {
+    let stack = stack().await;
+    stack.stop_component("exchange");
+    // Wait until the exchange listener is really closed.
+    let exchange = stack.url("exchange");
+    assert!(
+        test_support::eventually(Duration::from_secs(5), || {
+            let url = format!("{exchange}/healthz");
+            async move { client().get(url).send().await.is_err() }
+        })
+        .await
+    );
+    let deadline = Duration::from_millis(1_500); // operations::Config::default()
+
+    let started = Instant::now();
+    let (status, body) = graphql(&stack, QUOTE).await;
+    assert!(started.elapsed() < deadline + Duration::from_millis(500));
+    assert_eq!(status, 200);
+    assert_eq!(body["data"], Value::Null, "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["backend"], "exchange",
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["path"], json!(["quote"]), "{body}");
+
+    for g in ["bff-mobile", "bff-device"] {
+        let started = Instant::now();
+        let (status, body) = get_json(&format!(
+            "{}/v1/quote?user=alice&from=EUR&to=USD&amount=1",
+            stack.url(g)
+        ))
+        .await;
+        assert!(
+            started.elapsed() < deadline + Duration::from_millis(500),
+            "{g}"
+        );
+        assert_eq!(status, 502, "{g}: {body}");
+        assert_eq!(body["error"]["backend"], "exchange", "{g}: {body}");
+    }
+
+    // The gateways keep serving other requests.
+    for g in ["bff-web", "bff-mobile", "bff-device"] {
+        let (status, body) = get_json(&format!("{}/readyz", stack.url(g))).await;
+        assert_eq!(status, 503, "{g} is not ready without exchange: {body}");
+        assert_ne!(body["checks"]["exchange"], "ok");
+        assert_eq!(body["checks"]["limits"], "ok");
+        let (status, _) = get_json(&format!("{}/healthz", stack.url(g))).await;
+        assert_eq!(status, 200);
+    }
+    let (status, body) = graphql(&stack, "{ __typename }").await;
+    assert_eq!(
+        (status, &body["data"]["__typename"]),
+        (200, &json!("Query"))
+    );
+    stack.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_failed_optional_part_is_data_beside_the_rest() {
+    let stack = stack().await;
+    stack.stop_component("limits");
+    let limits = stack.url("limits");
+    assert!(
+        test_support::eventually(Duration::from_secs(5), || {
+            let url = format!("{limits}/healthz");
+            async move { client().get(url).send().await.is_err() }
+        })
+        .await
+    );
+    let (status, body) = graphql(&stack, QUOTE).await;
+    assert_eq!(status, 200);
+    let q = &body["data"]["quote"];
+    assert_eq!(q["pair"], "EUR/USD", "{body}");
+    assert!(q["rate"].is_string(), "{body}");
+    assert_eq!(q["remainingLimit"], Value::Null);
+    let err = &body["errors"][0];
+    assert_eq!(err["path"], json!(["quote", "remainingLimit"]), "{body}");
+    assert_eq!(err["extensions"]["backend"], "limits", "{body}");
+
+    let quote = |g| {
+        format!(
+            "{}/v1/quote?user=alice&from=EUR&to=USD&amount=1",
+            stack.url(g)
+        )
+    };
+    let (status, body) = get_json(&quote("bff-mobile")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["remaining_limit"], Value::Null);
+    assert_eq!(body["errors"][0]["backend"], "limits", "{body}");
+    let (status, body) = get_json(&quote("bff-device")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["l"], Value::Null);
+    assert_eq!(body["e"][0]["b"], "limits", "{body}");
+    stack.stop().await.expect("clean stop");
+}
