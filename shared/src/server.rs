@@ -220,13 +220,18 @@ impl IntoResponse for JsonError {
 
 /// Turns axum's extractor rejections (bad JSON, bad query string, body too large) into
 /// [`JsonError`]s, so clients always get the JSON error shape.
+///
+/// A body that parses but does not fit the expected shape is a 400 `invalid_request` like any
+/// other malformed request (axum says 422), so that 422 stays free for business refusals such as
+/// `limit_exceeded`.
 pub fn rejection(rejection: impl IntoResponse + std::fmt::Display) -> JsonError {
     let text = rejection.to_string();
-    let status = rejection.into_response().status();
-    let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        _ => "invalid_request",
+    let (status, code) = match rejection.into_response().status() {
+        StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+        }
+        _ => (StatusCode::BAD_REQUEST, "invalid_request"),
     };
     JsonError::new(status, code, text)
 }

@@ -18,17 +18,9 @@ pub(crate) fn invalid(e: demo_api::Invalid) -> JsonError {
 }
 
 /// An extractor rejection (bad JSON, unknown field, bad query string, oversized body) as a JSON
-/// error.
-///
-/// axum answers 422 for JSON that parses but does not fit the type (an unknown or missing
-/// field); the demo API calls every malformed request a 400 `invalid_request` and keeps 422 for
-/// business refusals such as `limit_exceeded`, so that status is turned into 400 here.
+/// error: 400 `invalid_request`, keeping 422 for business refusals such as `limit_exceeded`.
 pub(crate) fn bad_input(rejection: impl IntoResponse + Display) -> JsonError {
-    let mut e = server::rejection(rejection);
-    if e.status == StatusCode::UNPROCESSABLE_ENTITY {
-        e.status = StatusCode::BAD_REQUEST;
-    }
-    e
+    server::rejection(rejection)
 }
 
 /// Adds `/healthz` and `/readyz`, JSON 404 and 405 answers, and the common layers to a service's

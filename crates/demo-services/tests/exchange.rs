@@ -380,6 +380,15 @@ async fn shutdown_closes_sockets_with_1001_and_run_returns() {
         }
     };
     assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    // Reading on sends our half of the close handshake and sees the connection end.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the server ends the connection after the handshake"
+    );
     svc.finished(Duration::from_secs(5))
         .await
         .expect("run ends cleanly, well before the drain timeout");

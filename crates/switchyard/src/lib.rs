@@ -110,23 +110,25 @@ impl Stack {
         }
 
         let service_url = |name: &str| format!("http://{}", addrs[name]);
-        let wire = |backends: &mut std::collections::BTreeMap<String, BackendConfig>| {
-            for name in [
-                operations::backend::LIMITS,
-                operations::backend::EXCHANGE,
-                operations::backend::CONVERSIONS,
-            ] {
+        let wire = |backends: &mut std::collections::BTreeMap<String, BackendConfig>,
+                    names: &[&str]| {
+            for &name in names {
                 backends
                     .entry(name.to_owned())
                     .or_insert_with(|| BackendConfig::new(""))
                     .base_url = service_url(name);
             }
         };
+        use operations::backend::{CONVERSIONS, EXCHANGE, LIMITS};
         let mut conversions = conversions;
-        wire(&mut conversions.backends);
-        wire(&mut web.backends);
-        wire(&mut mobile.backends);
-        wire(&mut device.backends);
+        wire(&mut conversions.backends, &[LIMITS, EXCHANGE]);
+        for gateway in [
+            &mut web.backends,
+            &mut mobile.backends,
+            &mut device.backends,
+        ] {
+            wire(gateway, &[LIMITS, EXCHANGE, CONVERSIONS]);
+        }
 
         let root = CancellationToken::new();
         let mut tokens = HashMap::new();

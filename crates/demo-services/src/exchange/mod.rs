@@ -30,6 +30,7 @@ use switchyard_core::config::{LogConfig, ServerConfig};
 use switchyard_core::server::{self, CancellationToken, JsonError, Readiness};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
 
 use self::market::{Market, PAIR_SLOTS, Snapshot};
 use crate::http;
@@ -72,16 +73,29 @@ impl Default for Config {
 /// Serves the exchange service on `listener` until `shutdown` is cancelled, then drains.
 ///
 /// The ticker stops with `shutdown` (or when this future is dropped), and every WebSocket
-/// connection answers the cancellation with a Close frame (1001), so the drain can finish.
+/// connection answers the cancellation with a Close frame (1001). The HTTP server does not track
+/// upgraded connections, so this waits for them itself, up to the drain timeout, before
+/// returning.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ticker = shutdown.child_token();
-    let _stop_ticker = ticker.clone().drop_guard();
-    let app = router(&config, ticker)?;
-    server::serve(listener, app, shutdown, config.server.drain_timeout()).await?;
+    let stop = shutdown.child_token();
+    let _stop_on_drop = stop.clone().drop_guard();
+    let (app, sockets) = build(&config, stop.clone())?;
+    let drain = config.server.drain_timeout();
+    let served = server::serve(listener, app, shutdown, drain).await;
+    // The server may also have ended on its own: make sure the sockets are told.
+    stop.cancel();
+    sockets.close();
+    if tokio::time::timeout(drain, sockets.wait()).await.is_err() {
+        tracing::warn!(
+            open = sockets.len(),
+            "exchange: drain timeout passed with WebSocket connections still closing"
+        );
+    }
+    served?;
     Ok(())
 }
 
@@ -90,6 +104,11 @@ pub async fn run(
 /// Starts the ticker on the current tokio runtime; it and every WebSocket connection stop when
 /// `shutdown` is cancelled.
 pub fn router(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Router> {
+    Ok(build(config, shutdown)?.0)
+}
+
+/// The application, and the tracker of its WebSocket connections.
+fn build(config: &Config, shutdown: CancellationToken) -> anyhow::Result<(Router, TaskTracker)> {
     anyhow::ensure!(
         config.tick_interval_ms >= 1,
         "tick_interval_ms must be at least 1"
@@ -104,6 +123,7 @@ pub fn router(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Ro
     );
     let market = Market::new(config.seed);
     let (sender, _) = broadcast::channel(TICK_BUFFER);
+    let sockets = TaskTracker::new();
     let exchange = Arc::new(Exchange {
         current: Mutex::new(Arc::new(market.snapshot())),
         ticks: sender,
@@ -111,6 +131,7 @@ pub fn router(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Ro
         max_pairs: config.max_pairs_per_connection,
         max_message_bytes: config.max_message_bytes,
         shutdown: shutdown.clone(),
+        sockets: sockets.clone(),
     });
     tokio::spawn(tick(
         market,
@@ -123,11 +144,8 @@ pub fn router(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Ro
         .route("/v1/ticks", get(ticks))
         .route("/v1/stats", get(stats))
         .with_state(exchange);
-    Ok(http::finish(
-        api,
-        Readiness::new(None, None),
-        &config.server,
-    ))
+    let app = http::finish(api, Readiness::new(None, None), &config.server);
+    Ok((app, sockets))
 }
 
 /// What the handlers share.
@@ -141,6 +159,8 @@ struct Exchange {
     max_pairs: usize,
     max_message_bytes: usize,
     shutdown: CancellationToken,
+    /// Every WebSocket connection's task, so `run` can wait for them to close.
+    sockets: TaskTracker,
 }
 
 impl Exchange {
@@ -252,5 +272,8 @@ async fn ticks(
     upgrade
         .max_message_size(cap)
         .max_frame_size(cap)
-        .on_upgrade(move |socket| ws::serve(socket, exchange))
+        .on_upgrade(move |socket| {
+            let sockets = exchange.sockets.clone();
+            sockets.track_future(ws::serve(socket, exchange))
+        })
 }
