@@ -1,7 +1,7 @@
-//! The bff-device binary: reads its configuration, installs signal handling, runs the gateway.
+//! The bff-device binary: thin — it parses arguments and hands over to the shared server main.
 
 use clap::Parser;
-use switchyard_core::cli::{Args, Loaded};
+use switchyard_core::cli::{Args, run_server};
 
 #[derive(Parser)]
 #[command(
@@ -17,16 +17,12 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Loaded::Run(config) = cli
-        .args
-        .load::<bff_device::Config>(bff_device::ENV_PREFIX)?
-    else {
-        return Ok(());
-    };
-    switchyard_core::telemetry::init(&config.log);
-    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "bff-device listening");
-    let bus = switchyard_core::bus::from_config(&config.bus);
-    let shutdown = switchyard_core::server::shutdown_token();
-    bff_device::run(config, bus, listener, shutdown).await
+    run_server(
+        &cli.args,
+        |config: bff_device::Config, listener, shutdown| {
+            let bus = switchyard_core::bus::from_config(&config.bus);
+            bff_device::run(config, bus, listener, shutdown)
+        },
+    )
+    .await
 }

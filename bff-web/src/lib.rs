@@ -82,6 +82,17 @@ impl Default for GraphqlConfig {
     }
 }
 
+impl switchyard_core::cli::ServerBinary for Config {
+    const NAME: &'static str = "bff-web";
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
 /// Builds the gateway's router.
 pub fn app(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Router> {
     let upstreams = Arc::new(Upstreams::new(&config.backends)?);

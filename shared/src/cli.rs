@@ -46,3 +46,37 @@ impl Args {
         Ok(Loaded::Run(config))
     }
 }
+
+/// A server binary's configuration: what [`run_server`] needs to know of it.
+pub trait ServerBinary: DeserializeOwned + Serialize {
+    /// The binary's name, for logs.
+    const NAME: &'static str;
+    /// Prefix of the environment variables that override the configuration.
+    const ENV_PREFIX: &'static str;
+    /// Its listener and limits.
+    fn server(&self) -> &crate::config::ServerConfig;
+    /// Its log output.
+    fn log(&self) -> &crate::config::LogConfig;
+}
+
+/// Everything a server binary's `main` does around its `run`: load the configuration (or print
+/// it and stop), set up logs, bind and log the listener, install SIGTERM/Ctrl-C handling, then
+/// hand over to `run`.
+pub async fn run_server<C, F, Fut>(args: &Args, run: F) -> anyhow::Result<()>
+where
+    C: ServerBinary,
+    F: FnOnce(C, tokio::net::TcpListener, crate::server::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use anyhow::Context as _;
+    let Loaded::Run(config) = args.load::<C>(C::ENV_PREFIX)? else {
+        return Ok(());
+    };
+    crate::telemetry::init(config.log());
+    let listen = config.server().listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("{}: cannot listen on {listen}", C::NAME))?;
+    tracing::info!(addr = %listener.local_addr()?, "{} listening", C::NAME);
+    run(config, listener, crate::server::shutdown_token()).await
+}

@@ -94,6 +94,17 @@ impl Default for Config {
     }
 }
 
+impl switchyard_core::cli::ServerBinary for Config {
+    const NAME: &'static str = "conversions";
+    const ENV_PREFIX: &'static str = "SWITCHYARD_CONVERSIONS";
+    fn server(&self) -> &switchyard_core::config::ServerConfig {
+        &self.server
+    }
+    fn log(&self) -> &switchyard_core::config::LogConfig {
+        &self.log
+    }
+}
+
 fn default_backends() -> BTreeMap<String, BackendConfig> {
     BTreeMap::from([
         (

@@ -56,6 +56,17 @@ impl Default for Config {
     }
 }
 
+impl switchyard_core::cli::ServerBinary for Config {
+    const NAME: &'static str = "limits";
+    const ENV_PREFIX: &'static str = "SWITCHYARD_LIMITS";
+    fn server(&self) -> &switchyard_core::config::ServerConfig {
+        &self.server
+    }
+    fn log(&self) -> &switchyard_core::config::LogConfig {
+        &self.log
+    }
+}
+
 /// Serves the limits service on `listener` until `shutdown` is cancelled, then drains.
 ///
 /// Fails at once on an invalid configuration (a bad user id or a negative limit).

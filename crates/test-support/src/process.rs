@@ -89,3 +89,27 @@ impl Drop for Spawned {
         let _ = self.child.wait();
     }
 }
+
+/// The production shape of a gateway binary: started alone from its example config file with
+/// backends that do not answer, it serves `/healthz`, reports not ready naming a backend in
+/// `/readyz`, and exits 0 on SIGTERM.
+pub async fn assert_runs_alone(bin: &str, config: &Path, prefix: &str) {
+    let unreachable_backend = format!("{prefix}__BACKENDS__EXCHANGE__BASE_URL");
+    let mut gw = Spawned::start(
+        bin,
+        config,
+        prefix,
+        &[(&unreachable_backend, "http://127.0.0.1:9")],
+    );
+    let get = |path: &str| {
+        let url = format!("{}{path}", gw.url());
+        async move { reqwest::get(url).await.expect("the gateway answers") }
+    };
+    assert_eq!(get("/healthz").await.status(), 200);
+    let ready = get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.expect("JSON");
+    assert_ne!(body["checks"]["exchange"], "ok", "{body}");
+    let status = gw.stop_with("-TERM", Duration::from_secs(15));
+    assert!(status.success(), "{bin} exited with {status}");
+}

@@ -1,16 +1,12 @@
-//! The exchange demo service on its own: loads its configuration (`--config`, environment
-//! `SWITCHYARD_EXCHANGE__*`), binds, and runs until SIGTERM or Ctrl-C.
+//! The exchange demo service on its own: thin — it parses arguments and hands over to the shared
+//! server main (configuration from `--config` and `SWITCHYARD_EXCHANGE__*`, logs, signals).
 
-use anyhow::Context;
 use clap::Parser;
-use demo_services::exchange::{self, Config};
-use switchyard_core::cli::{Args, Loaded};
-use switchyard_core::server::shutdown_token;
-use tokio::net::TcpListener;
+use switchyard_core::cli::{Args, run_server};
 
-/// Exchange rates over REST and a WebSocket ticker (demo backend).
+/// Currency rates over REST and its own WebSocket tick protocol (demo backend).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "exchange", version, about)]
 struct Cli {
     #[command(flatten)]
     args: Args,
@@ -19,13 +15,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Loaded::Run(config) = cli.args.load::<Config>("SWITCHYARD_EXCHANGE")? else {
-        return Ok(());
-    };
-    switchyard_core::telemetry::init(&config.log);
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "exchange listening");
-    exchange::run(config, listener, shutdown_token()).await
+    run_server(
+        &cli.args,
+        |config: demo_services::exchange::Config, listener, shutdown| {
+            demo_services::exchange::run(config, listener, shutdown)
+        },
+    )
+    .await
 }

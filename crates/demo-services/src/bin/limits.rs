@@ -1,16 +1,12 @@
-//! The limits demo service on its own: loads its configuration (`--config`, environment
-//! `SWITCHYARD_LIMITS__*`), binds, and runs until SIGTERM or Ctrl-C.
+//! The limits demo service on its own: thin — it parses arguments and hands over to the shared
+//! server main (configuration from `--config` and `SWITCHYARD_LIMITS__*`, logs, signals).
 
-use anyhow::Context;
 use clap::Parser;
-use demo_services::limits::{self, Config};
-use switchyard_core::cli::{Args, Loaded};
-use switchyard_core::server::shutdown_token;
-use tokio::net::TcpListener;
+use switchyard_core::cli::{Args, run_server};
 
 /// Per-user daily conversion limits (demo backend).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "limits", version, about)]
 struct Cli {
     #[command(flatten)]
     args: Args,
@@ -19,13 +15,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Loaded::Run(config) = cli.args.load::<Config>("SWITCHYARD_LIMITS")? else {
-        return Ok(());
-    };
-    switchyard_core::telemetry::init(&config.log);
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "limits listening");
-    limits::run(config, listener, shutdown_token()).await
+    run_server(
+        &cli.args,
+        |config: demo_services::limits::Config, listener, shutdown| {
+            demo_services::limits::run(config, listener, shutdown)
+        },
+    )
+    .await
 }

@@ -70,6 +70,17 @@ impl Default for Config {
     }
 }
 
+impl switchyard_core::cli::ServerBinary for Config {
+    const NAME: &'static str = "exchange";
+    const ENV_PREFIX: &'static str = "SWITCHYARD_EXCHANGE";
+    fn server(&self) -> &switchyard_core::config::ServerConfig {
+        &self.server
+    }
+    fn log(&self) -> &switchyard_core::config::LogConfig {
+        &self.log
+    }
+}
+
 /// Serves the exchange service on `listener` until `shutdown` is cancelled, then drains.
 ///
 /// The ticker stops with `shutdown` (or when this future is dropped), and every WebSocket
