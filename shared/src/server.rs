@@ -4,7 +4,9 @@
 //!
 //! Shutdown is a parameter: servers take a [`CancellationToken`] and stop accepting when it is
 //! cancelled, then give in-flight requests up to the drain timeout. Long-lived handlers (sockets,
-//! long polls) watch the same token to answer and close on their own before the drain ends.
+//! long polls) watch the same token to answer and close on their own before the drain ends. A
+//! connection upgraded to a WebSocket is no longer tracked by the server, so whoever spawns socket
+//! handlers must also wait for them (with the same bounded drain).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +35,12 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain: Duration,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
     let addr = listener.local_addr()?;
+    // Answers are written whole; Nagle's algorithm would only delay small ones.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());

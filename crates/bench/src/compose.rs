@@ -62,6 +62,26 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
+    let json_url = format!(
+        "{}/v1/quote?user=alice&from=EUR&to=USD&amount=100",
+        stack.url("bff-mobile")
+    );
+    let json_gateway = {
+        let client = client.clone();
+        move || {
+            let (client, url) = (client.clone(), json_url.clone());
+            async move {
+                let r = client.get(&url).send().await?;
+                assert!(
+                    r.status().is_success(),
+                    "bff-mobile answered {}",
+                    r.status()
+                );
+                r.bytes().await?;
+                Ok::<(), reqwest::Error>(())
+            }
+        }
+    };
     let gateway = move || {
         let (client, url, body) = (client.clone(), gql_url.clone(), body.clone());
         async move {
@@ -114,6 +134,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 r.push(rps);
             }
         }
+        // The same composition without GraphQL (bff-mobile's JSON quote), to show GraphQL's share.
+        let mut j = measure(&json_gateway, concurrency, args.requests).await?;
+        println!(
+            "c={concurrency:<3} json (bff-mobile, no GraphQL)  rps {:>8.0}  p50 {} ms  p99 {} ms",
+            j.rps(),
+            ms(j.percentile(0.5)),
+            ms(j.percentile(0.99))
+        );
         let (d, g) = (median(d50), median(g50));
         let target = 1.5 * d + 0.3;
         println!(
