@@ -7,53 +7,105 @@
 //! validation error) answers 400. A body that is not a GraphQL request is 400 either way.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_graphql::parser::types::OperationType;
-use async_graphql::{ObjectType, Schema, SubscriptionType};
+use async_graphql::{ObjectType, SubscriptionType};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Principal, Verifier};
+use crate::ws;
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
 
-struct Endpoint<Q, M, S> {
-    schema: Schema<Q, M, S>,
-    path: &'static str,
-    graphiql: bool,
+/// One GraphQL endpoint: a schema version served over HTTP and WebSocket.
+pub(crate) struct Endpoint<Q, M, S> {
+    /// Its public path, for GraphiQL.
+    pub(crate) path: &'static str,
+    /// Whether a browser gets GraphiQL.
+    pub(crate) graphiql: bool,
+    /// Checks bearer tokens.
+    pub(crate) verifier: Arc<Verifier>,
+    /// The WebSocket side (it also holds the schema).
+    pub(crate) socket: ws::Socket<Q, M, S>,
+    /// Socket buffer and size limits.
+    pub(crate) websocket: crate::WebSocketConfig,
+    /// Who may open a socket.
+    pub(crate) origins: crate::Origins,
+    /// Every socket task, so the drain can wait for them.
+    pub(crate) sockets: TaskTracker,
 }
 
 impl<Q, M, S> Clone for Endpoint<Q, M, S> {
     fn clone(&self) -> Self {
         Self {
-            schema: self.schema.clone(),
             path: self.path,
             graphiql: self.graphiql,
+            verifier: self.verifier.clone(),
+            socket: self.socket.clone(),
+            websocket: self.websocket.clone(),
+            origins: self.origins.clone(),
+            sockets: self.sockets.clone(),
         }
     }
 }
 
-/// `/graphql` for one schema; `path` is its full public path (for GraphiQL).
-pub(crate) fn routes<Q, M, S>(schema: Schema<Q, M, S>, path: &'static str, graphiql: bool) -> Router
+/// `/graphql` for one endpoint.
+pub(crate) fn routes<Q, M, S>(endpoint: Endpoint<Q, M, S>) -> Router
 where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
-    let endpoint = Endpoint {
-        schema,
-        path,
-        graphiql,
-    };
     Router::new().route(
         "/graphql",
         get(get_graphql::<Q, M, S>)
             .post(post_graphql::<Q, M, S>)
             .with_state(endpoint),
     )
+}
+
+/// The principal of a request, or the HTTP answer refusing it (401 for a bad token).
+#[allow(clippy::result_large_err)]
+fn principal(
+    verifier: &Verifier,
+    headers: &HeaderMap,
+    media: &'static str,
+) -> Result<Option<Principal>, Response> {
+    verifier.from_headers(headers).map_err(|e| {
+        let body = serde_json::json!({"errors": [{
+            "message": e.to_string(),
+            "extensions": {"code": "UNAUTHENTICATED", "reason": e.code()}
+        }]});
+        let mut response = (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, media)],
+            body.to_string(),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    })
+}
+
+fn with_principal(
+    request: async_graphql::Request,
+    principal: Option<Principal>,
+) -> async_graphql::Request {
+    match principal {
+        Some(p) => request.data(p),
+        None => request,
+    }
 }
 
 async fn post_graphql<Q, M, S>(
@@ -78,6 +130,10 @@ where
             "send the GraphQL request as application/json",
         );
     }
+    let principal = match principal(&endpoint.verifier, &headers, media) {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -88,19 +144,38 @@ where
             );
         }
     };
-    respond(media, endpoint.schema.execute(request).await)
+    let request = with_principal(request, principal);
+    respond(media, endpoint.socket.schema.execute(request).await)
 }
 
 async fn get_graphql<Q, M, S>(
     State(endpoint): State<Endpoint<Q, M, S>>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
+    request: Request,
 ) -> Response
 where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
+    let (mut parts, _body) = request.into_parts();
+    let is_upgrade = parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if is_upgrade {
+        return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(upgrade) => upgrade_socket(endpoint, &parts.headers, upgrade),
+            Err(rejection) => rejection.into_response(),
+        };
+    }
+    let headers = parts.headers;
+    let Query(params) = match Query::<HashMap<String, String>>::try_from_uri(&parts.uri) {
+        Ok(q) => q,
+        Err(e) => {
+            return request_error(accepted(&headers), StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
     let media = accepted(&headers);
     let Some(query) = params.get("query") else {
         let wants_html = headers
@@ -143,7 +218,50 @@ where
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    respond(media, endpoint.schema.execute(request).await)
+    let principal = match principal(&endpoint.verifier, &headers, media) {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    let request = with_principal(request, principal);
+    respond(media, endpoint.socket.schema.execute(request).await)
+}
+
+/// Upgrades to a graphql-transport-ws socket: checks the page's origin, offers the subprotocol,
+/// sizes the buffers, and hands the socket to [`ws::serve`], tracked for the drain.
+fn upgrade_socket<Q, M, S>(
+    endpoint: Endpoint<Q, M, S>,
+    headers: &HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    if !endpoint.origins.allows(headers) {
+        return request_error(
+            JSON,
+            StatusCode::FORBIDDEN,
+            "this origin may not open a socket",
+        );
+    }
+    let limits = &endpoint.websocket;
+    let upgrade = upgrade
+        .protocols([ws::PROTOCOL])
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+        // Small buffers: an idle socket should cost kilobytes, not tungstenite's default 128 KiB.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.max_message_bytes.saturating_mul(4).max(64 * 1024));
+    let protocol_ok = upgrade.selected_protocol().is_some();
+    let socket = endpoint.socket.clone();
+    let tracker = endpoint.sockets.clone();
+    upgrade
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |ws_socket| {
+            tracker.track_future(ws::serve(ws_socket, socket, protocol_ok))
+        })
 }
 
 /// Whether the operation a GET would run is a mutation (unparsable queries are left to the

@@ -1,24 +1,40 @@
 //! bff-web: the gateway for browsers.
 //!
-//! GraphQL over HTTP at `/v1/graphql` (POST, and GET for queries; GraphiQL for a browser), built
-//! on async-graphql as the engine, with the composed operations of the `operations` crate as
-//! resolvers. This crate owns the GraphQL wire format: the schema, the HTTP conventions and the
-//! mapping of core errors to GraphQL errors (all in [`errors`]).
+//! GraphQL at `/v1/graphql` (and `/v2/graphql` beside it): queries and mutations over HTTP (POST,
+//! and GET for queries; GraphiQL for a browser), and everything — subscriptions included — over one
+//! WebSocket on the same path with the `graphql-transport-ws` subprotocol. async-graphql is the
+//! engine; this crate owns the wire format: the schemas (`schema/*.graphql` are the shipped
+//! contracts), the HTTP conventions ([`http`]), the WebSocket protocol ([`ws`]), shared
+//! subscription executions ([`fanout`]), auth ([`auth`]) and the one mapping of core errors to
+//! GraphQL errors ([`errors`]).
 
+pub mod auth;
+pub mod contract;
 mod errors;
+mod fanout;
 mod http;
+mod limits;
+mod live;
 mod v1;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use serde::{Deserialize, Serialize};
 use switchyard_core::bus::Bus;
-use switchyard_core::config::{BackendConfig, BusConfig, HubConfig, LogConfig, ServerConfig};
+use switchyard_core::config::{
+    BackendConfig, BridgeConfig, BusConfig, HubConfig, LogConfig, ServerConfig,
+};
+use switchyard_core::hub::Hub;
 use switchyard_core::server::{self, CancellationToken, Readiness};
 use switchyard_core::upstream::Upstreams;
+use tokio_util::task::TaskTracker;
+
+pub use auth::AuthConfig;
 
 /// Prefix of the environment variables that override the configuration.
 pub const ENV_PREFIX: &str = "SWITCHYARD_WEB";
@@ -37,10 +53,18 @@ pub struct Config {
     pub hub: HubConfig,
     /// Backends by name; the operations call `exchange`, `limits` and `conversions`.
     pub backends: BTreeMap<String, BackendConfig>,
+    /// Upstream WebSocket bridges by name; `exchange` feeds the `rates.` topics.
+    pub bridges: BTreeMap<String, BridgeConfig>,
     /// Deadlines of the composed operations.
     pub operations: operations::Config,
     /// GraphQL limits and tooling.
     pub graphql: GraphqlConfig,
+    /// JWT bearer authentication (HTTP `Authorization` header, `connection_init` payload).
+    pub auth: AuthConfig,
+    /// Which other sites' pages may call the API (CORS) or open a socket (Origin check).
+    pub cors: CorsConfig,
+    /// WebSocket limits.
+    pub websocket: WebSocketConfig,
 }
 
 impl Default for Config {
@@ -51,33 +75,12 @@ impl Default for Config {
             bus: BusConfig::default(),
             hub: HubConfig::default(),
             backends: operations::default_backends(),
+            bridges: operations::sources::default_bridges(),
             operations: operations::Config::default(),
             graphql: GraphqlConfig::default(),
-        }
-    }
-}
-
-/// GraphQL limits and tooling.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct GraphqlConfig {
-    /// Deepest selection nesting accepted.
-    pub max_depth: usize,
-    /// Highest query complexity accepted (each field counts 1).
-    pub max_complexity: usize,
-    /// Whether the schema can be introspected (turn off in production).
-    pub introspection: bool,
-    /// Whether a browser GETting the endpoint gets GraphiQL.
-    pub graphiql: bool,
-}
-
-impl Default for GraphqlConfig {
-    fn default() -> Self {
-        Self {
-            max_depth: 12,
-            max_complexity: 500,
-            introspection: true,
-            graphiql: true,
+            auth: AuthConfig::default(),
+            cors: CorsConfig::default(),
+            websocket: WebSocketConfig::default(),
         }
     }
 }
@@ -93,36 +96,243 @@ impl switchyard_core::cli::ServerBinary for Config {
     }
 }
 
-/// Builds the gateway's router.
-pub fn app(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Router> {
-    let upstreams = Arc::new(Upstreams::new(&config.backends)?);
-    let ops = operations::Operations::new(upstreams.clone(), &config.operations);
-    let v1 = v1::schema(ops, &config.graphql);
-    let router = Router::new()
-        .nest(
-            "/v1",
-            http::routes(v1, "/v1/graphql", config.graphql.graphiql),
-        )
-        .merge(server::health_routes(Readiness::new(
-            Some(upstreams),
-            Some(bus),
-        )));
-    Ok(server::with_common_layers(router, &config.server))
+/// GraphQL limits and tooling.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphqlConfig {
+    /// Deepest selection nesting accepted.
+    pub max_depth: usize,
+    /// Highest query complexity accepted (each field counts 1).
+    pub max_complexity: usize,
+    /// Most aliases one operation may use.
+    pub max_aliases: usize,
+    /// Whether the schema can be introspected (turn off in production).
+    pub introspection: bool,
+    /// Whether a browser GETting the endpoint gets GraphiQL.
+    pub graphiql: bool,
 }
 
-/// Runs the gateway on `listener` until `shutdown` is cancelled.
+impl Default for GraphqlConfig {
+    fn default() -> Self {
+        Self {
+            max_depth: 12,
+            max_complexity: 500,
+            max_aliases: 30,
+            introspection: true,
+            graphiql: true,
+        }
+    }
+}
+
+/// Cross-origin access.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins (`https://app.example.com`) whose pages may call the API and open sockets.
+    /// A page of any other site gets no CORS headers and its socket is refused with 403;
+    /// clients that send no `Origin` (apps, servers) are not affected.
+    pub allowed_origins: Vec<String>,
+}
+
+/// WebSocket limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// How long a socket may stay open without `connection_init` (then closed with 4408).
+    pub init_timeout_ms: u64,
+    /// Operations (subscriptions included) active at once on one socket.
+    pub max_operations: usize,
+    /// Largest message accepted; larger ones close the socket with 1009.
+    pub max_message_bytes: usize,
+    /// Results a subscriber may fall behind its subscription before it is cut off with 1013
+    /// (stream subscriptions) or skipped to the newest (state subscriptions).
+    pub send_queue_messages: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            init_timeout_ms: 3_000,
+            max_operations: 64,
+            max_message_bytes: 64 * 1024,
+            send_queue_messages: 128,
+        }
+    }
+}
+
+/// What every resolver reads from the schema's context.
+pub(crate) struct ContextData {
+    pub(crate) ops: operations::Operations,
+    pub(crate) hub: Hub,
+}
+
+/// The signed-in user, or an `UNAUTHENTICATED` error.
+pub(crate) fn signed_in(
+    ctx: &async_graphql::Context<'_>,
+) -> async_graphql::Result<demo_api::UserId> {
+    use async_graphql::ErrorExtensions;
+    ctx.data_opt::<auth::Principal>()
+        .map(|p| p.user.clone())
+        .ok_or_else(|| {
+            async_graphql::Error::new("sign in first: send a bearer token")
+                .extend_with(|_, ext| ext.set("code", "UNAUTHENTICATED"))
+        })
+}
+
+/// A running gateway's router and the sockets it owns.
+pub struct App {
+    /// The router to serve.
+    pub router: Router,
+    sockets: TaskTracker,
+    hub: Hub,
+}
+
+impl App {
+    /// Topics with local subscribers right now (each has one source subscription).
+    pub fn active_topics(&self) -> usize {
+        self.hub.active_topics()
+    }
+}
+
+/// Builds the gateway. `shutdown` also closes every socket (1001) when cancelled.
+pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> anyhow::Result<App> {
+    let upstreams = Arc::new(Upstreams::new(&config.backends)?);
+    let ops = operations::Operations::new(upstreams.clone(), &config.operations);
+    let mut hub = Hub::new(bus.clone(), config.hub.clone());
+    if let Some(bridge) = config.bridges.get(operations::sources::EXCHANGE_BRIDGE) {
+        let bridge = operations::sources::exchange_bridge(bridge, bus.clone());
+        hub = hub.with_feeder(operations::sources::RATES_PREFIX, Arc::new(bridge));
+    }
+    let verifier = Arc::new(auth::Verifier::new(&config.auth)?);
+    let sockets = TaskTracker::new();
+    let origins = Origins::new(&config.cors)?;
+
+    let v1 = v1::schema(
+        &config.graphql,
+        ContextData {
+            ops,
+            hub: hub.clone(),
+        },
+    );
+    let endpoint = http::Endpoint {
+        path: "/v1/graphql",
+        graphiql: config.graphql.graphiql,
+        verifier: verifier.clone(),
+        socket: ws::Socket {
+            fanout: Arc::new(fanout::Fanout::new(
+                v1.clone(),
+                config.websocket.send_queue_messages,
+            )),
+            schema: v1,
+            verifier,
+            limits: ws::Limits {
+                init_timeout: std::time::Duration::from_millis(config.websocket.init_timeout_ms),
+                max_operations: config.websocket.max_operations,
+                user_scoped: v1::USER_SCOPED,
+                state: v1::STATE,
+            },
+            shutdown: shutdown.clone(),
+        },
+        websocket: config.websocket.clone(),
+        origins: origins.clone(),
+        sockets: sockets.clone(),
+    };
+    let mut router =
+        Router::new()
+            .nest("/v1", http::routes(endpoint))
+            .merge(server::health_routes(Readiness::new(
+                Some(upstreams),
+                Some(bus),
+            )));
+    if let Some(cors) = origins.cors_layer() {
+        router = router.layer(cors);
+    }
+    Ok(App {
+        router: server::with_common_layers(router, &config.server),
+        sockets,
+        hub,
+    })
+}
+
+/// Runs the gateway on `listener` until `shutdown` is cancelled; open sockets are told to go
+/// away (1001) and waited for, all within the drain timeout.
 pub async fn run(
     config: Config,
     bus: Arc<dyn Bus>,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = app(&config, bus)?;
-    server::serve(listener, app, shutdown, config.server.drain_timeout()).await?;
+    let app = app(&config, bus, shutdown.clone())?;
+    let drain = config.server.drain_timeout();
+    let started = tokio::time::Instant::now();
+    server::serve(listener, app.router, shutdown, drain).await?;
+    app.sockets.close();
+    let left = drain.saturating_sub(started.elapsed().min(drain));
+    if tokio::time::timeout(
+        left.max(std::time::Duration::from_millis(100)),
+        app.sockets.wait(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("drain timeout passed with sockets still open");
+    }
     Ok(())
 }
 
-/// The SDL of the served v1 schema (what `schema/v1.graphql` must match).
+/// The SDL of the served v1 schema (what `schema/v1.graphql` must stay compatible with).
 pub fn v1_sdl() -> String {
     v1::sdl()
+}
+
+/// The configured allow-list of origins.
+#[derive(Debug, Clone)]
+pub(crate) struct Origins {
+    allowed: Arc<Vec<HeaderValue>>,
+}
+
+impl Origins {
+    fn new(config: &CorsConfig) -> anyhow::Result<Self> {
+        let allowed = config
+            .allowed_origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o.trim_end_matches('/')).map_err(|_| {
+                    anyhow::anyhow!("cors.allowed_origins: `{o}` is not a valid origin")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            allowed: Arc::new(allowed),
+        })
+    }
+
+    /// Whether a request with these headers may open a socket: no `Origin` (not a browser), an
+    /// allowed origin, or the page's own origin (same host).
+    pub(crate) fn allows(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        if self.allowed.iter().any(|a| a == origin) {
+            return true;
+        }
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let origin_host = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://").map(|(_, rest)| rest));
+        matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+    }
+
+    fn cors_layer(&self) -> Option<tower_http::cors::CorsLayer> {
+        if self.allowed.is_empty() {
+            return None;
+        }
+        Some(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(self.allowed.as_ref().clone())
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT]),
+        )
+    }
 }

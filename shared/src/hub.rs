@@ -16,7 +16,14 @@
 //! A subscriber may start after a position: it gets every retained event after it from the bus's
 //! history, then live ones, in order and without duplicates, or a gap when history no longer
 //! covers the position. The hub does not encode anything: gateways turn [`Item`]s into frames.
+//!
+//! The hub's source is always the bus. Events that come from elsewhere (an upstream WebSocket
+//! bridge) reach it through a [`Feeder`]: when a topic gets its first local subscriber, the feeder
+//! registered for the longest matching prefix is asked to feed the topic onto the bus, and the
+//! guard it returns is held until the last local subscriber leaves. The hub does not know what a
+//! feeder talks to.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,6 +54,17 @@ pub enum Item {
     },
 }
 
+/// Something that publishes a topic's events on the bus while there is local interest in it,
+/// such as an upstream WebSocket bridge.
+pub trait Feeder: Send + Sync + 'static {
+    /// Starts feeding `topic`: the returned guard keeps the feed (and its upstream subscription)
+    /// while it is held. `None` when this feeder does not serve `topic`.
+    ///
+    /// Called once per topic when its first local subscriber arrives, and (rarely, when two first
+    /// subscribers race) once more for a guard that is dropped at once; it must not block.
+    fn feed(&self, topic: &Topic) -> Option<Box<dyn Any + Send>>;
+}
+
 /// The per-process topic hub.
 #[derive(Clone)]
 pub struct Hub {
@@ -57,6 +75,8 @@ struct Inner {
     bus: Arc<dyn Bus>,
     config: HubConfig,
     topics: Mutex<HashMap<Topic, Entry>>,
+    /// Feeders by topic prefix; the longest matching prefix wins.
+    feeders: Mutex<Vec<(String, Arc<dyn Feeder>)>>,
     next_id: AtomicU64,
 }
 
@@ -64,6 +84,8 @@ struct Entry {
     shared: Arc<Shared>,
     refs: usize,
     pump: CancellationToken,
+    /// The feeder's guard, if a feeder serves this topic: dropped with the entry.
+    _feed: Option<Box<dyn Any + Send>>,
 }
 
 struct Shared {
@@ -90,9 +112,27 @@ impl Hub {
                 bus,
                 config,
                 topics: Mutex::new(HashMap::new()),
+                feeders: Mutex::new(Vec::new()),
                 next_id: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// Adds `feeder` for the topics starting with `prefix` (the longest matching prefix of all
+    /// added wins). It applies to topics whose first subscriber comes after this call, so add
+    /// feeders before the hub is used.
+    pub fn with_feeder(self, prefix: &str, feeder: Arc<dyn Feeder>) -> Self {
+        lock(&self.inner.feeders).push((prefix.to_owned(), feeder));
+        self
+    }
+
+    /// The feeder of the longest prefix `topic` starts with.
+    fn feeder_of(&self, topic: &Topic) -> Option<Arc<dyn Feeder>> {
+        lock(&self.inner.feeders)
+            .iter()
+            .filter(|(prefix, _)| topic.as_str().starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, feeder)| feeder.clone())
     }
 
     /// The bus this hub reads from (publish through it).
@@ -196,12 +236,18 @@ impl Hub {
             TopicClass::State => self.inner.bus.latest(topic).await?,
             TopicClass::Stream => None,
         };
+        // Only now start the feed: the bus subscription above sees everything it publishes.
+        let feed = self.feeder_of(topic).and_then(|f| f.feed(topic));
         let mut topics = lock(&self.inner.topics);
         if let Some(entry) = topics.get_mut(topic) {
-            // Another subscriber created the entry meanwhile; ours is not needed.
+            // Another subscriber created the entry meanwhile; ours (and our feed guard) is not
+            // needed. The guard is dropped after the lock, like every feed guard.
             entry.refs += 1;
             lock(&entry.shared.stream).insert(id, slot);
-            return Ok(entry.shared.clone());
+            let shared = entry.shared.clone();
+            drop(topics);
+            drop(feed);
+            return Ok(shared);
         }
         let shared = Arc::new(Shared {
             class,
@@ -216,6 +262,7 @@ impl Hub {
                 shared: shared.clone(),
                 refs: 1,
                 pump,
+                _feed: feed,
             },
         );
         tracing::debug!(%topic, ?class, "source subscription opened");
@@ -260,6 +307,9 @@ impl Hub {
             && let Some(entry) = topics.remove(topic)
         {
             entry.pump.cancel();
+            // The feed guard is dropped without the lock: a feeder's release never runs under it.
+            drop(topics);
+            drop(entry);
             tracing::debug!(%topic, "source subscription released");
         }
     }

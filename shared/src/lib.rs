@@ -3,11 +3,13 @@
 //! - Requests flow down: [`upstream`] (backend registry, pooled HTTP with deadlines, retries and
 //!   circuit breaking) and [`compose`] (concurrent fan-out with partial results).
 //! - Events flow up: [`event`] (topics, offsets, epochs), [`bus`] (where events are published and
-//!   kept) and [`hub`] (local subscribers with bounded queues and shared source subscriptions).
+//!   kept), [`hub`] (local subscribers with bounded queues and shared source subscriptions) and
+//!   [`bridge`] (upstream WebSocket APIs fed onto the bus, one upstream watch per topic).
 //! - Plumbing: [`config`], [`cli`], [`server`] and [`telemetry`].
 //!
 //! The core speaks typed Rust and opaque payload bytes; only gateways know their wire formats.
 
+pub mod bridge;
 pub mod bus;
 pub mod cli;
 pub mod compose;

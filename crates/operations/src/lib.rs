@@ -5,17 +5,24 @@
 //! optional parts, the error that took a value's place. Gateways map these results and
 //! [`OpError`]s to their own wire formats; nothing here knows GraphQL, frames or HTTP status
 //! codes.
+//!
+//! [`sources`] holds the domain's event sources: the exchange's tick protocol, bridged onto the
+//! bus as `rates.{BASE}/{QUOTE}` state topics.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use demo_api::{Decimal, Invalid, Limit, Pair, Rate, UserId};
+use demo_api::{
+    Conversion, ConversionList, ConversionRequest, Decimal, Invalid, Limit, Pair, Rate, UserId,
+};
 use serde::{Deserialize, Serialize};
 use switchyard_core::compose::{Need, Plan};
 use switchyard_core::config::BackendConfig;
 use switchyard_core::upstream::{UpstreamError, Upstreams};
 use tokio::time::Instant;
+
+pub mod sources;
 
 /// Backend names the operations call; a gateway's registry must configure them.
 pub mod backend {
@@ -166,5 +173,107 @@ impl Operations {
             converted: demo_api::round_money(req.amount * rate.rate),
             remaining_limit: out.get(limit).map(|l| l.remaining).map_err(Clone::clone),
         })
+    }
+}
+
+/// Most pairs one dashboard (or one rates subscription) may ask for.
+pub const MAX_PAIRS: usize = 20;
+
+/// Parses a list of pairs (`EUR/USD`), refusing duplicates and more than [`MAX_PAIRS`].
+pub fn parse_pairs<S: AsRef<str>>(pairs: &[S]) -> Result<Vec<Pair>, Invalid> {
+    if pairs.len() > MAX_PAIRS {
+        return Err(Invalid {
+            code: "too_many_pairs",
+            message: format!("at most {MAX_PAIRS} pairs"),
+        });
+    }
+    let mut out: Vec<Pair> = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        let pair: Pair = p.as_ref().parse()?;
+        if !out.contains(&pair) {
+            out.push(pair);
+        }
+    }
+    Ok(out)
+}
+
+/// A user's dashboard: their limit, the rates of some pairs, their recent conversions. Every part
+/// is optional: a backend that fails leaves its part as an error beside the others.
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    /// The user's limit.
+    pub limit: Result<Limit, UpstreamError>,
+    /// Each asked pair's rate, in the order asked.
+    pub rates: Vec<(Pair, Result<Rate, UpstreamError>)>,
+    /// Recent conversions, most recent first.
+    pub recent: Result<Vec<Conversion>, UpstreamError>,
+}
+
+/// Recent conversions a dashboard shows.
+pub const DASHBOARD_RECENT: usize = 10;
+
+impl Operations {
+    /// The dashboard of `user`: one composition, every backend call concurrent.
+    pub async fn dashboard(&self, user: &UserId, pairs: &[Pair]) -> Result<Dashboard, OpError> {
+        let mut plan = Plan::new(&self.upstreams);
+        let limit = plan.get::<Limit>(
+            backend::LIMITS,
+            format!("/v1/limits/{user}"),
+            Need::Optional,
+        );
+        let rates: Vec<_> = pairs
+            .iter()
+            .map(|p| {
+                let part = plan.get::<Rate>(
+                    backend::EXCHANGE,
+                    format!("/v1/rates/{}/{}", p.base, p.quote),
+                    Need::Optional,
+                );
+                (*p, part)
+            })
+            .collect();
+        let recent = plan.get::<ConversionList>(
+            backend::CONVERSIONS,
+            format!("/v1/conversions?user={user}&limit={DASHBOARD_RECENT}"),
+            Need::Optional,
+        );
+        let out = plan.run(Instant::now() + self.deadline).await?;
+        Ok(Dashboard {
+            limit: out.get(limit).cloned().map_err(Clone::clone),
+            rates: rates
+                .into_iter()
+                .map(|(p, part)| (p, out.get(part).cloned().map_err(Clone::clone)))
+                .collect(),
+            recent: out
+                .get(recent)
+                .map(|l| l.conversions.clone())
+                .map_err(Clone::clone),
+        })
+    }
+
+    /// Converts `amount` of `pair.base` into `pair.quote` for `user` (a POST: never retried).
+    /// The conversions service checks and consumes the limit and publishes the event.
+    pub async fn convert(
+        &self,
+        user: &UserId,
+        pair: Pair,
+        amount: Decimal,
+    ) -> Result<Conversion, OpError> {
+        let body = ConversionRequest {
+            user: user.to_string(),
+            from: pair.base.to_string(),
+            to: pair.quote.to_string(),
+            amount: amount.to_string(),
+        };
+        let conversion = self
+            .upstreams
+            .post_json(
+                backend::CONVERSIONS,
+                "/v1/conversions",
+                &body,
+                Instant::now() + self.deadline,
+            )
+            .await?;
+        Ok(conversion)
     }
 }

@@ -1,0 +1,221 @@
+//! Shared subscription executions: identical GraphQL subscriptions (same document, variables and
+//! operation name, and the same visibility) share ONE execution, and each result is serialised
+//! once; every socket subscribed to it gets the same bytes.
+//!
+//! Visibility decides what "identical" means: a subscription whose root field is user-scoped (the
+//! signed-in user's conversions) is keyed by the user as well, so users never share executions;
+//! a public one (rates) is shared by everybody. A state subscription (rates) also remembers its
+//! latest result, so a socket joining an execution that is already running starts with the
+//! current value instead of waiting for the next change.
+//!
+//! Each subscriber reads from a bounded broadcast channel: a subscriber that falls more than its
+//! capacity behind learns it lagged (the socket layer then conflates or cuts the client off). The
+//! execution ends when its last subscriber leaves.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use async_graphql::{ObjectType, Schema, SubscriptionType};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio::task::AbortHandle;
+
+/// What one execution emits, already serialised.
+#[derive(Debug, Clone)]
+pub(crate) enum Frame {
+    /// A result (`ExecutionResult` JSON) for a `next` message.
+    Next(Bytes),
+    /// Errors (`GraphQLError[]` JSON) for an `error` message: the operation never ran.
+    Error(Bytes),
+    /// The source stream ended.
+    Complete,
+}
+
+/// How an operation's results may be shared.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Visibility {
+    /// The same for every client.
+    Public,
+    /// Only for this user.
+    User(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    query: String,
+    variables: String,
+    operation_name: Option<String>,
+    visibility: Visibility,
+}
+
+/// One running execution.
+pub(crate) struct Execution {
+    tx: broadcast::Sender<Frame>,
+    last: Mutex<Option<Frame>>,
+    task: Mutex<Option<AbortHandle>>,
+    registry: Weak<Mutex<HashMap<Key, Weak<Execution>>>>,
+    key: Key,
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
+        }
+        if let Some(registry) = self.registry.upgrade() {
+            let mut map = lock(&registry);
+            // Only remove our own entry: a new execution may already have taken the key.
+            if map.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Keeps a shared execution running while held.
+pub(crate) struct ExecutionGuard(#[allow(dead_code)] Arc<Execution>);
+
+/// A socket's subscription to a shared execution.
+pub(crate) struct Subscription {
+    /// The execution's latest result, to send first (state subscriptions joining late).
+    pub(crate) initial: Option<Frame>,
+    /// The results from now on.
+    pub(crate) rx: broadcast::Receiver<Frame>,
+    /// Hold it as long as `rx` is read.
+    pub(crate) execution: ExecutionGuard,
+}
+
+/// The registry of running executions of one schema.
+pub(crate) struct Fanout<Q, M, S> {
+    schema: Schema<Q, M, S>,
+    executions: Arc<Mutex<HashMap<Key, Weak<Execution>>>>,
+    capacity: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections only insert, remove or clone; poisoning cannot leave torn state.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<Q, M, S> Fanout<Q, M, S>
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    /// A registry executing on `schema`; each subscriber may fall `capacity` results behind.
+    pub(crate) fn new(schema: Schema<Q, M, S>, capacity: usize) -> Self {
+        Self {
+            schema,
+            executions: Arc::new(Mutex::new(HashMap::new())),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Executions running now.
+    pub(crate) fn running(&self) -> usize {
+        lock(&self.executions)
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+
+    /// Joins the execution of `request` (built by `make`), starting it if none runs.
+    ///
+    /// `replay_latest` makes late joiners start with the latest result (state subscriptions).
+    pub(crate) fn subscribe(
+        &self,
+        query: &str,
+        variables: &serde_json::Value,
+        operation_name: Option<&str>,
+        visibility: Visibility,
+        replay_latest: bool,
+        make: impl FnOnce() -> async_graphql::Request,
+    ) -> Subscription {
+        let key = Key {
+            query: query.to_owned(),
+            variables: variables.to_string(),
+            operation_name: operation_name.map(str::to_owned),
+            visibility,
+        };
+        let mut map = lock(&self.executions);
+        if let Some(execution) = map.get(&key).and_then(Weak::upgrade) {
+            let rx = execution.tx.subscribe();
+            let initial = if replay_latest {
+                lock(&execution.last).clone()
+            } else {
+                None
+            };
+            return Subscription {
+                initial,
+                rx,
+                execution: ExecutionGuard(execution),
+            };
+        }
+        let (tx, rx) = broadcast::channel(self.capacity);
+        let execution = Arc::new(Execution {
+            tx: tx.clone(),
+            last: Mutex::new(None),
+            task: Mutex::new(None),
+            registry: Arc::downgrade(&self.executions),
+            key: key.clone(),
+        });
+        let weak = Arc::downgrade(&execution);
+        let stream = self.schema.execute_stream(make());
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut first = true;
+            while let Some(response) = stream.next().await {
+                let frame = encode(&response, first);
+                first = false;
+                let Some(execution) = weak.upgrade() else {
+                    return;
+                };
+                if replay_latest {
+                    *lock(&execution.last) = Some(frame.clone());
+                }
+                let ended = matches!(frame, Frame::Error(_));
+                // No receiver right now is fine: the last one is leaving and will drop us.
+                let _ = execution.tx.send(frame);
+                if ended {
+                    return;
+                }
+            }
+            if let Some(execution) = weak.upgrade() {
+                let _ = execution.tx.send(Frame::Complete);
+            }
+        });
+        *lock(&execution.task) = Some(task.abort_handle());
+        map.insert(key, Arc::downgrade(&execution));
+        Subscription {
+            initial: None,
+            rx,
+            execution: ExecutionGuard(execution),
+        }
+    }
+}
+
+/// Serialises one response. The first response of a stream that never executed (syntax or
+/// validation errors: no data, no error paths) is an `error` frame; anything else is `next`.
+pub(crate) fn encode(response: &async_graphql::Response, first: bool) -> Frame {
+    let not_executed = first
+        && response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty());
+    if not_executed {
+        Frame::Error(to_bytes(&response.errors))
+    } else {
+        Frame::Next(to_bytes(response))
+    }
+}
+
+fn to_bytes<T: serde::Serialize>(value: &T) -> Bytes {
+    // GraphQL responses are trees of strings, numbers and maps with string keys: serialising
+    // them cannot fail; if it ever did, the client gets an error result rather than nothing.
+    serde_json::to_vec(value)
+        .unwrap_or_else(|e| {
+            format!(r#"{{"errors":[{{"message":"cannot encode the result: {e}"}}]}}"#).into_bytes()
+        })
+        .into()
+}

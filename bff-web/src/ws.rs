@@ -1,0 +1,531 @@
+//! GraphQL over WebSocket with the `graphql-transport-ws` subprotocol, exactly as the graphql-ws
+//! library's PROTOCOL.md specifies it. async-graphql is the execution engine; this module owns the
+//! protocol: the connection state machine, every close code, auth at `connection_init`, limits.
+//!
+//! Close codes: 4400 invalid message, 4401 subscribe before `connection_ack`, 4403 forbidden
+//! (bad token at init), 4406 subprotocol not acceptable, 4408 no `connection_init` in time, 4409
+//! operation id already active, 4429 a second `connection_init`; and outside the graphql-ws set,
+//! 1001 when the server drains (reconnect elsewhere), 1009 for a message over the size limit and
+//! 1013 for a client too slow to read a stream subscription (reconnect and refetch).
+//!
+//! One task per socket does everything — reading, the init timer, single-result operations and
+//! every subscription — so an idle subscribed socket costs one task, its buffers and one
+//! broadcast receiver per subscription. Subscriptions are shared executions ([`crate::fanout`]).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_graphql::{ObjectType, Schema, SubscriptionType};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::Deserialize;
+use serde_json::Value;
+use switchyard_core::server::CancellationToken;
+use tokio::time::Instant;
+use tokio_stream::StreamMap;
+
+use crate::auth::{Principal, Verifier};
+use crate::fanout::{Fanout, Frame, Visibility};
+
+/// The subprotocol.
+pub(crate) const PROTOCOL: &str = "graphql-transport-ws";
+
+/// Close codes this server sends.
+pub(crate) mod close {
+    /// The message was not a valid graphql-transport-ws message.
+    pub(crate) const INVALID_MESSAGE: u16 = 4400;
+    /// `subscribe` before `connection_ack`.
+    pub(crate) const UNAUTHORIZED: u16 = 4401;
+    /// The `connection_init` credentials were refused.
+    pub(crate) const FORBIDDEN: u16 = 4403;
+    /// The client did not offer `graphql-transport-ws`.
+    pub(crate) const SUBPROTOCOL_NOT_ACCEPTABLE: u16 = 4406;
+    /// No `connection_init` within the configured time.
+    pub(crate) const INIT_TIMEOUT: u16 = 4408;
+    /// An operation with that id is already active.
+    pub(crate) const DUPLICATE_ID: u16 = 4409;
+    /// More than one `connection_init`.
+    pub(crate) const TOO_MANY_INIT: u16 = 4429;
+    /// The server is draining: reconnect (elsewhere).
+    pub(crate) const GOING_AWAY: u16 = 1001;
+    /// A message over the size limit.
+    pub(crate) const TOO_BIG: u16 = 1009;
+    /// The client did not read fast enough and missed events of a stream subscription.
+    pub(crate) const SLOW_CONSUMER: u16 = 1013;
+}
+
+/// What the socket layer needs to serve one schema.
+pub(crate) struct Socket<Q, M, S> {
+    pub(crate) schema: Schema<Q, M, S>,
+    pub(crate) fanout: std::sync::Arc<Fanout<Q, M, S>>,
+    pub(crate) verifier: std::sync::Arc<Verifier>,
+    pub(crate) limits: Limits,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl<Q, M, S> Clone for Socket<Q, M, S> {
+    fn clone(&self) -> Self {
+        Self {
+            schema: self.schema.clone(),
+            fanout: self.fanout.clone(),
+            verifier: self.verifier.clone(),
+            limits: self.limits.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// Per-socket limits and the schema's subscription policy.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// How long a socket may stay without `connection_init`.
+    pub(crate) init_timeout: Duration,
+    /// Operations (subscriptions and single results) active at once per socket.
+    pub(crate) max_operations: usize,
+    /// Root subscription fields whose results belong to the signed-in user only.
+    pub(crate) user_scoped: &'static [&'static str],
+    /// Root subscription fields that are state (latest value only): conflated, replayed to
+    /// late joiners, never a reason to cut a slow client off.
+    pub(crate) state: &'static [&'static str],
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    ConnectionInit {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    Ping {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    Pong {
+        #[serde(default)]
+        #[allow(dead_code)]
+        payload: Option<Value>,
+    },
+    Subscribe {
+        id: String,
+        payload: SubscribePayload,
+    },
+    Complete {
+        id: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct SubscribePayload {
+    query: String,
+    #[serde(default)]
+    variables: Option<Value>,
+    #[serde(default, rename = "operationName")]
+    operation_name: Option<String>,
+    #[serde(default)]
+    extensions: Option<Value>,
+}
+
+/// Why the socket ends.
+struct Closing(u16, String);
+
+impl Closing {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        let mut reason: String = reason.into();
+        // A close reason must fit a control frame (123 bytes).
+        while reason.len() > 120 {
+            reason.pop();
+        }
+        Self(code, reason)
+    }
+}
+
+struct Active {
+    /// Whether it is a state subscription (conflated rather than cut off when the client lags).
+    state: bool,
+}
+
+type Single = BoxFuture<'static, (String, Frame)>;
+
+/// Serves one upgraded socket until it closes.
+pub(crate) async fn serve<Q, M, S>(socket: WebSocket, ctx: Socket<Q, M, S>, protocol_ok: bool)
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    let mut socket = socket;
+    if !protocol_ok {
+        close(
+            &mut socket,
+            Closing::new(
+                close::SUBPROTOCOL_NOT_ACCEPTABLE,
+                "Subprotocol not acceptable",
+            ),
+        )
+        .await;
+        return;
+    }
+    let mut conn = Connection {
+        ctx,
+        init: Init::Waiting(Instant::now()),
+        active: HashMap::new(),
+        streams: StreamMap::new(),
+        singles: FuturesUnordered::new(),
+        single_ids: HashSet::new(),
+    };
+    let closing = conn.run(&mut socket).await;
+    if let Some(closing) = closing {
+        close(&mut socket, closing).await;
+    }
+}
+
+enum Init {
+    Waiting(Instant),
+    Acked(Option<Principal>),
+}
+
+struct Connection<Q, M, S> {
+    ctx: Socket<Q, M, S>,
+    init: Init,
+    active: HashMap<String, Active>,
+    streams: StreamMap<String, SubStream>,
+    singles: FuturesUnordered<Single>,
+    single_ids: HashSet<String>,
+}
+
+/// A socket's view of a shared execution: the replayed latest result, then the broadcast.
+struct SubStream {
+    initial: Option<Frame>,
+    rx: tokio_stream::wrappers::BroadcastStream<Frame>,
+    _execution: crate::fanout::ExecutionGuard,
+}
+
+impl futures::Stream for SubStream {
+    type Item = Result<Frame, u64>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if let Some(f) = self.initial.take() {
+            return std::task::Poll::Ready(Some(Ok(f)));
+        }
+        self.rx.poll_next_unpin(cx).map(|o| {
+            o.map(|r| {
+                r.map_err(|tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)| n)
+            })
+        })
+    }
+}
+
+impl<Q, M, S> Connection<Q, M, S>
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    /// Runs the protocol; returns how to close, or None when the client is already gone.
+    async fn run(&mut self, socket: &mut WebSocket) -> Option<Closing> {
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            let init_deadline = match self.init {
+                Init::Waiting(since) => Some(since + self.ctx.limits.init_timeout),
+                Init::Acked(_) => None,
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    return Some(Closing::new(close::GOING_AWAY, "server shutting down"));
+                }
+                () = sleep_until_opt(init_deadline) => {
+                    return Some(Closing::new(close::INIT_TIMEOUT, "Connection initialisation timeout"));
+                }
+                incoming = socket.recv() => {
+                    let msg = match incoming {
+                        None => return None,
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => {
+                            let text = e.to_string();
+                            if text.contains("too long") || text.contains("Space limit") || text.contains("capacity") {
+                                return Some(Closing::new(close::TOO_BIG, "message too big"));
+                            }
+                            return None;
+                        }
+                    };
+                    if let Some(closing) = self.on_message(socket, msg).await {
+                        return Some(closing);
+                    }
+                }
+                Some((id, frame)) = self.singles.next(), if !self.singles.is_empty() => {
+                    self.single_ids.remove(&id);
+                    if !send_frame(socket, &id, &frame).await {
+                        return None;
+                    }
+                    if matches!(frame, Frame::Next(_)) && !send_complete(socket, &id).await {
+                        return None;
+                    }
+                }
+                Some((id, item)) = self.streams.next(), if !self.streams.is_empty() => {
+                    match item {
+                        Ok(frame) => {
+                            let ends = !matches!(frame, Frame::Next(_));
+                            if ends {
+                                self.streams.remove(&id);
+                                self.active.remove(&id);
+                            }
+                            if !send_frame(socket, &id, &frame).await {
+                                return None;
+                            }
+                        }
+                        Err(missed) => {
+                            let state = self.active.get(&id).is_some_and(|a| a.state);
+                            if !state {
+                                tracing::info!(missed, "cutting off a client too slow for its subscription");
+                                return Some(Closing::new(close::SLOW_CONSUMER, "too slow: events were missed; reconnect"));
+                            }
+                            // State subscriptions conflate: the next frame is the newest value.
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, socket: &mut WebSocket, msg: Message) -> Option<Closing> {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                return Some(Closing::new(
+                    close::INVALID_MESSAGE,
+                    "Invalid message received: binary frames are not supported",
+                ));
+            }
+            // The WebSocket layer answers the close frame itself; nothing is left to do.
+            Message::Close(_) => return Some(Closing::new(1000, "")),
+            Message::Ping(_) | Message::Pong(_) => return None,
+        };
+        let message: ClientMessage = match serde_json::from_str(text.as_str()) {
+            Ok(m) => m,
+            Err(e) => {
+                return Some(Closing::new(
+                    close::INVALID_MESSAGE,
+                    format!("Invalid message received: {e}"),
+                ));
+            }
+        };
+        match message {
+            ClientMessage::ConnectionInit { payload } => {
+                if let Init::Acked(_) = self.init {
+                    return Some(Closing::new(
+                        close::TOO_MANY_INIT,
+                        "Too many initialisation requests",
+                    ));
+                }
+                let principal = match self.ctx.verifier.from_init_payload(payload.as_ref()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Some(Closing::new(close::FORBIDDEN, format!("Forbidden: {e}")));
+                    }
+                };
+                self.init = Init::Acked(principal);
+                if !send_text(socket, r#"{"type":"connection_ack"}"#.to_owned()).await {
+                    return None;
+                }
+            }
+            ClientMessage::Ping { payload } => {
+                let pong = match payload {
+                    Some(p) => serde_json::json!({"type": "pong", "payload": p}).to_string(),
+                    None => r#"{"type":"pong"}"#.to_owned(),
+                };
+                if !send_text(socket, pong).await {
+                    return None;
+                }
+            }
+            ClientMessage::Pong { .. } => {}
+            ClientMessage::Subscribe { id, payload } => {
+                let Init::Acked(principal) = &self.init else {
+                    return Some(Closing::new(close::UNAUTHORIZED, "Unauthorized"));
+                };
+                let principal = principal.clone();
+                if self.active.contains_key(&id) || self.single_ids.contains(&id) {
+                    return Some(Closing::new(
+                        close::DUPLICATE_ID,
+                        format!("Subscriber for {id} already exists"),
+                    ));
+                }
+                if self.active.len() + self.single_ids.len() >= self.ctx.limits.max_operations {
+                    let errors = serde_json::json!([{
+                        "message": format!("at most {} operations per socket", self.ctx.limits.max_operations),
+                        "extensions": {"code": "TOO_MANY_OPERATIONS"}
+                    }]);
+                    let frame = Frame::Error(errors.to_string().into());
+                    if !send_frame(socket, &id, &frame).await {
+                        return None;
+                    }
+                    return None;
+                }
+                self.start(id, payload, principal);
+            }
+            ClientMessage::Complete { id } => {
+                self.streams.remove(&id);
+                self.active.remove(&id);
+                // A single-result operation completes on its own; its result is dropped.
+                self.single_ids.remove(&id);
+            }
+        }
+        None
+    }
+
+    /// Starts an operation: a shared execution for subscriptions, a local future otherwise.
+    fn start(&mut self, id: String, payload: SubscribePayload, principal: Option<Principal>) {
+        let variables = payload.variables.unwrap_or(Value::Null);
+        let root = root_field(&payload.query, payload.operation_name.as_deref());
+        let make_request = {
+            let query = payload.query.clone();
+            let variables = variables.clone();
+            let operation_name = payload.operation_name.clone();
+            let extensions = payload.extensions.clone();
+            let principal = principal.clone();
+            move || {
+                let mut request = async_graphql::Request::new(query)
+                    .variables(async_graphql::Variables::from_json(variables));
+                if let Some(name) = operation_name {
+                    request = request.operation_name(name);
+                }
+                if let Some(Value::Object(ext)) = extensions {
+                    for (k, v) in ext {
+                        if let Ok(v) = async_graphql::Value::from_json(v) {
+                            request.extensions.insert(k, v);
+                        }
+                    }
+                }
+                if let Some(p) = principal {
+                    request = request.data(p);
+                }
+                request
+            }
+        };
+        match root {
+            Some(Root::Subscription(field)) => {
+                let limits = &self.ctx.limits;
+                let user_scoped = limits.user_scoped.contains(&field.as_str());
+                let state = limits.state.contains(&field.as_str());
+                let visibility = match (&principal, user_scoped) {
+                    (Some(p), true) => Visibility::User(p.user.to_string()),
+                    (None, true) => Visibility::User(String::new()),
+                    (_, false) => Visibility::Public,
+                };
+                let sub = self.ctx.fanout.subscribe(
+                    &payload.query,
+                    &variables,
+                    payload.operation_name.as_deref(),
+                    visibility,
+                    state,
+                    make_request,
+                );
+                let stream = SubStream {
+                    initial: sub.initial,
+                    rx: tokio_stream::wrappers::BroadcastStream::new(sub.rx),
+                    _execution: sub.execution,
+                };
+                self.streams.insert(id.clone(), stream);
+                self.active.insert(id, Active { state });
+            }
+            // Queries, mutations and anything unparsable: one result (syntax errors included).
+            _ => {
+                let schema = self.ctx.schema.clone();
+                self.single_ids.insert(id.clone());
+                self.singles.push(Box::pin(async move {
+                    let response = schema.execute(make_request()).await;
+                    (id, crate::fanout::encode(&response, true))
+                }));
+            }
+        }
+    }
+}
+
+enum Root {
+    Subscription(String),
+    Other,
+}
+
+/// The root field of the operation to run, when it is a subscription.
+fn root_field(query: &str, operation_name: Option<&str>) -> Option<Root> {
+    use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+    let doc = async_graphql::parser::parse_query(query).ok()?;
+    let op = match (&doc.operations, operation_name) {
+        (DocumentOperations::Single(op), _) => op,
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name)?,
+        (DocumentOperations::Multiple(_), None) => return None,
+    };
+    if op.node.ty != OperationType::Subscription {
+        return Some(Root::Other);
+    }
+    op.node
+        .selection_set
+        .node
+        .items
+        .iter()
+        .find_map(|s| match &s.node {
+            Selection::Field(f) => Some(Root::Subscription(f.node.name.node.to_string())),
+            _ => None,
+        })
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send_text(socket: &mut WebSocket, text: String) -> bool {
+    socket
+        .send(Message::Text(Utf8Bytes::from(text)))
+        .await
+        .is_ok()
+}
+
+async fn send_frame(socket: &mut WebSocket, id: &str, frame: &Frame) -> bool {
+    let id_json = serde_json::Value::String(id.to_owned()).to_string();
+    let text = match frame {
+        Frame::Next(payload) => envelope(&id_json, "next", payload),
+        Frame::Error(errors) => envelope(&id_json, "error", errors),
+        Frame::Complete => format!(r#"{{"id":{id_json},"type":"complete"}}"#),
+    };
+    send_text(socket, text).await
+}
+
+async fn send_complete(socket: &mut WebSocket, id: &str) -> bool {
+    send_frame(socket, id, &Frame::Complete).await
+}
+
+/// `{"id":…,"type":…,"payload":…}` around an already-serialised payload.
+fn envelope(id_json: &str, ty: &str, payload: &[u8]) -> String {
+    let payload = std::str::from_utf8(payload).unwrap_or("null");
+    let mut s = String::with_capacity(id_json.len() + payload.len() + 40);
+    s.push_str(r#"{"id":"#);
+    s.push_str(id_json);
+    s.push_str(r#","type":""#);
+    s.push_str(ty);
+    s.push_str(r#"","payload":"#);
+    s.push_str(payload);
+    s.push('}');
+    s
+}
+
+async fn close(socket: &mut WebSocket, closing: Closing) {
+    let frame = CloseFrame {
+        code: closing.0,
+        reason: Utf8Bytes::from(closing.1),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+    // Give the client a moment to answer the close, without ever hanging on it.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}

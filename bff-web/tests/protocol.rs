@@ -1,0 +1,428 @@
+//! graphql-transport-ws conformance, with a real WebSocket client against the real gateway:
+//! every close code the gateway ships, ping/pong, complete from either side, operation ids reused
+//! after complete, auth at `connection_init`, per-user delivery, origin checks and limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchyard_core::bus::Bus;
+use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::event::Topic;
+use switchyard_core::server::CancellationToken;
+use test_support::TestServer;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
+
+const SECRET: &str = "protocol-test-secret";
+
+struct Gateway {
+    server: TestServer,
+    bus: Arc<MemoryBus>,
+    shutdown: CancellationToken,
+}
+
+async fn gateway() -> Gateway {
+    let mut config = bff_web::Config::default();
+    config.auth.hs256_secret = SECRET.into();
+    config.websocket.init_timeout_ms = 300;
+    config.websocket.max_operations = 3;
+    config.websocket.max_message_bytes = 4_096;
+    config.cors.allowed_origins = vec!["https://app.example.com".into()];
+    let bus = Arc::new(MemoryBus::new(100));
+    let shutdown = CancellationToken::new();
+    let app = bff_web::app(&config, bus.clone(), shutdown.clone()).expect("app");
+    Gateway {
+        server: test_support::serve(app.router).await,
+        bus,
+        shutdown,
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect_with(g: &Gateway, protocol: Option<&str>, origin: Option<&str>) -> Ws {
+    let mut req = format!("ws://{}/v1/graphql", g.server.addr)
+        .into_client_request()
+        .expect("request");
+    if let Some(p) = protocol {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(p).expect("header"),
+        );
+    }
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("origin", HeaderValue::from_str(o).expect("header"));
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect")
+        .0
+}
+
+async fn connect(g: &Gateway) -> Ws {
+    connect_with(g, Some("graphql-transport-ws"), None).await
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
+}
+
+/// The next protocol message (text), skipping WebSocket pings.
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("socket open")
+            .expect("no error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+            Message::Close(c) => panic!("closed unexpectedly: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Waits for the server to close the socket and returns the close code and reason.
+async fn closed(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("closed within 5 s");
+        match msg {
+            Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                return (code.into(), reason.to_string());
+            }
+            Some(Ok(Message::Close(None))) | None => panic!("closed without a code"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("socket error instead of a close frame: {e}"),
+        }
+    }
+}
+
+async fn init(ws: &mut Ws, payload: Option<Value>) {
+    let mut m = json!({"type": "connection_init"});
+    if let Some(p) = payload {
+        m["payload"] = p;
+    }
+    send(ws, m).await;
+    assert_eq!(recv(ws).await, json!({"type": "connection_ack"}));
+}
+
+fn token(user: &str) -> Value {
+    json!({"authorization": format!("Bearer {}", bff_web::auth::hs256_token(SECRET, user, Duration::from_secs(600)))})
+}
+
+fn subscribe(id: &str, query: &str) -> Value {
+    json!({"id": id, "type": "subscribe", "payload": {"query": query}})
+}
+
+async fn publish_conversion(g: &Gateway, user: &str, id: &str) {
+    let event = json!({"type": "conversion.completed", "conversion": {
+        "id": id, "user": user, "from": "EUR", "to": "USD", "amount": "10",
+        "rate": "1.100000", "converted": "11.00", "at": "2026-11-27T00:00:00Z"}});
+    let topic = Topic::new(&format!("conversions.{user}")).expect("topic");
+    g.bus
+        .publish(&topic, Bytes::from(event.to_string()))
+        .await
+        .expect("publish");
+}
+
+const CONVERSIONS: &str = "subscription { conversions { id converted } }";
+
+#[tokio::test]
+async fn init_ack_and_ping_pong() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    // Ping is allowed before init too.
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut ws).await, json!({"type": "pong"}));
+    init(&mut ws, None).await;
+    send(&mut ws, json!({"type": "ping", "payload": {"n": 1}})).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"type": "pong", "payload": {"n": 1}})
+    );
+    // An unsolicited pong is fine and answered by nothing.
+    send(&mut ws, json!({"type": "pong"})).await;
+    send(&mut ws, subscribe("q", "{ __typename }")).await;
+    assert_eq!(recv(&mut ws).await["type"], "next");
+}
+
+#[tokio::test]
+async fn invalid_messages_close_with_4400() {
+    let g = gateway().await;
+    for bad in [
+        Message::Text("not json".into()),
+        Message::Text(r#"{"type":"nonsense"}"#.into()),
+        Message::Text(r#"{"type":"subscribe","id":"1"}"#.into()),
+        Message::Text(r#"{"id":"1"}"#.into()),
+        Message::Binary(vec![1, 2, 3].into()),
+    ] {
+        let mut ws = connect(&g).await;
+        init(&mut ws, None).await;
+        ws.send(bad.clone()).await.expect("send");
+        assert_eq!(closed(&mut ws).await.0, 4400, "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn subscribe_before_ack_closes_with_4401() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    send(&mut ws, subscribe("1", "{ __typename }")).await;
+    assert_eq!(closed(&mut ws).await, (4401, "Unauthorized".into()));
+}
+
+#[tokio::test]
+async fn a_bad_token_at_init_closes_with_4403() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    send(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"authorization": "Bearer nope"}}),
+    )
+    .await;
+    assert_eq!(closed(&mut ws).await.0, 4403);
+    let mut ws = connect(&g).await;
+    let wrong = bff_web::auth::hs256_token("another-secret", "alice", Duration::from_secs(60));
+    send(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"token": wrong}}),
+    )
+    .await;
+    assert_eq!(closed(&mut ws).await.0, 4403);
+}
+
+#[tokio::test]
+async fn an_unsupported_subprotocol_is_refused_with_4406() {
+    let g = gateway().await;
+    // Offering no subprotocol: the socket opens and is closed with 4406 at once.
+    let mut ws = connect_with(&g, None, None).await;
+    assert_eq!(closed(&mut ws).await.0, 4406);
+    // Offering only another one (the legacy `graphql-ws`): the server selects none, so the
+    // handshake itself fails on the client, as RFC 6455 requires; if the client went on anyway,
+    // it would get 4406 like above.
+    let mut req = format!("ws://{}/v1/graphql", g.server.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("graphql-ws"),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Protocol(e)) => {
+            assert!(e.to_string().contains("subprotocol"), "{e}");
+        }
+        other => panic!("expected the handshake to fail, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn no_init_in_time_closes_with_4408() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    let started = std::time::Instant::now();
+    assert_eq!(closed(&mut ws).await.0, 4408);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn a_second_init_closes_with_4429() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    init(&mut ws, None).await;
+    send(&mut ws, json!({"type": "connection_init"})).await;
+    assert_eq!(closed(&mut ws).await.0, 4429);
+}
+
+#[tokio::test]
+async fn a_duplicate_active_id_closes_with_4409() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    init(&mut ws, Some(token("alice"))).await;
+    send(&mut ws, subscribe("dup", CONVERSIONS)).await;
+    send(&mut ws, subscribe("dup", CONVERSIONS)).await;
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 4409);
+    assert!(reason.contains("dup"), "{reason}");
+}
+
+#[tokio::test]
+async fn single_results_complete_and_their_ids_can_be_reused() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    init(&mut ws, None).await;
+    for _ in 0..2 {
+        send(&mut ws, subscribe("same", "{ __typename }")).await;
+        let next = recv(&mut ws).await;
+        assert_eq!(
+            next,
+            json!({"id": "same", "type": "next", "payload": {"data": {"__typename": "Query"}}})
+        );
+        assert_eq!(
+            recv(&mut ws).await,
+            json!({"id": "same", "type": "complete"})
+        );
+    }
+}
+
+#[tokio::test]
+async fn validation_errors_are_an_error_message_without_complete() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    init(&mut ws, None).await;
+    send(&mut ws, subscribe("bad", "subscription { noSuchField }")).await;
+    let error = recv(&mut ws).await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["id"], "bad");
+    assert!(
+        error["payload"].as_array().is_some_and(|a| !a.is_empty()),
+        "{error}"
+    );
+    // The id is free again, and no complete follows the error.
+    send(&mut ws, subscribe("bad", "{ __typename }")).await;
+    assert_eq!(recv(&mut ws).await["type"], "next");
+    assert_eq!(recv(&mut ws).await["type"], "complete");
+}
+
+#[tokio::test]
+async fn complete_from_the_client_stops_delivery_and_frees_the_id() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    init(&mut ws, Some(token("alice"))).await;
+    send(&mut ws, subscribe("s", CONVERSIONS)).await;
+    // Make sure the subscription is live before publishing.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish_conversion(&g, "alice", "cv-1").await;
+    let next = recv(&mut ws).await;
+    assert_eq!(next["payload"]["data"]["conversions"]["id"], "cv-1");
+    send(&mut ws, json!({"id": "s", "type": "complete"})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish_conversion(&g, "alice", "cv-2").await;
+    // Reuse the id: only events after the new subscribe arrive, under the same id.
+    send(&mut ws, subscribe("s", CONVERSIONS)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish_conversion(&g, "alice", "cv-3").await;
+    let next = recv(&mut ws).await;
+    assert_eq!(next["id"], "s");
+    assert_eq!(
+        next["payload"]["data"]["conversions"]["id"], "cv-3",
+        "cv-2 was sent after complete"
+    );
+}
+
+#[tokio::test]
+async fn the_server_completes_a_subscription_it_refuses() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    init(&mut ws, None).await; // anonymous
+    send(&mut ws, subscribe("c", CONVERSIONS)).await;
+    let next = recv(&mut ws).await;
+    assert_eq!(next["type"], "next", "{next}");
+    assert_eq!(
+        next["payload"]["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{next}"
+    );
+    assert_eq!(recv(&mut ws).await, json!({"id": "c", "type": "complete"}));
+}
+
+#[tokio::test]
+async fn users_receive_only_their_own_conversions() {
+    let g = gateway().await;
+    let mut alice = connect(&g).await;
+    init(&mut alice, Some(token("alice"))).await;
+    let mut bob = connect(&g).await;
+    init(&mut bob, Some(token("bob"))).await;
+    send(&mut alice, subscribe("a", CONVERSIONS)).await;
+    send(&mut bob, subscribe("b", CONVERSIONS)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish_conversion(&g, "alice", "for-alice").await;
+    publish_conversion(&g, "bob", "for-bob").await;
+    assert_eq!(
+        recv(&mut alice).await["payload"]["data"]["conversions"]["id"],
+        "for-alice"
+    );
+    assert_eq!(
+        recv(&mut bob).await["payload"]["data"]["conversions"]["id"],
+        "for-bob"
+    );
+    // Nothing else arrives for either.
+    for ws in [&mut alice, &mut bob] {
+        send(ws, json!({"type": "ping"})).await;
+        assert_eq!(recv(ws).await, json!({"type": "pong"}));
+    }
+}
+
+#[tokio::test]
+async fn operations_per_socket_are_limited() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    init(&mut ws, Some(token("alice"))).await;
+    for id in ["1", "2", "3"] {
+        send(&mut ws, subscribe(id, CONVERSIONS)).await;
+    }
+    send(&mut ws, subscribe("4", CONVERSIONS)).await;
+    let error = recv(&mut ws).await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["id"], "4");
+    assert_eq!(
+        error["payload"][0]["extensions"]["code"],
+        "TOO_MANY_OPERATIONS"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_with_1009() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    init(&mut ws, None).await;
+    let big = subscribe("big", &format!("{{ __typename {} }}", " ".repeat(10_000)));
+    send(&mut ws, big).await;
+    assert_eq!(closed(&mut ws).await.0, 1009);
+}
+
+#[tokio::test]
+async fn a_page_of_another_site_cannot_open_a_socket() {
+    let g = gateway().await;
+    let mut req = format!("ws://{}/v1/graphql", g.server.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("graphql-transport-ws"),
+    );
+    req.headers_mut().insert(
+        "origin",
+        HeaderValue::from_static("https://evil.example.org"),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected a 403, got {other:?}"),
+    }
+    // The allowed origin gets in.
+    let mut ws = connect_with(
+        &g,
+        Some("graphql-transport-ws"),
+        Some("https://app.example.com"),
+    )
+    .await;
+    init(&mut ws, None).await;
+}
+
+#[tokio::test]
+async fn draining_closes_sockets_with_1001() {
+    let g = gateway().await;
+    let mut ws = connect(&g).await;
+    init(&mut ws, None).await;
+    g.shutdown.cancel();
+    assert_eq!(closed(&mut ws).await.0, 1001);
+}
