@@ -185,12 +185,18 @@ pub struct App {
     pub router: Router,
     sockets: TaskTracker,
     hub: Hub,
+    v1_fanout: Arc<fanout::Fanout<v1::Query, v1::Mutation, v1::SubscriptionRoot>>,
 }
 
 impl App {
     /// Topics with local subscribers right now (each has one source subscription).
     pub fn active_topics(&self) -> usize {
         self.hub.active_topics()
+    }
+
+    /// Subscription executions running now on /v1 (identical subscriptions share one).
+    pub fn v1_executions(&self) -> usize {
+        self.v1_fanout.running()
     }
 }
 
@@ -214,15 +220,16 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
             hub: hub.clone(),
         },
     );
+    let v1_fanout = Arc::new(fanout::Fanout::new(
+        v1.clone(),
+        config.websocket.send_queue_messages,
+    ));
     let endpoint = http::Endpoint {
         path: "/v1/graphql",
         graphiql: config.graphql.graphiql,
         verifier: verifier.clone(),
         socket: ws::Socket {
-            fanout: Arc::new(fanout::Fanout::new(
-                v1.clone(),
-                config.websocket.send_queue_messages,
-            )),
+            fanout: v1_fanout.clone(),
             schema: v1,
             verifier,
             limits: ws::Limits {
@@ -251,6 +258,7 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         router: server::with_common_layers(router, &config.server),
         sockets,
         hub,
+        v1_fanout,
     })
 }
 

@@ -23,6 +23,8 @@ struct Gateway {
     server: TestServer,
     bus: Arc<MemoryBus>,
     shutdown: CancellationToken,
+    app_executions: Box<dyn Fn() -> usize>,
+    active_topics: Box<dyn Fn() -> usize>,
 }
 
 async fn gateway() -> Gateway {
@@ -34,11 +36,14 @@ async fn gateway() -> Gateway {
     config.cors.allowed_origins = vec!["https://app.example.com".into()];
     let bus = Arc::new(MemoryBus::new(100));
     let shutdown = CancellationToken::new();
-    let app = bff_web::app(&config, bus.clone(), shutdown.clone()).expect("app");
+    let app = Arc::new(bff_web::app(&config, bus.clone(), shutdown.clone()).expect("app"));
+    let (a, b) = (app.clone(), app.clone());
     Gateway {
-        server: test_support::serve(app.router).await,
+        server: test_support::serve(app.router.clone()).await,
         bus,
         shutdown,
+        app_executions: Box::new(move || a.v1_executions()),
+        active_topics: Box::new(move || b.active_topics()),
     }
 }
 
@@ -425,4 +430,40 @@ async fn draining_closes_sockets_with_1001() {
     init(&mut ws, None).await;
     g.shutdown.cancel();
     assert_eq!(closed(&mut ws).await.0, 1001);
+}
+
+#[tokio::test]
+async fn identical_subscriptions_share_one_execution_per_visibility() {
+    let g = gateway().await;
+    let mut sockets = Vec::new();
+    for user in ["alice", "alice", "alice", "bob"] {
+        let mut ws = connect(&g).await;
+        init(&mut ws, Some(token(user))).await;
+        send(&mut ws, subscribe("c", CONVERSIONS)).await;
+        sockets.push(ws);
+    }
+    assert!(
+        test_support::eventually(Duration::from_secs(2), || async {
+            (g.app_executions)() == 2
+        })
+        .await,
+        "three alice sockets share one execution, bob has his own: {}",
+        (g.app_executions)()
+    );
+    assert_eq!((g.active_topics)(), 2, "one hub topic per user");
+    publish_conversion(&g, "alice", "shared").await;
+    for ws in &mut sockets[..3] {
+        assert_eq!(
+            recv(ws).await["payload"]["data"]["conversions"]["id"],
+            "shared"
+        );
+    }
+    drop(sockets);
+    assert!(
+        test_support::eventually(Duration::from_secs(2), || async {
+            (g.app_executions)() == 0 && (g.active_topics)() == 0
+        })
+        .await,
+        "executions and hub topics are released with the last socket"
+    );
 }

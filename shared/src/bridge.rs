@@ -301,9 +301,7 @@ impl From<&BridgeConfig> for Timings {
 /// `initial` doubled per failure, at most `max`. The actual wait is drawn uniformly below it
 /// (full jitter), so many bridges that lost the same upstream do not reconnect in step.
 fn backoff_ceiling_ms(failures: u32, initial_ms: u64, max_ms: u64) -> u64 {
-    initial_ms
-        .saturating_mul(1 << failures.min(20))
-        .min(max_ms)
+    initial_ms.saturating_mul(1 << failures.min(20)).min(max_ms)
 }
 
 /// The frames that bring an upstream connection from watching `upstream` to watching `desired`.
@@ -473,8 +471,8 @@ async fn serve(shared: &Shared, bus: &dyn Bus, mut ws: Ws) -> End {
             close(ws).await;
             return End::Idle;
         }
+        // Unbiased: neither a busy upstream nor churning watches can starve the other.
         let msg = tokio::select! {
-            biased;
             () = shared.stop.cancelled() => {
                 close(ws).await;
                 return End::Stopped;
@@ -510,7 +508,9 @@ async fn serve(shared: &Shared, bus: &dyn Bus, mut ws: Ws) -> End {
                 continue;
             }
             // Pings are answered by the WebSocket layer; after a Close the next read ends.
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_))) => {
+            Some(Ok(
+                Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_),
+            )) => {
                 continue;
             }
         };
@@ -570,7 +570,10 @@ mod tests {
     use super::*;
 
     fn topics(names: &[&str]) -> Vec<Topic> {
-        names.iter().map(|n| Topic::new(n).expect("valid")).collect()
+        names
+            .iter()
+            .map(|n| Topic::new(n).expect("valid"))
+            .collect()
     }
 
     fn desired(names: &[&str]) -> HashMap<Topic, usize> {
@@ -598,7 +601,10 @@ mod tests {
             Plan::default(),
             "a topic released and wanted again before the task looked costs no frames"
         );
-        assert_eq!(plan(&desired(&[]), &upstream(&["a"])).unwatch, topics(&["a"]));
+        assert_eq!(
+            plan(&desired(&[]), &upstream(&["a"])).unwatch,
+            topics(&["a"])
+        );
     }
 
     #[test]

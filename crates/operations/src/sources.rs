@@ -123,7 +123,10 @@ mod tests {
     fn topics_name_pairs() {
         assert_eq!(rates_topic(&eur_usd()).as_str(), "rates.EUR/USD");
         assert_eq!(pair_of(&rates_topic(&eur_usd())), Some(eur_usd()));
-        assert_eq!(default_bridges()[EXCHANGE_BRIDGE].url, "ws://127.0.0.1:9102/v1/ticks");
+        assert_eq!(
+            default_bridges()[EXCHANGE_BRIDGE].url,
+            "ws://127.0.0.1:9102/v1/ticks"
+        );
     }
 
     #[test]

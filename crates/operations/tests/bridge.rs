@@ -57,9 +57,7 @@ impl Exchange {
         let stop = CancellationToken::new();
         let task = tokio::spawn(exchange::run(config, listener, stop.clone()));
         let task = tokio::spawn(async move {
-            task.await
-                .expect("exchange task")
-                .expect("exchange serves");
+            task.await.expect("exchange task").expect("exchange serves");
         });
         Self { addr, stop, task }
     }
@@ -93,7 +91,11 @@ impl Exchange {
             .expect("exchange task");
         let addr = self.addr;
         assert!(
-            eventually(WAIT, || async move { TcpStream::connect(addr).await.is_err() }).await,
+            eventually(
+                WAIT,
+                || async move { TcpStream::connect(addr).await.is_err() }
+            )
+            .await,
             "the exchange's port is closed"
         );
     }
@@ -131,7 +133,11 @@ async fn subscribe_n(hub: &Hub, pair: Pair, n: usize) -> Vec<Subscriber> {
     let topic = rates_topic(&pair);
     let mut subs = Vec::with_capacity(n);
     for _ in 0..n {
-        subs.push(hub.subscribe(&topic, StartAt::Live).await.expect("subscribe"));
+        subs.push(
+            hub.subscribe(&topic, StartAt::Live)
+                .await
+                .expect("subscribe"),
+        );
     }
     for sub in &mut subs {
         assert_eq!(rate(&next_event(sub).await).pair, pair);
@@ -144,8 +150,8 @@ async fn many_subscribers_share_one_upstream_watch_released_with_the_last() {
     let exchange = Exchange::start(SocketAddr::from(([127, 0, 0, 1], 0))).await;
     let bus = Arc::new(MemoryBus::new(64));
     let bridge = exchange_bridge(&bridge_config(&exchange), bus.clone());
-    let hub = Hub::new(bus, HubConfig::default())
-        .with_feeder(RATES_PREFIX, Arc::new(bridge.clone()));
+    let hub =
+        Hub::new(bus, HubConfig::default()).with_feeder(RATES_PREFIX, Arc::new(bridge.clone()));
     let (eur, gbp) = (pair("EUR/USD"), pair("GBP/USD"));
 
     let mut eur_subs = subscribe_n(&hub, eur, 200).await;
@@ -156,7 +162,11 @@ async fn many_subscribers_share_one_upstream_watch_released_with_the_last() {
     assert!(b.seq > a.seq, "{} then {}", a.seq, b.seq);
 
     let gbp_subs = subscribe_n(&hub, gbp, 200).await;
-    assert!(eventually(WAIT, || exchange.reports(1, &[("EUR/USD", 1), ("GBP/USD", 1)])).await);
+    assert!(
+        eventually(WAIT, || exchange
+            .reports(1, &[("EUR/USD", 1), ("GBP/USD", 1)]))
+        .await
+    );
     assert_eq!(exchange.stats().await.connections_total, 1);
     let stats = bridge.stats();
     assert!(stats.connected);
@@ -198,7 +208,11 @@ async fn a_restarted_exchange_is_reconnected_and_rewatched_by_itself() {
     assert!(eventually(WAIT, || async { !bridge.stats().connected }).await);
     // Nothing more comes from the old exchange: anything after this head is from the new one.
     let head = bus.head(&topic).await.unwrap();
-    assert_eq!(bridge.stats().watched_topics, 1, "the subscriber still wants it");
+    assert_eq!(
+        bridge.stats().watched_topics,
+        1,
+        "the subscriber still wants it"
+    );
 
     let exchange = Exchange::start(addr).await;
     let resumed = loop {
@@ -212,7 +226,12 @@ async fn a_restarted_exchange_is_reconnected_and_rewatched_by_itself() {
     assert_eq!(exchange.stats().await.connections_total, 1);
     assert_eq!(bridge.stats().connects_total, 2);
     let later = rate(&next_event(&mut sub).await);
-    assert!(later.seq > resumed.seq, "{} then {}", resumed.seq, later.seq);
+    assert!(
+        later.seq > resumed.seq,
+        "{} then {}",
+        resumed.seq,
+        later.seq
+    );
 
     drop(sub);
     assert!(eventually(WAIT, || exchange.reports(0, &[])).await);

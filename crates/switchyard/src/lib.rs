@@ -2,8 +2,9 @@
 //! gateways — in one process on one in-memory bus, and stop it.
 //!
 //! The stack's configuration holds each component's own configuration. The launcher wires them:
-//! every gateway's (and conversions') `limits`, `exchange` and `conversions` backends are pointed
-//! at the services it started (so port 0 works everywhere), and all components share one bus.
+//! every gateway's (and conversions') `limits`, `exchange` and `conversions` backends, and the
+//! `exchange` tick bridge, are pointed at the services it started (so port 0 works everywhere),
+//! and all components share one bus.
 //! Each component's own `bus` and `log` sections are not used here; the stack's are.
 //! Tests use [`Stack`] directly; the `switchyard` binary wraps it with signals and printing.
 
@@ -21,8 +22,12 @@ use tokio::task::JoinSet;
 /// Prefix of the environment variables that override the launcher's configuration.
 pub const ENV_PREFIX: &str = "SWITCHYARD";
 
+/// The HS256 secret the one-process demo stack signs and checks tokens with (`switchyard token`).
+/// A demo convenience only: production gateways get their keys from their own configuration.
+pub const DEMO_SECRET: &str = "switchyard-demo-secret-change-me";
+
 /// The whole stack's configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Log output for the whole process.
@@ -41,6 +46,23 @@ pub struct Config {
     pub mobile: bff_mobile::Config,
     /// The device gateway.
     pub device: bff_device::Config,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut web = bff_web::Config::default();
+        web.auth.hs256_secret = DEMO_SECRET.to_owned();
+        Self {
+            log: LogConfig::default(),
+            bus: BusConfig::default(),
+            limits: Default::default(),
+            exchange: Default::default(),
+            conversions: Default::default(),
+            web,
+            mobile: Default::default(),
+            device: Default::default(),
+        }
+    }
 }
 
 impl Config {
@@ -129,6 +151,12 @@ impl Stack {
         ] {
             wire(gateway, &[LIMITS, EXCHANGE, CONVERSIONS]);
         }
+        // The exchange's own tick protocol, bridged into the bus for the gateways' rates topics.
+        let ticks = format!("ws://{}/v1/ticks", addrs["exchange"]);
+        web.bridges
+            .entry(operations::sources::EXCHANGE_BRIDGE.to_owned())
+            .or_insert_with(|| switchyard_core::config::BridgeConfig::new(""))
+            .url = ticks;
 
         let root = CancellationToken::new();
         let mut tokens = HashMap::new();

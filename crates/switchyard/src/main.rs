@@ -24,14 +24,33 @@ enum Command {
         #[command(flatten)]
         args: Args,
     },
+    /// Print a bearer token for a demo user, signed with the stack's secret (valid 24 hours).
+    Token {
+        /// The user the token signs in (1 to 64 of A-Z a-z 0-9 _ -).
+        user: String,
+        #[command(flatten)]
+        args: Args,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Command::Up { args } = Cli::parse().command;
+    let (args, token_for) = match Cli::parse().command {
+        Command::Up { args } => (args, None),
+        Command::Token { user, args } => (args, Some(user)),
+    };
     let Loaded::Run(config) = args.load::<Config>(switchyard::ENV_PREFIX)? else {
         return Ok(());
     };
+    if let Some(user) = token_for {
+        demo_api::UserId::parse(&user)?;
+        let ttl = std::time::Duration::from_secs(24 * 3600);
+        println!(
+            "{}",
+            bff_web::auth::hs256_token(&config.web.auth.hs256_secret, &user, ttl)
+        );
+        return Ok(());
+    }
     switchyard_core::telemetry::init(&config.log);
     let stack = Stack::start(config).await?;
     let url = |c: &str| stack.url(c);

@@ -4,6 +4,7 @@
 //! Nothing here mocks HTTP: every fixture is a real axum server on a real socket. This crate does
 //! not depend on the core, so the core's own tests can use it without a dependency cycle.
 
+pub mod graphql_ws;
 pub mod process;
 
 use std::future::Future;

@@ -1,0 +1,172 @@
+//! Compatibility with the reference graphql-transport-ws client: the npm package `graphql-ws`,
+//! run with node (`tests/js/rates-client.mjs`) against bff-web of the whole stack. It connects,
+//! runs a query over the socket, subscribes to rates, receives ticks with increasing `seq`,
+//! completes the subscription and closes normally; then the exchange service shows the upstream
+//! watch released.
+//!
+//! Needs node (>= 20) and the client's dependencies: `npm ci --prefix tests/js` (scripts/test
+//! runs it). Without them this test fails, saying so; it never skips.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard::{Config, Stack};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+/// How long the node client may run before it is killed (it has its own 15 s timeout).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SETUP_HINT: &str = "install the JavaScript client's dependencies with \
+    `npm ci --prefix tests/js` (scripts/test does it; it needs node >= 20 and npm)";
+
+fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
+}
+
+/// Fails (never skips) with a clear message when node or the npm dependencies are missing.
+async fn check_node_setup() {
+    let version = Command::new("node")
+        .arg("--version")
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot run `node` ({e}): install node >= 20, then {SETUP_HINT}")
+        });
+    assert!(
+        version.status.success(),
+        "`node --version` failed ({}): install node >= 20, then {SETUP_HINT}",
+        version.status
+    );
+    for package in ["graphql-ws", "ws"] {
+        let dir = js_dir().join("node_modules").join(package);
+        assert!(
+            dir.join("package.json").is_file(),
+            "{} is missing: {SETUP_HINT}",
+            dir.display()
+        );
+    }
+}
+
+/// What the node client reported.
+struct Run {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `node tests/js/rates-client.mjs <url>`, killing it after [`CLIENT_TIMEOUT`].
+async fn run_node_client(ws_url: &str) -> Run {
+    let script = js_dir().join("rates-client.mjs");
+    let mut child = Command::new("node")
+        .arg(&script)
+        .arg(ws_url)
+        .current_dir(js_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start node {}: {e}", script.display()));
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let read_out = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s).await;
+        s
+    });
+    let read_err = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s).await;
+        s
+    });
+    let status = match tokio::time::timeout(CLIENT_TIMEOUT, child.wait()).await {
+        Ok(status) => status.expect("wait for node"),
+        Err(_) => {
+            let _ = child.kill().await;
+            let stderr = read_err.await.unwrap_or_default();
+            panic!(
+                "the node client did not finish within {CLIENT_TIMEOUT:?}; killed it. stderr:\n{stderr}"
+            );
+        }
+    };
+    Run {
+        status,
+        stdout: read_out.await.expect("stdout reader"),
+        stderr: read_err.await.expect("stderr reader"),
+    }
+}
+
+async fn exchange_stats(stack: &Stack) -> Value {
+    reqwest::get(format!("{}/v1/stats", stack.url("exchange")))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats JSON")
+}
+
+#[tokio::test]
+async fn the_graphql_ws_npm_client_subscribes_to_rates_and_completes_cleanly() {
+    check_node_setup().await;
+
+    let mut config = Config::ephemeral();
+    config.exchange.tick_interval_ms = 50;
+    let stack = Stack::start(config).await.expect("stack starts");
+    let ws_url = format!("ws://{}/v1/graphql", stack.addr("bff-web"));
+
+    let run = run_node_client(&ws_url).await;
+    let report = format!(
+        "node client exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        run.status, run.stdout, run.stderr
+    );
+    assert!(run.status.success(), "{report}");
+    println!("{report}"); // shown with --nocapture
+
+    let summary: Value = run
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON summary on stdout\n{report}"));
+    assert_eq!(summary["ok"], true, "{report}");
+    assert_eq!(
+        summary["query"],
+        json!({"data": {"__typename": "Query"}}),
+        "{report}"
+    );
+    let seqs: Vec<i64> = summary["seqs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no seqs in the summary\n{report}"))
+        .iter()
+        .map(|s| s.as_i64().expect("an integer seq"))
+        .collect();
+    assert!(seqs.len() >= 3, "at least 3 ticks\n{report}");
+    assert_eq!(summary["ticks"], json!(seqs.len()), "{report}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq strictly increasing: {seqs:?}\n{report}"
+    );
+    assert_eq!(summary["closeCode"], 1000, "normal closure\n{report}");
+
+    // The ticks came through the gateway's upstream bridge to the exchange service...
+    let stats = exchange_stats(&stack).await;
+    assert!(
+        stats["connections_total"].as_u64() >= Some(1),
+        "the exchange never saw the gateway's upstream connection: {stats}"
+    );
+    // ...and now that the client is gone, the gateway released its upstream watch there.
+    let released = test_support::eventually(Duration::from_secs(5), || async {
+        exchange_stats(&stack).await["watchers"] == json!({})
+    })
+    .await;
+    assert!(
+        released,
+        "the exchange still has watchers after the client left: {}",
+        exchange_stats(&stack).await
+    );
+    stack.stop().await.expect("clean stop");
+}
