@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchyard::{Config, Stack};
+use switchyard::{Config, DEMO_SECRET, Stack};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
@@ -40,6 +40,17 @@ async fn check_node_setup() {
         "`node --version` failed ({}): install node >= 20, then {SETUP_HINT}",
         version.status
     );
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    let major: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        major >= 20,
+        "node {version} is too old: graphql-ws 6 needs node >= 20"
+    );
     for package in ["graphql-ws", "ws"] {
         let dir = js_dir().join("node_modules").join(package);
         assert!(
@@ -57,12 +68,22 @@ struct Run {
     stderr: String,
 }
 
-/// Runs `node tests/js/rates-client.mjs <url>`, killing it after [`CLIENT_TIMEOUT`].
-async fn run_node_client(ws_url: &str) -> Run {
+impl Run {
+    fn report(&self) -> String {
+        format!(
+            "node client exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `node tests/js/rates-client.mjs <url> [token]`, killing it after [`CLIENT_TIMEOUT`].
+async fn run_node_client(ws_url: &str, token: Option<&str>) -> Run {
     let script = js_dir().join("rates-client.mjs");
     let mut child = Command::new("node")
         .arg(&script)
         .arg(ws_url)
+        .args(token)
         .current_dir(js_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -108,23 +129,22 @@ async fn exchange_stats(stack: &Stack) -> Value {
         .expect("stats JSON")
 }
 
-#[tokio::test]
-async fn the_graphql_ws_npm_client_subscribes_to_rates_and_completes_cleanly() {
-    check_node_setup().await;
-
+async fn stack() -> Stack {
     let mut config = Config::ephemeral();
     config.exchange.tick_interval_ms = 50;
-    let stack = Stack::start(config).await.expect("stack starts");
-    let ws_url = format!("ws://{}/v1/graphql", stack.addr("bff-web"));
+    Stack::start(config).await.expect("stack starts")
+}
 
-    let run = run_node_client(&ws_url).await;
-    let report = format!(
-        "node client exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        run.status, run.stdout, run.stderr
-    );
+fn ws_url(stack: &Stack) -> String {
+    format!("ws://{}/v1/graphql", stack.addr("bff-web"))
+}
+
+/// Checks a successful run's summary: the query's answer, at least 3 ticks with strictly
+/// increasing `seq`, and a normal closure.
+fn check_summary(run: &Run) {
+    let report = run.report();
     assert!(run.status.success(), "{report}");
     println!("{report}"); // shown with --nocapture
-
     let summary: Value = run
         .stdout
         .lines()
@@ -151,22 +171,59 @@ async fn the_graphql_ws_npm_client_subscribes_to_rates_and_completes_cleanly() {
         "seq strictly increasing: {seqs:?}\n{report}"
     );
     assert_eq!(summary["closeCode"], 1000, "normal closure\n{report}");
+}
 
-    // The ticks came through the gateway's upstream bridge to the exchange service...
-    let stats = exchange_stats(&stack).await;
+/// The ticks came through the gateway's upstream bridge to the exchange service, and now that
+/// the client is gone the gateway has released its upstream watch there.
+async fn assert_upstream_watch_released(stack: &Stack) {
+    let stats = exchange_stats(stack).await;
     assert!(
         stats["connections_total"].as_u64() >= Some(1),
         "the exchange never saw the gateway's upstream connection: {stats}"
     );
-    // ...and now that the client is gone, the gateway released its upstream watch there.
     let released = test_support::eventually(Duration::from_secs(5), || async {
-        exchange_stats(&stack).await["watchers"] == json!({})
+        exchange_stats(stack).await["watchers"] == json!({})
     })
     .await;
     assert!(
         released,
         "the exchange still has watchers after the client left: {}",
-        exchange_stats(&stack).await
+        exchange_stats(stack).await
     );
+}
+
+#[tokio::test]
+async fn the_graphql_ws_npm_client_subscribes_to_rates_and_completes_cleanly() {
+    check_node_setup().await;
+    let stack = stack().await;
+    let run = run_node_client(&ws_url(&stack), None).await;
+    check_summary(&run);
+    assert_upstream_watch_released(&stack).await;
+    stack.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn the_npm_client_signs_in_with_connection_params_and_a_bad_token_is_refused() {
+    check_node_setup().await;
+    let stack = stack().await;
+    let token = bff_web::auth::hs256_token(DEMO_SECRET, "alice", Duration::from_secs(600));
+    let run = run_node_client(&ws_url(&stack), Some(&token)).await;
+    check_summary(&run);
+
+    // A refused token closes the socket with 4403 Forbidden; the client reports it and fails.
+    let run = run_node_client(&ws_url(&stack), Some("not-a-token")).await;
+    let report = run.report();
+    assert!(!run.status.success(), "a bad token must fail\n{report}");
+    println!("{report}"); // shown with --nocapture
+    assert!(
+        run.stderr.contains("code 4403"),
+        "closed with 4403\n{report}"
+    );
+    assert!(
+        run.stdout.trim().is_empty(),
+        "no summary on failure\n{report}"
+    );
+
+    assert_upstream_watch_released(&stack).await;
     stack.stop().await.expect("clean stop");
 }

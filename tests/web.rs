@@ -196,3 +196,74 @@ async fn many_rate_subscribers_share_one_upstream_subscription_released_by_the_l
     assert!(released, "{}", exchange_stats(&stack).await);
     stack.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn v1_and_v2_are_served_side_by_side() {
+    let stack = stack(3_600_000).await;
+    let alice = token("alice");
+    let post = |version: &'static str, query: &'static str| {
+        let url = format!("{}/{version}/graphql", stack.url("bff-web"));
+        let alice = alice.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(alice)
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .expect("request")
+                .json::<Value>()
+                .await
+                .expect("JSON")
+        }
+    };
+    let v1 = post(
+        "v1",
+        r#"{ quote(user: "alice", from: "EUR", to: "USD", amount: "10") { converted remainingLimit } }"#,
+    )
+    .await;
+    let v2 = post(
+        "v2",
+        r#"{ quote(from: "EUR", to: "USD", amount: "10") { converted { amount currency } remainingLimit { amount currency } } }"#,
+    )
+    .await;
+    let (q1, q2) = (&v1["data"]["quote"], &v2["data"]["quote"]);
+    assert!(q1["converted"].is_string(), "{v1}");
+    assert_eq!(q2["converted"]["amount"], q1["converted"], "{v2}");
+    assert_eq!(q2["converted"]["currency"], "USD");
+    assert_eq!(q2["remainingLimit"]["amount"], q1["remainingLimit"]);
+    // A v1 query shape is invalid on v2 (money is structured there), and the other way round.
+    let wrong = post(
+        "v2",
+        r#"{ quote(from: "EUR", to: "USD", amount: "10") { converted } }"#,
+    )
+    .await;
+    assert!(wrong["errors"].is_array(), "{wrong}");
+
+    // Subscriptions work on /v2 too, with v2 shapes.
+    let url = format!("ws://{}/v2/graphql", stack.addr("bff-web"));
+    let mut ws = Client::connect(&url, Some(&alice)).await;
+    ws.subscribe(
+        "c",
+        "subscription { conversions { id converted { amount currency } } }",
+        json!({}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let converted = post(
+        "v2",
+        r#"mutation { convert(from: "GBP", to: "JPY", amount: "3") { id converted { amount currency } } }"#,
+    )
+    .await;
+    let event = ws.recv().await;
+    assert_eq!(
+        event["payload"]["data"]["conversions"]["converted"],
+        converted["data"]["convert"]["converted"],
+        "{event}"
+    );
+    assert_eq!(
+        event["payload"]["data"]["conversions"]["converted"]["currency"],
+        "JPY"
+    );
+    stack.stop().await.expect("clean stop");
+}

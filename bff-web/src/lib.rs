@@ -16,6 +16,7 @@ mod http;
 mod limits;
 mod live;
 mod v1;
+mod v2;
 mod ws;
 
 use std::collections::BTreeMap;
@@ -161,6 +162,7 @@ impl Default for WebSocketConfig {
 }
 
 /// What every resolver reads from the schema's context.
+#[derive(Clone)]
 pub(crate) struct ContextData {
     pub(crate) ops: operations::Operations,
     pub(crate) hub: Hub,
@@ -213,44 +215,28 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
     let sockets = TaskTracker::new();
     let origins = Origins::new(&config.cors)?;
 
-    let v1 = v1::schema(
-        &config.graphql,
-        ContextData {
-            ops,
-            hub: hub.clone(),
-        },
-    );
-    let v1_fanout = Arc::new(fanout::Fanout::new(
-        v1.clone(),
-        config.websocket.send_queue_messages,
-    ));
-    let endpoint = http::Endpoint {
-        path: "/v1/graphql",
-        graphiql: config.graphql.graphiql,
-        verifier: verifier.clone(),
-        socket: ws::Socket {
-            fanout: v1_fanout.clone(),
-            schema: v1,
-            verifier,
-            limits: ws::Limits {
-                init_timeout: std::time::Duration::from_millis(config.websocket.init_timeout_ms),
-                max_operations: config.websocket.max_operations,
-                user_scoped: v1::USER_SCOPED,
-                state: v1::STATE,
-            },
-            shutdown: shutdown.clone(),
-        },
-        websocket: config.websocket.clone(),
+    let shared = Shared {
+        config,
+        verifier,
         origins: origins.clone(),
         sockets: sockets.clone(),
+        shutdown,
     };
-    let mut router =
-        Router::new()
-            .nest("/v1", http::routes(endpoint))
-            .merge(server::health_routes(Readiness::new(
-                Some(upstreams),
-                Some(bus),
-            )));
+    let data = || ContextData {
+        ops: ops.clone(),
+        hub: hub.clone(),
+    };
+    let v1 = v1::schema(&config.graphql, data());
+    let (v1_routes, v1_fanout) = shared.endpoint(v1, "/v1/graphql", v1::USER_SCOPED, v1::STATE);
+    let v2 = v2::schema(&config.graphql, data());
+    let (v2_routes, _) = shared.endpoint(v2, "/v2/graphql", v2::USER_SCOPED, v2::STATE);
+    let mut router = Router::new()
+        .nest("/v1", v1_routes)
+        .nest("/v2", v2_routes)
+        .merge(server::health_routes(Readiness::new(
+            Some(upstreams),
+            Some(bus),
+        )));
     if let Some(cors) = origins.cors_layer() {
         router = router.layer(cors);
     }
@@ -260,6 +246,58 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         hub,
         v1_fanout,
     })
+}
+
+/// What every schema version's endpoint shares.
+struct Shared<'a> {
+    config: &'a Config,
+    verifier: Arc<auth::Verifier>,
+    origins: Origins,
+    sockets: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Shared<'_> {
+    /// The routes of one schema version at `path`, and its shared-execution registry.
+    fn endpoint<Q, M, S>(
+        &self,
+        schema: async_graphql::Schema<Q, M, S>,
+        path: &'static str,
+        user_scoped: &'static [&'static str],
+        state: &'static [&'static str],
+    ) -> (Router, Arc<fanout::Fanout<Q, M, S>>)
+    where
+        Q: async_graphql::ObjectType + 'static,
+        M: async_graphql::ObjectType + 'static,
+        S: async_graphql::SubscriptionType + 'static,
+    {
+        let ws_config = &self.config.websocket;
+        let fanout = Arc::new(fanout::Fanout::new(
+            schema.clone(),
+            ws_config.send_queue_messages,
+        ));
+        let endpoint = http::Endpoint {
+            path,
+            graphiql: self.config.graphql.graphiql,
+            verifier: self.verifier.clone(),
+            socket: ws::Socket {
+                fanout: fanout.clone(),
+                schema,
+                verifier: self.verifier.clone(),
+                limits: ws::Limits {
+                    init_timeout: std::time::Duration::from_millis(ws_config.init_timeout_ms),
+                    max_operations: ws_config.max_operations,
+                    user_scoped,
+                    state,
+                },
+                shutdown: self.shutdown.clone(),
+            },
+            websocket: ws_config.clone(),
+            origins: self.origins.clone(),
+            sockets: self.sockets.clone(),
+        };
+        (http::routes(endpoint), fanout)
+    }
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled; open sockets are told to go
@@ -291,6 +329,11 @@ pub async fn run(
 /// The SDL of the served v1 schema (what `schema/v1.graphql` must stay compatible with).
 pub fn v1_sdl() -> String {
     v1::sdl()
+}
+
+/// The SDL of the served v2 schema (what `schema/v2.graphql` must stay compatible with).
+pub fn v2_sdl() -> String {
+    v2::sdl()
 }
 
 /// The configured allow-list of origins.

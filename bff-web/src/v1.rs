@@ -193,7 +193,7 @@ impl QuoteV1 {
     }
 }
 
-/// A rate.
+/// A rate (the same in v2).
 #[derive(SimpleObject)]
 #[graphql(name = "Rate")]
 pub(crate) struct RateV1 {
@@ -215,7 +215,7 @@ impl From<Rate> for RateV1 {
     }
 }
 
-/// A daily conversion limit.
+/// A daily conversion limit (the same in v2).
 #[derive(SimpleObject)]
 #[graphql(name = "Limit")]
 pub(crate) struct LimitV1 {
@@ -286,23 +286,13 @@ impl DashboardV1 {
 
     /// Their daily limit; null with an error naming the backend when limits did not answer.
     async fn limit(&self) -> Result<Option<LimitV1>> {
-        match &self.dashboard.limit {
-            Ok(l) => Ok(Some(l.into())),
-            Err(e) => Err(upstream_error(e)),
-        }
+        dashboard_limit(&self.dashboard)
     }
 
     /// The rates asked for, in the order asked; an entry is null with an error naming the
     /// backend when its rate could not be fetched.
     async fn rates(&self) -> Vec<Result<Option<RateV1>>> {
-        self.dashboard
-            .rates
-            .iter()
-            .map(|(_, r)| match r {
-                Ok(rate) => Ok(Some(RateV1::from(rate.clone()))),
-                Err(e) => Err(upstream_error(e)),
-            })
-            .collect()
+        dashboard_rates(&self.dashboard)
     }
 
     /// Their most recent conversions, most recent first; null with an error naming the backend
@@ -313,4 +303,23 @@ impl DashboardV1 {
             Err(e) => Err(upstream_error(e)),
         }
     }
+}
+
+/// A dashboard's limit part (the same in v1 and v2).
+pub(crate) fn dashboard_limit(d: &operations::Dashboard) -> Result<Option<LimitV1>> {
+    match &d.limit {
+        Ok(l) => Ok(Some(l.into())),
+        Err(e) => Err(upstream_error(e)),
+    }
+}
+
+/// A dashboard's rates part (the same in v1 and v2).
+pub(crate) fn dashboard_rates(d: &operations::Dashboard) -> Vec<Result<Option<RateV1>>> {
+    d.rates
+        .iter()
+        .map(|(_, r)| match r {
+            Ok(rate) => Ok(Some(RateV1::from(rate.clone()))),
+            Err(e) => Err(upstream_error(e)),
+        })
+        .collect()
 }
