@@ -108,22 +108,11 @@ enum ClientMessage {
     },
     Subscribe {
         id: String,
-        payload: SubscribePayload,
+        payload: crate::http::RequestBody,
     },
     Complete {
         id: String,
     },
-}
-
-#[derive(Deserialize)]
-struct SubscribePayload {
-    query: String,
-    #[serde(default)]
-    variables: Option<Value>,
-    #[serde(default, rename = "operationName")]
-    operation_name: Option<String>,
-    #[serde(default)]
-    extensions: Option<Value>,
 }
 
 /// Why the socket ends.
@@ -376,33 +365,19 @@ where
     }
 
     /// Starts an operation: a shared execution for subscriptions, a local future otherwise.
-    fn start(&mut self, id: String, payload: SubscribePayload, principal: Option<Principal>) {
-        let variables = payload.variables.unwrap_or(Value::Null);
+    fn start(
+        &mut self,
+        id: String,
+        payload: crate::http::RequestBody,
+        principal: Option<Principal>,
+    ) {
+        let variables = payload.variables.clone().unwrap_or(Value::Null);
         let root = root_field(&payload.query, payload.operation_name.as_deref());
+        let query = payload.query.clone();
+        let operation_name = payload.operation_name.clone();
         let make_request = {
-            let query = payload.query.clone();
-            let variables = variables.clone();
-            let operation_name = payload.operation_name.clone();
-            let extensions = payload.extensions.clone();
             let principal = principal.clone();
-            move || {
-                let mut request = async_graphql::Request::new(query)
-                    .variables(async_graphql::Variables::from_json(variables));
-                if let Some(name) = operation_name {
-                    request = request.operation_name(name);
-                }
-                if let Some(Value::Object(ext)) = extensions {
-                    for (k, v) in ext {
-                        if let Ok(v) = async_graphql::Value::from_json(v) {
-                            request.extensions.insert(k, v);
-                        }
-                    }
-                }
-                if let Some(p) = principal {
-                    request = request.data(p);
-                }
-                request
-            }
+            move || crate::http::with_principal(payload.into_request(), principal)
         };
         match root {
             Some(Root::Subscription(field)) => {
@@ -415,9 +390,9 @@ where
                     (_, false) => Visibility::Public,
                 };
                 let sub = self.ctx.fanout.subscribe(
-                    &payload.query,
+                    &query,
                     &variables,
-                    payload.operation_name.as_deref(),
+                    operation_name.as_deref(),
                     visibility,
                     state,
                     make_request,

@@ -1,0 +1,192 @@
+//! GraphQL over HTTP conventions and request limits, against the real gateway on a loopback
+//! port: GET and POST, media types and status codes, GraphiQL, CORS, depth and alias limits.
+
+use std::sync::Arc;
+
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use serde_json::{Value, json};
+use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::server::CancellationToken;
+use test_support::TestServer;
+
+const GQL_RESPONSE: &str = "application/graphql-response+json";
+
+async fn gateway(config: bff_web::Config) -> TestServer {
+    let app = bff_web::app(
+        &config,
+        Arc::new(MemoryBus::new(10)),
+        CancellationToken::new(),
+    )
+    .expect("app");
+    test_support::serve(app.router).await
+}
+
+fn url(server: &TestServer) -> String {
+    format!("{}/v1/graphql", server.url())
+}
+
+async fn post(server: &TestServer, accept: Option<&str>, body: &str) -> (u16, String, Value) {
+    let mut req = reqwest::Client::new()
+        .post(url(server))
+        .header(CONTENT_TYPE, "application/json")
+        .body(body.to_owned());
+    if let Some(a) = accept {
+        req = req.header(ACCEPT, a);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let media = r
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (status, media, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn get_runs_queries_and_refuses_mutations() {
+    let s = gateway(bff_web::Config::default()).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(url(&s))
+        .query(&[("query", "{ __typename }")])
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.expect("JSON"),
+        json!({"data": {"__typename": "Query"}})
+    );
+    let r = client
+        .get(url(&s))
+        .query(&[(
+            "query",
+            r#"mutation { convert(from: "EUR", to: "USD", amount: "1") { id } }"#,
+        )])
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+}
+
+#[tokio::test]
+async fn media_types_and_status_codes_follow_graphql_over_http() {
+    let s = gateway(bff_web::Config::default()).await;
+    let ok = r#"{"query":"{ __typename }"}"#;
+    let syntax = r#"{"query":"{ __typename "}"#;
+    // application/json (the default): 200 even for a request that cannot run.
+    let (status, media, body) = post(&s, None, syntax).await;
+    assert_eq!((status, media.as_str()), (200, "application/json"));
+    assert!(body["errors"].is_array());
+    // graphql-response+json: 400 for a request that cannot run, 200 otherwise.
+    let (status, media, _) = post(&s, Some(GQL_RESPONSE), syntax).await;
+    assert_eq!((status, media.as_str()), (400, GQL_RESPONSE));
+    let (status, media, body) = post(&s, Some(GQL_RESPONSE), ok).await;
+    assert_eq!((status, media.as_str()), (200, GQL_RESPONSE));
+    assert_eq!(body["data"]["__typename"], "Query");
+    // Not a GraphQL request at all: 400 either way.
+    let (status, _, body) = post(&s, None, r#"{"nope": 1}"#).await;
+    assert_eq!(status, 400);
+    assert!(body["errors"][0]["message"].is_string());
+    // Not JSON: 415.
+    let r = reqwest::Client::new()
+        .post(url(&s))
+        .header(CONTENT_TYPE, "text/plain")
+        .body("{ __typename }")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 415);
+    // Over the body limit: 413.
+    let big = format!(
+        r#"{{"query":"{{ __typename }}","x":"{}"}}"#,
+        "a".repeat(70_000)
+    );
+    let (status, _, _) = post(&s, None, &big).await;
+    assert_eq!(status, 413);
+}
+
+#[tokio::test]
+async fn a_browser_gets_graphiql() {
+    let s = gateway(bff_web::Config::default()).await;
+    let r = reqwest::Client::new()
+        .get(url(&s))
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.expect("html").contains("graphiql"));
+}
+
+#[tokio::test]
+async fn depth_and_alias_limits_are_enforced() {
+    let mut config = bff_web::Config::default();
+    config.graphql.max_depth = 2;
+    config.graphql.max_aliases = 2;
+    let s = gateway(config).await;
+    let (_, _, body) = post(
+        &s,
+        None,
+        r#"{"query":"{ dashboard(pairs: []) { limit { used } } }"}"#,
+    )
+    .await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too deep")),
+        "{body}"
+    );
+    let (_, _, body) = post(
+        &s,
+        None,
+        r#"{"query":"{ a: __typename b: __typename c: __typename }"}"#,
+    )
+    .await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("aliases")),
+        "{body}"
+    );
+    let (_, _, body) = post(&s, None, r#"{"query":"{ a: __typename b: __typename }"}"#).await;
+    assert_eq!(body["data"]["b"], "Query", "{body}");
+}
+
+#[tokio::test]
+async fn cors_headers_only_for_allowed_origins() {
+    let mut config = bff_web::Config::default();
+    config.cors.allowed_origins = vec!["https://app.example.com".into()];
+    let s = gateway(config).await;
+    let preflight = |origin: &'static str| {
+        let u = url(&s);
+        async move {
+            reqwest::Client::new()
+                .request(reqwest::Method::OPTIONS, u)
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "content-type,authorization",
+                )
+                .send()
+                .await
+                .expect("preflight")
+        }
+    };
+    let allowed = preflight("https://app.example.com").await;
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let refused = preflight("https://evil.example.org").await;
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}

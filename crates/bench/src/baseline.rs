@@ -1,0 +1,180 @@
+//! The baseline of the WebSocket benchmarks: a minimal tokio-tungstenite broadcast server.
+//!
+//! It accepts WebSockets (echoing the `graphql-transport-ws` subprotocol the bench client
+//! offers), runs one task per connection, answers `connection_init` with `connection_ack` and
+//! `ping` with `pong`, and on `subscribe` starts forwarding every frame published on one
+//! `tokio::sync::broadcast` channel. The publisher encodes each frame once — the same bytes and
+//! shape as bff-web's `next` message — and every connection writes those bytes. A connection that
+//! falls the channel's capacity behind is closed with 1013, as the gateway does.
+//!
+//! It deliberately does nothing else: no GraphQL, no auth, no limits, no drain. By default the
+//! sockets use tungstenite's default `WebSocketConfig` (128 KiB read and write buffers), as a
+//! minimal server would; [`Buffers::Small`] uses bff-web's sizes instead, to separate what the
+//! buffers cost from what the gateway's own per-socket state costs. Accepted TCP streams get
+//! `TCP_NODELAY`, as the gateway's do.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+/// Which socket buffer sizes the baseline uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Buffers {
+    /// tungstenite's defaults (what a minimal server gets).
+    Default,
+    /// bff-web's: a 4 KiB read buffer and no write buffer.
+    Small,
+}
+
+/// A running baseline server; dropping it stops the server and closes every connection.
+pub(crate) struct Baseline {
+    addr: SocketAddr,
+    tx: broadcast::Sender<Utf8Bytes>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Baseline {
+    /// Starts a server on a loopback port; each connection may fall `capacity` frames behind.
+    pub(crate) async fn start(capacity: usize, buffers: Buffers) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("baseline: cannot listen")?;
+        let addr = listener.local_addr()?;
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        let config = match buffers {
+            Buffers::Default => WebSocketConfig::default(),
+            Buffers::Small => WebSocketConfig::default()
+                .read_buffer_size(4 * 1024)
+                .write_buffer_size(0)
+                .max_write_buffer_size(256 * 1024),
+        };
+        let accept = tokio::spawn(accept(listener, tx.clone(), config));
+        Ok(Self { addr, tx, accept })
+    }
+
+    /// The URL clients connect to.
+    pub(crate) fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// Sends one frame to every subscribed connection.
+    pub(crate) fn publish(&self, frame: Utf8Bytes) {
+        // No subscriber right now is not an error: the bench checks deliveries itself.
+        let _ = self.tx.send(frame);
+    }
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        // The accept task owns every connection task: aborting it drops them all.
+        self.accept.abort();
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    tx: broadcast::Sender<Utf8Bytes>,
+    config: WebSocketConfig,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        connections.spawn(serve(stream, tx.clone(), config));
+    }
+}
+
+/// The `type` of a client message; nothing else is read.
+#[derive(Deserialize)]
+struct ClientMessage {
+    #[serde(rename = "type")]
+    ty: String,
+}
+
+async fn serve(stream: TcpStream, tx: broadcast::Sender<Utf8Bytes>, config: WebSocketConfig) {
+    let _ = stream.set_nodelay(true);
+    let offer_protocol = |request: &Request, mut response: Response| {
+        let offered = request
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|p| p.trim() == "graphql-transport-ws"));
+        if offered {
+            response.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static("graphql-transport-ws"),
+            );
+        }
+        Ok(response)
+    };
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, offer_protocol, Some(config));
+    let Ok(Ok(mut ws)) = tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
+    else {
+        return;
+    };
+    let mut rx: Option<broadcast::Receiver<Utf8Bytes>> = None;
+    loop {
+        tokio::select! {
+            incoming = ws.next() => {
+                let text = match incoming {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => continue,
+                };
+                let Ok(message) = serde_json::from_str::<ClientMessage>(text.as_str()) else {
+                    return;
+                };
+                let answer = match message.ty.as_str() {
+                    "connection_init" => r#"{"type":"connection_ack"}"#,
+                    "ping" => r#"{"type":"pong"}"#,
+                    "subscribe" => {
+                        rx.get_or_insert_with(|| tx.subscribe());
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if ws.send(Message::text(answer)).await.is_err() {
+                    return;
+                }
+            }
+            frame = recv(&mut rx) => match frame {
+                Ok(frame) => {
+                    if ws.send(Message::Text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let close = CloseFrame { code: CloseCode::Again, reason: "too slow".into() };
+                    let _ = ws.close(Some(close)).await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+/// The next broadcast frame, or never when not subscribed.
+async fn recv(
+    rx: &mut Option<broadcast::Receiver<Utf8Bytes>>,
+) -> Result<Utf8Bytes, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
