@@ -12,7 +12,7 @@
 //! every subscription — so an idle subscribed socket costs one task, its buffers and one
 //! broadcast receiver per subscription. Subscriptions are shared executions ([`crate::fanout`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_graphql::{ObjectType, Schema, SubscriptionType};
@@ -134,7 +134,7 @@ struct Active {
     state: bool,
 }
 
-type Single = BoxFuture<'static, (String, Frame)>;
+type Single = BoxFuture<'static, (String, u64, Frame)>;
 
 /// Serves one upgraded socket until it closes.
 pub(crate) async fn serve<Q, M, S>(socket: WebSocket, ctx: Socket<Q, M, S>, protocol_ok: bool)
@@ -161,7 +161,8 @@ where
         active: HashMap::new(),
         streams: StreamMap::new(),
         singles: FuturesUnordered::new(),
-        single_ids: HashSet::new(),
+        single_ids: HashMap::new(),
+        next_single: 0,
     };
     let closing = conn.run(&mut socket).await;
     if let Some(closing) = closing {
@@ -180,7 +181,10 @@ struct Connection<Q, M, S> {
     active: HashMap<String, Active>,
     streams: StreamMap<String, SubStream>,
     singles: FuturesUnordered<Single>,
-    single_ids: HashSet<String>,
+    /// Active single-result operations, by id, with the generation of their future (an id
+    /// completed by the client and reused must not receive the old operation's result).
+    single_ids: HashMap<String, u64>,
+    next_single: u64,
 }
 
 /// A socket's view of a shared execution: the replayed latest result, then the broadcast.
@@ -244,7 +248,10 @@ where
                         return Some(closing);
                     }
                 }
-                Some((id, frame)) = self.singles.next(), if !self.singles.is_empty() => {
+                Some((id, generation, frame)) = self.singles.next(), if !self.singles.is_empty() => {
+                    if self.single_ids.get(&id) != Some(&generation) {
+                        continue; // Completed by the client meanwhile: its result is dropped.
+                    }
                     self.single_ids.remove(&id);
                     if !send_frame(socket, &id, &frame).await {
                         return None;
@@ -335,7 +342,7 @@ where
                     return Some(Closing::new(close::UNAUTHORIZED, "Unauthorized"));
                 };
                 let principal = principal.clone();
-                if self.active.contains_key(&id) || self.single_ids.contains(&id) {
+                if self.active.contains_key(&id) || self.single_ids.contains_key(&id) {
                     return Some(Closing::new(
                         close::DUPLICATE_ID,
                         format!("Subscriber for {id} already exists"),
@@ -408,10 +415,12 @@ where
             // Queries, mutations and anything unparsable: one result (syntax errors included).
             _ => {
                 let schema = self.ctx.schema.clone();
-                self.single_ids.insert(id.clone());
+                self.next_single += 1;
+                let generation = self.next_single;
+                self.single_ids.insert(id.clone(), generation);
                 self.singles.push(Box::pin(async move {
                     let response = schema.execute(make_request()).await;
-                    (id, crate::fanout::encode(&response, true))
+                    (id, generation, crate::fanout::encode(&response, true))
                 }));
             }
         }
@@ -453,11 +462,19 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// Longest time one write may take: a client that does not read (its TCP window stays shut)
+/// must not hold the socket's task forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn send_text(socket: &mut WebSocket, text: String) -> bool {
-    socket
-        .send(Message::Text(Utf8Bytes::from(text)))
-        .await
-        .is_ok()
+    let write = socket.send(Message::Text(Utf8Bytes::from(text)));
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(result) => result.is_ok(),
+        Err(_) => {
+            tracing::info!("dropping a socket whose client has not read for {WRITE_TIMEOUT:?}");
+            false
+        }
+    }
 }
 
 async fn send_frame(socket: &mut WebSocket, id: &str, frame: &Frame) -> bool {
@@ -493,7 +510,7 @@ async fn close(socket: &mut WebSocket, closing: Closing) {
         code: closing.0,
         reason: Utf8Bytes::from(closing.1),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
     // Give the client a moment to answer the close, without ever hanging on it.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while let Some(Ok(m)) = socket.recv().await {
