@@ -2,12 +2,20 @@
 //!
 //! ```text
 //! cargo run --release -p bench -- compose
+//! cargo run --release -p bench -- fanout
+//! cargo run --release -p bench -- memory
 //! ```
 //!
-//! Every figure is printed beside a baseline measured in the same process and run, because the
-//! machine is shared and noisy: compare ratios, not absolute numbers.
+//! Every figure is printed beside a baseline measured in the same run, because the machine is
+//! shared and noisy: compare ratios, not absolute numbers. `serve-gateway` and `serve-baseline`
+//! are hidden: the memory benchmark runs each server in a child process through them.
 
+mod baseline;
+mod client;
 mod compose;
+mod fanout;
+mod memory;
+mod serve;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -27,14 +35,32 @@ enum Bench {
     /// Composition overhead: the quote through bff-web versus the same two backend calls made
     /// directly and concurrently by the client.
     Compose(compose::Args),
+    /// Subscription fan-out: deliveries/s and publish-to-client latency to 1,000
+    /// graphql-transport-ws clients, bff-web versus a minimal tokio-tungstenite broadcast server.
+    Fanout(fanout::Args),
+    /// Memory per idle subscribed socket (server RSS with 10,000 sockets), bff-web versus a
+    /// minimal tokio-tungstenite broadcast server, each in a child process.
+    Memory(memory::Args),
+    /// Runs the stack in this process for `memory` (prints its URL, stops when stdin closes).
+    #[command(hide = true)]
+    ServeGateway,
+    /// Runs the baseline server in this process for `memory`.
+    #[command(hide = true)]
+    ServeBaseline(serve::BaselineArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if cfg!(debug_assertions) {
+    let bench = Cli::parse().bench;
+    let is_child = matches!(bench, Bench::ServeGateway | Bench::ServeBaseline(_));
+    if cfg!(debug_assertions) && !is_child {
         eprintln!("warning: a debug build; run benchmarks with --release");
     }
-    match Cli::parse().bench {
+    match bench {
         Bench::Compose(args) => compose::run(args).await,
+        Bench::Fanout(args) => fanout::run(args).await,
+        Bench::Memory(args) => memory::run(args).await,
+        Bench::ServeGateway => serve::gateway().await,
+        Bench::ServeBaseline(args) => serve::baseline(args).await,
     }
 }

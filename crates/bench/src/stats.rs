@@ -30,3 +30,17 @@ pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
+
+/// The `p` quantile of sorted nanosecond samples (0 when there are none).
+pub(crate) fn percentile_ns(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Nanoseconds as milliseconds with three decimals.
+pub(crate) fn ms_ns(ns: u64) -> String {
+    ms(Duration::from_nanos(ns))
+}

@@ -1,0 +1,615 @@
+//! Subscription fan-out: how many `next` messages per second bff-web delivers to 1,000
+//! graphql-transport-ws clients sharing one subscription, and how long each takes from publish to
+//! client, against the baseline ([`crate::baseline`]) under the same load and the same client
+//! code, in alternating runs in one process. Target: gateway ≥ 0.5 × the baseline's deliveries/s.
+//!
+//! The baseline runs twice, as two servers: with tungstenite's default buffers (`baseline`, a
+//! minimal server) and with bff-web's buffer sizes (`baseline-small`). They differ in speed, not
+//! only in memory: tungstenite zero-fills the free part of its read buffer before every read
+//! attempt (128 KiB by default), and a server that selects over its socket and its channel
+//! attempts a read on many of its wake-ups.
+//!
+//! The load is a closed loop. Events are published as fast as the server takes them, but with at
+//! most `window` of them in flight: event k + window is published only once event k has reached
+//! every client (each client receives in order, so events complete in order). The window stays
+//! below bff-web's `websocket.send_queue_messages`, so a correct server never cuts a client off
+//! (1013); any close or error frame makes the run invalid, and invalid runs are left out of the
+//! medians. At a large window the latency is mostly queueing (Little's law: window × clients /
+//! deliveries per second); `--window 1` measures it with one event in flight.
+//!
+//! At the gateway, events go on the in-process bus (`conversions.bench`, a `ConversionEvent` whose
+//! conversion id carries the sequence number, `ev-<k>`), through the hub, one shared GraphQL
+//! execution and one encoding, to every socket. The baseline publisher builds the same `next`
+//! frame itself and broadcasts it. Publish instants are recorded by sequence number and each
+//! client computes latency on receipt — one process, so the instants are comparable. Before each
+//! measured run, probe events (`warm-<n>`) are published until every client has received one
+//! (the shared execution is live), then a `sync` event drains them.
+//!
+//! Clients, server and publisher share the machine's two cores: deliveries/s is CPU per delivery
+//! on both sides, which is why only the ratio is meaningful.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use demo_api::{Conversion, ConversionEvent, Currency, Decimal, UserId};
+use futures::StreamExt;
+use serde::Deserialize;
+use switchyard::{Config, Stack};
+use switchyard_core::event::Topic;
+use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::baseline::{Baseline, Buffers};
+use crate::client::{self, Ws};
+use crate::stats::{median, ms_ns, percentile_ns};
+
+/// Arguments of the fan-out benchmark.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Subscribed clients (all signed in as one user: one shared execution).
+    #[arg(long, default_value_t = 1_000)]
+    clients: usize,
+    /// Events published per measured run (each delivered to every client).
+    #[arg(long, default_value_t = 2_000)]
+    events: usize,
+    /// Events in flight at most: event k + window is published once event k has reached every
+    /// client. Must stay below bff-web's `websocket.send_queue_messages`.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Measured runs of each server (alternating baseline, baseline-small and gateway).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Socket handshakes in progress at once while connecting the clients.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+}
+
+/// How long the run may go without an event reaching every client before it is declared stuck.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = Config::ephemeral();
+    config.exchange.tick_interval_ms = 3_600_000;
+    config.log.filter = "warn".into();
+    let queue = config.web.websocket.send_queue_messages;
+    if args.window == 0 || args.window >= queue {
+        bail!(
+            "--window must be 1 to {} (below bff-web's websocket.send_queue_messages, {queue}), \
+             or a correct gateway may cut clients off",
+            queue - 1
+        );
+    }
+    if args.clients == 0 || args.events == 0 || args.runs == 0 {
+        bail!("--clients, --events and --runs must be at least 1");
+    }
+    // Client and server ends of every socket live in this process.
+    crate::memory::raise_nofile(2 * args.clients as u64 + 1_024)?;
+    let stack = Stack::start(config).await?;
+    let user = UserId::parse(client::USER).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gateway = Server::Gateway {
+        url: format!(
+            "{}/v1/graphql",
+            stack.url("bff-web").replacen("http", "ws", 1)
+        ),
+        bus: stack.bus().clone(),
+        topic: Topic::new(&demo_api::conversions_topic(&user))?,
+        template: template(user)?,
+    };
+    // The same capacity as the gateway's per-subscriber broadcast.
+    let servers = [
+        Server::Baseline(Baseline::start(queue, Buffers::Default).await?, "baseline"),
+        Server::Baseline(
+            Baseline::start(queue, Buffers::Small).await?,
+            "baseline-small",
+        ),
+        gateway,
+    ];
+    let token = client::token();
+
+    println!(
+        "fanout: {} clients, {} events per run, window {} events, {} runs per server \
+         (alternating baseline, baseline-small, gateway; one unmeasured warm-up run each), \
+         one process",
+        args.clients, args.events, args.window, args.runs
+    );
+    let warmup = (args.events / 4).max(args.window);
+    for server in &servers {
+        let r = measure(server, &args, &token, warmup).await?;
+        if let Some(failure) = r.failure {
+            println!("warm-up {:<14}  INVALID: {failure}", server.name());
+        }
+        if let Some(frame) = r.sample {
+            let expected = next_frame(0);
+            println!(
+                "{:<14} frame ({} bytes): {frame}{}",
+                server.name(),
+                frame.len(),
+                if frame == expected {
+                    ""
+                } else {
+                    "  (DIFFERS from the baseline's)"
+                }
+            );
+        }
+    }
+
+    let mut results: Vec<Vec<RunResult>> = servers.iter().map(|_| Vec::new()).collect();
+    for run in 1..=args.runs {
+        for (server, results) in servers.iter().zip(&mut results) {
+            let r = measure(server, &args, &token, args.events).await?;
+            match &r.failure {
+                None => println!(
+                    "run {run} {:<14}  deliveries/s {:>9.0}  p50 {} ms  p99 {} ms  ({:.2} s)",
+                    server.name(),
+                    r.deliveries_per_s,
+                    ms_ns(r.p50_ns),
+                    ms_ns(r.p99_ns),
+                    r.elapsed.as_secs_f64()
+                ),
+                Some(failure) => {
+                    println!("run {run} {:<14}  INVALID: {failure}", server.name())
+                }
+            }
+            results.push(r);
+        }
+    }
+
+    let mut summaries = Vec::new();
+    for (server, rs) in servers.iter().zip(&results) {
+        let valid: Vec<&RunResult> = rs.iter().filter(|r| r.failure.is_none()).collect();
+        if valid.is_empty() {
+            bail!("no valid run of the {}: no figure to report", server.name());
+        }
+        let s = Summary {
+            rate: median(valid.iter().map(|r| r.deliveries_per_s).collect()),
+            p50: median(valid.iter().map(|r| r.p50_ns as f64).collect()),
+            p99: median(valid.iter().map(|r| r.p99_ns as f64).collect()),
+        };
+        println!(
+            "median of {} {:<14} runs: deliveries/s {:.0}, p50 {} ms, p99 {} ms",
+            valid.len(),
+            server.name(),
+            s.rate,
+            ms_ns(s.p50 as u64),
+            ms_ns(s.p99 as u64)
+        );
+        summaries.push(s);
+    }
+    let gateway = &summaries[2];
+    for ((server, base), base_runs) in servers.iter().zip(&summaries).zip(&results).take(2) {
+        let ratio = gateway.rate / base.rate;
+        // The ratio within each round of alternating runs, which drift on a busy machine
+        // affects least.
+        let paired: Vec<f64> = base_runs
+            .iter()
+            .zip(&results[2])
+            .filter(|(b, g)| b.failure.is_none() && g.failure.is_none())
+            .map(|(b, g)| g.deliveries_per_s / b.deliveries_per_s)
+            .collect();
+        let paired = if paired.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.2}", median(paired))
+        };
+        println!(
+            "gateway/{:<14} deliveries/s {ratio:.2} (target ≥ 0.50: {}; median of per-round \
+             ratios {paired}), p50 {:.2}×, p99 {:.2}×",
+            server.name(),
+            if ratio >= 0.5 { "met" } else { "NOT met" },
+            gateway.p50 / base.p50,
+            gateway.p99 / base.p99
+        );
+    }
+    drop(servers);
+    stack.stop().await?;
+    Ok(())
+}
+
+/// Medians of one server's valid runs.
+struct Summary {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// The server under test.
+enum Server {
+    Gateway {
+        url: String,
+        bus: Arc<dyn switchyard_core::bus::Bus>,
+        topic: Topic,
+        template: ConversionEvent,
+    },
+    /// A baseline server and its name.
+    Baseline(Baseline, &'static str),
+}
+
+impl Server {
+    fn name(&self) -> &'static str {
+        match self {
+            Server::Gateway { .. } => "gateway",
+            Server::Baseline(_, name) => name,
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Server::Gateway { url, .. } => url.clone(),
+            Server::Baseline(b, _) => b.url(),
+        }
+    }
+
+    /// Publishes the event whose conversion id is `id`.
+    async fn publish(&self, id: String) -> anyhow::Result<()> {
+        match self {
+            Server::Gateway {
+                bus,
+                topic,
+                template,
+                ..
+            } => {
+                let mut event = template.clone();
+                event.conversion.id = id;
+                let payload = Bytes::from(serde_json::to_vec(&event)?);
+                bus.publish(topic, payload).await?;
+            }
+            Server::Baseline(b, _) => b.publish(Utf8Bytes::from(next_frame_for(&id))),
+        }
+        Ok(())
+    }
+}
+
+/// The conversion event the gateway is fed; only its id changes.
+fn template(user: UserId) -> anyhow::Result<ConversionEvent> {
+    let currency = |c| Currency::parse(c).map_err(|e| anyhow::anyhow!("{e}"));
+    Ok(ConversionEvent {
+        kind: demo_api::CONVERSION_COMPLETED.to_owned(),
+        conversion: Conversion {
+            id: String::new(),
+            user,
+            from: currency("EUR")?,
+            to: currency("USD")?,
+            amount: Decimal::new(10_000, 2),
+            rate: Decimal::new(10_850, 4),
+            converted: Decimal::new(10_850, 2),
+            at: "2026-01-01T00:00:00Z".to_owned(),
+        },
+    })
+}
+
+/// The `next` message of measured event `k`, exactly as bff-web sends it.
+fn next_frame(k: usize) -> String {
+    next_frame_for(&format!("ev-{k}"))
+}
+
+fn next_frame_for(id: &str) -> String {
+    format!(r#"{{"id":"1","type":"next","payload":{{"data":{{"conversions":{{"id":"{id}"}}}}}}}}"#)
+}
+
+/// What one run measured.
+struct RunResult {
+    deliveries_per_s: f64,
+    p50_ns: u64,
+    p99_ns: u64,
+    elapsed: Duration,
+    /// Why the run is invalid (a close, an error frame, a lost or reordered event, a stall).
+    failure: Option<String>,
+    /// The first measured frame one client received.
+    sample: Option<String>,
+}
+
+/// The state one run's publisher and clients share.
+struct RunState {
+    clients: usize,
+    events: usize,
+    base: Instant,
+    /// When each event was published, in ns since `base`.
+    published_ns: Vec<AtomicU64>,
+    /// Clients each event has yet to reach.
+    remaining: Vec<AtomicU32>,
+    /// One permit per event that may still be published; returned when an event is complete.
+    window: Semaphore,
+    completed: AtomicUsize,
+    finished_ns: AtomicU64,
+    warm_clients: AtomicUsize,
+    synced_clients: AtomicUsize,
+    failed: AtomicBool,
+    failure: Mutex<Vec<String>>,
+    sample: Mutex<Option<String>>,
+}
+
+impl RunState {
+    fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    fn fail(&self, why: String) {
+        self.failed.store(true, Ordering::Release);
+        self.window.close();
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.len() < 1_000 {
+            failure.push(why);
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let failures = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        let closes = failures.iter().filter(|f| f.starts_with("closed")).count();
+        Some(format!(
+            "{} client(s) failed before the run stopped ({closes} closed by the server); \
+             first: {}",
+            failures.len(),
+            failures.first().map_or("-", String::as_str)
+        ))
+    }
+
+    /// Polls `done` every millisecond until it holds, the run fails, or `timeout` passes.
+    async fn wait(&self, what: &str, timeout: Duration, done: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if done() {
+                return true;
+            }
+            if self.failed.load(Ordering::Acquire) {
+                return false;
+            }
+            if Instant::now() > end {
+                self.fail(format!("{what}: not within {timeout:?}"));
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Connects the clients, makes sure the subscription is live, publishes `events` events in a
+/// closed loop and gathers every client's latencies.
+async fn measure(
+    server: &Server,
+    args: &Args,
+    token: &str,
+    events: usize,
+) -> anyhow::Result<RunResult> {
+    let sockets =
+        client::connect_subscribed(&server.url(), token, args.clients, args.connect_concurrency)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting {} clients to the {}",
+                    args.clients,
+                    server.name()
+                )
+            })?;
+    let run = Arc::new(RunState {
+        clients: args.clients,
+        events,
+        base: Instant::now(),
+        published_ns: (0..events).map(|_| AtomicU64::new(0)).collect(),
+        remaining: (0..events)
+            .map(|_| AtomicU32::new(args.clients as u32))
+            .collect(),
+        window: Semaphore::new(args.window),
+        completed: AtomicUsize::new(0),
+        finished_ns: AtomicU64::new(0),
+        warm_clients: AtomicUsize::new(0),
+        synced_clients: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
+        failure: Mutex::new(Vec::new()),
+        sample: Mutex::new(None),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let receivers: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| tokio::spawn(receive(ws, run.clone(), stop_rx.clone(), i == 0)))
+        .collect();
+
+    let started_ns = publish_all(server, &run).await?;
+
+    let _ = stop_tx.send(true);
+    let mut latencies = Vec::with_capacity(args.clients * events);
+    for r in receivers {
+        latencies.extend(r.await.context("a client task panicked")?);
+    }
+    let elapsed = Duration::from_nanos(
+        run.finished_ns
+            .load(Ordering::Acquire)
+            .saturating_sub(started_ns),
+    );
+    latencies.sort_unstable();
+    let failure = run.failure().or_else(|| {
+        (latencies.len() != args.clients * events).then(|| {
+            format!(
+                "{} deliveries recorded, {} expected",
+                latencies.len(),
+                args.clients * events
+            )
+        })
+    });
+    let sample = run.sample.lock().unwrap_or_else(|e| e.into_inner()).take();
+    Ok(RunResult {
+        deliveries_per_s: (args.clients * events) as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_ns: percentile_ns(&latencies, 0.5),
+        p99_ns: percentile_ns(&latencies, 0.99),
+        elapsed,
+        failure,
+        sample,
+    })
+}
+
+/// The publisher: probes until every client receives events, drains the probes, then publishes
+/// the measured events within the window. Returns when the measured phase began (ns since the
+/// run's base); a failure is recorded in `run`, not returned.
+async fn publish_all(server: &Server, run: &RunState) -> anyhow::Result<u64> {
+    // Probe until every client has received an event: the subscription is live everywhere.
+    let probing = Instant::now();
+    let mut n = 0;
+    while run.warm_clients.load(Ordering::Acquire) < run.clients {
+        if run.failed.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        if probing.elapsed() > STALL_TIMEOUT {
+            run.fail(format!(
+                "only {} of {} clients received probe events within {STALL_TIMEOUT:?}",
+                run.warm_clients.load(Ordering::Acquire),
+                run.clients
+            ));
+            return Ok(0);
+        }
+        server.publish(format!("warm-{n}")).await?;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each client reads in order: once it has the sync event, no probe is left in flight.
+    server.publish("sync-0".to_owned()).await?;
+    let synced = run
+        .wait(
+            "the sync event reaching every client",
+            STALL_TIMEOUT,
+            || run.synced_clients.load(Ordering::Acquire) == run.clients,
+        )
+        .await;
+    if !synced {
+        return Ok(0);
+    }
+
+    let started_ns = run.now_ns();
+    for k in 0..run.events {
+        match tokio::time::timeout(STALL_TIMEOUT, run.window.acquire()).await {
+            Ok(Ok(permit)) => permit.forget(),
+            // Closed: a client failed and the run is invalid.
+            Ok(Err(_)) => return Ok(started_ns),
+            Err(_) => {
+                run.fail(format!(
+                    "stalled: {} of {k} published events reached every client within \
+                     {STALL_TIMEOUT:?}",
+                    run.completed.load(Ordering::Acquire)
+                ));
+                return Ok(started_ns);
+            }
+        }
+        run.published_ns[k].store(run.now_ns(), Ordering::Release);
+        server.publish(format!("ev-{k}")).await?;
+    }
+    run.wait("every event reaching every client", STALL_TIMEOUT, || {
+        run.completed.load(Ordering::Acquire) == run.events
+    })
+    .await;
+    Ok(started_ns)
+}
+
+/// The parts of a server message the client reads.
+#[derive(Deserialize)]
+struct ServerMessage<'a> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    #[serde(borrow, default)]
+    payload: Option<Payload<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Payload<'a> {
+    #[serde(borrow, default)]
+    data: Option<Data<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Data<'a> {
+    #[serde(borrow, default)]
+    conversions: Option<ConversionId<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ConversionId<'a> {
+    id: &'a str,
+}
+
+/// One client: reads until told to stop, checks every event arrives once and in order, and
+/// returns the latency of each measured event in ns.
+async fn receive(
+    mut ws: Ws,
+    run: Arc<RunState>,
+    mut stop: watch::Receiver<bool>,
+    keep_sample: bool,
+) -> Vec<u64> {
+    let mut latencies = Vec::with_capacity(run.events);
+    let mut next = 0;
+    let mut warm = false;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            msg = ws.next() => msg,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map_or("none".to_owned(), |f| u16::from(f.code).to_string());
+                run.fail(format!("closed by the server with code {code}"));
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                run.fail(format!("socket error: {e}"));
+                break;
+            }
+            None => {
+                run.fail("connection ended without a close frame".to_owned());
+                break;
+            }
+        };
+        let id = match serde_json::from_str::<ServerMessage<'_>>(text.as_str()) {
+            Ok(ServerMessage {
+                ty: "next",
+                payload:
+                    Some(Payload {
+                        data:
+                            Some(Data {
+                                conversions: Some(ConversionId { id }),
+                            }),
+                    }),
+            }) => id,
+            _ => {
+                run.fail(format!("unexpected message: {}", text.as_str()));
+                break;
+            }
+        };
+        if let Some(k) = id.strip_prefix("ev-").and_then(|k| k.parse::<usize>().ok()) {
+            if k != next || k >= run.events {
+                run.fail(format!("expected event {next}, received event {k}"));
+                break;
+            }
+            next += 1;
+            let now = run.now_ns();
+            latencies.push(now.saturating_sub(run.published_ns[k].load(Ordering::Acquire)));
+            if keep_sample && k == 0 {
+                *run.sample.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(text.as_str().to_owned());
+            }
+            if run.remaining[k].fetch_sub(1, Ordering::AcqRel) == 1 {
+                if run.completed.fetch_add(1, Ordering::AcqRel) + 1 == run.events {
+                    run.finished_ns.store(now, Ordering::Release);
+                }
+                run.window.add_permits(1);
+            }
+        } else if id.starts_with("warm-") {
+            if !warm {
+                warm = true;
+                run.warm_clients.fetch_add(1, Ordering::AcqRel);
+            }
+        } else if id.starts_with("sync-") {
+            run.synced_clients.fetch_add(1, Ordering::AcqRel);
+        } else {
+            run.fail(format!("unexpected conversion id {id}"));
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    latencies
+}

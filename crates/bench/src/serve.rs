@@ -1,0 +1,67 @@
+//! The servers the memory benchmark measures, each run alone in a child process of the bench
+//! binary (hidden subcommands `serve-gateway` and `serve-baseline`) so that the process's
+//! resident memory is the server's and nothing else's.
+//!
+//! A child prints one line, `url <ws://…>`, once it accepts sockets, and runs until its standard
+//! input closes — so it never outlives the bench that spawned it. It does not measure anything
+//! itself.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use crate::baseline::{Baseline, Buffers};
+
+/// Arguments of `serve-baseline`.
+#[derive(clap::Args)]
+pub(crate) struct BaselineArgs {
+    /// The sockets' buffer sizes.
+    #[arg(long, value_enum, default_value = "default")]
+    buffers: Buffers,
+}
+
+/// Runs the whole stack (bff-web on the in-memory bus, the demo services beside it).
+pub(crate) async fn gateway() -> anyhow::Result<()> {
+    let mut config = switchyard::Config::ephemeral();
+    config.exchange.tick_interval_ms = 3_600_000;
+    config.log.filter = "warn".into();
+    // The benchmark holds sockets open before `connection_init` to measure them at that stage.
+    config.web.websocket.init_timeout_ms = 3_600_000;
+    let stack = switchyard::Stack::start(config).await?;
+    announce(&format!(
+        "{}/v1/graphql",
+        stack.url("bff-web").replacen("http", "ws", 1)
+    ));
+    until_stdin_closes().await;
+    tokio::time::timeout(Duration::from_secs(10), stack.stop())
+        .await
+        .map_err(|_| anyhow::anyhow!("the stack did not stop within 10 s"))??;
+    Ok(())
+}
+
+/// Runs the baseline broadcast server.
+pub(crate) async fn baseline(args: BaselineArgs) -> anyhow::Result<()> {
+    let server = Baseline::start(128, args.buffers).await?;
+    announce(&server.url());
+    until_stdin_closes().await;
+    drop(server);
+    Ok(())
+}
+
+fn announce(url: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // The parent reads this line; if stdout is gone there is nobody to serve.
+    let _ = writeln!(out, "url {url}");
+    let _ = out.flush();
+}
+
+async fn until_stdin_closes() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
