@@ -1,11 +1,15 @@
 //! bff-mobile: the gateway for mobile apps.
 //!
-//! Its own transport — a compact multiplexed WebSocket protocol with resume — is specified in
-//! `docs/protocol/mobile-v1.md` once it ships. This first cut serves the composed quote as JSON
-//! over HTTP at `GET /v1/quote`, so the request path is proven end to end. This crate owns its
-//! wire format; the mapping of core errors to it is in [`quote`].
+//! Its transport is one WebSocket at `/v1/ws` speaking `switchyard-mobile.v1`
+//! (`docs/protocol/mobile-v1.md`, the `mobile-proto` crate): subscriptions with resume, calls of
+//! the composed operations, heartbeats and drain ([`ws`]). Beside it, `GET /v1/quote` serves the
+//! composed quote as JSON over HTTP ([`quote`]). This crate owns the wire formats; the mapping
+//! of core errors to protocol errors is in [`calls`], token checking in [`auth`].
 
+pub mod auth;
+mod calls;
 mod quote;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,9 +18,15 @@ use std::sync::Arc;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use switchyard_core::bus::Bus;
-use switchyard_core::config::{BackendConfig, BusConfig, HubConfig, LogConfig, ServerConfig};
+use switchyard_core::config::{
+    BackendConfig, BridgeConfig, BusConfig, HubConfig, LogConfig, ServerConfig,
+};
+use switchyard_core::hub::Hub;
 use switchyard_core::server::{self, CancellationToken, Readiness};
 use switchyard_core::upstream::Upstreams;
+use tokio_util::task::TaskTracker;
+
+pub use auth::AuthConfig;
 
 /// Prefix of the environment variables that override the configuration.
 pub const ENV_PREFIX: &str = "SWITCHYARD_MOBILE";
@@ -35,8 +45,48 @@ pub struct Config {
     pub hub: HubConfig,
     /// Backends by name; the operations call `exchange`, `limits` and `conversions`.
     pub backends: BTreeMap<String, BackendConfig>,
+    /// Upstream WebSocket bridges by name; `exchange` feeds the `rates.` topics.
+    pub bridges: BTreeMap<String, BridgeConfig>,
     /// Deadlines of the composed operations.
     pub operations: operations::Config,
+    /// JWT verification for the socket's `auth` message.
+    pub auth: AuthConfig,
+    /// Limits and timers of the `/v1/ws` socket.
+    pub websocket: WebSocketConfig,
+}
+
+/// Limits and timers of the `/v1/ws` socket (announced to clients in `welcome` where the
+/// protocol says so).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Largest client message, in bytes; a larger one closes the socket with 1009.
+    pub max_frame_bytes: u32,
+    /// Most subscriptions one socket may hold at once.
+    pub max_subscriptions: u32,
+    /// Most calls one socket may have in flight at once.
+    pub max_calls: u32,
+    /// Messages queued for one socket before a stream event cuts it off with 4503 (state
+    /// updates are conflated instead).
+    pub send_queue_messages: usize,
+    /// How long a socket may stay open without `auth` (then closed with 4408).
+    pub auth_timeout_ms: u64,
+    /// Heartbeat interval: the server pings this often and closes a socket it heard nothing
+    /// from for twice as long (4408).
+    pub heartbeat_ms: u32,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 16 * 1024,
+            max_subscriptions: 32,
+            max_calls: 16,
+            send_queue_messages: 256,
+            auth_timeout_ms: 10_000,
+            heartbeat_ms: 20_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -47,7 +97,10 @@ impl Default for Config {
             bus: BusConfig::default(),
             hub: HubConfig::default(),
             backends: operations::default_backends(),
+            bridges: operations::sources::default_bridges(),
             operations: operations::Config::default(),
+            auth: AuthConfig::default(),
+            websocket: WebSocketConfig::default(),
         }
     }
 }
@@ -63,27 +116,81 @@ impl switchyard_core::cli::ServerBinary for Config {
     }
 }
 
-/// Builds the gateway's router.
-pub fn app(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Router> {
+/// A built gateway: its router and the sockets it owns.
+pub struct App {
+    /// The router to serve.
+    pub router: Router,
+    sockets: TaskTracker,
+    hub: Hub,
+}
+
+impl App {
+    /// Topics with local subscribers right now (each has one source subscription).
+    pub fn active_topics(&self) -> usize {
+        self.hub.active_topics()
+    }
+
+    /// Sockets open right now.
+    pub fn open_sockets(&self) -> usize {
+        self.sockets.len()
+    }
+}
+
+/// Builds the gateway. `shutdown` also drains every socket (`bye`, then 1001) when cancelled.
+pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> anyhow::Result<App> {
     let upstreams = Arc::new(Upstreams::new(&config.backends)?);
     let ops = operations::Operations::new(upstreams.clone(), &config.operations);
+    let mut hub = Hub::new(bus.clone(), config.hub.clone());
+    if let Some(bridge) = config.bridges.get(operations::sources::EXCHANGE_BRIDGE) {
+        let bridge = operations::sources::exchange_bridge(bridge, bus.clone());
+        hub = hub.with_feeder(operations::sources::RATES_PREFIX, Arc::new(bridge));
+    }
+    let sockets = TaskTracker::new();
+    let gateway = ws::Gateway::new(ws::GatewayParts {
+        hub: hub.clone(),
+        ops: ops.clone(),
+        verifier: auth::Verifier::new(&config.auth)?,
+        config: config.websocket.clone(),
+        operation_deadline: std::time::Duration::from_millis(config.operations.deadline_ms),
+        drain: config.server.drain_timeout(),
+        sockets: sockets.clone(),
+        shutdown,
+    });
     let router = Router::new()
-        .nest("/v1", quote::routes(ops))
+        .nest("/v1", quote::routes(ops).merge(ws::routes(gateway)))
         .merge(server::health_routes(Readiness::new(
             Some(upstreams),
             Some(bus),
         )));
-    Ok(server::with_common_layers(router, &config.server))
+    Ok(App {
+        router: server::with_common_layers(router, &config.server),
+        sockets,
+        hub,
+    })
 }
 
-/// Runs the gateway on `listener` until `shutdown` is cancelled.
+/// Runs the gateway on `listener` until `shutdown` is cancelled; open sockets get `bye`, then
+/// are closed (1001) and waited for, all within the drain timeout.
 pub async fn run(
     config: Config,
     bus: Arc<dyn Bus>,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = app(&config, bus)?;
-    server::serve(listener, app, shutdown, config.server.drain_timeout()).await?;
+    let app = app(&config, bus, shutdown.clone())?;
+    let drain = config.server.drain_timeout();
+    let started = tokio::time::Instant::now();
+    server::serve(listener, app.router, shutdown, drain).await?;
+    app.sockets.close();
+    let left = drain.saturating_sub(started.elapsed().min(drain));
+    if tokio::time::timeout(
+        left.max(std::time::Duration::from_millis(100)),
+        app.sockets.wait(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("drain timeout passed with sockets still open");
+    }
     Ok(())
 }

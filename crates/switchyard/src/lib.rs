@@ -52,6 +52,8 @@ impl Default for Config {
     fn default() -> Self {
         let mut web = bff_web::Config::default();
         web.auth.hs256_secret = DEMO_SECRET.to_owned();
+        let mut mobile = bff_mobile::Config::default();
+        mobile.auth.hs256_secret = DEMO_SECRET.to_owned();
         Self {
             log: LogConfig::default(),
             bus: BusConfig::default(),
@@ -59,7 +61,7 @@ impl Default for Config {
             exchange: Default::default(),
             conversions: Default::default(),
             web,
-            mobile: Default::default(),
+            mobile,
             device: Default::default(),
         }
     }
@@ -153,10 +155,12 @@ impl Stack {
         }
         // The exchange's own tick protocol, bridged into the bus for the gateways' rates topics.
         let ticks = format!("ws://{}/v1/ticks", addrs["exchange"]);
-        web.bridges
-            .entry(operations::sources::EXCHANGE_BRIDGE.to_owned())
-            .or_insert_with(|| switchyard_core::config::BridgeConfig::new(""))
-            .url = ticks;
+        for bridges in [&mut web.bridges, &mut mobile.bridges] {
+            bridges
+                .entry(operations::sources::EXCHANGE_BRIDGE.to_owned())
+                .or_insert_with(|| switchyard_core::config::BridgeConfig::new(""))
+                .url = ticks.clone();
+        }
 
         let root = CancellationToken::new();
         let mut tokens = HashMap::new();

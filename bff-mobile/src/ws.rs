@@ -1,0 +1,851 @@
+//! The `/v1/ws` socket speaking `switchyard-mobile.v1` (`docs/protocol/mobile-v1.md`): the
+//! connection state machine (awaiting auth, ready, draining), subscriptions with resume, calls,
+//! heartbeats, limits and every close code.
+//!
+//! One task per socket does everything — reading, writing, timers, calls and every subscription
+//! — so an idle socket costs one task, its small buffers and one hub subscriber per topic. The
+//! task writes from its own bounded queue without ever waiting on the client in a way that stops
+//! the rest: a stream event that finds the queue full cuts the client off (4503); a state update
+//! replaces the queued update of its topic (conflation); replies are bounded by the limits on
+//! subscriptions and calls. An event is encoded once per (topic, position, encoding) for all
+//! sockets ([`FrameCache`]).
+//!
+//! This module does not verify tokens ([`crate::auth`]), run operations ([`crate::calls`]), or
+//! define the messages (`mobile_proto`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
+use axum::response::Response;
+use axum::routing::get;
+use demo_api::UserId;
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, FuturesUnordered, SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use mobile_proto::{
+    ClientMsg, Encoding, Frame, FrameKind, Position, ServerMsg, close, code, data, topic,
+};
+use serde_json::Value;
+use switchyard_core::bus::StartAt;
+use switchyard_core::event::{Event, Topic, TopicClass};
+use switchyard_core::hub::{Hub, Item};
+use switchyard_core::server::CancellationToken;
+use tokio::time::Instant;
+use tokio_stream::StreamMap;
+use tokio_util::task::TaskTracker;
+
+use crate::WebSocketConfig;
+use crate::auth::Verifier;
+use crate::calls::{self, CallError};
+
+/// Longest time the queue may make no progress towards a client that does not read (its TCP
+/// window stays shut) before the socket is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for a client's close answer, and for flushing before a close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Longest wait for the bus when a subscription starts (its head, and the hub joining it).
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Entries of the frame cache before it is emptied (it holds one frame per topic and encoding).
+const FRAME_CACHE_ENTRIES: usize = 10_000;
+
+/// Longest close reason (RFC 6455 allows 123 bytes).
+const MAX_REASON_BYTES: usize = 123;
+
+/// What the gateway's sockets share.
+pub(crate) struct GatewayParts {
+    pub(crate) hub: Hub,
+    pub(crate) ops: operations::Operations,
+    pub(crate) verifier: Verifier,
+    pub(crate) config: WebSocketConfig,
+    pub(crate) operation_deadline: Duration,
+    pub(crate) drain: Duration,
+    pub(crate) sockets: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The shared state of every socket.
+pub(crate) struct Gateway {
+    parts: GatewayParts,
+    frames: FrameCache,
+}
+
+impl Gateway {
+    pub(crate) fn new(parts: GatewayParts) -> Arc<Self> {
+        Arc::new(Self {
+            parts,
+            frames: FrameCache::default(),
+        })
+    }
+
+    /// The window announced in `bye`; the socket closes (1001) when it has passed.
+    fn bye_window(&self) -> Duration {
+        self.parts.drain.mul_f64(0.75)
+    }
+}
+
+/// The `/ws` route.
+pub(crate) fn routes(gateway: Arc<Gateway>) -> Router {
+    Router::new().route("/ws", get(upgrade)).with_state(gateway)
+}
+
+async fn upgrade(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // The server's preference (CBOR) decides, not the order of the client's offer.
+    let encoding = Encoding::negotiate(
+        headers
+            .get_all(SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let max = gw.parts.config.max_frame_bytes as usize;
+    let mut upgrade = upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        // Small buffers: an idle socket should cost kilobytes, not tungstenite's default 128 KiB.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size((1 << 20) * 2);
+    if let Some(enc) = encoding {
+        upgrade = upgrade.protocols([enc.subprotocol()]);
+    }
+    let tracker = gw.parts.sockets.clone();
+    upgrade
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| tracker.track_future(serve(socket, gw, encoding)))
+}
+
+/// Serves one socket until it closes.
+async fn serve(socket: WebSocket, gw: Arc<Gateway>, encoding: Option<Encoding>) {
+    let (sink, stream) = socket.split();
+    let mut io = Io {
+        sink,
+        stream,
+        queue: Queue::default(),
+    };
+    let Some(enc) = encoding else {
+        io.close(Closing::new(
+            close::SUBPROTOCOL_REQUIRED,
+            "offer switchyard-mobile.v1.cbor or switchyard-mobile.v1.json",
+        ))
+        .await;
+        return;
+    };
+    let now = Instant::now();
+    let mut conn = Conn {
+        gw,
+        enc,
+        user: None,
+        subs: HashMap::new(),
+        streams: StreamMap::new(),
+        calls: FuturesUnordered::new(),
+        call_ids: HashSet::new(),
+        opened: now,
+        last_heard: now,
+        next_ping: now,
+        ping_n: 0,
+        closes_at: None,
+    };
+    match conn.run(&mut io).await {
+        Some(closing) => io.close(closing).await,
+        None => {
+            // The client is gone or closed: flush whatever close answer is pending.
+            let _ = tokio::time::timeout(CLOSE_WAIT, io.sink.flush()).await;
+        }
+    }
+}
+
+/// How to close a socket.
+struct Closing {
+    code: u16,
+    reason: String,
+}
+
+impl Closing {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON_BYTES {
+            let mut end = MAX_REASON_BYTES;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        Self { code, reason }
+    }
+}
+
+/// What a queued message is, for bounding and conflation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    /// An answer (`welcome`, `subbed`, `result`, `error`, …): never dropped.
+    Reply,
+    /// An event or gap of a stream topic: counts against the send queue.
+    Stream,
+    /// An event of a state topic (the client topic): replaced by a newer one while queued.
+    State(String),
+    /// A server `ping`: at most one queued.
+    Ping,
+    /// A `pong`: at most one queued (the newest).
+    Pong,
+}
+
+/// The socket's outgoing queue.
+struct Queue {
+    items: VecDeque<(Kind, Message)>,
+    /// Whether something was handed to the sink and not yet flushed.
+    dirty: bool,
+    /// When the queue last moved (or last became non-empty).
+    progress: Instant,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            items: VecDeque::new(),
+            dirty: false,
+            progress: Instant::now(),
+        }
+    }
+}
+
+impl Queue {
+    fn busy(&self) -> bool {
+        !self.items.is_empty() || self.dirty
+    }
+
+    fn push(&mut self, kind: Kind, msg: Message) {
+        if !self.busy() {
+            self.progress = Instant::now();
+        }
+        let same = |k: &Kind| match (&kind, k) {
+            (Kind::State(a), Kind::State(b)) => a == b,
+            (Kind::Ping, Kind::Ping) | (Kind::Pong, Kind::Pong) => true,
+            _ => false,
+        };
+        if matches!(kind, Kind::State(_) | Kind::Ping | Kind::Pong)
+            && let Some(slot) = self.items.iter_mut().find(|(k, _)| same(k))
+        {
+            // Conflation: the newer value replaces the unsent one, in its place.
+            if kind != Kind::Ping {
+                slot.1 = msg;
+            }
+            return;
+        }
+        self.items.push_back((kind, msg));
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// The socket's two halves and its outgoing queue.
+struct Io {
+    sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
+    queue: Queue,
+}
+
+/// Writes queued messages and flushes; resolves once the queue is empty and flushed. Cancel-safe:
+/// a message leaves the queue only when the sink has taken it.
+async fn write_queued(
+    sink: &mut SplitSink<WebSocket, Message>,
+    queue: &mut Queue,
+) -> Result<(), axum::Error> {
+    futures::future::poll_fn(|cx| {
+        while !queue.items.is_empty() {
+            match sink.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            if let Some((_, msg)) = queue.items.pop_front() {
+                sink.start_send_unpin(msg)?;
+                queue.dirty = true;
+                queue.progress = Instant::now();
+            }
+        }
+        match sink.poll_flush_unpin(cx) {
+            Poll::Ready(Ok(())) => {
+                queue.dirty = false;
+                queue.progress = Instant::now();
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    })
+    .await
+}
+
+impl Io {
+    /// Closes the socket: flushes what is queued (except for a slow consumer, whose queue is
+    /// dropped), sends the close frame, and waits briefly for the client's answer.
+    async fn close(&mut self, closing: Closing) {
+        if closing.code == close::SLOW_CONSUMER {
+            self.queue.items.clear();
+        }
+        let _ =
+            tokio::time::timeout(CLOSE_WAIT, write_queued(&mut self.sink, &mut self.queue)).await;
+        let frame = CloseFrame {
+            code: closing.code,
+            reason: Utf8Bytes::from(closing.reason),
+        };
+        // A slow consumer gets its close frame only once it reads what its socket buffers hold:
+        // give it as long as any write.
+        let _ =
+            tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Some(Ok(m)) = self.stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// One subscription's items, tagged with its hub topic; `None` once, when the hub ended it.
+type SubStream = BoxStream<'static, (Topic, Option<Item>)>;
+
+/// A call in flight: its id and its outcome.
+type CallFuture = BoxFuture<'static, (u32, Result<Value, CallError>)>;
+
+/// One subscription of a socket.
+struct SubInfo {
+    class: TopicClass,
+}
+
+/// The state of one connection.
+struct Conn {
+    gw: Arc<Gateway>,
+    enc: Encoding,
+    /// The signed-in user; `None` while awaiting auth.
+    user: Option<UserId>,
+    subs: HashMap<String, SubInfo>,
+    streams: StreamMap<String, SubStream>,
+    calls: FuturesUnordered<CallFuture>,
+    call_ids: HashSet<u32>,
+    opened: Instant,
+    last_heard: Instant,
+    next_ping: Instant,
+    ping_n: u32,
+    /// Set once `bye` was sent: when the socket closes with 1001.
+    closes_at: Option<Instant>,
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Conn {
+    fn config(&self) -> &WebSocketConfig {
+        &self.gw.parts.config
+    }
+
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(u64::from(self.config().heartbeat_ms.max(1)))
+    }
+
+    /// Runs the protocol; returns how to close, or `None` when the client is already gone.
+    async fn run(&mut self, io: &mut Io) -> Option<Closing> {
+        let shutdown = self.gw.parts.shutdown.clone();
+        let auth_deadline =
+            self.opened + Duration::from_millis(self.gw.parts.config.auth_timeout_ms);
+        loop {
+            let authed = self.user.is_some();
+            let silence_deadline = self.last_heard + self.heartbeat() * 2;
+            let write_deadline = io.queue.progress + WRITE_TIMEOUT;
+            let busy = io.queue.busy();
+            // Biased: timers first, then writing, so that the queue only grows while the
+            // socket itself is blocked (a client that reads keeps it near empty), then input.
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if self.closes_at.is_none() => {
+                    let window = self.gw.bye_window();
+                    let ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
+                    self.closes_at = Some(Instant::now() + window);
+                    self.reply(io, &ServerMsg::Bye(mobile_proto::Bye { reconnect_within_ms: ms }));
+                }
+                () = sleep_until_opt(self.closes_at) => {
+                    return Some(Closing::new(close::GOING_AWAY, "server draining: reconnect"));
+                }
+                () = tokio::time::sleep_until(auth_deadline), if !authed => {
+                    return Some(Closing::new(close::TIMEOUT, "no auth in time"));
+                }
+                () = tokio::time::sleep_until(silence_deadline) => {
+                    return Some(Closing::new(close::TIMEOUT, "no frame for 2 x hb"));
+                }
+                () = tokio::time::sleep_until(self.next_ping), if authed => {
+                    self.ping_n = self.ping_n.wrapping_add(1);
+                    self.next_ping += self.heartbeat();
+                    let frame = self.enc.encode_server(&ServerMsg::Ping(mobile_proto::Ping { n: self.ping_n }));
+                    io.queue.push(Kind::Ping, message(frame));
+                }
+                () = tokio::time::sleep_until(write_deadline), if busy => {
+                    tracing::info!("dropping a socket whose client has not read for {WRITE_TIMEOUT:?}");
+                    return None;
+                }
+                written = write_queued(&mut io.sink, &mut io.queue), if busy => {
+                    if written.is_err() {
+                        return None;
+                    }
+                }
+                incoming = io.stream.next() => {
+                    self.last_heard = Instant::now();
+                    let msg = match incoming {
+                        None => return None,
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => return too_big(&e),
+                    };
+                    if let Some(closing) = self.on_message(io, msg).await {
+                        return Some(closing);
+                    }
+                }
+                Some((id, outcome)) = self.calls.next(), if !self.calls.is_empty() => {
+                    self.call_ids.remove(&id);
+                    let msg = match outcome {
+                        Ok(d) => ServerMsg::Result(mobile_proto::CallResult { id, data: d }),
+                        Err(e) => ServerMsg::call_error(id, e.code, e.message),
+                    };
+                    self.reply(io, &msg);
+                }
+                Some((client_topic, (hub_topic, item))) = self.streams.next(), if !self.streams.is_empty() => {
+                    if let Some(closing) = self.on_item(io, client_topic, &hub_topic, item) {
+                        return Some(closing);
+                    }
+                }
+            }
+            if io.queue.len() > self.reply_bound() {
+                // Only a client that keeps asking while it does not read gets here.
+                return Some(Closing::new(
+                    close::SLOW_CONSUMER,
+                    "too slow: the send queue is full; reconnect and resume",
+                ));
+            }
+        }
+    }
+
+    /// The most messages the queue may hold at all: the send queue plus the replies the limits
+    /// allow.
+    fn reply_bound(&self) -> usize {
+        let c = self.config();
+        c.send_queue_messages + c.max_subscriptions as usize + c.max_calls as usize + 16
+    }
+
+    fn reply(&self, io: &mut Io, msg: &ServerMsg) {
+        io.queue
+            .push(Kind::Reply, message(self.enc.encode_server(msg)));
+    }
+
+    /// An item of a subscription; returns a closing when the client is too slow.
+    fn on_item(
+        &mut self,
+        io: &mut Io,
+        client_topic: String,
+        hub_topic: &Topic,
+        item: Option<Item>,
+    ) -> Option<Closing> {
+        let class = self.subs.get(&client_topic)?.class;
+        let Some(item) = item else {
+            tracing::warn!(topic = %hub_topic, "the hub ended a subscription");
+            self.subs.remove(&client_topic);
+            let msg = ServerMsg::topic_error(
+                &client_topic,
+                code::EVENTS_UNAVAILABLE,
+                "the topic's event source stopped; subscribe again (with resume) later",
+            );
+            self.reply(io, &msg);
+            return None;
+        };
+        let (kind, msg) = match item {
+            Item::Event(event) => {
+                let msg = self.gw.frames.frame(self.enc, &client_topic, &event)?;
+                match class {
+                    TopicClass::State => (Kind::State(client_topic), msg),
+                    TopicClass::Stream => (Kind::Stream, msg),
+                }
+            }
+            Item::Gap { resume, .. } => {
+                let gap = ServerMsg::Gap(mobile_proto::Gap {
+                    topic: client_topic,
+                    epoch: resume.epoch,
+                    offset: resume.offset,
+                });
+                tracing::debug!(topic = %hub_topic, "gap signalled to a client");
+                (Kind::Stream, message(self.enc.encode_server(&gap)))
+            }
+        };
+        if kind == Kind::Stream && io.queue.len() >= self.config().send_queue_messages {
+            tracing::info!(topic = %hub_topic, "cutting off a client too slow for a stream topic");
+            return Some(Closing::new(
+                close::SLOW_CONSUMER,
+                "too slow: the send queue is full; reconnect and resume",
+            ));
+        }
+        io.queue.push(kind, msg);
+        None
+    }
+
+    async fn on_message(&mut self, io: &mut Io, msg: Message) -> Option<Closing> {
+        let (kind, bytes) = match &msg {
+            Message::Text(t) => (FrameKind::Text, t.as_bytes()),
+            Message::Binary(b) => (FrameKind::Binary, b.as_ref()),
+            // Control frames count as heard (done by the caller); tungstenite answers pings.
+            Message::Ping(_) | Message::Pong(_) => return None,
+            // The WebSocket layer answers the close frame itself.
+            Message::Close(_) => return Some(Closing::new(close::NORMAL, "")),
+        };
+        let max = self.config().max_frame_bytes as usize;
+        let decoded = match self.enc.decode_client(kind, bytes, max) {
+            Ok(m) => m,
+            Err(e) => return Some(Closing::new(e.close_code(), e.to_string())),
+        };
+        match (decoded, self.user.clone()) {
+            (ClientMsg::Ping(p), _) => {
+                let frame = self
+                    .enc
+                    .encode_server(&ServerMsg::Pong(mobile_proto::Pong { n: p.n }));
+                io.queue.push(Kind::Pong, message(frame));
+            }
+            (ClientMsg::Pong(_), _) => {}
+            (ClientMsg::Auth(a), None) => match self.gw.parts.verifier.verify(&a.token) {
+                Ok(user) => {
+                    let c = self.config();
+                    let welcome = ServerMsg::Welcome(mobile_proto::Welcome {
+                        user: user.to_string(),
+                        heartbeat_ms: c.heartbeat_ms,
+                        limits: mobile_proto::Limits {
+                            max_subscriptions: c.max_subscriptions,
+                            max_calls: c.max_calls,
+                            max_frame_bytes: c.max_frame_bytes,
+                        },
+                    });
+                    self.next_ping = Instant::now() + self.heartbeat();
+                    self.user = Some(user);
+                    self.reply(io, &welcome);
+                }
+                Err(why) => {
+                    return Some(Closing::new(
+                        close::UNAUTHENTICATED,
+                        format!("token refused: {why}"),
+                    ));
+                }
+            },
+            (ClientMsg::Auth(_), Some(_)) => {
+                return Some(Closing::new(close::CONFLICT, "already authenticated"));
+            }
+            (_, None) => {
+                return Some(Closing::new(close::UNAUTHENTICATED, "send auth first"));
+            }
+            (ClientMsg::Sub(sub), Some(user)) => self.subscribe(io, &user, sub).await,
+            (ClientMsg::Unsub(unsub), Some(_)) => {
+                self.streams.remove(&unsub.topic);
+                self.subs.remove(&unsub.topic);
+                let msg = ServerMsg::Unsubbed(mobile_proto::Unsubbed { topic: unsub.topic });
+                self.reply(io, &msg);
+            }
+            (ClientMsg::Call(call), Some(user)) => return self.call(io, user, call),
+        }
+        None
+    }
+
+    fn call(&mut self, io: &mut Io, user: UserId, call: mobile_proto::Call) -> Option<Closing> {
+        let id = call.id;
+        if self.call_ids.contains(&id) {
+            return Some(Closing::new(
+                close::CONFLICT,
+                format!("call {id} is still in flight"),
+            ));
+        }
+        let refusal = if self.call_ids.len() >= self.config().max_calls as usize {
+            Some((
+                code::TOO_MANY_CALLS,
+                format!("at most {} calls in flight", self.config().max_calls),
+            ))
+        } else if self
+            .closes_at
+            .is_some_and(|at| at < Instant::now() + self.gw.parts.operation_deadline)
+        {
+            Some((
+                code::DRAINING,
+                "the server closes before this could finish: send it on a new connection"
+                    .to_owned(),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refusal {
+            self.reply(io, &ServerMsg::call_error(id, code, message));
+            return None;
+        }
+        self.call_ids.insert(id);
+        let ops = self.gw.parts.ops.clone();
+        self.calls.push(Box::pin(async move {
+            let outcome = calls::run(&ops, &user, &call).await;
+            (id, outcome)
+        }));
+        None
+    }
+
+    /// The hub topic of a client topic, for `user`.
+    fn hub_topic(user: &UserId, name: &str) -> Option<Topic> {
+        if name == topic::CONVERSIONS {
+            return Topic::new(&demo_api::conversions_topic(user)).ok();
+        }
+        let pair: demo_api::Pair = topic::rates_pair(name)?.parse().ok()?;
+        Some(operations::sources::rates_topic(&pair))
+    }
+
+    async fn subscribe(&mut self, io: &mut Io, user: &UserId, sub: mobile_proto::Sub) {
+        let name = sub.topic;
+        let Some(hub_topic) = Self::hub_topic(user, &name) else {
+            let msg = ServerMsg::topic_error(&name, code::UNKNOWN_TOPIC, "no such topic");
+            return self.reply(io, &msg);
+        };
+        if self.subs.contains_key(&name) {
+            let msg = ServerMsg::topic_error(&name, code::ALREADY_SUBSCRIBED, "already subscribed");
+            return self.reply(io, &msg);
+        }
+        if self.subs.len() >= self.config().max_subscriptions as usize {
+            let msg = ServerMsg::topic_error(
+                &name,
+                code::TOO_MANY_SUBSCRIPTIONS,
+                format!("at most {} subscriptions", self.config().max_subscriptions),
+            );
+            return self.reply(io, &msg);
+        }
+        let hub = &self.gw.parts.hub;
+        let class = hub.class_of(&hub_topic);
+        let started = async {
+            let head = hub.bus().head(&hub_topic).await?;
+            let (subbed, from) = match (class, sub.resume) {
+                (TopicClass::Stream, Some(p)) => {
+                    let p = switchyard_core::event::Position {
+                        epoch: p.epoch,
+                        offset: p.offset,
+                    };
+                    (p, StartAt::After(p))
+                }
+                // From the head read above: nothing published meanwhile is missed.
+                (TopicClass::Stream, None) => (head, StartAt::After(head)),
+                (TopicClass::State, _) => (head, StartAt::Live),
+            };
+            let subscriber = hub.subscribe(&hub_topic, from).await?;
+            Ok::<_, switchyard_core::bus::BusError>((subbed, subscriber))
+        };
+        // The socket's task waits for the bus here: bounded, so a stuck broker cannot hang it.
+        let started = tokio::time::timeout(SUBSCRIBE_TIMEOUT, started);
+        let (position, subscriber) = match started.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(topic = %hub_topic, error = %e, "subscription failed");
+                let msg = ServerMsg::topic_error(
+                    &name,
+                    code::EVENTS_UNAVAILABLE,
+                    "the topic's event source is unavailable; retry later",
+                );
+                return self.reply(io, &msg);
+            }
+            Err(_) => {
+                let e = "timed out";
+                tracing::warn!(topic = %hub_topic, error = %e, "subscription failed");
+                let msg = ServerMsg::topic_error(
+                    &name,
+                    code::EVENTS_UNAVAILABLE,
+                    "the topic's event source is unavailable; retry later",
+                );
+                return self.reply(io, &msg);
+            }
+        };
+        self.reply(
+            io,
+            &ServerMsg::Subbed(mobile_proto::Subbed {
+                topic: name.clone(),
+                epoch: position.epoch,
+                offset: position.offset,
+            }),
+        );
+        let stream = futures::stream::unfold(Some(subscriber), |s| async move {
+            let mut s = s?;
+            let topic = s.topic().clone();
+            match s.next().await {
+                Some(item) => Some(((topic, Some(item)), Some(s))),
+                // Said once, so the client is never left subscribed to a silent topic.
+                None => Some(((topic, None), None)),
+            }
+        })
+        .boxed();
+        self.streams.insert(name.clone(), stream);
+        self.subs.insert(name, SubInfo { class });
+    }
+}
+
+/// A close for a read error: 1009 when the message was too big, else nothing (the client is
+/// gone or broke the WebSocket protocol, which the WebSocket layer answers).
+fn too_big(e: &axum::Error) -> Option<Closing> {
+    let text = e.to_string();
+    if text.contains("too long") || text.contains("Space limit") || text.contains("capacity") {
+        return Some(Closing::new(close::MESSAGE_TOO_BIG, "message too big"));
+    }
+    None
+}
+
+/// A protocol frame as a WebSocket message (no copy).
+fn message(frame: Frame) -> Message {
+    match frame {
+        Frame::Text(s) => Message::Text(Utf8Bytes::from(s)),
+        Frame::Binary(b) => Message::Binary(b.into()),
+    }
+}
+
+/// The last encoded frame per (hub topic, encoding): every subscriber of a topic in one
+/// encoding gets the same bytes, encoded once.
+#[derive(Default)]
+pub(crate) struct FrameCache {
+    frames: Mutex<HashMap<(Topic, Encoding), (Position, Message)>>,
+}
+
+impl FrameCache {
+    /// The `event` frame of `event` for `client_topic` in `enc`; `None` (logged) when its
+    /// payload cannot be read.
+    fn frame(&self, enc: Encoding, client_topic: &str, event: &Event) -> Option<Message> {
+        let position = Position {
+            epoch: event.epoch,
+            offset: event.offset,
+        };
+        let key = (event.topic.clone(), enc);
+        if let Some((p, m)) = self.lock().get(&key)
+            && *p == position
+        {
+            return Some(m.clone());
+        }
+        let msg = message(encode_event(enc, client_topic, position, event)?);
+        let mut frames = self.lock();
+        if frames.len() >= FRAME_CACHE_ENTRIES {
+            frames.clear();
+        }
+        frames.insert(key, (position, msg.clone()));
+        Some(msg)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Topic, Encoding), (Position, Message)>> {
+        // Critical sections only look up or insert: a panic cannot leave torn state.
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reads a hub payload (JSON of `demo_api` types) and encodes it as an `event`.
+fn encode_event(
+    enc: Encoding,
+    client_topic: &str,
+    position: Position,
+    event: &Event,
+) -> Option<Frame> {
+    let encoded = if client_topic == topic::CONVERSIONS {
+        serde_json::from_slice::<demo_api::ConversionEvent>(&event.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                let d: data::Conversion = calls::conversion(&c.conversion);
+                enc.encode_event(client_topic, position, &d)
+                    .map_err(|e| e.to_string())
+            })
+    } else {
+        serde_json::from_slice::<demo_api::Rate>(&event.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                enc.encode_event(client_topic, position, &calls::rate(&r))
+                    .map_err(|e| e.to_string())
+            })
+    };
+    match encoded {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(topic = %event.topic, offset = event.offset, error = %e, "unreadable event payload skipped");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate_event(offset: u64) -> Event {
+        Event {
+            topic: Topic::new("rates.EUR/USD").unwrap(),
+            epoch: 7,
+            offset,
+            payload: bytes::Bytes::from_static(br#"{"pair":"EUR/USD","rate":"1.0842","seq":3}"#),
+        }
+    }
+
+    fn ptr(m: &Message) -> *const u8 {
+        match m {
+            Message::Binary(b) => b.as_ptr(),
+            Message::Text(t) => t.as_str().as_ptr(),
+            _ => std::ptr::null(),
+        }
+    }
+
+    #[test]
+    fn an_event_is_encoded_once_per_encoding_and_shared() {
+        let cache = FrameCache::default();
+        for enc in Encoding::ALL {
+            let a = cache.frame(enc, "rates:EUR/USD", &rate_event(1)).unwrap();
+            let b = cache.frame(enc, "rates:EUR/USD", &rate_event(1)).unwrap();
+            // The same bytes, not an equal copy.
+            assert_eq!(ptr(&a), ptr(&b));
+            let c = cache.frame(enc, "rates:EUR/USD", &rate_event(2)).unwrap();
+            assert_ne!(ptr(&a), ptr(&c));
+        }
+        let cbor = cache
+            .frame(Encoding::Cbor, "rates:EUR/USD", &rate_event(2))
+            .unwrap();
+        let Message::Binary(bytes) = cbor else {
+            panic!("CBOR travels in binary frames")
+        };
+        let ServerMsg::Event(ev) = Encoding::Cbor
+            .decode_server(FrameKind::Binary, &bytes, 1 << 20)
+            .unwrap()
+        else {
+            panic!("an event")
+        };
+        assert_eq!(
+            (ev.topic.as_str(), ev.epoch, ev.offset),
+            ("rates:EUR/USD", 7, 2)
+        );
+        assert_eq!(ev.data_as::<data::Rate>().unwrap().rate, "1.0842");
+    }
+
+    #[test]
+    fn an_unreadable_payload_is_skipped_not_a_panic() {
+        let cache = FrameCache::default();
+        let mut e = rate_event(1);
+        e.payload = bytes::Bytes::from_static(b"\xff not json");
+        assert!(cache.frame(Encoding::Json, "rates:EUR/USD", &e).is_none());
+    }
+
+    #[test]
+    fn close_reasons_are_cut_at_123_bytes_on_a_char_boundary() {
+        let c = Closing::new(4400, "é".repeat(100));
+        assert!(c.reason.len() <= MAX_REASON_BYTES);
+        assert!(c.reason.len() >= MAX_REASON_BYTES - 1);
+    }
+}
