@@ -3,6 +3,12 @@
 //! client, against the baseline ([`crate::baseline`]) under the same load and the same client
 //! code, in alternating runs in one process. Target: gateway ≥ 0.5 × the baseline's deliveries/s.
 //!
+//! `mobile-fanout` is the same benchmark for bff-mobile: switchyard-mobile.v1 clients in CBOR
+//! (`auth`, `sub` to `conversions`), the same bus events, and a baseline that speaks the mobile
+//! protocol and broadcasts a CBOR `event` frame of the gateway's shape and size (same epoch, an
+//! offset counting its own publications). Target: gateway ≥ 0.7 × the baseline's deliveries/s.
+//! It also prints the bytes of a rate tick in both encodings ([`wire_sizes`]).
+//!
 //! The baseline runs twice, as two servers: with tungstenite's default buffers (`baseline`, a
 //! minimal server) and with bff-web's buffer sizes (`baseline-small`). They differ in speed, not
 //! only in memory: tungstenite zero-fills the free part of its read buffer before every read
@@ -35,7 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use demo_api::{Conversion, ConversionEvent, Currency, Decimal, UserId};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use switchyard::{Config, Stack};
 use switchyard_core::event::Topic;
@@ -43,7 +49,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::baseline::{Baseline, Buffers};
-use crate::client::{self, Ws};
+use crate::client::{self, Protocol, Ws};
 use crate::stats::{median, ms_ns, percentile_ns};
 
 /// Arguments of the fan-out benchmark.
@@ -70,15 +76,35 @@ pub(crate) struct Args {
 /// How long the run may go without an event reaching every client before it is declared stuck.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+/// The WebSocket URL of the gateway that speaks `protocol`.
+pub(crate) fn gateway_url(stack: &Stack, protocol: Protocol) -> String {
+    let (service, path) = match protocol {
+        Protocol::Graphql => ("bff-web", "/v1/graphql"),
+        Protocol::Mobile => ("bff-mobile", "/v1/ws"),
+    };
+    format!("{}{path}", stack.url(service).replacen("http", "ws", 1))
+}
+
+/// The deliveries/s ratio the gateway of `protocol` must reach against the baseline.
+fn target_ratio(protocol: Protocol) -> f64 {
+    match protocol {
+        Protocol::Graphql => 0.5,
+        Protocol::Mobile => 0.7,
+    }
+}
+
+pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
     let mut config = Config::ephemeral();
     config.exchange.tick_interval_ms = 3_600_000;
     config.log.filter = "warn".into();
-    let queue = config.web.websocket.send_queue_messages;
+    let (gateway_name, queue) = match protocol {
+        Protocol::Graphql => ("bff-web", config.web.websocket.send_queue_messages),
+        Protocol::Mobile => ("bff-mobile", config.mobile.websocket.send_queue_messages),
+    };
     if args.window == 0 || args.window >= queue {
         bail!(
-            "--window must be 1 to {} (below bff-web's websocket.send_queue_messages, {queue}), \
-             or a correct gateway may cut clients off",
+            "--window must be 1 to {} (below {gateway_name}'s websocket.send_queue_messages, \
+             {queue}), or a correct gateway may cut clients off",
             queue - 1
         );
     }
@@ -89,48 +115,71 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     crate::memory::raise_nofile(2 * args.clients as u64 + 1_024)?;
     let stack = Stack::start(config).await?;
     let user = UserId::parse(client::USER).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let topic = Topic::new(&demo_api::conversions_topic(&user))?;
+    // The baseline's mobile frames carry the bus's epoch, as the gateway's do.
+    let epoch = stack.bus().head(&topic).await?.epoch;
     let gateway = Server::Gateway {
-        url: format!(
-            "{}/v1/graphql",
-            stack.url("bff-web").replacen("http", "ws", 1)
-        ),
+        url: gateway_url(&stack, protocol),
         bus: stack.bus().clone(),
-        topic: Topic::new(&demo_api::conversions_topic(&user))?,
+        topic,
         template: template(user)?,
     };
-    // The same capacity as the gateway's per-subscriber broadcast.
+    let frames = |name| Frames {
+        name,
+        protocol,
+        epoch,
+        published: AtomicU64::new(0),
+    };
+    // The same capacity as the gateway's per-subscriber queue.
     let servers = [
-        Server::Baseline(Baseline::start(queue, Buffers::Default).await?, "baseline"),
         Server::Baseline(
-            Baseline::start(queue, Buffers::Small).await?,
-            "baseline-small",
+            Baseline::start(queue, Buffers::Default, protocol).await?,
+            frames("baseline"),
+        ),
+        Server::Baseline(
+            Baseline::start(queue, Buffers::Small, protocol).await?,
+            frames("baseline-small"),
         ),
         gateway,
     ];
     let token = client::token();
 
     println!(
-        "fanout: {} clients, {} events per run, window {} events, {} runs per server \
-         (alternating baseline, baseline-small, gateway; one unmeasured warm-up run each), \
-         one process",
-        args.clients, args.events, args.window, args.runs
+        "{}: {} clients ({}), {} events per run, window {} events, {} runs per server \
+         (alternating baseline, baseline-small, gateway = {gateway_name}; one unmeasured \
+         warm-up run each), one process",
+        match protocol {
+            Protocol::Graphql => "fanout",
+            Protocol::Mobile => "mobile-fanout",
+        },
+        args.clients,
+        protocol.subprotocol(),
+        args.events,
+        args.window,
+        args.runs
     );
+    if protocol == Protocol::Mobile {
+        wire_sizes()?;
+    }
     let warmup = (args.events / 4).max(args.window);
     for server in &servers {
-        let r = measure(server, &args, &token, warmup).await?;
+        let r = measure(server, &args, protocol, &token, warmup).await?;
         if let Some(failure) = r.failure {
             println!("warm-up {:<14}  INVALID: {failure}", server.name());
         }
         if let Some(frame) = r.sample {
-            let expected = next_frame(0);
+            // graphql-transport-ws: the baseline sends the gateway's exact bytes. Mobile: the
+            // same shape; the sizes printed show whether they match.
+            let differs = protocol == Protocol::Graphql
+                && !matches!(&frame, Message::Text(t) if t.as_str() == next_frame(0));
             println!(
-                "{:<14} frame ({} bytes): {frame}{}",
+                "{:<14} {}{}",
                 server.name(),
-                frame.len(),
-                if frame == expected {
-                    ""
-                } else {
+                describe(&frame),
+                if differs {
                     "  (DIFFERS from the baseline's)"
+                } else {
+                    ""
                 }
             );
         }
@@ -139,7 +188,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut results: Vec<Vec<RunResult>> = servers.iter().map(|_| Vec::new()).collect();
     for run in 1..=args.runs {
         for (server, results) in servers.iter().zip(&mut results) {
-            let r = measure(server, &args, &token, args.events).await?;
+            let r = measure(server, &args, protocol, &token, args.events).await?;
             match &r.failure {
                 None => println!(
                     "run {run} {:<14}  deliveries/s {:>9.0}  p50 {} ms  p99 {} ms  ({:.2} s)",
@@ -194,11 +243,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         } else {
             format!("{:.2}", median(paired))
         };
+        let target = target_ratio(protocol);
         println!(
-            "gateway/{:<14} deliveries/s {ratio:.2} (target ≥ 0.50: {}; median of per-round \
-             ratios {paired}), p50 {:.2}×, p99 {:.2}×",
+            "gateway/{:<14} deliveries/s {ratio:.2} (target ≥ {target:.2}: {}; median of \
+             per-round ratios {paired}), p50 {:.2}×, p99 {:.2}×",
             server.name(),
-            if ratio >= 0.5 { "met" } else { "NOT met" },
+            if ratio >= target { "met" } else { "NOT met" },
             gateway.p50 / base.p50,
             gateway.p99 / base.p99
         );
@@ -223,15 +273,108 @@ enum Server {
         topic: Topic,
         template: ConversionEvent,
     },
-    /// A baseline server and its name.
-    Baseline(Baseline, &'static str),
+    /// A baseline server and how it builds its frames.
+    Baseline(Baseline, Frames),
+}
+
+/// How a baseline builds the frame of an event: the gateway's `next` message, or a CBOR `event`
+/// of the gateway's shape.
+struct Frames {
+    name: &'static str,
+    protocol: Protocol,
+    /// The bus's epoch, which the gateway's `event` frames carry.
+    epoch: u64,
+    /// Frames published so far: the next one's offset.
+    published: AtomicU64,
+}
+
+impl Frames {
+    fn frame(&self, id: &str) -> anyhow::Result<Message> {
+        Ok(match self.protocol {
+            Protocol::Graphql => Message::Text(Utf8Bytes::from(next_frame_for(id))),
+            Protocol::Mobile => {
+                let offset = self.published.fetch_add(1, Ordering::Relaxed) + 1;
+                let position = mobile_proto::Position {
+                    epoch: self.epoch,
+                    offset,
+                };
+                let frame = client::MOBILE.encode_event(
+                    mobile_proto::topic::CONVERSIONS,
+                    position,
+                    &mobile_conversion(id),
+                )?;
+                client::mobile_message(frame)
+            }
+        })
+    }
+}
+
+/// A received frame for the log: its size and its text (JSON) or CBOR diagnostic notation.
+fn describe(frame: &Message) -> String {
+    match frame {
+        Message::Text(t) => format!("frame (text, {} bytes): {}", t.len(), t.as_str()),
+        Message::Binary(b) => format!(
+            "frame (binary, {} bytes): {}",
+            b.len(),
+            mobile_proto::diag::diagnostic(b).unwrap_or_else(|e| format!("undecodable: {e}"))
+        ),
+        other => format!("frame: {other:?}"),
+    }
+}
+
+/// Prints the bytes of a rate tick (`rates:EUR/USD`) in CBOR and in the JSON twin, as
+/// mobile-proto encodes it (the gateway's encoder).
+fn wire_sizes() -> anyhow::Result<()> {
+    let rate = mobile_proto::data::Rate {
+        pair: "EUR/USD".into(),
+        rate: "1.0842".into(),
+        seq: 48213,
+    };
+    let position = mobile_proto::Position {
+        epoch: 6_130_412_896_125_523_119,
+        offset: 1289,
+    };
+    let [cbor, json] = mobile_proto::Encoding::ALL.map(|enc| {
+        enc.encode_event("rates:EUR/USD", position, &rate)
+            .map(|f| f.len())
+    });
+    let (cbor, json) = (cbor?, json?);
+    println!(
+        "rate tick on the wire (payload, as encoded by mobile-proto): CBOR {cbor} bytes, JSON twin \
+         {json} bytes ({:.0} %); WebSocket framing adds 2 bytes server to client",
+        100.0 * cbor as f64 / json as f64
+    );
+    let conversion = mobile_conversion("ev-0");
+    let [cbor, json] = mobile_proto::Encoding::ALL.map(|enc| {
+        enc.encode_event("conversions", position, &conversion)
+            .map(|f| f.len())
+    });
+    let (cbor, json) = (cbor?, json?);
+    println!(
+        "this benchmark's conversion event: CBOR {cbor} bytes, JSON twin {json} bytes ({:.0} %)",
+        100.0 * cbor as f64 / json as f64
+    );
+    Ok(())
+}
+
+/// The conversion the gateway sends for the [`template`] event with id `id`.
+fn mobile_conversion(id: &str) -> mobile_proto::data::Conversion {
+    mobile_proto::data::Conversion {
+        id: id.to_owned(),
+        from: "EUR".into(),
+        to: "USD".into(),
+        amount: "100.00".into(),
+        rate: "1.0850".into(),
+        converted: "108.50".into(),
+        at: "2026-01-01T00:00:00Z".into(),
+    }
 }
 
 impl Server {
     fn name(&self) -> &'static str {
         match self {
             Server::Gateway { .. } => "gateway",
-            Server::Baseline(_, name) => name,
+            Server::Baseline(_, frames) => frames.name,
         }
     }
 
@@ -256,7 +399,7 @@ impl Server {
                 let payload = Bytes::from(serde_json::to_vec(&event)?);
                 bus.publish(topic, payload).await?;
             }
-            Server::Baseline(b, _) => b.publish(Utf8Bytes::from(next_frame_for(&id))),
+            Server::Baseline(b, frames) => b.publish(frames.frame(&id)?),
         }
         Ok(())
     }
@@ -298,7 +441,7 @@ struct RunResult {
     /// Why the run is invalid (a close, an error frame, a lost or reordered event, a stall).
     failure: Option<String>,
     /// The first measured frame one client received.
-    sample: Option<String>,
+    sample: Option<Message>,
 }
 
 /// The state one run's publisher and clients share.
@@ -318,7 +461,7 @@ struct RunState {
     synced_clients: AtomicUsize,
     failed: AtomicBool,
     failure: Mutex<Vec<String>>,
-    sample: Mutex<Option<String>>,
+    sample: Mutex<Option<Message>>,
 }
 
 impl RunState {
@@ -373,19 +516,25 @@ impl RunState {
 async fn measure(
     server: &Server,
     args: &Args,
+    protocol: Protocol,
     token: &str,
     events: usize,
 ) -> anyhow::Result<RunResult> {
-    let sockets =
-        client::connect_subscribed(&server.url(), token, args.clients, args.connect_concurrency)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting {} clients to the {}",
-                    args.clients,
-                    server.name()
-                )
-            })?;
+    let sockets = client::connect_subscribed(
+        &server.url(),
+        protocol,
+        token,
+        args.clients,
+        args.connect_concurrency,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "connecting {} clients to the {}",
+            args.clients,
+            server.name()
+        )
+    })?;
     let run = Arc::new(RunState {
         clients: args.clients,
         events,
@@ -407,7 +556,7 @@ async fn measure(
     let receivers: Vec<_> = sockets
         .into_iter()
         .enumerate()
-        .map(|(i, ws)| tokio::spawn(receive(ws, run.clone(), stop_rx.clone(), i == 0)))
+        .map(|(i, ws)| tokio::spawn(receive(ws, protocol, run.clone(), stop_rx.clone(), i == 0)))
         .collect();
 
     let started_ns = publish_all(server, &run).await?;
@@ -530,10 +679,90 @@ struct ConversionId<'a> {
     id: &'a str,
 }
 
+/// The parts of a mobile server message the client reads (CBOR; other keys are skipped).
+#[derive(Deserialize)]
+struct MobileMessage {
+    t: String,
+    #[serde(default)]
+    d: Option<MobileConversion>,
+    #[serde(default)]
+    n: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct MobileConversion {
+    id: String,
+}
+
+/// What a client made of a message.
+enum Seen {
+    /// Measured event k.
+    Event(usize),
+    /// A probe event.
+    Warm,
+    /// The sync event after the probes.
+    Sync,
+    /// Nothing to count (a control frame).
+    Skip,
+    /// A server ping: this pong goes back.
+    Reply(Message),
+    /// Anything else: the run is invalid.
+    Unexpected(String),
+}
+
+/// Reads a conversion id: `ev-<k>`, `warm-<n>` or `sync-<n>`.
+fn classify(id: &str) -> Seen {
+    if let Some(k) = id.strip_prefix("ev-").and_then(|k| k.parse::<usize>().ok()) {
+        Seen::Event(k)
+    } else if id.starts_with("warm-") {
+        Seen::Warm
+    } else if id.starts_with("sync-") {
+        Seen::Sync
+    } else {
+        Seen::Unexpected(format!("unexpected conversion id {id}"))
+    }
+}
+
+/// Reads a server message of `protocol` (not a close).
+fn read(protocol: Protocol, msg: &Message) -> Seen {
+    match (protocol, msg) {
+        (Protocol::Graphql, Message::Text(text)) => {
+            match serde_json::from_str::<ServerMessage<'_>>(text.as_str()) {
+                Ok(ServerMessage {
+                    ty: "next",
+                    payload:
+                        Some(Payload {
+                            data:
+                                Some(Data {
+                                    conversions: Some(ConversionId { id }),
+                                }),
+                        }),
+                }) => classify(id),
+                _ => Seen::Unexpected(format!("unexpected message: {}", text.as_str())),
+            }
+        }
+        (Protocol::Mobile, Message::Binary(bytes)) => {
+            match ciborium::from_reader::<MobileMessage, _>(bytes.as_ref()) {
+                Ok(MobileMessage { t, d: Some(d), .. }) if t == "event" => classify(&d.id),
+                Ok(MobileMessage { t, n: Some(n), .. }) if t == "ping" => {
+                    let pong = mobile_proto::ClientMsg::Pong(mobile_proto::Pong { n });
+                    Seen::Reply(client::mobile_message(client::MOBILE.encode_client(&pong)))
+                }
+                _ => Seen::Unexpected(format!("unexpected message: {}", describe(msg))),
+            }
+        }
+        (Protocol::Graphql, Message::Binary(_)) | (Protocol::Mobile, Message::Text(_)) => {
+            Seen::Unexpected(format!("unexpected message: {}", describe(msg)))
+        }
+        _ => Seen::Skip,
+    }
+}
+
 /// One client: reads until told to stop, checks every event arrives once and in order, and
 /// returns the latency of each measured event in ns.
 async fn receive(
     mut ws: Ws,
+    protocol: Protocol,
     run: Arc<RunState>,
     mut stop: watch::Receiver<bool>,
     keep_sample: bool,
@@ -547,14 +776,13 @@ async fn receive(
             _ = stop.changed() => break,
             msg = ws.next() => msg,
         };
-        let text = match msg {
-            Some(Ok(Message::Text(text))) => text,
+        let msg = match msg {
             Some(Ok(Message::Close(frame))) => {
                 let code = frame.map_or("none".to_owned(), |f| u16::from(f.code).to_string());
                 run.fail(format!("closed by the server with code {code}"));
                 break;
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(msg)) => msg,
             Some(Err(e)) => {
                 run.fail(format!("socket error: {e}"));
                 break;
@@ -564,50 +792,45 @@ async fn receive(
                 break;
             }
         };
-        let id = match serde_json::from_str::<ServerMessage<'_>>(text.as_str()) {
-            Ok(ServerMessage {
-                ty: "next",
-                payload:
-                    Some(Payload {
-                        data:
-                            Some(Data {
-                                conversions: Some(ConversionId { id }),
-                            }),
-                    }),
-            }) => id,
-            _ => {
-                run.fail(format!("unexpected message: {}", text.as_str()));
-                break;
-            }
-        };
-        if let Some(k) = id.strip_prefix("ev-").and_then(|k| k.parse::<usize>().ok()) {
-            if k != next || k >= run.events {
-                run.fail(format!("expected event {next}, received event {k}"));
-                break;
-            }
-            next += 1;
-            let now = run.now_ns();
-            latencies.push(now.saturating_sub(run.published_ns[k].load(Ordering::Acquire)));
-            if keep_sample && k == 0 {
-                *run.sample.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(text.as_str().to_owned());
-            }
-            if run.remaining[k].fetch_sub(1, Ordering::AcqRel) == 1 {
-                if run.completed.fetch_add(1, Ordering::AcqRel) + 1 == run.events {
-                    run.finished_ns.store(now, Ordering::Release);
+        match read(protocol, &msg) {
+            Seen::Event(k) => {
+                if k != next || k >= run.events {
+                    run.fail(format!("expected event {next}, received event {k}"));
+                    break;
                 }
-                run.window.add_permits(1);
+                next += 1;
+                let now = run.now_ns();
+                latencies.push(now.saturating_sub(run.published_ns[k].load(Ordering::Acquire)));
+                if keep_sample && k == 0 {
+                    *run.sample.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+                }
+                if run.remaining[k].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    if run.completed.fetch_add(1, Ordering::AcqRel) + 1 == run.events {
+                        run.finished_ns.store(now, Ordering::Release);
+                    }
+                    run.window.add_permits(1);
+                }
             }
-        } else if id.starts_with("warm-") {
-            if !warm {
-                warm = true;
-                run.warm_clients.fetch_add(1, Ordering::AcqRel);
+            Seen::Warm => {
+                if !warm {
+                    warm = true;
+                    run.warm_clients.fetch_add(1, Ordering::AcqRel);
+                }
             }
-        } else if id.starts_with("sync-") {
-            run.synced_clients.fetch_add(1, Ordering::AcqRel);
-        } else {
-            run.fail(format!("unexpected conversion id {id}"));
-            break;
+            Seen::Sync => {
+                run.synced_clients.fetch_add(1, Ordering::AcqRel);
+            }
+            Seen::Skip => {}
+            Seen::Reply(pong) => {
+                if let Err(e) = ws.send(pong).await {
+                    run.fail(format!("socket error: {e}"));
+                    break;
+                }
+            }
+            Seen::Unexpected(why) => {
+                run.fail(why);
+                break;
+            }
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;

@@ -4,6 +4,8 @@
 //! cargo run --release -p bench -- compose
 //! cargo run --release -p bench -- fanout
 //! cargo run --release -p bench -- memory
+//! cargo run --release -p bench -- mobile-fanout
+//! cargo run --release -p bench -- mobile-memory
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run, because the machine is
@@ -19,6 +21,8 @@ mod serve;
 mod stats;
 
 use clap::{Parser, Subcommand};
+
+use crate::client::Protocol;
 
 #[derive(Parser)]
 #[command(
@@ -41,9 +45,16 @@ enum Bench {
     /// Memory per idle subscribed socket (server RSS with 10,000 sockets), bff-web versus a
     /// minimal tokio-tungstenite broadcast server, each in a child process.
     Memory(memory::Args),
+    /// Mobile fan-out: deliveries/s and publish-to-client latency to 1,000 switchyard-mobile.v1
+    /// (CBOR) clients, bff-mobile versus the minimal broadcast server; also prints the bytes of a
+    /// rate tick in CBOR and in the JSON twin.
+    MobileFanout(fanout::Args),
+    /// Memory per idle authenticated, subscribed mobile socket (server RSS with 10,000 sockets),
+    /// bff-mobile versus the minimal broadcast server, each in a child process.
+    MobileMemory(memory::Args),
     /// Runs the stack in this process for `memory` (prints its URL, stops when stdin closes).
     #[command(hide = true)]
-    ServeGateway,
+    ServeGateway(serve::GatewayArgs),
     /// Runs the baseline server in this process for `memory`.
     #[command(hide = true)]
     ServeBaseline(serve::BaselineArgs),
@@ -52,15 +63,17 @@ enum Bench {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let bench = Cli::parse().bench;
-    let is_child = matches!(bench, Bench::ServeGateway | Bench::ServeBaseline(_));
+    let is_child = matches!(bench, Bench::ServeGateway(_) | Bench::ServeBaseline(_));
     if cfg!(debug_assertions) && !is_child {
         eprintln!("warning: a debug build; run benchmarks with --release");
     }
     match bench {
         Bench::Compose(args) => compose::run(args).await,
-        Bench::Fanout(args) => fanout::run(args).await,
-        Bench::Memory(args) => memory::run(args).await,
-        Bench::ServeGateway => serve::gateway().await,
+        Bench::Fanout(args) => fanout::run(args, Protocol::Graphql).await,
+        Bench::Memory(args) => memory::run(args, Protocol::Graphql).await,
+        Bench::MobileFanout(args) => fanout::run(args, Protocol::Mobile).await,
+        Bench::MobileMemory(args) => memory::run(args, Protocol::Mobile).await,
+        Bench::ServeGateway(args) => serve::gateway(args).await,
         Bench::ServeBaseline(args) => serve::baseline(args).await,
     }
 }

@@ -1,6 +1,8 @@
 //! Memory per idle subscribed socket: the resident memory (VmRSS in `/proc/<pid>/status`) a
-//! server process gains when 10,000 graphql-transport-ws clients sit on it, each initialised and
-//! subscribed, divided by the number of sockets. Target: bff-web ≤ 16 KiB per socket.
+//! server process gains when 10,000 clients sit on it, each initialised and subscribed, divided
+//! by the number of sockets. `memory`: graphql-transport-ws clients, bff-web, target ≤ 16 KiB
+//! per socket; `mobile-memory`: switchyard-mobile.v1 (CBOR) clients, bff-mobile, target ≤ 10 KiB
+//! per socket (the baselines speak the same protocol as the gateway measured).
 //!
 //! Each server runs alone in a child process of the bench binary ([`crate::serve`]): bff-web (the
 //! launcher's stack, whose other services are idle and cost the same at every stage), the
@@ -11,9 +13,10 @@
 //!
 //! For each server: a few warm-up sockets are opened, initialised and subscribed; the RSS is
 //! read once it has settled. Then the sockets are added in stages, the RSS settling after each:
-//! *open* (WebSocket handshake done, nothing sent — the gateway's `connection_init` timeout is
-//! raised for this), *init* (`connection_init` acknowledged), *subscribed* (one subscription to
-//! the conversions, confirmed by a `ping`/`pong` after it). The headline figure is
+//! *open* (WebSocket handshake done, nothing sent — the gateway's `connection_init`/`auth`
+//! timeout is raised for this, and bff-mobile's heartbeat), *init* (`connection_init`
+//! acknowledged, or `auth` welcomed), *subscribed* (one subscription to the conversions,
+//! confirmed by a `ping`/`pong` after it, or by `subbed`). The headline figure is
 //! (subscribed − warm) / sockets; the stages show where it goes. Freed memory a process keeps in
 //! its allocator is not a concern: every stage only adds.
 
@@ -25,7 +28,7 @@ use anyhow::{Context, anyhow, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::client;
+use crate::client::{self, Protocol};
 use crate::stats::median;
 
 /// Arguments of the memory benchmark.
@@ -45,8 +48,13 @@ pub(crate) struct Args {
     connect_concurrency: usize,
 }
 
-/// Target of the issue: bytes per idle subscribed socket at the gateway.
-const TARGET_BYTES: f64 = 16.0 * 1024.0;
+/// Target of the issue: KiB per idle subscribed socket at the gateway of `protocol`.
+fn target_kib(protocol: Protocol) -> f64 {
+    match protocol {
+        Protocol::Graphql => 16.0,
+        Protocol::Mobile => 10.0,
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -64,13 +72,14 @@ impl Kind {
         }
     }
 
-    fn command(self) -> anyhow::Result<Command> {
+    fn command(self, protocol: Protocol) -> anyhow::Result<Command> {
         let mut command = Command::new(std::env::current_exe()?);
         match self {
             Kind::Gateway => command.arg("serve-gateway"),
             Kind::Baseline => command.args(["serve-baseline", "--buffers", "default"]),
             Kind::BaselineSmall => command.args(["serve-baseline", "--buffers", "small"]),
         };
+        command.args(["--protocol", protocol.flag()]);
         Ok(command)
     }
 }
@@ -96,7 +105,7 @@ pub(crate) fn raise_nofile(need: u64) -> anyhow::Result<u64> {
     Ok(limit)
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
     if args.sockets == 0 || args.runs == 0 {
         bail!("--sockets and --runs must be at least 1");
     }
@@ -104,15 +113,23 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // one descriptor per socket, plus some for the runtime and the stack.
     let limit = raise_nofile((args.sockets + args.warmup_sockets) as u64 + 1_024)?;
     println!(
-        "memory: {} sockets per server after {} warm-up sockets, {} runs per server \
+        "{}memory ({}): {} sockets per server after {} warm-up sockets, {} runs per server \
          (each a fresh child process), RLIMIT_NOFILE {limit}",
-        args.sockets, args.warmup_sockets, args.runs
+        if protocol == Protocol::Mobile {
+            "mobile-"
+        } else {
+            ""
+        },
+        protocol.subprotocol(),
+        args.sockets,
+        args.warmup_sockets,
+        args.runs
     );
     let kinds = [Kind::Gateway, Kind::Baseline, Kind::BaselineSmall];
     let mut results: Vec<(Kind, Vec<Readings>)> = kinds.iter().map(|&k| (k, vec![])).collect();
     for run in 1..=args.runs {
         for (kind, readings) in &mut results {
-            let r = measure(*kind, &args)
+            let r = measure(*kind, &args, protocol)
                 .await
                 .with_context(|| format!("run {run}, {}", kind.name()))?;
             let per = |from: u64, to: u64| per_socket(from, to, args.sockets);
@@ -158,12 +175,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         medians.push(total);
     }
     let (gateway, baseline, small) = (medians[0], medians[1], medians[2]);
+    let target = target_kib(protocol);
     println!(
         "gateway/baseline: {:.2}× per socket (gateway/baseline-small-buffers {:.2}×); \
-         target ≤ 16 KiB per socket: {}",
+         target ≤ {target} KiB per socket: {}",
         gateway / baseline,
         gateway / small,
-        if gateway <= TARGET_BYTES {
+        if gateway <= target * 1024.0 {
             "met"
         } else {
             "NOT met"
@@ -178,8 +196,8 @@ fn per_socket(from_kib: u64, to_kib: u64, sockets: usize) -> f64 {
 }
 
 /// One server, one child process: the readings after warm-up and after each stage.
-async fn measure(kind: Kind, args: &Args) -> anyhow::Result<Readings> {
-    let (mut child, url) = spawn(kind).await?;
+async fn measure(kind: Kind, args: &Args, protocol: Protocol) -> anyhow::Result<Readings> {
+    let (mut child, url) = spawn(kind, protocol).await?;
     let pid = child
         .id()
         .ok_or_else(|| anyhow!("the child exited at once"))?;
@@ -187,22 +205,22 @@ async fn measure(kind: Kind, args: &Args) -> anyhow::Result<Readings> {
     let token = token.as_str();
     let conc = args.connect_concurrency;
 
-    let warm = client::connect_subscribed(&url, token, args.warmup_sockets, conc)
+    let warm = client::connect_subscribed(&url, protocol, token, args.warmup_sockets, conc)
         .await
         .context("warm-up sockets")?;
     let warm_kib = settled_rss(pid).await?;
 
-    let mut sockets = client::open_many(&url, args.sockets, conc)
+    let mut sockets = client::open_many(&url, protocol, args.sockets, conc)
         .await
         .context("opening the sockets")?;
     let open_kib = settled_rss(pid).await?;
 
-    client::each(&mut sockets, conc, |ws| client::init(ws, token))
+    client::each(&mut sockets, conc, |ws| client::init(ws, protocol, token))
         .await
         .context("connection_init")?;
     let init_kib = settled_rss(pid).await?;
 
-    client::each(&mut sockets, conc, client::subscribe)
+    client::each(&mut sockets, conc, |ws| client::subscribe(ws, protocol))
         .await
         .context("subscribing")?;
     let subscribed_kib = settled_rss(pid).await?;
@@ -219,9 +237,9 @@ async fn measure(kind: Kind, args: &Args) -> anyhow::Result<Readings> {
 }
 
 /// Spawns the server and reads the URL it announces.
-async fn spawn(kind: Kind) -> anyhow::Result<(Child, String)> {
+async fn spawn(kind: Kind, protocol: Protocol) -> anyhow::Result<(Child, String)> {
     let mut child = kind
-        .command()?
+        .command(protocol)?
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

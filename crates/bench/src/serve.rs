@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use crate::baseline::{Baseline, Buffers};
+use crate::client::Protocol;
 
 /// Arguments of `serve-baseline`.
 #[derive(clap::Args)]
@@ -18,20 +19,32 @@ pub(crate) struct BaselineArgs {
     /// The sockets' buffer sizes.
     #[arg(long, value_enum, default_value = "default")]
     buffers: Buffers,
+    /// The protocol it speaks.
+    #[arg(long, value_enum, default_value = "graphql")]
+    protocol: Protocol,
 }
 
-/// Runs the whole stack (bff-web on the in-memory bus, the demo services beside it).
-pub(crate) async fn gateway() -> anyhow::Result<()> {
+/// Arguments of `serve-gateway`.
+#[derive(clap::Args)]
+pub(crate) struct GatewayArgs {
+    /// Which gateway's URL to announce: bff-web's (graphql) or bff-mobile's (mobile).
+    #[arg(long, value_enum, default_value = "graphql")]
+    protocol: Protocol,
+}
+
+/// Runs the whole stack (bff-web and bff-mobile on the in-memory bus, the demo services beside
+/// them) and announces the URL of the gateway of `protocol`.
+pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let mut config = switchyard::Config::ephemeral();
     config.exchange.tick_interval_ms = 3_600_000;
     config.log.filter = "warn".into();
-    // The benchmark holds sockets open before `connection_init` to measure them at that stage.
+    // The benchmark holds sockets open before `connection_init` (`auth`) to measure them at that
+    // stage, and its idle sockets send nothing: no sign-in timeout, no heartbeat close.
     config.web.websocket.init_timeout_ms = 3_600_000;
+    config.mobile.websocket.auth_timeout_ms = 3_600_000;
+    config.mobile.websocket.heartbeat_ms = 3_600_000;
     let stack = switchyard::Stack::start(config).await?;
-    announce(&format!(
-        "{}/v1/graphql",
-        stack.url("bff-web").replacen("http", "ws", 1)
-    ));
+    announce(&crate::fanout::gateway_url(&stack, args.protocol));
     until_stdin_closes().await;
     tokio::time::timeout(Duration::from_secs(10), stack.stop())
         .await
@@ -41,7 +54,7 @@ pub(crate) async fn gateway() -> anyhow::Result<()> {
 
 /// Runs the baseline broadcast server.
 pub(crate) async fn baseline(args: BaselineArgs) -> anyhow::Result<()> {
-    let server = Baseline::start(128, args.buffers).await?;
+    let server = Baseline::start(128, args.buffers, args.protocol).await?;
     announce(&server.url());
     until_stdin_closes().await;
     drop(server);
