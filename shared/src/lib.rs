@@ -9,6 +9,7 @@
 //!
 //! The core speaks typed Rust and opaque payload bytes; only gateways know their wire formats.
 
+pub mod auth;
 pub mod bridge;
 pub mod bus;
 pub mod cli;
