@@ -148,8 +148,9 @@ async fn serve(socket: WebSocket, gw: Arc<Gateway>, encoding: Option<Encoding>) 
         gw,
         enc,
         user: None,
-        subs: HashMap::new(),
+        subs: Vec::new(),
         streams: StreamMap::new(),
+        next_sub: 0,
         calls: FuturesUnordered::new(),
         call_ids: HashSet::new(),
         opened: now,
@@ -194,8 +195,8 @@ enum Kind {
     Reply,
     /// An event or gap of a stream topic: counts against the send queue.
     Stream,
-    /// An event of a state topic (the client topic): replaced by a newer one while queued.
-    State(String),
+    /// An event of a state topic (by subscription id): replaced by a newer one while queued.
+    State(u32),
     /// A server `ping`: at most one queued.
     Ping,
     /// A `pong`: at most one queued (the newest).
@@ -318,14 +319,20 @@ impl Io {
     }
 }
 
-/// One subscription's items, tagged with its hub topic; `None` once, when the hub ended it.
-type SubStream = BoxStream<'static, (Topic, Option<Item>)>;
+/// One subscription's items; `None` once, when the hub ended it.
+type SubStream = BoxStream<'static, Option<Item>>;
 
 /// A call in flight: its id and its outcome.
 type CallFuture = BoxFuture<'static, (u32, Result<Value, CallError>)>;
 
 /// One subscription of a socket.
 struct SubInfo {
+    /// The key of its stream in [`Conn::streams`] (cheap to copy on every item).
+    id: u32,
+    /// The client topic.
+    name: String,
+    /// The hub topic it maps to.
+    hub_topic: Topic,
     class: TopicClass,
 }
 
@@ -335,8 +342,10 @@ struct Conn {
     enc: Encoding,
     /// The signed-in user; `None` while awaiting auth.
     user: Option<UserId>,
-    subs: HashMap<String, SubInfo>,
-    streams: StreamMap<String, SubStream>,
+    /// At most `max_subscriptions`, so lookups by name are a short scan.
+    subs: Vec<SubInfo>,
+    streams: StreamMap<u32, SubStream>,
+    next_sub: u32,
     calls: FuturesUnordered<CallFuture>,
     call_ids: HashSet<u32>,
     opened: Instant,
@@ -345,13 +354,6 @@ struct Conn {
     ping_n: u32,
     /// Set once `bye` was sent: when the socket closes with 1001.
     closes_at: Option<Instant>,
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Conn {
@@ -365,42 +367,69 @@ impl Conn {
 
     /// Runs the protocol; returns how to close, or `None` when the client is already gone.
     async fn run(&mut self, io: &mut Io) -> Option<Closing> {
-        let shutdown = self.gw.parts.shutdown.clone();
+        // Made once per socket, not once per turn of the loop: the cancellation future and ONE
+        // timer for every deadline. The timer is moved only when a deadline comes earlier than
+        // the one it is set for; deadlines that move later (the client was heard, the queue
+        // moved) cost one early wake-up, when everything is checked and the timer re-armed.
+        let mut shutdown = std::pin::pin!(self.gw.parts.shutdown.clone().cancelled_owned());
         let auth_deadline =
             self.opened + Duration::from_millis(self.gw.parts.config.auth_timeout_ms);
+        let far = || Instant::now() + Duration::from_secs(86_400);
+        let mut armed = far();
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(armed));
         loop {
             let authed = self.user.is_some();
             let silence_deadline = self.last_heard + self.heartbeat() * 2;
             let write_deadline = io.queue.progress + WRITE_TIMEOUT;
             let busy = io.queue.busy();
+            let next = [
+                Some(silence_deadline),
+                self.closes_at,
+                (!authed).then_some(auth_deadline),
+                authed.then_some(self.next_ping),
+                busy.then_some(write_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(silence_deadline);
+            if next < armed {
+                armed = next;
+                timer.as_mut().reset(next);
+            }
             // Biased: timers first, then writing, so that the queue only grows while the
             // socket itself is blocked (a client that reads keeps it near empty), then input.
             tokio::select! {
                 biased;
-                () = shutdown.cancelled(), if self.closes_at.is_none() => {
+                () = &mut shutdown, if self.closes_at.is_none() => {
                     let window = self.gw.bye_window();
                     let ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
                     self.closes_at = Some(Instant::now() + window);
                     self.reply(io, &ServerMsg::Bye(mobile_proto::Bye { reconnect_within_ms: ms }));
                 }
-                () = sleep_until_opt(self.closes_at) => {
-                    return Some(Closing::new(close::GOING_AWAY, "server draining: reconnect"));
-                }
-                () = tokio::time::sleep_until(auth_deadline), if !authed => {
-                    return Some(Closing::new(close::TIMEOUT, "no auth in time"));
-                }
-                () = tokio::time::sleep_until(silence_deadline) => {
-                    return Some(Closing::new(close::TIMEOUT, "no frame for 2 x hb"));
-                }
-                () = tokio::time::sleep_until(self.next_ping), if authed => {
-                    self.ping_n = self.ping_n.wrapping_add(1);
-                    self.next_ping += self.heartbeat();
-                    let frame = self.enc.encode_server(&ServerMsg::Ping(mobile_proto::Ping { n: self.ping_n }));
-                    io.queue.push(Kind::Ping, message(frame));
-                }
-                () = tokio::time::sleep_until(write_deadline), if busy => {
-                    tracing::info!("dropping a socket whose client has not read for {WRITE_TIMEOUT:?}");
-                    return None;
+                () = &mut timer => {
+                    // Re-armed at the top of the loop for whatever is due next.
+                    armed = far();
+                    let now = Instant::now();
+                    if self.closes_at.is_some_and(|at| now >= at) {
+                        return Some(Closing::new(close::GOING_AWAY, "server draining: reconnect"));
+                    }
+                    if !authed && now >= auth_deadline {
+                        return Some(Closing::new(close::TIMEOUT, "no auth in time"));
+                    }
+                    if now >= silence_deadline {
+                        return Some(Closing::new(close::TIMEOUT, "no frame for 2 x hb"));
+                    }
+                    if busy && now >= write_deadline {
+                        tracing::info!("dropping a socket whose client has not read for {WRITE_TIMEOUT:?}");
+                        return None;
+                    }
+                    if authed && now >= self.next_ping {
+                        self.ping_n = self.ping_n.wrapping_add(1);
+                        self.next_ping += self.heartbeat();
+                        let frame = self.enc.encode_server(&ServerMsg::Ping(mobile_proto::Ping { n: self.ping_n }));
+                        io.queue.push(Kind::Ping, message(frame));
+                    }
                 }
                 written = write_queued(&mut io.sink, &mut io.queue), if busy => {
                     if written.is_err() {
@@ -426,8 +455,8 @@ impl Conn {
                     };
                     self.reply(io, &msg);
                 }
-                Some((client_topic, (hub_topic, item))) = self.streams.next(), if !self.streams.is_empty() => {
-                    if let Some(closing) = self.on_item(io, client_topic, &hub_topic, item) {
+                Some((sub, item)) = self.streams.next(), if !self.streams.is_empty() => {
+                    if let Some(closing) = self.on_item(io, sub, item) {
                         return Some(closing);
                     }
                 }
@@ -455,19 +484,14 @@ impl Conn {
     }
 
     /// An item of a subscription; returns a closing when the client is too slow.
-    fn on_item(
-        &mut self,
-        io: &mut Io,
-        client_topic: String,
-        hub_topic: &Topic,
-        item: Option<Item>,
-    ) -> Option<Closing> {
-        let class = self.subs.get(&client_topic)?.class;
+    fn on_item(&mut self, io: &mut Io, id: u32, item: Option<Item>) -> Option<Closing> {
+        let index = self.subs.iter().position(|s| s.id == id)?;
+        let class = self.subs[index].class;
         let Some(item) = item else {
-            tracing::warn!(topic = %hub_topic, "the hub ended a subscription");
-            self.subs.remove(&client_topic);
+            let sub = self.subs.swap_remove(index);
+            tracing::warn!(topic = %sub.hub_topic, "the hub ended a subscription");
             let msg = ServerMsg::topic_error(
-                &client_topic,
+                &sub.name,
                 code::EVENTS_UNAVAILABLE,
                 "the topic's event source stopped; subscribe again (with resume) later",
             );
@@ -476,24 +500,27 @@ impl Conn {
         };
         let (kind, msg) = match item {
             Item::Event(event) => {
-                let msg = self.gw.frames.frame(self.enc, &client_topic, &event)?;
+                let msg = self
+                    .gw
+                    .frames
+                    .frame(self.enc, &self.subs[index].name, &event)?;
                 match class {
-                    TopicClass::State => (Kind::State(client_topic), msg),
+                    TopicClass::State => (Kind::State(id), msg),
                     TopicClass::Stream => (Kind::Stream, msg),
                 }
             }
             Item::Gap { resume, .. } => {
                 let gap = ServerMsg::Gap(mobile_proto::Gap {
-                    topic: client_topic,
+                    topic: self.subs[index].name.clone(),
                     epoch: resume.epoch,
                     offset: resume.offset,
                 });
-                tracing::debug!(topic = %hub_topic, "gap signalled to a client");
+                tracing::debug!(topic = %self.subs[index].hub_topic, "gap signalled to a client");
                 (Kind::Stream, message(self.enc.encode_server(&gap)))
             }
         };
         if kind == Kind::Stream && io.queue.len() >= self.config().send_queue_messages {
-            tracing::info!(topic = %hub_topic, "cutting off a client too slow for a stream topic");
+            tracing::info!(topic = %self.subs[index].hub_topic, "cutting off a client too slow for a stream topic");
             return Some(Closing::new(
                 close::SLOW_CONSUMER,
                 "too slow: the send queue is full; reconnect and resume",
@@ -556,8 +583,10 @@ impl Conn {
             }
             (ClientMsg::Sub(sub), Some(user)) => self.subscribe(io, &user, sub).await,
             (ClientMsg::Unsub(unsub), Some(_)) => {
-                self.streams.remove(&unsub.topic);
-                self.subs.remove(&unsub.topic);
+                if let Some(index) = self.subs.iter().position(|s| s.name == unsub.topic) {
+                    let sub = self.subs.swap_remove(index);
+                    self.streams.remove(&sub.id);
+                }
                 let msg = ServerMsg::Unsubbed(mobile_proto::Unsubbed { topic: unsub.topic });
                 self.reply(io, &msg);
             }
@@ -619,7 +648,7 @@ impl Conn {
             let msg = ServerMsg::topic_error(&name, code::UNKNOWN_TOPIC, "no such topic");
             return self.reply(io, &msg);
         };
-        if self.subs.contains_key(&name) {
+        if self.subs.iter().any(|s| s.name == name) {
             let msg = ServerMsg::topic_error(&name, code::ALREADY_SUBSCRIBED, "already subscribed");
             return self.reply(io, &msg);
         }
@@ -684,16 +713,22 @@ impl Conn {
         );
         let stream = futures::stream::unfold(Some(subscriber), |s| async move {
             let mut s = s?;
-            let topic = s.topic().clone();
             match s.next().await {
-                Some(item) => Some(((topic, Some(item)), Some(s))),
+                Some(item) => Some((Some(item), Some(s))),
                 // Said once, so the client is never left subscribed to a silent topic.
-                None => Some(((topic, None), None)),
+                None => Some((None, None)),
             }
         })
         .boxed();
-        self.streams.insert(name.clone(), stream);
-        self.subs.insert(name, SubInfo { class });
+        let id = self.next_sub;
+        self.next_sub = self.next_sub.wrapping_add(1);
+        self.streams.insert(id, stream);
+        self.subs.push(SubInfo {
+            id,
+            name,
+            hub_topic,
+            class,
+        });
     }
 }
 

@@ -95,7 +95,7 @@ struct Shared {
 }
 
 struct Slot {
-    tx: mpsc::Sender<Item>,
+    tx: mpsc::Sender<Arc<Item>>,
     lagged: Arc<AtomicBool>,
 }
 
@@ -168,11 +168,18 @@ impl Hub {
         let class = self.class_of(topic);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let capacity = self.inner.config.subscriber_queue_events.max(1);
-        let (tx, rx) = mpsc::channel(capacity);
         let lagged = Arc::new(AtomicBool::new(false));
-        let slot = Slot {
-            tx,
-            lagged: lagged.clone(),
+        // Only a stream subscriber has a queue: state subscribers share the topic's watch slot.
+        let (slot, rx) = match class {
+            TopicClass::Stream => {
+                let (tx, rx) = mpsc::channel(capacity);
+                let slot = Slot {
+                    tx,
+                    lagged: lagged.clone(),
+                };
+                (Some(slot), Some(rx))
+            }
+            TopicClass::State => (None, None),
         };
         // Where a lagging subscriber that has delivered nothing yet catches up from: the head
         // before it joined (events published while it joins may then come twice, never not).
@@ -185,13 +192,8 @@ impl Hub {
             },
         };
         let shared = self.join(topic, class, id, slot).await?;
-        let kind = match class {
-            TopicClass::State => {
-                let mut rx = shared.state.subscribe();
-                rx.mark_changed();
-                Kind::State(rx)
-            }
-            TopicClass::Stream => Kind::Stream {
+        let kind = match (class, rx) {
+            (TopicClass::Stream, Some(rx)) => Kind::Stream {
                 rx,
                 lagged,
                 replay: match from {
@@ -208,6 +210,11 @@ impl Hub {
                 },
                 start,
             },
+            _ => {
+                let mut rx = shared.state.subscribe();
+                rx.mark_changed();
+                Kind::State(rx)
+            }
         };
         Ok(Subscriber {
             hub: self.clone(),
@@ -224,7 +231,7 @@ impl Hub {
         topic: &Topic,
         class: TopicClass,
         id: u64,
-        slot: Slot,
+        slot: Option<Slot>,
     ) -> Result<Arc<Shared>, BusError> {
         let slot = match self.join_existing(topic, id, slot) {
             Ok(shared) => return Ok(shared),
@@ -243,7 +250,9 @@ impl Hub {
             // Another subscriber created the entry meanwhile; ours (and our feed guard) is not
             // needed. The guard is dropped after the lock, like every feed guard.
             entry.refs += 1;
-            lock(&entry.shared.stream).insert(id, slot);
+            if let Some(slot) = slot {
+                lock(&entry.shared.stream).insert(id, slot);
+            }
             let shared = entry.shared.clone();
             drop(topics);
             drop(feed);
@@ -251,7 +260,7 @@ impl Hub {
         }
         let shared = Arc::new(Shared {
             class,
-            stream: Mutex::new(HashMap::from([(id, slot)])),
+            stream: Mutex::new(slot.map(|slot| (id, slot)).into_iter().collect()),
             state: watch::channel(latest).0,
         });
         let pump = CancellationToken::new();
@@ -270,13 +279,20 @@ impl Hub {
     }
 
     /// Joins the topic's entry if it exists; gives the slot back if it does not.
-    fn join_existing(&self, topic: &Topic, id: u64, slot: Slot) -> Result<Arc<Shared>, Slot> {
+    fn join_existing(
+        &self,
+        topic: &Topic,
+        id: u64,
+        slot: Option<Slot>,
+    ) -> Result<Arc<Shared>, Option<Slot>> {
         let mut topics = lock(&self.inner.topics);
         let Some(entry) = topics.get_mut(topic) else {
             return Err(slot);
         };
         entry.refs += 1;
-        lock(&entry.shared.stream).insert(id, slot);
+        if let Some(slot) = slot {
+            lock(&entry.shared.stream).insert(id, slot);
+        }
         Ok(entry.shared.clone())
     }
 
@@ -286,7 +302,7 @@ impl Hub {
         topic: &Topic,
         id: u64,
         lagged: &Arc<AtomicBool>,
-    ) -> Option<mpsc::Receiver<Item>> {
+    ) -> Option<mpsc::Receiver<Arc<Item>>> {
         let topics = lock(&self.inner.topics);
         let entry = topics.get(topic)?;
         let (tx, rx) = mpsc::channel(self.inner.config.subscriber_queue_events.max(1));
@@ -341,6 +357,9 @@ async fn run_pump(shared: Arc<Shared>, mut source: Subscription, stop: Cancellat
 impl Shared {
     /// Offers `item` to every stream subscriber; cuts off those whose queue is full.
     fn fan_out(&self, item: Item) {
+        // One allocation per event, shared by every queue: a queue slot is one pointer, so a
+        // subscriber's queue costs a few hundred bytes however large an event is.
+        let item = Arc::new(item);
         lock(&self.stream).retain(|_, slot| match slot.tx.try_send(item.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -363,7 +382,7 @@ pub struct Subscriber {
 enum Kind {
     State(watch::Receiver<Option<Event>>),
     Stream {
-        rx: mpsc::Receiver<Item>,
+        rx: mpsc::Receiver<Arc<Item>>,
         lagged: Arc<AtomicBool>,
         replay: Option<Replay>,
         /// The last position delivered (or asked to resume from), to drop live duplicates.
@@ -427,6 +446,7 @@ impl Subscriber {
                     tracing::debug!(topic = %self.topic, "subscriber lagged; catching up from history");
                     continue;
                 };
+                let item = Arc::unwrap_or_clone(item);
                 if let (Item::Event(e), Some(l)) = (&item, *last)
                     && e.epoch == l.epoch
                     && e.offset <= l.offset
