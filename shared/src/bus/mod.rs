@@ -19,6 +19,7 @@
 //! This module does not retry publishes: a publish while the broker is down fails with
 //! [`BusError::Unavailable`], and the caller decides.
 
+pub mod lease;
 mod live;
 pub mod memory;
 pub mod nats;

@@ -94,6 +94,31 @@ if ARGV[4] == '1' then last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT'
 return {epoch, seq, oldest, entries, last}
 ";
 
+const LEASE_ACQUIRE: &str = r"
+local h = redis.call('GET', KEYS[1])
+if not h then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+elseif h == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+const LEASE_RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+const LEASE_RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+";
+
 /// The Redis bus. Cheap to share: clone the `Arc` it is usually held in.
 pub struct RedisBus {
     inner: Arc<Inner>,
@@ -108,6 +133,7 @@ struct Inner {
     backoff: Backoff,
     publish: redis::Script,
     read: redis::Script,
+    lease_scripts: [redis::Script; 3],
     commands: tokio::sync::Mutex<Commands>,
     dispatcher: Mutex<Option<mpsc::UnboundedSender<Ctl>>>,
     /// Whether the dispatcher's pub/sub connection is up (it is not started until the first
@@ -160,6 +186,11 @@ impl RedisBus {
                 backoff: backoff.clone(),
                 publish: redis::Script::new(PUBLISH),
                 read: redis::Script::new(READ),
+                lease_scripts: [
+                    redis::Script::new(LEASE_ACQUIRE),
+                    redis::Script::new(LEASE_RENEW),
+                    redis::Script::new(LEASE_RELEASE),
+                ],
                 commands: tokio::sync::Mutex::new(Commands {
                     conn: None,
                     retry_at: None,
@@ -551,6 +582,44 @@ impl Bus for RedisBus {
                 Err(BusError::Unavailable("redis: ping timed out".into()))
             }
         }
+    }
+}
+
+impl Inner {
+    /// Runs lease script `which` (0 acquire, 1 renew, 2 release) on `name`'s key.
+    async fn lease(
+        &self,
+        which: usize,
+        name: &Topic,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, BusError> {
+        let mut inv = self.lease_scripts[which].prepare_invoke();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        inv.key(format!("{}:l:{name}", self.prefix))
+            .arg(holder)
+            .arg(ttl_ms);
+        Ok(as_u64(&self.run(inv).await?) == Some(1))
+    }
+}
+
+/// Leases in Redis: the key `P:l:{name}` holds the holder, with Redis's own expiry (`PX`);
+/// renew and release compare the holder first, in one script.
+#[async_trait::async_trait]
+impl super::lease::Lease for RedisBus {
+    async fn acquire(&self, name: &Topic, holder: &str, ttl: Duration) -> Result<bool, BusError> {
+        self.inner.lease(0, name, holder, ttl).await
+    }
+
+    async fn renew(&self, name: &Topic, holder: &str, ttl: Duration) -> Result<bool, BusError> {
+        self.inner.lease(1, name, holder, ttl).await
+    }
+
+    async fn release(&self, name: &Topic, holder: &str) -> Result<(), BusError> {
+        self.inner
+            .lease(2, name, holder, Duration::from_millis(1))
+            .await
+            .map(|_| ())
     }
 }
 
