@@ -1,17 +1,21 @@
-//! The in-memory bus and the topic hub: offsets, history, gaps, resume, conflation, shared
-//! source subscriptions, and slow subscribers that cannot block anyone.
+//! The bus contract and the topic hub on it, run against every bus — in-memory, Redis, NATS
+//! (`common::Kind`): offsets, history, gaps, resume, conflation, shared source subscriptions,
+//! and slow subscribers that cannot block anyone.
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::bus::{Bus, Delivery, Read, StartAt};
 use switchyard_core::config::HubConfig;
 use switchyard_core::event::{Position, Topic};
 use switchyard_core::hub::{Hub, Item};
 use tokio::time::timeout;
+
+use common::{Kind, Kit};
 
 fn topic(name: &str) -> Topic {
     Topic::new(name).expect("valid topic")
@@ -29,7 +33,7 @@ async fn publish_n(bus: &dyn Bus, t: &Topic, n: usize) -> Vec<u64> {
     offsets
 }
 
-fn hub(bus: Arc<MemoryBus>, queue: usize) -> Hub {
+fn hub(bus: Arc<dyn Bus>, queue: usize) -> Hub {
     Hub::new(
         bus,
         HubConfig {
@@ -37,6 +41,10 @@ fn hub(bus: Arc<MemoryBus>, queue: usize) -> Hub {
             ..HubConfig::default()
         },
     )
+}
+
+async fn epoch_of(bus: &dyn Bus, t: &Topic) -> u64 {
+    bus.head(t).await.expect("head").epoch
 }
 
 async fn next(sub: &mut switchyard_core::hub::Subscriber) -> Item {
@@ -53,23 +61,80 @@ async fn next_offset(sub: &mut switchyard_core::hub::Subscriber) -> u64 {
     }
 }
 
-#[tokio::test]
-async fn offsets_increase_per_topic_from_one() {
-    let bus = MemoryBus::new(100);
+async fn offsets_increase_per_topic_from_one(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(100);
     let (a, b) = (topic("a"), topic("b"));
-    assert_eq!(publish_n(&bus, &a, 3).await, vec![1, 2, 3]);
-    assert_eq!(publish_n(&bus, &b, 2).await, vec![1, 2]);
-    assert_eq!(publish_n(&bus, &a, 1).await, vec![4]);
+    assert_eq!(publish_n(&*bus, &a, 3).await, vec![1, 2, 3]);
+    assert_eq!(publish_n(&*bus, &b, 2).await, vec![1, 2]);
+    assert_eq!(publish_n(&*bus, &a, 1).await, vec![4]);
     assert_eq!(bus.head(&a).await.expect("head").offset, 4);
+    kit.cleanup().await;
 }
 
-#[tokio::test]
-async fn reading_from_an_old_offset_gets_the_events_after_it() {
-    let bus = MemoryBus::new(100);
+async fn a_live_subscription_gets_everything_published_after_it_in_order(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(1_000);
+    let t = topic("orders.eu-1:x/y_z");
+    publish_n(&*bus, &t, 3).await;
+    let mut sub = bus.subscribe(&t, StartAt::Live).await.expect("subscribe");
+    publish_n(&*bus, &t, 300).await;
+    for want in 4..=303 {
+        match timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Some(Delivery::Event(e))) => {
+                assert_eq!(e.offset, want);
+                assert_eq!(e.payload, Bytes::from(format!("e{}", want - 4)));
+                assert_eq!(e.topic, t);
+            }
+            other => panic!("expected event {want}, got {other:?}"),
+        }
+    }
+    kit.cleanup().await;
+}
+
+async fn latest_and_head_follow_the_last_event(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(2);
+    let t = topic("rates.EUR/USD");
+    assert_eq!(bus.latest(&t).await.expect("latest"), None);
+    let empty = bus.head(&t).await.expect("head");
+    assert_eq!(empty.offset, 0);
+    publish_n(&*bus, &t, 5).await;
+    let latest = bus.latest(&t).await.expect("latest").expect("an event");
+    assert_eq!((latest.offset, latest.payload), (5, Bytes::from("e4")));
+    let head = bus.head(&t).await.expect("head");
+    assert_eq!(
+        head,
+        Position {
+            epoch: empty.epoch,
+            offset: 5
+        }
+    );
+    assert_eq!(latest.epoch, head.epoch);
+    // A read at the head is empty, not a gap; one past it is a gap (a position never handed out).
+    assert_eq!(
+        bus.read(&t, head, 10).await.expect("read"),
+        Read::Events {
+            events: vec![],
+            next: head
+        }
+    );
+    let beyond = Position { offset: 6, ..head };
+    assert!(matches!(
+        bus.read(&t, beyond, 10).await.expect("read"),
+        Read::Gap { .. }
+    ));
+    bus.check().await.expect("check");
+    kit.cleanup().await;
+}
+
+async fn reading_from_an_old_offset_gets_the_events_after_it(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(100);
     let t = topic("t");
-    publish_n(&bus, &t, 10).await;
+    publish_n(&*bus, &t, 10).await;
     let after = Position {
-        epoch: bus.epoch(),
+        epoch: epoch_of(&*bus, &t).await,
         offset: 6,
     };
     match bus.read(&t, after, 100).await.expect("read") {
@@ -81,14 +146,15 @@ async fn reading_from_an_old_offset_gets_the_events_after_it() {
         }
         gap => panic!("expected events, got {gap:?}"),
     }
+    kit.cleanup().await;
 }
 
-#[tokio::test]
-async fn reading_below_retained_history_reports_the_gap() {
-    let bus = MemoryBus::new(5);
+async fn reading_below_retained_history_reports_the_gap(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(5);
     let t = topic("t");
-    publish_n(&bus, &t, 12).await; // offsets 8..=12 retained
-    let epoch = bus.epoch();
+    publish_n(&*bus, &t, 12).await; // offsets 8..=12 retained
+    let epoch = epoch_of(&*bus, &t).await;
     let read = bus
         .read(&t, Position { epoch, offset: 3 }, 100)
         .await
@@ -118,14 +184,15 @@ async fn reading_below_retained_history_reports_the_gap() {
         .await
         .expect("read");
     assert!(matches!(read, Read::Gap { .. }));
+    kit.cleanup().await;
 }
 
-#[tokio::test]
-async fn bus_subscription_resumes_and_reports_gaps_in_order() {
-    let bus = MemoryBus::new(3);
+async fn bus_subscription_resumes_and_reports_gaps_in_order(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(3);
     let t = topic("t");
-    publish_n(&bus, &t, 6).await; // 4, 5, 6 retained
-    let epoch = bus.epoch();
+    publish_n(&*bus, &t, 6).await; // 4, 5, 6 retained
+    let epoch = epoch_of(&*bus, &t).await;
     let mut sub = bus
         .subscribe(&t, StartAt::After(Position { epoch, offset: 1 }))
         .await
@@ -144,7 +211,7 @@ async fn bus_subscription_resumes_and_reports_gaps_in_order() {
             other => panic!("{other:?}"),
         }
     }
-    publish_n(&bus, &t, 1).await;
+    publish_n(&*bus, &t, 1).await;
     match timeout(Duration::from_secs(5), sub.next())
         .await
         .expect("live")
@@ -153,16 +220,17 @@ async fn bus_subscription_resumes_and_reports_gaps_in_order() {
         Delivery::Event(e) => assert_eq!(e.offset, 7),
         other => panic!("{other:?}"),
     }
+    kit.cleanup().await;
 }
 
-#[tokio::test]
-async fn hub_subscriber_resumes_from_history_then_live_without_duplicates() {
-    let bus = Arc::new(MemoryBus::new(100));
+async fn hub_subscriber_resumes_from_history_then_live_without_duplicates(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(100);
     let hub = hub(bus.clone(), 64);
     let t = topic("conversions.alice");
     publish_n(&*bus, &t, 5).await;
     let from = Position {
-        epoch: bus.epoch(),
+        epoch: epoch_of(&*bus, &t).await,
         offset: 2,
     };
     let mut sub = hub
@@ -178,15 +246,16 @@ async fn hub_subscriber_resumes_from_history_then_live_without_duplicates() {
     assert_eq!(got, vec![3, 4, 5, 6, 7]);
     publish_n(&*bus, &t, 1).await;
     assert_eq!(next_offset(&mut sub).await, 8);
+    kit.cleanup().await;
 }
 
-#[tokio::test]
-async fn hub_resume_below_history_gives_a_gap_then_the_rest() {
-    let bus = Arc::new(MemoryBus::new(4));
+async fn hub_resume_below_history_gives_a_gap_then_the_rest(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(4);
     let hub = hub(bus.clone(), 64);
     let t = topic("t");
     publish_n(&*bus, &t, 10).await; // 7..=10 retained
-    let epoch = bus.epoch();
+    let epoch = epoch_of(&*bus, &t).await;
     let mut sub = hub
         .subscribe(&t, StartAt::After(Position { epoch, offset: 2 }))
         .await
@@ -203,11 +272,12 @@ async fn hub_resume_below_history_gives_a_gap_then_the_rest() {
         got.push(next_offset(&mut sub).await);
     }
     assert_eq!(got, vec![7, 8, 9, 10]);
+    kit.cleanup().await;
 }
 
-#[tokio::test]
-async fn one_source_subscription_per_topic_released_by_the_last_subscriber() {
-    let bus = Arc::new(MemoryBus::new(10));
+async fn one_source_subscription_per_topic_released_by_the_last_subscriber(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(10);
     let hub = hub(bus.clone(), 8);
     let t = topic("t");
     let mut subs = Vec::new();
@@ -225,11 +295,12 @@ async fn one_source_subscription_per_topic_released_by_the_last_subscriber() {
     assert_eq!(hub.active_topics(), 1);
     subs.clear();
     assert_eq!(hub.active_topics(), 0);
+    kit.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_subscriber_that_does_not_read_blocks_neither_the_bus_nor_others() {
-    let bus = Arc::new(MemoryBus::new(10_000));
+async fn a_subscriber_that_does_not_read_blocks_neither_the_bus_nor_others(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(10_000);
     let hub = hub(bus.clone(), 16);
     let t = topic("t");
     let mut stalled = hub.subscribe(&t, StartAt::Live).await.expect("stalled");
@@ -255,11 +326,12 @@ async fn a_subscriber_that_does_not_read_blocks_neither_the_bus_nor_others() {
     for want in 1..=n {
         assert_eq!(next_offset(&mut stalled).await, want);
     }
+    kit.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_subscriber_lagging_beyond_history_gets_a_gap_never_a_silent_hole() {
-    let bus = Arc::new(MemoryBus::new(50));
+async fn a_subscriber_lagging_beyond_history_gets_a_gap_never_a_silent_hole(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(50);
     let hub = hub(bus.clone(), 4);
     let t = topic("t");
     let mut slow = hub.subscribe(&t, StartAt::Live).await.expect("subscribe");
@@ -281,11 +353,12 @@ async fn a_subscriber_lagging_beyond_history_gets_a_gap_never_a_silent_hole() {
     let (before, after): (Vec<u64>, Vec<u64>) = seen.iter().partition(|o| **o <= resume);
     assert_eq!(before, (1..=before.len() as u64).collect::<Vec<_>>());
     assert_eq!(after, ((resume + 1)..=200).collect::<Vec<_>>());
+    kit.cleanup().await;
 }
 
-#[tokio::test]
-async fn state_topics_are_conflated_to_the_latest_value() {
-    let bus = Arc::new(MemoryBus::new(100));
+async fn state_topics_are_conflated_to_the_latest_value(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(100);
     let hub = hub(bus.clone(), 4);
     let t = topic("rates.EUR/USD");
     publish_n(&*bus, &t, 3).await;
@@ -305,12 +378,30 @@ async fn state_topics_are_conflated_to_the_latest_value() {
         last = e.offset;
     }
     assert_eq!(last, 103);
+    kit.cleanup().await;
 }
 
-#[tokio::test]
-async fn topic_classes_come_from_prefix_rules() {
-    let hub = hub(Arc::new(MemoryBus::new(1)), 1);
+async fn topic_classes_come_from_prefix_rules(kind: Kind) {
+    let kit = Kit::new(kind);
+    let hub = hub(kit.bus(1), 1);
     use switchyard_core::event::TopicClass;
     assert_eq!(hub.class_of(&topic("rates.EUR/USD")), TopicClass::State);
     assert_eq!(hub.class_of(&topic("conversions.bob")), TopicClass::Stream);
+    kit.cleanup().await;
 }
+
+for_every_bus!(
+    a_live_subscription_gets_everything_published_after_it_in_order,
+    latest_and_head_follow_the_last_event,
+    offsets_increase_per_topic_from_one,
+    reading_from_an_old_offset_gets_the_events_after_it,
+    reading_below_retained_history_reports_the_gap,
+    bus_subscription_resumes_and_reports_gaps_in_order,
+    hub_subscriber_resumes_from_history_then_live_without_duplicates,
+    hub_resume_below_history_gives_a_gap_then_the_rest,
+    one_source_subscription_per_topic_released_by_the_last_subscriber,
+    a_subscriber_that_does_not_read_blocks_neither_the_bus_nor_others,
+    a_subscriber_lagging_beyond_history_gets_a_gap_never_a_silent_hole,
+    state_topics_are_conflated_to_the_latest_value,
+    topic_classes_come_from_prefix_rules,
+);

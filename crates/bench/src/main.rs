@@ -6,6 +6,7 @@
 //! cargo run --release -p bench -- memory
 //! cargo run --release -p bench -- mobile-fanout
 //! cargo run --release -p bench -- mobile-memory
+//! cargo run --release -p bench -- bus-latency
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run, because the machine is
@@ -13,6 +14,7 @@
 //! are hidden: the memory benchmark runs each server in a child process through them.
 
 mod baseline;
+mod bus;
 mod client;
 mod compose;
 mod fanout;
@@ -52,6 +54,9 @@ enum Bench {
     /// Memory per idle authenticated, subscribed mobile socket (server RSS with 10,000 sockets),
     /// bff-mobile versus the minimal broadcast server, each in a child process.
     MobileMemory(memory::Args),
+    /// Bus delivery latency: publish through instance A, receive on A and on B, for the
+    /// in-memory bus (baseline), Redis and NATS (needs the local Redis and NATS).
+    BusLatency(bus::Args),
     /// Runs the stack in this process for `memory` (prints its URL, stops when stdin closes).
     #[command(hide = true)]
     ServeGateway(serve::GatewayArgs),
@@ -73,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Memory(args) => memory::run(args, Protocol::Graphql).await,
         Bench::MobileFanout(args) => fanout::run(args, Protocol::Mobile).await,
         Bench::MobileMemory(args) => memory::run(args, Protocol::Mobile).await,
+        Bench::BusLatency(args) => bus::run(args).await,
         Bench::ServeGateway(args) => serve::gateway(args).await,
         Bench::ServeBaseline(args) => serve::baseline(args).await,
     }

@@ -3,14 +3,27 @@
 //! A bus assigns each event its offset when it is published, keeps a bounded history per topic,
 //! and lets a reader ask for the events after a position — learning explicitly, through
 //! [`Delivery::Gap`] or [`Read::Gap`], when history no longer covers that position. The in-memory
-//! bus is the embedded default; brokers (Redis Streams, NATS JetStream) implement the same trait so
-//! callers do not change.
+//! bus ([`memory`]) is the embedded default; the broker buses — [`redis`] (Redis Streams and
+//! pub/sub) and [`nats`] (NATS JetStream) — implement the same trait, chosen by configuration
+//! ([`from_config`]), so callers do not change. With a broker bus the history, the offsets and
+//! the epochs are shared: every instance delivers the same offsets, so a client can resume on any
+//! of them.
 //!
 //! The bus has no per-subscriber queues: a subscription is a cursor over the topic's history, so
 //! a subscriber that does not read never blocks the publisher or anyone else; it only falls
-//! behind, and then gets a gap. Local fan-out with bounded queues is the hub's job.
+//! behind, and then gets a gap. Local fan-out with bounded queues is the hub's job. The broker
+//! buses share one subscription driver (`live.rs`): a live feed from the broker, trusted only
+//! for the next offset, repaired from history otherwise. A broker subscription exists only while
+//! a bus subscription does, so an instance receives only the topics it has local interest in.
+//!
+//! This module does not retry publishes: a publish while the broker is down fails with
+//! [`BusError::Unavailable`], and the caller decides.
 
+pub mod lease;
+mod live;
 pub mod memory;
+pub mod nats;
+pub mod redis;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -96,11 +109,43 @@ pub trait Bus: Send + Sync + 'static {
     async fn check(&self) -> Result<(), BusError>;
 }
 
-/// Builds the bus a configuration asks for.
+/// Counters of a broker bus instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusStats {
+    /// Live messages this instance received from the broker (for all its subscriptions): the
+    /// measure of interest-based routing.
+    pub received: u64,
+}
+
+/// Builds the bus a configuration asks for. Broker buses connect lazily and in the background,
+/// so this never waits and never fails: a gateway starts while its broker is down and reports
+/// not-ready (through [`Bus::check`]) until it answers. An invalid URL is rejected when the
+/// configuration is loaded ([`crate::config::BusConfig::validate`]).
 pub fn from_config(config: &crate::config::BusConfig) -> std::sync::Arc<dyn Bus> {
+    use crate::config::BusKind;
     match config.kind {
-        crate::config::BusKind::Memory => {
-            std::sync::Arc::new(memory::MemoryBus::new(config.history_events))
+        BusKind::Memory => std::sync::Arc::new(memory::MemoryBus::new(config.history_events)),
+        BusKind::Redis => std::sync::Arc::new(redis::RedisBus::new(config)),
+        BusKind::Nats => std::sync::Arc::new(nats::NatsBus::new(config)),
+    }
+}
+
+/// Whether `url` can be a broker URL for `kind` (syntax only; nothing is contacted).
+pub(crate) fn check_url(kind: crate::config::BusKind, url: &str) -> Result<(), String> {
+    use crate::config::BusKind;
+    match kind {
+        BusKind::Memory => Ok(()),
+        BusKind::Redis => ::redis::Client::open(url)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        BusKind::Nats => {
+            let addr = url
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| e.to_string())?;
+            if addr.host().is_empty() {
+                return Err("no host".into());
+            }
+            Ok(())
         }
     }
 }

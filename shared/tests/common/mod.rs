@@ -1,0 +1,166 @@
+//! Buses for the tests that run against every implementation: the in-memory bus, and the Redis
+//! and NATS buses on the real servers of this machine (127.0.0.1:6379 and :4222, started by
+//! `scripts/services`). Each kit has a namespace of its own (a random prefix), so tests run in
+//! parallel and repeatedly without seeing each other; a test that ends normally deletes its keys
+//! and streams. A broker that is down makes the test fail, never skip.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::{Arc, Mutex};
+
+use switchyard_core::bus::Bus;
+use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::bus::nats::NatsBus;
+use switchyard_core::bus::redis::RedisBus;
+use switchyard_core::config::{BusConfig, BusKind};
+
+/// Which bus a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Memory,
+    Redis,
+    Nats,
+}
+
+/// Makes buses of one kind sharing one namespace (for brokers: instances of one deployment).
+pub struct Kit {
+    pub kind: Kind,
+    pub prefix: String,
+    pub url: Option<String>,
+    made: Mutex<Vec<Made>>,
+}
+
+enum Made {
+    Memory,
+    Redis(Arc<RedisBus>),
+    Nats(Arc<NatsBus>),
+}
+
+impl Kit {
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            prefix: format!("test-{:016x}", rand_u64()),
+            url: None,
+            made: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A kit on a broker of its own at `url`.
+    pub fn at(kind: Kind, url: &str) -> Self {
+        Self {
+            url: Some(url.to_owned()),
+            ..Self::new(kind)
+        }
+    }
+
+    pub fn config(&self, history: usize) -> BusConfig {
+        BusConfig {
+            kind: match self.kind {
+                Kind::Memory => BusKind::Memory,
+                Kind::Redis => BusKind::Redis,
+                Kind::Nats => BusKind::Nats,
+            },
+            url: self.url.clone().unwrap_or_default(),
+            prefix: self.prefix.clone(),
+            history_events: history,
+            connect_timeout_ms: 1_000,
+            operation_timeout_ms: 2_000,
+            reconnect_initial_ms: 20,
+            reconnect_max_ms: 200,
+        }
+    }
+
+    /// A new bus instance keeping `history` events per topic.
+    pub fn bus(&self, history: usize) -> Arc<dyn Bus> {
+        self.typed(history).0
+    }
+
+    /// A Redis bus instance (the kit must be a Redis kit).
+    pub fn redis(&self, history: usize) -> Arc<RedisBus> {
+        let bus = Arc::new(RedisBus::new(&self.config(history)));
+        self.made
+            .lock()
+            .expect("kit")
+            .push(Made::Redis(bus.clone()));
+        bus
+    }
+
+    /// A NATS bus instance (the kit must be a NATS kit).
+    pub fn nats(&self, history: usize) -> Arc<NatsBus> {
+        let bus = Arc::new(NatsBus::new(&self.config(history)));
+        self.made.lock().expect("kit").push(Made::Nats(bus.clone()));
+        bus
+    }
+
+    /// A new bus instance and its received-message counter.
+    pub fn typed(&self, history: usize) -> (Arc<dyn Bus>, Box<dyn Fn() -> u64 + Send + Sync>) {
+        match self.kind {
+            Kind::Memory => {
+                self.made.lock().expect("kit").push(Made::Memory);
+                (Arc::new(MemoryBus::new(history)), Box::new(|| 0))
+            }
+            Kind::Redis => {
+                let bus = self.redis(history);
+                let b = bus.clone();
+                (bus, Box::new(move || b.stats().received))
+            }
+            Kind::Nats => {
+                let bus = self.nats(history);
+                let b = bus.clone();
+                (bus, Box::new(move || b.stats().received))
+            }
+        }
+    }
+
+    /// Deletes what this kit's buses stored on the broker.
+    pub async fn cleanup(&self) {
+        let first = self.made.lock().expect("kit").first().map(|m| match m {
+            Made::Memory => None,
+            Made::Redis(b) => Some(Made::Redis(b.clone())),
+            Made::Nats(b) => Some(Made::Nats(b.clone())),
+        });
+        match first.flatten() {
+            Some(Made::Redis(b)) => {
+                b.delete_all().await.expect("delete test keys");
+            }
+            Some(Made::Nats(b)) => {
+                b.delete_all().await.expect("delete test streams");
+            }
+            _ => {}
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// Declares, for each test function `name(Kind)` given, one test per bus kind:
+/// `memory::name`, `redis::name`, `nats::name`.
+#[macro_export]
+macro_rules! for_every_bus {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $name() { super::$name($crate::common::Kind::Memory).await })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() { super::$name($crate::common::Kind::Redis).await })*
+        }
+        mod nats {
+            $(#[tokio::test]
+            async fn $name() { super::$name($crate::common::Kind::Nats).await })*
+        }
+    };
+}
