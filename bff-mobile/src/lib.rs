@@ -142,8 +142,9 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
     let ops = operations::Operations::new(upstreams.clone(), &config.operations);
     let mut hub = Hub::new(bus.clone(), config.hub.clone());
     if let Some(bridge) = config.bridges.get(operations::sources::EXCHANGE_BRIDGE) {
-        let bridge = operations::sources::exchange_bridge(bridge, bus.clone());
-        hub = hub.with_feeder(operations::sources::RATES_PREFIX, Arc::new(bridge));
+        let lease = switchyard_core::bus::lease::from_config(&config.bus);
+        let feeder = operations::sources::exchange_feeder(bridge, bus.clone(), lease, "bff-mobile");
+        hub = hub.with_feeder(operations::sources::RATES_PREFIX, feeder);
     }
     let sockets = TaskTracker::new();
     let gateway = ws::Gateway::new(ws::GatewayParts {

@@ -489,6 +489,11 @@ pub struct BridgeConfig {
     /// Longest wait between two reconnection attempts.
     #[serde(default = "defaults::reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// Time to live of the cluster-wide lease that makes one instance bridge a topic (with a
+    /// broker bus): when that instance dies, another with interest takes over within
+    /// `lease_ttl_ms × 4/3`.
+    #[serde(default = "defaults::lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
 }
 
 impl BridgeConfig {
@@ -499,6 +504,7 @@ impl BridgeConfig {
             connect_timeout_ms: defaults::bridge_connect_timeout_ms(),
             reconnect_initial_ms: defaults::reconnect_initial_ms(),
             reconnect_max_ms: defaults::reconnect_max_ms(),
+            lease_ttl_ms: defaults::lease_ttl_ms(),
         }
     }
 }
@@ -512,6 +518,9 @@ mod defaults {
     }
     pub(super) fn reconnect_max_ms() -> u64 {
         5_000
+    }
+    pub(super) fn lease_ttl_ms() -> u64 {
+        3_000
     }
     pub(super) fn connect_timeout_ms() -> u64 {
         500

@@ -17,6 +17,7 @@ pub mod compose;
 pub mod config;
 pub mod event;
 pub mod hub;
+pub mod leased;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -154,6 +154,7 @@ fn config(server: &TestServer) -> BridgeConfig {
         connect_timeout_ms: 1_000,
         reconnect_initial_ms: 10,
         reconnect_max_ms: 100,
+        lease_ttl_ms: 3_000,
     }
 }
 

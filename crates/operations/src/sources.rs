@@ -16,8 +16,11 @@ use demo_api::ticks::{ClientMsg, ServerMsg};
 use demo_api::{Decimal, Pair, Rate};
 use switchyard_core::bridge::{Decoded, UpstreamBridge, UpstreamProtocol};
 use switchyard_core::bus::Bus;
+use switchyard_core::bus::lease::Lease;
 use switchyard_core::config::BridgeConfig;
 use switchyard_core::event::Topic;
+use switchyard_core::hub::Feeder;
+use switchyard_core::leased::LeasedFeeder;
 
 /// The prefix of rate topics (`rates.EUR/USD`); the hub's default configuration makes them
 /// state topics.
@@ -52,6 +55,25 @@ pub fn default_bridges() -> BTreeMap<String, BridgeConfig> {
 /// hub for [`RATES_PREFIX`].
 pub fn exchange_bridge(config: &BridgeConfig, bus: Arc<dyn Bus>) -> UpstreamBridge {
     UpstreamBridge::start(EXCHANGE_BRIDGE, config, Arc::new(ExchangeTicks), bus)
+}
+
+/// The exchange bridge as a gateway's hub feeder for [`RATES_PREFIX`]: behind the cluster-wide
+/// `lease` (see `switchyard_core::leased`), so that among the instances on one broker only one
+/// watches a pair upstream; `gateway` names this instance's lease holder.
+pub fn exchange_feeder(
+    config: &BridgeConfig,
+    bus: Arc<dyn Bus>,
+    lease: Arc<dyn Lease>,
+    gateway: &str,
+) -> Arc<dyn Feeder> {
+    let bridge = exchange_bridge(config, bus);
+    Arc::new(LeasedFeeder::new(
+        Arc::new(bridge),
+        lease,
+        EXCHANGE_BRIDGE,
+        &LeasedFeeder::unique_holder(gateway),
+        std::time::Duration::from_millis(config.lease_ttl_ms),
+    ))
 }
 
 /// The exchange service's tick protocol ([`demo_api::ticks`]), one pair per rates topic.

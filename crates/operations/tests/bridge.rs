@@ -111,6 +111,7 @@ fn bridge_config(exchange: &Exchange) -> BridgeConfig {
         connect_timeout_ms: 1_000,
         reconnect_initial_ms: 20,
         reconnect_max_ms: 200,
+        lease_ttl_ms: 3_000,
     }
 }
 
