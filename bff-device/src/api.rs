@@ -150,7 +150,11 @@ async fn events(
         .poll(&device, cursor, Duration::from_secs(wait))
         .await
         .map_err(ApiError::from)?;
-    Ok(json(StatusCode::OK, wire::encode(&batch, version)))
+    let mut res = json(StatusCode::OK, wire::encode(&batch, version));
+    // A poll answer is for this device at this moment: no proxy on the way may keep it.
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
 }
 
 async fn config(
