@@ -251,7 +251,7 @@ impl Server {
     }
 
     async fn control(&self, path: &str) -> anyhow::Result<u64> {
-        let req = if path == "/bench/holding" {
+        let req = if path == "/bench/holding" || path == "/bench/published" {
             self.http.get(format!("{}{path}", self.url))
         } else {
             self.http.post(format!("{}{path}", self.url))
@@ -597,9 +597,13 @@ pub(crate) async fn soak(args: SoakArgs) -> anyhow::Result<()> {
     let server = Server::spawn(args.devices, false).await?;
     let conns = open(&server, 0..args.devices, 200).await?;
     let polls = Arc::new(AtomicU64::new(0));
+    // Commands each device has received in order so far, for the progress line.
+    let received: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.devices).map(|_| AtomicU64::new(0)).collect());
     let mut set = JoinSet::new();
     for mut c in conns {
         let polls = polls.clone();
+        let received = received.clone();
         let wait = args.wait;
         set.spawn(async move {
             // seq → seen; the commands must come in order, each once.
@@ -622,6 +626,7 @@ pub(crate) async fn soak(args: SoakArgs) -> anyhow::Result<()> {
                         std::cmp::Ordering::Equal => {
                             next += 1;
                             lat.push(now.saturating_sub(ts));
+                            received[c.device].store(seq, Ordering::Relaxed);
                         }
                         std::cmp::Ordering::Less => dups += 1,
                         std::cmp::Ordering::Greater => {
@@ -634,13 +639,40 @@ pub(crate) async fn soak(args: SoakArgs) -> anyhow::Result<()> {
             anyhow::Ok((c.device, next - 1, dups, resets, out_of_order, lat))
         });
     }
-    // The backend: `rate` commands a second, on a steady clock (late ticks catch up).
+    // The backend runs inside the server's process, on its own steady clock.
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / args.rate));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for _ in 0..events {
-        tick.tick().await;
-        server.control("/bench/command").await?;
+    server
+        .control(&format!(
+            "/bench/commands?rate={}&count={events}",
+            args.rate
+        ))
+        .await?;
+    let progress = tokio::spawn({
+        let (received, polls) = (received.clone(), polls.clone());
+        let (url, http) = (server.url.clone(), server.http.clone());
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let published = match http.get(format!("{url}/bench/published")).send().await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(_) => "?".to_owned(),
+                };
+                let mut got: Vec<u64> =
+                    received.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+                got.sort_unstable();
+                println!(
+                    "  {:>4.0} s: published {published}, received by every device {}, median {}; \
+                     {} polls",
+                    started.elapsed().as_secs_f64(),
+                    got.first().copied().unwrap_or(0),
+                    got[got.len() / 2],
+                    polls.load(Ordering::Relaxed)
+                );
+            }
+        }
+    });
+    while server.control("/bench/published").await? < events {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let publish_s = started.elapsed().as_secs_f64();
     let all = tokio::time::timeout(Duration::from_secs(60), async {
@@ -652,6 +684,7 @@ pub(crate) async fn soak(args: SoakArgs) -> anyhow::Result<()> {
     })
     .await
     .map_err(|_| anyhow!("not every device had every command 60 s after the last one"))??;
+    progress.abort();
     let elapsed = started.elapsed().as_secs_f64();
     let complete = all.iter().filter(|r| r.1 == events && r.4 == 0).count();
     let dups: u64 = all.iter().map(|r| r.2).sum();

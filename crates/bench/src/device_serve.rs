@@ -4,7 +4,9 @@
 //! - the gateway: bff-device over an in-memory bus with `--devices` devices `dev-{i}` (key
 //!   [`key`]), each configured for EUR/USD; beside its routes, bench-only control routes
 //!   publish on its bus (`POST /bench/rate`: one EUR/USD tick; `POST /bench/command`: one command
-//!   for every device, `{"id": "s{seq}", "op": "bench", "args": {"ts": <unix ns>}}`) and report
+//!   for every device, `{"id": "s{seq}", "op": "bench", "args": {"ts": <unix ns>}}`;
+//!   `POST /bench/commands?rate=&count=`: a backend inside the child sending `count` such commands
+//!   at `rate` a second on a steady clock, `GET /bench/published` how many it has sent) and report
 //!   its held polls (`GET /bench/holding`);
 //! - `--baseline`: a minimal long-poll server (axum, one shared `watch`, no auth, no cursor
 //!   decoding, no bus) with the same routes, to set the gateway's memory per held poll against.
@@ -79,6 +81,7 @@ struct Control {
     app: Arc<bff_device::App>,
     commands: Arc<Vec<Topic>>,
     seq: Arc<AtomicU64>,
+    published: Arc<AtomicU64>,
 }
 
 fn gateway(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Router> {
@@ -107,10 +110,13 @@ fn gateway(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Router> {
         app: app.clone(),
         commands: Arc::new(commands),
         seq: Arc::new(AtomicU64::new(0)),
+        published: Arc::new(AtomicU64::new(0)),
     };
     let bench = Router::new()
         .route("/bench/rate", post(rate))
         .route("/bench/command", post(command))
+        .route("/bench/commands", post(schedule))
+        .route("/bench/published", get(published))
         .route("/bench/holding", get(holding))
         .with_state(control);
     Ok(app.router.clone().merge(bench))
@@ -125,6 +131,34 @@ async fn rate(State(c): State<Control>) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?;
     Ok(seq.to_string())
+}
+
+#[derive(Deserialize)]
+struct Schedule {
+    rate: u64,
+    count: u64,
+}
+
+/// Starts a backend sending `count` commands to every device at `rate` a second.
+async fn schedule(State(c): State<Control>, Query(s): Query<Schedule>) -> String {
+    let period = Duration::from_nanos(1_000_000_000 / s.rate.max(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for _ in 0..s.count {
+            tick.tick().await;
+            if let Err(e) = command(State(c.clone())).await {
+                eprintln!("bench backend: {e}");
+                return;
+            }
+            c.published.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    "0".to_owned()
+}
+
+async fn published(State(c): State<Control>) -> String {
+    c.published.load(Ordering::Relaxed).to_string()
 }
 
 async fn command(State(c): State<Control>) -> Result<String, String> {
