@@ -9,7 +9,8 @@
 //! in the last two cases.
 //!
 //! History that no longer covers the commands cursor (trimmed, or another epoch) is a reset:
-//! the answer carries no events, a fresh cursor and the reset flag. The configuration and rates
+//! the answer carries the reset flag and, in the same answer, what history still has (the
+//! retained commands from the oldest, the configuration, every rate) with a fresh cursor. The configuration and rates
 //! are conflated (only the newest counts), so they never need a reset: a changed epoch just
 //! delivers the newest again. This module returns a typed [`Batch`]; encoding is [`crate::wire`]'s.
 
@@ -204,20 +205,25 @@ impl Poller {
             .bus
             .read(&topics.commands, after, self.limits.max_events)
             .await?;
-        if let (Read::Gap { resume }, None) = (&read, cursor) {
-            // A first poll has nothing to lose: start at the oldest command retained.
+        // History no longer covers the cursor: a reset. The same answer carries what history
+        // still has (from the oldest command retained), the configuration and every rate, so a
+        // device that lags behind a busy topic makes progress instead of resetting again.
+        // A first poll has nothing to lose: it starts at the oldest command retained, no reset.
+        let mut reset = false;
+        if let Read::Gap { resume } = read {
+            reset = cursor.is_some();
             read = self
                 .bus
-                .read(&topics.commands, *resume, self.limits.max_events)
+                .read(&topics.commands, resume, self.limits.max_events)
                 .await?;
         }
         let (events, commands_next) = match read {
             Read::Events { events, next } => (events, next),
-            Read::Gap { resume } => {
-                // Everything is delivered again from here: the retained commands, the
-                // configuration document and every rate.
+            // Trimmed again between the two reads: answer the reset alone, from the head.
+            Read::Gap { .. } => {
+                let head = self.bus.head(&topics.commands).await?;
                 let next = Cursor {
-                    commands: resume,
+                    commands: head,
                     config: crate::cursor::UNSEEN,
                     rates: Vec::new(),
                 };
@@ -230,6 +236,8 @@ impl Poller {
                 });
             }
         };
+        // After a reset everything is delivered again, whatever the cursor said.
+        let cursor = if reset { None } else { cursor };
         let mut commands = Vec::with_capacity(events.len());
         for e in &events {
             match serde_json::from_slice::<Command>(&e.payload) {
@@ -274,7 +282,7 @@ impl Poller {
         };
         Ok(Batch {
             next: next.encode(&device.id),
-            reset: false,
+            reset,
             commands,
             config,
             rates: changed,

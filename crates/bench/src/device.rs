@@ -75,6 +75,10 @@ pub(crate) struct SoakArgs {
     /// The `wait` of each poll, in seconds.
     #[arg(long, default_value_t = 30)]
     wait: u64,
+    /// Commands of history the server's bus keeps per device (a device that falls further
+    /// behind gets a reset, which this benchmark counts as a failure).
+    #[arg(long, default_value_t = 1_000)]
+    history: usize,
 }
 
 /// One device's keep-alive connection.
@@ -215,9 +219,10 @@ struct Server {
 }
 
 impl Server {
-    async fn spawn(devices: usize, baseline: bool) -> anyhow::Result<Self> {
+    async fn spawn(devices: usize, baseline: bool, history: usize) -> anyhow::Result<Self> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["serve-device", "--devices", &devices.to_string()]);
+        cmd.args(["--history", &history.to_string()]);
         if baseline {
             cmd.arg("--baseline");
         }
@@ -470,7 +475,7 @@ pub(crate) async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     let (mut held_p99s, mut imm_p99s) = (Vec::new(), Vec::new());
     for run in 1..=args.runs {
         // The minimal baseline: memory only.
-        let base = Server::spawn(total, true).await?;
+        let base = Server::spawn(total, true, 1_000).await?;
         let (m, conns) = memory(&base, &args).await.context("baseline memory")?;
         println!(
             "run {run} baseline (minimal long-poll)  RSS {} → {} KiB  per held poll {:.2} KiB \
@@ -485,7 +490,7 @@ pub(crate) async fn hold(args: HoldArgs) -> anyhow::Result<()> {
         drop(conns);
         base.stop().await;
 
-        let gw = Server::spawn(total, false).await?;
+        let gw = Server::spawn(total, false, 1_000).await?;
         // A first rate, so that every cursor has one and a wake carries exactly the next.
         gw.control("/bench/rate").await?;
         let (m, mut conns) = memory(&gw, &args).await.context("gateway memory")?;
@@ -591,10 +596,10 @@ pub(crate) async fn soak(args: SoakArgs) -> anyhow::Result<()> {
     let events = args.rate * args.seconds;
     println!(
         "device-soak: {} devices polling in a loop (wait={} s), {} commands/s to every device \
-         for {} s ({events} commands per device)",
-        args.devices, args.wait, args.rate, args.seconds
+         for {} s ({events} commands per device), bus history {} per device",
+        args.devices, args.wait, args.rate, args.seconds, args.history
     );
-    let server = Server::spawn(args.devices, false).await?;
+    let server = Server::spawn(args.devices, false, args.history).await?;
     let conns = open(&server, 0..args.devices, 200).await?;
     let polls = Arc::new(AtomicU64::new(0));
     // Commands each device has received in order so far, for the progress line.
