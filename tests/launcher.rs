@@ -226,3 +226,67 @@ async fn a_failed_optional_part_is_data_beside_the_rest() {
     assert_eq!(body["e"][0]["b"], "limits", "{body}");
     stack.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn the_demo_device_polls_rates_bridged_from_the_exchange_and_gets_commands() {
+    let mut config = Config::ephemeral();
+    // Ticks often enough that the exchange's bridge feeds a rate quickly.
+    config.exchange.tick_interval_ms = 50;
+    let stack = Stack::start(config).await.expect("stack starts");
+    let events = format!(
+        "{}/v1/devices/{}/events",
+        stack.url("bff-device"),
+        switchyard::DEMO_DEVICE
+    );
+    let poll = |cursor: Option<String>| {
+        let events = events.clone();
+        async move {
+            let mut req = client()
+                .get(&events)
+                .header("x-device-key", switchyard::DEMO_DEVICE_KEY)
+                .query(&[("wait", "5")]);
+            if let Some(c) = cursor {
+                req = req.query(&[("cursor", c)]);
+            }
+            let r = req.send().await.expect("poll");
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.expect("JSON body")
+        }
+    };
+    // The first poll starts the one hub subscription for EUR/USD, which starts the bridge.
+    let mut cursor = None;
+    let mut rate = None;
+    let end = Instant::now() + Duration::from_secs(20);
+    while rate.is_none() && Instant::now() < end {
+        let v = poll(cursor.clone()).await;
+        cursor = v["n"].as_str().map(str::to_owned);
+        rate = v["e"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["t"] == "r").cloned());
+    }
+    let rate = rate.expect("a rate reached the device through the exchange's bridge");
+    assert_eq!(rate["p"], "EUR/USD");
+    // A command through the admin API reaches the device through the poll.
+    let sent = client()
+        .post(format!(
+            "{}/admin/devices/{}/commands",
+            stack.url("bff-device"),
+            switchyard::DEMO_DEVICE
+        ))
+        .bearer_auth(switchyard::DEMO_ADMIN_TOKEN)
+        .json(&json!({"op": "reboot"}))
+        .send()
+        .await
+        .expect("command");
+    assert_eq!(sent.status(), 202);
+    let mut got = false;
+    while !got && Instant::now() < end {
+        let v = poll(cursor.clone()).await;
+        cursor = v["n"].as_str().map(str::to_owned);
+        got = v["e"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["t"] == "c" && e["o"] == "reboot"));
+    }
+    assert!(got, "the command reached the device");
+    stack.stop().await.expect("clean stop");
+}

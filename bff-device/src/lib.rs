@@ -1,22 +1,43 @@
 //! bff-device: the gateway for devices that are never updated (TVs, set-top boxes, kiosks).
 //!
-//! Its own transport — HTTP long-poll with cursors — is specified in
-//! `docs/protocol/device-v1.md` once it ships. This first cut serves the composed quote as JSON
-//! over HTTP at `GET /v1/quote`, so the request path is proven end to end. This crate owns its
-//! wire format; the mapping of core errors to it is in [`quote`].
+//! Devices poll over plain HTTP (`docs/protocol/device-v1.md`): a long-poll with an opaque
+//! cursor brings their commands, configuration changes and the rates they are configured for;
+//! they post command results and telemetry, which are published on the bus for backends.
+//! `/v1` is frozen (golden files in `tests/golden/v1` check every answer); `/v2` sits beside it.
+//!
+//! Modules: [`registry`] devices and credentials; [`cursor`] the opaque cursor; `wake` one
+//! shared wake per topic for held polls; `poll` the long-poll itself; `wire` the v1/v2
+//! encodings and the one error mapping; `api` the device endpoints; `admin` the admin API;
+//! `quote` the composed quote as compact JSON. This crate owns its wire format; the core does not.
 
+mod admin;
+mod api;
+pub mod cursor;
+mod poll;
 mod quote;
+pub mod registry;
+mod wake;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use switchyard_core::bus::Bus;
-use switchyard_core::config::{BackendConfig, BusConfig, HubConfig, LogConfig, ServerConfig};
+use switchyard_core::config::{
+    BackendConfig, BridgeConfig, BusConfig, HubConfig, LogConfig, ServerConfig,
+};
+use switchyard_core::hub::Hub;
 use switchyard_core::server::{self, CancellationToken, Readiness};
 use switchyard_core::upstream::Upstreams;
+use tower_http::compression::CompressionLayer;
+
+pub use admin::AdminConfig;
+pub use api::ApiConfig;
+pub use registry::DeviceConfig;
 
 /// Prefix of the environment variables that override the configuration.
 pub const ENV_PREFIX: &str = "SWITCHYARD_DEVICE";
@@ -35,8 +56,16 @@ pub struct Config {
     pub hub: HubConfig,
     /// Backends by name; the operations call `exchange`, `limits` and `conversions`.
     pub backends: BTreeMap<String, BackendConfig>,
+    /// Upstream WebSocket bridges by name; `exchange` feeds the `rates.` topics.
+    pub bridges: BTreeMap<String, BridgeConfig>,
     /// Deadlines of the composed operations.
     pub operations: operations::Config,
+    /// Limits of the device API.
+    pub api: ApiConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// Devices known from the start, by id (more can be issued through the admin API).
+    pub devices: BTreeMap<String, DeviceConfig>,
 }
 
 impl Default for Config {
@@ -47,7 +76,11 @@ impl Default for Config {
             bus: BusConfig::default(),
             hub: HubConfig::default(),
             backends: operations::default_backends(),
+            bridges: operations::sources::default_bridges(),
             operations: operations::Config::default(),
+            api: ApiConfig::default(),
+            admin: AdminConfig::default(),
+            devices: BTreeMap::new(),
         }
     }
 }
@@ -63,27 +96,113 @@ impl switchyard_core::cli::ServerBinary for Config {
     }
 }
 
-/// Builds the gateway's router.
-pub fn app(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Router> {
-    let upstreams = Arc::new(Upstreams::new(&config.backends)?);
-    let ops = operations::Operations::new(upstreams.clone(), &config.operations);
-    let router = Router::new()
-        .nest("/v1", quote::routes(ops))
-        .merge(server::health_routes(Readiness::new(
-            Some(upstreams),
-            Some(bus),
-        )));
-    Ok(server::with_common_layers(router, &config.server))
+/// A built gateway: its router, and counters for operators and tests.
+pub struct App {
+    /// The router to serve.
+    pub router: Router,
+    held: Arc<AtomicUsize>,
+    holding: Arc<AtomicUsize>,
+    api: Arc<api::Api>,
 }
 
-/// Runs the gateway on `listener` until `shutdown` is cancelled.
+impl App {
+    /// Polls being held right now (from the moment they take their slot to their answer).
+    pub fn held_polls(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Polls waiting for a wake right now: their wakes are open and their last read found
+    /// nothing, so anything published from now on reaches them only through a wake.
+    pub fn holding_polls(&self) -> usize {
+        self.holding.load(Ordering::Acquire)
+    }
+
+    /// Device topics with an open wake (one bus subscription each, shared by its waiters).
+    pub fn active_wakes(&self) -> usize {
+        self.api.poller.active_wakes()
+    }
+}
+
+/// Builds the gateway. Held polls answer (empty, same cursor) when `shutdown` is cancelled.
+pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> anyhow::Result<App> {
+    anyhow::ensure!(
+        config.api.max_rates_per_device <= cursor::MAX_RATES,
+        "api.max_rates_per_device: at most {}",
+        cursor::MAX_RATES
+    );
+    let upstreams = Arc::new(Upstreams::new(&config.backends)?);
+    let ops = operations::Operations::new(upstreams.clone(), &config.operations);
+    let mut hub = Hub::new(bus.clone(), config.hub.clone());
+    if let Some(bridge) = config.bridges.get(operations::sources::EXCHANGE_BRIDGE) {
+        let lease = switchyard_core::bus::lease::from_config(&config.bus);
+        let feeder = operations::sources::exchange_feeder(bridge, bus.clone(), lease, "bff-device");
+        hub = hub.with_feeder(operations::sources::RATES_PREFIX, feeder);
+    }
+    let registry = Arc::new(registry::Registry::new(
+        config.api.max_devices,
+        config.api.max_rates_per_device,
+    ));
+    for (id, d) in &config.devices {
+        registry
+            .register(id, &d.key, &d.rates, &d.settings)
+            .map_err(|e| anyhow::anyhow!("devices.{id}: {e}"))?;
+    }
+    let held = Arc::new(AtomicUsize::new(0));
+    let holding = Arc::new(AtomicUsize::new(0));
+    let api = Arc::new(api::Api {
+        registry: registry.clone(),
+        poller: poll::Poller {
+            bus: bus.clone(),
+            wakes: wake::Wakes::new(bus.clone()),
+            rates: wake::RateWatch::new(hub, shutdown.clone()),
+            limits: poll::PollLimits {
+                max_events: config.api.max_events_per_answer.max(1),
+            },
+            shutdown,
+            holding: holding.clone(),
+        },
+        bus: bus.clone(),
+        config: config.api.clone(),
+        held: held.clone(),
+    });
+    let versions = Router::new()
+        .nest(
+            "/v1",
+            api::routes(api.clone(), wire::Version::V1).merge(quote::routes(ops)),
+        )
+        .nest("/v2", api::routes(api.clone(), wire::Version::V2))
+        // Only for devices that ask (Accept-Encoding: gzip), and only bodies worth it.
+        .layer(CompressionLayer::new().gzip(true));
+    let mut router = versions.merge(server::health_routes(Readiness::new(
+        Some(upstreams),
+        Some(bus.clone()),
+    )));
+    if let Some(admin) = admin::routes(&config.admin, registry, bus)? {
+        router = router.merge(admin);
+    }
+    Ok(App {
+        router: server::with_common_layers(router, &config.server),
+        held,
+        holding,
+        api,
+    })
+}
+
+/// Runs the gateway on `listener` until `shutdown` is cancelled; held polls answer at once and
+/// every request in flight is waited for, within the drain timeout.
 pub async fn run(
     config: Config,
     bus: Arc<dyn Bus>,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = app(&config, bus)?;
-    server::serve(listener, app, shutdown, config.server.drain_timeout()).await?;
+    let app = app(&config, bus, shutdown.clone())?;
+    server::serve(
+        listener,
+        app.router,
+        shutdown,
+        config.server.drain_timeout(),
+    )
+    .await?;
     Ok(())
 }

@@ -7,16 +7,21 @@
 //! cargo run --release -p bench -- mobile-fanout
 //! cargo run --release -p bench -- mobile-memory
 //! cargo run --release -p bench -- bus-latency
+//! cargo run --release -p bench -- device-hold
+//! cargo run --release -p bench -- device-soak
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run, because the machine is
-//! shared and noisy: compare ratios, not absolute numbers. `serve-gateway` and `serve-baseline`
-//! are hidden: the memory benchmark runs each server in a child process through them.
+//! shared and noisy: compare ratios, not absolute numbers. `serve-gateway`, `serve-baseline` and
+//! `serve-device` are hidden: the memory benchmarks run each server in a child process through
+//! them.
 
 mod baseline;
 mod bus;
 mod client;
 mod compose;
+mod device;
+mod device_serve;
 mod fanout;
 mod memory;
 mod serve;
@@ -57,6 +62,16 @@ enum Bench {
     /// Bus delivery latency: publish through instance A, receive on A and on B, for the
     /// in-memory bus (baseline), Redis and NATS (needs the local Redis and NATS).
     BusLatency(bus::Args),
+    /// Device long-poll: memory per held poll (10,000 held polls, bff-device versus a minimal
+    /// long-poll server, each in a child process) and the time to answer them all when one event
+    /// wakes them, versus 10,000 polls that find the event pending, in the same run.
+    DeviceHold(device::HoldArgs),
+    /// Device soak: 1,000 devices polling in a loop while every device gets 100 commands a
+    /// second for a minute; every device must receive every command.
+    DeviceSoak(device::SoakArgs),
+    /// Runs bff-device (or the minimal long-poll baseline) in this process for `device-hold`.
+    #[command(hide = true)]
+    ServeDevice(device_serve::Args),
     /// Runs the stack in this process for `memory` (prints its URL, stops when stdin closes).
     #[command(hide = true)]
     ServeGateway(serve::GatewayArgs),
@@ -68,7 +83,10 @@ enum Bench {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let bench = Cli::parse().bench;
-    let is_child = matches!(bench, Bench::ServeGateway(_) | Bench::ServeBaseline(_));
+    let is_child = matches!(
+        bench,
+        Bench::ServeGateway(_) | Bench::ServeBaseline(_) | Bench::ServeDevice(_)
+    );
     if cfg!(debug_assertions) && !is_child {
         eprintln!("warning: a debug build; run benchmarks with --release");
     }
@@ -79,6 +97,9 @@ async fn main() -> anyhow::Result<()> {
         Bench::MobileFanout(args) => fanout::run(args, Protocol::Mobile).await,
         Bench::MobileMemory(args) => memory::run(args, Protocol::Mobile).await,
         Bench::BusLatency(args) => bus::run(args).await,
+        Bench::DeviceHold(args) => device::hold(args).await,
+        Bench::DeviceSoak(args) => device::soak(args).await,
+        Bench::ServeDevice(args) => device_serve::run(args).await,
         Bench::ServeGateway(args) => serve::gateway(args).await,
         Bench::ServeBaseline(args) => serve::baseline(args).await,
     }

@@ -275,7 +275,7 @@ async fn stop(child: &mut Child) {
 }
 
 /// The process's resident memory in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
@@ -287,7 +287,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 /// Reads the RSS every 250 ms until it has stayed within 0.5 % (at least 256 KiB) for a second,
 /// or 20 s have passed (then warns and returns the last reading).
-async fn settled_rss(pid: u32) -> anyhow::Result<u64> {
+pub(crate) async fn settled_rss(pid: u32) -> anyhow::Result<u64> {
     let mut window = VecDeque::new();
     let end = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

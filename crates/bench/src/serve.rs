@@ -61,7 +61,7 @@ pub(crate) async fn baseline(args: BaselineArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn announce(url: &str) {
+pub(crate) fn announce(url: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     // The parent reads this line; if stdout is gone there is nobody to serve.
@@ -69,7 +69,7 @@ fn announce(url: &str) {
     let _ = out.flush();
 }
 
-async fn until_stdin_closes() {
+pub(crate) async fn until_stdin_closes() {
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
     while let Ok(n) = stdin.read(&mut buf).await {

@@ -26,6 +26,16 @@ pub const ENV_PREFIX: &str = "SWITCHYARD";
 /// A demo convenience only: production gateways get their keys from their own configuration.
 pub const DEMO_SECRET: &str = "switchyard-demo-secret-change-me";
 
+/// The demo device of the one-process stack (`demo-tv`, configured for EUR/USD) and its key.
+/// A demo convenience only, like [`DEMO_SECRET`].
+pub const DEMO_DEVICE: &str = "demo-tv";
+
+/// The credential of [`DEMO_DEVICE`] (sent as `X-Device-Key`).
+pub const DEMO_DEVICE_KEY: &str = "demo-tv-key-change-me";
+
+/// The bearer token of bff-device's admin API in the one-process stack.
+pub const DEMO_ADMIN_TOKEN: &str = "switchyard-demo-admin-token-change-me";
+
 /// The whole stack's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -54,6 +64,18 @@ impl Default for Config {
         web.auth.hs256_secret = DEMO_SECRET.to_owned();
         let mut mobile = bff_mobile::Config::default();
         mobile.auth.hs256_secret = DEMO_SECRET.to_owned();
+        let mut device = bff_device::Config::default();
+        device.admin.token = DEMO_ADMIN_TOKEN.to_owned();
+        device.devices.insert(
+            DEMO_DEVICE.to_owned(),
+            bff_device::DeviceConfig {
+                key: DEMO_DEVICE_KEY.to_owned(),
+                rates: vec!["EUR/USD".to_owned()],
+                settings: [("greeting".to_owned(), "hello".into())]
+                    .into_iter()
+                    .collect(),
+            },
+        );
         Self {
             log: LogConfig::default(),
             bus: BusConfig::default(),
@@ -62,7 +84,7 @@ impl Default for Config {
             conversions: Default::default(),
             web,
             mobile,
-            device: Default::default(),
+            device,
         }
     }
 }
@@ -155,7 +177,7 @@ impl Stack {
         }
         // The exchange's own tick protocol, bridged into the bus for the gateways' rates topics.
         let ticks = format!("ws://{}/v1/ticks", addrs["exchange"]);
-        for bridges in [&mut web.bridges, &mut mobile.bridges] {
+        for bridges in [&mut web.bridges, &mut mobile.bridges, &mut device.bridges] {
             bridges
                 .entry(operations::sources::EXCHANGE_BRIDGE.to_owned())
                 .or_insert_with(|| switchyard_core::config::BridgeConfig::new(""))

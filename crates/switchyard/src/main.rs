@@ -52,12 +52,30 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     switchyard_core::telemetry::init(&config.log);
+    let demo_key = config
+        .device
+        .devices
+        .get(switchyard::DEMO_DEVICE)
+        .map(|d| d.key.clone());
+    let admin_token = config.device.admin.token.clone();
     let stack = Stack::start(config).await?;
     let url = |c: &str| stack.url(c);
     println!("switchyard is up (in-memory bus)");
     println!("  bff-web      {}/v1/graphql", url("bff-web"));
     println!("  bff-mobile   {}/v1/quote", url("bff-mobile"));
-    println!("  bff-device   {}/v1/quote", url("bff-device"));
+    println!(
+        "  bff-device   {}/v1/devices/{{id}}/events",
+        url("bff-device")
+    );
+    if let Some(key) = &demo_key {
+        println!(
+            "    demo device `{}`: X-Device-Key: {key}",
+            switchyard::DEMO_DEVICE
+        );
+    }
+    if !admin_token.is_empty() {
+        println!("    admin API: Authorization: Bearer {admin_token}");
+    }
     println!("  limits       {}/v1/limits/{{user}}", url("limits"));
     println!(
         "  exchange     {}/v1/rates/{{from}}/{{to}}  ws://{}/v1/ticks",
@@ -69,6 +87,13 @@ async fn main() -> anyhow::Result<()> {
         "try: curl '{}/v1/quote?user=alice&from=EUR&to=USD&amount=100'",
         url("bff-mobile")
     );
+    if let Some(key) = &demo_key {
+        println!(
+            "try: curl -H 'X-Device-Key: {key}' '{}/v1/devices/{}/events?wait=20'",
+            url("bff-device"),
+            switchyard::DEMO_DEVICE
+        );
+    }
     println!("press Ctrl-C to stop");
     stack
         .run_until(switchyard_core::server::shutdown_signal())

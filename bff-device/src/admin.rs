@@ -1,0 +1,279 @@
+//! The admin API, for operators and backends, protected by its own bearer token
+//! (`[admin] token`; the routes are not mounted at all while it is empty):
+//!
+//! - `POST /admin/devices` `{"id", "rates"?, "settings"?}` — registers a device and issues its
+//!   credential (201 `{"id", "key"}`; the key is shown once, only its hash is kept);
+//! - `POST /admin/devices/{id}/commands` `{"op", "args"?, "id"?}` — publishes a command on
+//!   `devices.{id}.commands` (202 `{"id", "offset"}`); backends may publish there directly;
+//! - `PUT /admin/devices/{id}/config` `{...}` — publishes a new configuration document on
+//!   `devices.{id}.config` (200 `{"etag"}`).
+//!
+//! Admin answers are not part of the frozen device API (devices never call them).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use switchyard_core::bus::Bus;
+use switchyard_core::server::{JsonError, rejection};
+
+use crate::poll::ConfigDoc;
+use crate::registry::{Device, RegisterError, Registry, valid_id};
+
+/// The admin API (`[admin]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The bearer token of the admin API (at least 16 bytes); empty turns the admin API off.
+    pub token: String,
+}
+
+pub(crate) struct Admin {
+    token: [u8; 32],
+    registry: Arc<Registry>,
+    bus: Arc<dyn Bus>,
+}
+
+/// The admin routes, or `None` when no token is configured.
+pub(crate) fn routes(
+    config: &AdminConfig,
+    registry: Arc<Registry>,
+    bus: Arc<dyn Bus>,
+) -> anyhow::Result<Option<Router>> {
+    if config.token.is_empty() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        config.token.len() >= 16,
+        "admin.token: use at least 16 bytes (or leave it empty to turn the admin API off)"
+    );
+    let admin = Arc::new(Admin {
+        token: Sha256::digest(config.token.as_bytes()).into(),
+        registry,
+        bus,
+    });
+    Ok(Some(
+        Router::new()
+            .route("/admin/devices", post(register))
+            .route("/admin/devices/{id}/commands", post(command))
+            .route("/admin/devices/{id}/config", put(set_config))
+            .with_state(admin),
+    ))
+}
+
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), JsonError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| <[u8; 32]>::from(Sha256::digest(t.as_bytes())));
+    if given == Some(admin.token) {
+        Ok(())
+    } else {
+        Err(JsonError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the admin token as `Authorization: Bearer <token>`",
+        ))
+    }
+}
+
+fn device(admin: &Admin, id: &str) -> Result<Arc<Device>, JsonError> {
+    admin.registry.get(id).ok_or_else(|| {
+        JsonError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            "no device has this id",
+        )
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, JsonError> {
+    let body = body.map_err(rejection)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| JsonError::bad_request("invalid_request", format!("malformed body: {e}")))
+}
+
+fn bus_error(e: &switchyard_core::bus::BusError) -> JsonError {
+    tracing::warn!(error = %e, "bus failed under an admin request");
+    JsonError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "bus_unavailable",
+        "the bus is unavailable; retry later",
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDevice {
+    id: String,
+    #[serde(default)]
+    rates: Vec<String>,
+    #[serde(default)]
+    settings: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct Issued<'a> {
+    id: &'a str,
+    key: &'a str,
+}
+
+async fn register(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, JsonError> {
+    authorize(&admin, &headers)?;
+    let new: NewDevice = parse(body)?;
+    let key = Registry::new_key();
+    let device = admin
+        .registry
+        .register(&new.id, &key, &new.rates, &new.settings)
+        .map_err(|e| match e {
+            RegisterError::Invalid(code, m) => JsonError::bad_request(code, m),
+            RegisterError::Exists(_) => {
+                JsonError::new(StatusCode::CONFLICT, "device_exists", e.to_string())
+            }
+            RegisterError::KeyTaken => {
+                JsonError::new(StatusCode::CONFLICT, "key_taken", e.to_string())
+            }
+            RegisterError::Full => JsonError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "registry_full",
+                e.to_string(),
+            ),
+        })?;
+    tracing::info!(device = %device.id, "device registered through the admin API");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Issued {
+            id: device.id.as_str(),
+            key: &key,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCommand {
+    op: String,
+    #[serde(default)]
+    args: Option<serde_json::Value>,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CommandEvent<'a> {
+    id: &'a str,
+    op: &'a str,
+    args: &'a serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct Sent<'a> {
+    id: &'a str,
+    offset: u64,
+}
+
+/// Whether `op` is 1 to 64 of `a-z 0-9 _ . -`.
+fn valid_op(op: &str) -> bool {
+    (1..=64).contains(&op.len())
+        && op
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+}
+
+async fn command(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, JsonError> {
+    authorize(&admin, &headers)?;
+    let device = device(&admin, &id)?;
+    let cmd: NewCommand = parse(body)?;
+    if !valid_op(&cmd.op) {
+        return Err(JsonError::bad_request(
+            "invalid_op",
+            "an op is 1 to 64 of a-z 0-9 _ . -",
+        ));
+    }
+    let args = cmd
+        .args
+        .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
+    if !args.is_object() {
+        return Err(JsonError::bad_request(
+            "invalid_args",
+            "`args` is a JSON object",
+        ));
+    }
+    let cmd_id = match cmd.id {
+        Some(i) if valid_id(&i) => i,
+        Some(_) => {
+            return Err(JsonError::bad_request(
+                "invalid_command_id",
+                "a command id is 1 to 64 of A-Z a-z 0-9 _ -",
+            ));
+        }
+        None => format!("c{:016x}", rand::random::<u64>()),
+    };
+    let payload = serde_json::to_vec(&CommandEvent {
+        id: &cmd_id,
+        op: &cmd.op,
+        args: &args,
+    })
+    .unwrap_or_else(|e| unreachable!("strings and a JSON value serialise: {e}"));
+    let event = admin
+        .bus
+        .publish(&device.topics.commands, payload.into())
+        .await
+        .map_err(|e| bus_error(&e))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Sent {
+            id: &cmd_id,
+            offset: event.offset,
+        }),
+    )
+        .into_response())
+}
+
+async fn set_config(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, JsonError> {
+    authorize(&admin, &headers)?;
+    let device = device(&admin, &id)?;
+    let body = body.map_err(rejection)?;
+    let origin = switchyard_core::event::Position {
+        epoch: 0,
+        offset: 0,
+    };
+    let doc = ConfigDoc::parse(origin, &body).ok_or_else(|| {
+        JsonError::bad_request(
+            "invalid_config",
+            "a configuration document is a JSON object",
+        )
+    })?;
+    admin
+        .bus
+        .publish(&device.topics.config, doc.bytes.clone())
+        .await
+        .map_err(|e| bus_error(&e))?;
+    Ok(axum::Json(serde_json::json!({ "etag": format!("W/\"{}\"", doc.tag()) })).into_response())
+}

@@ -1,0 +1,195 @@
+//! The device wire format: poll answers in v1 and v2, and the one mapping of failures to this
+//! gateway's JSON errors (`{"error": {"code", "message"}}`).
+//!
+//! v1 (frozen, `docs/protocol/device-v1.md`): `{"n": cursor, "e": [event...]}` plus `"rs": true`
+//! on a reset; each event is tagged by `t`: `c` command `{i, o, a}`, `g` configuration
+//! `{v, h}`, `r` rate `{p, r, s}`. v2 groups the events by kind instead of one tagged list:
+//! `{"n", "rs", "c": [{i, o, a}], "g": {v, h} (only when changed), "r": {pair: {r, s}}}` — a v1
+//! device looking for `e` cannot read it, which is why it is a new version. The core's types
+//! are never serialised directly: every key here is chosen for the wire.
+
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::Value;
+use switchyard_core::bus::BusError;
+use switchyard_core::server::JsonError;
+
+use crate::cursor::BadCursor;
+use crate::poll::{Batch, Command, ConfigDoc};
+use crate::registry::AuthError;
+
+/// An API version of the device endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Version {
+    /// Frozen: golden files check every answer.
+    V1,
+    /// Events grouped by kind.
+    V2,
+}
+
+#[derive(Serialize)]
+struct CommandOut<'a> {
+    i: &'a str,
+    o: &'a str,
+    a: &'a Value,
+}
+
+impl<'a> From<&'a Command> for CommandOut<'a> {
+    fn from(c: &'a Command) -> Self {
+        Self {
+            i: &c.id,
+            o: &c.op,
+            a: &c.args,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ConfigOut<'a> {
+    v: &'a Value,
+    h: String,
+}
+
+impl<'a> From<&'a ConfigDoc> for ConfigOut<'a> {
+    fn from(c: &'a ConfigDoc) -> Self {
+        Self {
+            v: &c.doc,
+            h: c.tag(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "t")]
+enum EventV1<'a> {
+    #[serde(rename = "c")]
+    Command(CommandOut<'a>),
+    #[serde(rename = "g")]
+    Config(ConfigOut<'a>),
+    #[serde(rename = "r")]
+    Rate { p: String, r: String, s: u64 },
+}
+
+#[derive(Serialize)]
+struct AnswerV1<'a> {
+    n: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    rs: bool,
+    e: Vec<EventV1<'a>>,
+}
+
+#[derive(Serialize)]
+struct RateV2 {
+    r: String,
+    s: u64,
+}
+
+#[derive(Serialize)]
+struct AnswerV2<'a> {
+    n: &'a str,
+    rs: bool,
+    c: Vec<CommandOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    g: Option<ConfigOut<'a>>,
+    r: std::collections::BTreeMap<String, RateV2>,
+}
+
+/// Encodes a poll answer.
+pub(crate) fn encode(batch: &Batch, version: Version) -> Vec<u8> {
+    let out = match version {
+        Version::V1 => {
+            let mut e: Vec<EventV1<'_>> = batch
+                .commands
+                .iter()
+                .map(|c| EventV1::Command(c.into()))
+                .collect();
+            e.extend(batch.config.as_ref().map(|c| EventV1::Config(c.into())));
+            e.extend(batch.rates.iter().map(|v| EventV1::Rate {
+                p: v.rate.pair.to_string(),
+                r: v.rate.rate.to_string(),
+                s: v.rate.seq,
+            }));
+            serde_json::to_vec(&AnswerV1 {
+                n: &batch.next,
+                rs: batch.reset,
+                e,
+            })
+        }
+        Version::V2 => serde_json::to_vec(&AnswerV2 {
+            n: &batch.next,
+            rs: batch.reset,
+            c: batch.commands.iter().map(Into::into).collect(),
+            g: batch.config.as_ref().map(Into::into),
+            r: batch
+                .rates
+                .iter()
+                .map(|v| {
+                    (
+                        v.rate.pair.to_string(),
+                        RateV2 {
+                            r: v.rate.rate.to_string(),
+                            s: v.rate.seq,
+                        },
+                    )
+                })
+                .collect(),
+        }),
+    };
+    // Strings, integers and JSON values read from JSON always serialise.
+    out.unwrap_or_else(|e| unreachable!("a poll answer serialises: {e}"))
+}
+
+/// Every failure of the device API, mapped to its status and code in one place.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// See [`AuthError`].
+    #[error("device credential refused")]
+    Auth(AuthError),
+    /// A malformed cursor (downstream).
+    #[error(transparent)]
+    Cursor(#[from] BadCursor),
+    /// A bad `wait` (downstream).
+    #[error("`wait` is a whole number of seconds")]
+    Wait,
+    /// A malformed or invalid body or parameter (downstream).
+    #[error("{1}")]
+    Invalid(&'static str, String),
+    /// The device has as many held polls as it may (downstream).
+    #[error("too many polls of this device are being held")]
+    TooManyPolls,
+    /// The bus failed (upstream).
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl From<ApiError> for JsonError {
+    fn from(e: ApiError) -> Self {
+        let message = e.to_string();
+        match e {
+            ApiError::Auth(AuthError::Unauthorized) => JsonError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send this device's key in X-Device-Key",
+            ),
+            ApiError::Auth(AuthError::Forbidden) => JsonError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this key is not this device's",
+            ),
+            ApiError::Cursor(_) => JsonError::bad_request("bad_cursor", message),
+            ApiError::Wait => JsonError::bad_request("bad_wait", message),
+            ApiError::Invalid(code, _) => JsonError::bad_request(code, message),
+            ApiError::TooManyPolls => {
+                JsonError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_polls", message)
+            }
+            ApiError::Bus(b) => {
+                tracing::warn!(error = %b, "bus failed under a device request");
+                JsonError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "bus_unavailable",
+                    "events are unavailable; retry later",
+                )
+            }
+        }
+    }
+}
