@@ -204,7 +204,11 @@ mod tests {
         let guard_b = b.feed(&topic).unwrap();
         // b keeps competing for several periods and never feeds while a holds the lease.
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(b_live.load(Ordering::SeqCst), 0, "two instances fed one topic");
+        assert_eq!(
+            b_live.load(Ordering::SeqCst),
+            0,
+            "two instances fed one topic"
+        );
         assert_eq!(a_live.load(Ordering::SeqCst), 1);
         drop(guard_a);
         until("a stops", || a_live.load(Ordering::SeqCst) == 0).await;
