@@ -14,6 +14,10 @@
 //!   published, a new socket on B resuming from the last position seen gets exactly the missed
 //!   events, in order, no duplicates; a device cursor from a poll on A, given to B, brings exactly
 //!   the commands after it.
+//! - One upstream watch for the cluster (the exchange's `/v1/stats`): two bff-mobile instances
+//!   with clients on one pair make ONE watch at the exchange; when its holder stops, ticks keep
+//!   reaching the other instance's client (it took the lease over). And the lease of a holder that
+//!   died (took it, never renews nor releases) expires: a live instance takes over.
 //!
 //! A broker that cannot be reached FAILS these tests (`scripts/services` starts both).
 
@@ -131,8 +135,10 @@ impl Instance {
 
 async fn mobile_instance(config: &BusConfig) -> Instance {
     let bus = bus_client(config).await;
-    let mut c = bff_mobile::Config::default();
-    c.bus = config.clone();
+    let mut c = bff_mobile::Config {
+        bus: config.clone(),
+        ..Default::default()
+    };
     c.auth.hs256_secret = SECRET.to_owned();
     c.server.drain_timeout_ms = 2_000;
     Instance::start("bff-mobile", move |l, t| bff_mobile::run(c, bus, l, t)).await
@@ -140,8 +146,10 @@ async fn mobile_instance(config: &BusConfig) -> Instance {
 
 async fn web_instance(config: &BusConfig) -> Instance {
     let bus = bus_client(config).await;
-    let mut c = bff_web::Config::default();
-    c.bus = config.clone();
+    let mut c = bff_web::Config {
+        bus: config.clone(),
+        ..Default::default()
+    };
     c.auth.hs256_secret = SECRET.to_owned();
     c.server.drain_timeout_ms = 2_000;
     Instance::start("bff-web", move |l, t| bff_web::run(c, bus, l, t)).await
@@ -149,8 +157,10 @@ async fn web_instance(config: &BusConfig) -> Instance {
 
 async fn device_instance(config: &BusConfig) -> Instance {
     let bus = bus_client(config).await;
-    let mut c = bff_device::Config::default();
-    c.bus = config.clone();
+    let mut c = bff_device::Config {
+        bus: config.clone(),
+        ..Default::default()
+    };
     c.bridges.clear();
     c.server.drain_timeout_ms = 2_000;
     c.admin.token = ADMIN.to_owned();
@@ -627,8 +637,10 @@ async fn next_rate(kind: BusKind, sub: &mut mobile_client::Subscription) -> Posi
 async fn one_upstream_watch_for_the_cluster_taken_over_when_its_holder_stops() {
     let http = http();
     for kind in BROKERS {
-        let mut exchange_config = demo_services::exchange::Config::default();
-        exchange_config.tick_interval_ms = 20;
+        let exchange_config = demo_services::exchange::Config {
+            tick_interval_ms: 20,
+            ..Default::default()
+        };
         let exchange = Instance::start("exchange", move |l, t| {
             demo_services::exchange::run(exchange_config, l, t)
         })
@@ -641,9 +653,11 @@ async fn one_upstream_watch_for_the_cluster_taken_over_when_its_holder_stops() {
             let config = config.clone();
             async move {
                 let bus = bus_client(&config).await;
-                let mut c = bff_mobile::Config::default();
                 // The gateway's own bus section: its cluster lease is built from it.
-                c.bus = config.clone();
+                let mut c = bff_mobile::Config {
+                    bus: config.clone(),
+                    ..Default::default()
+                };
                 c.auth.hs256_secret = SECRET.to_owned();
                 c.server.drain_timeout_ms = 2_000;
                 let mut bridge = switchyard_core::config::BridgeConfig::new(ticks);
@@ -711,6 +725,71 @@ async fn one_upstream_watch_for_the_cluster_taken_over_when_its_holder_stops() {
 
         on_b.close().await;
         b.stop().await;
+        exchange.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_of_a_holder_that_died_expires_and_a_live_instance_takes_over() {
+    let http = http();
+    for kind in BROKERS {
+        let exchange_config = demo_services::exchange::Config {
+            tick_interval_ms: 20,
+            ..Default::default()
+        };
+        let exchange = Instance::start("exchange", move |l, t| {
+            demo_services::exchange::run(exchange_config, l, t)
+        })
+        .await;
+
+        // An instance took the pair's lease and died: it never renews nor releases it.
+        let config = bus_config(kind);
+        let lease = switchyard_core::bus::lease::from_config(&config);
+        let name = Topic::new("bridge:exchange:rates.EUR/USD").expect("lease name");
+        let ttl = Duration::from_millis(600);
+        let taken = tokio::time::timeout(PATIENCE, lease.acquire(&name, "crashed-instance", ttl))
+            .await
+            .expect("acquire in time")
+            .expect("the broker answers");
+        assert!(taken, "{kind:?}: the dead instance held the lease");
+
+        // A live instance with interest in the pair: its client gets ticks once the dead
+        // holder's lease has expired and this instance has taken it.
+        let bus = bus_client(&config).await;
+        let mut c = bff_mobile::Config {
+            bus: config.clone(),
+            ..Default::default()
+        };
+        c.auth.hs256_secret = SECRET.to_owned();
+        c.server.drain_timeout_ms = 2_000;
+        let mut bridge =
+            switchyard_core::config::BridgeConfig::new(format!("ws://{}/v1/ticks", exchange.addr));
+        bridge.lease_ttl_ms = 600;
+        c.bridges.insert("exchange".to_owned(), bridge);
+        let live = Instance::start("bff-mobile", move |l, t| bff_mobile::run(c, bus, l, t)).await;
+        let client_config = MobileConfig::new(format!("ws://{}/v1/ws", live.addr), token("dave"));
+        let client = tokio::time::timeout(PATIENCE, MobileClient::connect(client_config))
+            .await
+            .expect("connect in time")
+            .expect("connects");
+        let mut rates = client.subscribe("rates:EUR/USD").await.expect("subscribed");
+        next_rate(kind, &mut rates).await;
+        next_rate(kind, &mut rates).await;
+        let stats = exchange_stats(&http, exchange.addr).await;
+        assert_eq!(
+            stats["watchers"],
+            json!({"EUR/USD": 1}),
+            "{kind:?}: {stats}"
+        );
+        // The lease is the live instance's now: the dead holder cannot renew it.
+        let renewed = lease
+            .renew(&name, "crashed-instance", ttl)
+            .await
+            .expect("the broker answers");
+        assert!(!renewed, "{kind:?}: the dead holder's lease was taken over");
+
+        client.close().await;
+        live.stop().await;
         exchange.stop().await;
     }
 }
