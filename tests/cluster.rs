@@ -689,18 +689,36 @@ async fn one_upstream_watch_for_the_cluster_taken_over_when_its_holder_stops() {
         next_rate(kind, &mut rates_a).await;
         let stats = exchange_stats(&http, exchange.addr).await;
         assert_eq!(
-            stats["watchers"],
-            json!({"EUR/USD": 1}),
-            "{kind:?}: one upstream watch for both instances: {stats}"
+            (&stats["watchers"], &stats["connections_total"]),
+            (&json!({"EUR/USD": 1}), &json!(1)),
+            "{kind:?}: one upstream connection and watch for both instances: {stats}"
         );
 
-        // A (the lease holder) stops. Nothing publishes the pair until B takes over.
+        // A (the lease holder) stops, and its upstream connection with it.
         on_a.close().await;
         drop(rates_a);
         a.stop().await;
+        // B takes the lease over and opens the one upstream watch: a second connection in all,
+        // the first one closed.
+        let taken_over = test_support::eventually(PATIENCE, || {
+            let http = http.clone();
+            async move {
+                let stats = exchange_stats(&http, exchange.addr).await;
+                stats["connections_total"] == 2
+                    && stats["connections"] == 1
+                    && stats["watchers"] == json!({"EUR/USD": 1})
+            }
+        })
+        .await;
+        assert!(
+            taken_over,
+            "{kind:?}: B did not take the watch over: {}",
+            exchange_stats(&http, exchange.addr).await
+        );
+        // From now on only B publishes the pair: its client gets ticks newer than the head.
         let topic = Topic::new("rates.EUR/USD").expect("topic");
         let head = backend.head(&topic).await.expect("head");
-        let taken_over = tokio::time::timeout(PATIENCE, async {
+        let newer = tokio::time::timeout(PATIENCE, async {
             loop {
                 let p = next_rate(kind, &mut rates_b).await;
                 if p.epoch != head.epoch || p.offset > head.offset {
@@ -710,18 +728,9 @@ async fn one_upstream_watch_for_the_cluster_taken_over_when_its_holder_stops() {
         })
         .await;
         assert!(
-            taken_over.is_ok(),
-            "{kind:?}: B's client got no tick published after A stopped (head {head:?})"
+            newer.is_ok(),
+            "{kind:?}: B's client got no tick after the take-over (head {head:?})"
         );
-        // Still exactly one watch upstream: B's, once A's connection is gone.
-        let one = test_support::eventually(PATIENCE, || {
-            let http = http.clone();
-            async move {
-                exchange_stats(&http, exchange.addr).await["watchers"] == json!({"EUR/USD": 1})
-            }
-        })
-        .await;
-        assert!(one, "{}", exchange_stats(&http, exchange.addr).await);
 
         on_b.close().await;
         b.stop().await;
