@@ -28,7 +28,7 @@ use axum::routing::get;
 use demo_api::UserId;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered, SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use mobile_proto::{
     ClientMsg, Encoding, Frame, FrameKind, Position, ServerMsg, close, code, data, topic,
 };
@@ -57,6 +57,10 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Entries of the frame cache before it is emptied (it holds one frame per topic and encoding).
 const FRAME_CACHE_ENTRIES: usize = 10_000;
+
+/// Most items taken from the subscriptions without waiting, after one that was waited for: they
+/// go out in one write and one flush.
+const READY_BATCH: usize = 32;
 
 /// Longest close reason (RFC 6455 allows 123 bytes).
 const MAX_REASON_BYTES: usize = 123;
@@ -458,6 +462,16 @@ impl Conn {
                 Some((sub, item)) = self.streams.next(), if !self.streams.is_empty() => {
                     if let Some(closing) = self.on_item(io, sub, item) {
                         return Some(closing);
+                    }
+                    // Take what else is ready now, so that one write and one flush carry it all
+                    // (the next turn polls the streams again with this task's waker).
+                    for _ in 0..READY_BATCH {
+                        let Some(Some((sub, item))) = self.streams.next().now_or_never() else {
+                            break;
+                        };
+                        if let Some(closing) = self.on_item(io, sub, item) {
+                            return Some(closing);
+                        }
                     }
                 }
             }
