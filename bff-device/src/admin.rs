@@ -73,9 +73,11 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), JsonError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        // RFC 7235: the scheme is case-insensitive (`bearer`, `BEARER`).
+        .and_then(|v| switchyard_core::auth::bearer_token(v).ok().flatten())
         .map(|t| <[u8; 32]>::from(Sha256::digest(t.as_bytes())));
-    if given == Some(admin.token) {
+    // Compared in constant time: a byte-by-byte early exit would time the digest's prefix.
+    if given.is_some_and(|g| constant_time_eq(&g, &admin.token)) {
         Ok(())
     } else {
         Err(JsonError::new(
@@ -84,6 +86,11 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), JsonError> {
             "send the admin token as `Authorization: Bearer <token>`",
         ))
     }
+}
+
+/// Whether two digests are equal, in time independent of where they differ.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn device(admin: &Admin, id: &str) -> Result<Arc<Device>, JsonError> {

@@ -367,3 +367,30 @@ async fn the_admin_api_issues_credentials_and_refuses_without_its_token() {
         .await;
     assert_eq!(a.status, 404);
 }
+
+#[tokio::test]
+async fn the_admin_scheme_is_case_insensitive() {
+    // RFC 7235: `bearer` and `BEARER` are `Bearer`.
+    let gw = start(config(), 100).await;
+    for scheme in ["bearer", "BEARER", "Bearer", "bEaReR"] {
+        let res = gw
+            .http
+            .post(gw.url("/admin/devices/tv-1/commands"))
+            .header("authorization", format!("{scheme} {}", common::ADMIN))
+            .json(&json!({"op": "reboot"}))
+            .send()
+            .await
+            .unwrap();
+        let a = answer(res).await;
+        assert_eq!(a.status, 202, "{scheme}: {}", a.body);
+    }
+    let res = gw
+        .http
+        .post(gw.url("/admin/devices/tv-1/commands"))
+        .header("authorization", format!("Basic {}", common::ADMIN))
+        .json(&json!({"op": "reboot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer(res).await.status, 401);
+}

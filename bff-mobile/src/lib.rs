@@ -74,6 +74,14 @@ pub struct WebSocketConfig {
     /// Heartbeat interval: the server pings this often and closes a socket it heard nothing
     /// from for twice as long (4408).
     pub heartbeat_ms: u32,
+    /// Longest the send queue may make no progress towards a client that does not read (its
+    /// TCP window stays shut); then it is cut off with 4503, the close frame lingering until it
+    /// reads.
+    pub write_timeout_ms: u64,
+    /// Origins (`https://app.example.com`) of browser pages allowed to open a socket. Native
+    /// apps send no `Origin` and are not affected; a page of any other origin is refused with
+    /// 403 before the upgrade (a browser would otherwise let any site open sockets here).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for WebSocketConfig {
@@ -85,6 +93,8 @@ impl Default for WebSocketConfig {
             send_queue_messages: 256,
             auth_timeout_ms: 10_000,
             heartbeat_ms: 20_000,
+            write_timeout_ms: 10_000,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -151,6 +161,11 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         hub: hub.clone(),
         ops: ops.clone(),
         verifier: auth::Verifier::new(&config.auth)?,
+        origins: switchyard_core::origin::OriginPolicy::new(
+            &config.websocket.allowed_origins,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("websocket.allowed_origins: {e}"))?,
         config: config.websocket.clone(),
         operation_deadline: std::time::Duration::from_millis(config.operations.deadline_ms),
         drain: config.server.drain_timeout(),

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use demo_api::UserId;
 use futures::future::BoxFuture;
@@ -45,9 +45,9 @@ use crate::WebSocketConfig;
 use crate::auth::Verifier;
 use crate::calls::{self, CallError};
 
-/// Longest time the queue may make no progress towards a client that does not read (its TCP
-/// window stays shut) before the socket is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a close frame may take to reach the client (a slow consumer reads what its
+/// buffers hold first), reading and discarding meanwhile.
+const CLOSE_LINGER: Duration = Duration::from_secs(10);
 
 /// Longest wait for a client's close answer, and for flushing before a close.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -70,6 +70,8 @@ pub(crate) struct GatewayParts {
     pub(crate) hub: Hub,
     pub(crate) ops: operations::Operations,
     pub(crate) verifier: Verifier,
+    /// Which browser pages may open a socket.
+    pub(crate) origins: switchyard_core::origin::OriginPolicy,
     pub(crate) config: WebSocketConfig,
     pub(crate) operation_deadline: Duration,
     pub(crate) drain: Duration,
@@ -107,6 +109,14 @@ async fn upgrade(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if !gw.parts.origins.allows(&headers) {
+        return switchyard_core::server::JsonError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not open a socket",
+        )
+        .into_response();
+    }
     // The server's preference (CBOR) decides, not the order of the client's offer.
     let encoding = Encoding::negotiate(
         headers
@@ -297,28 +307,22 @@ async fn write_queued(
 
 impl Io {
     /// Closes the socket: flushes what is queued (except for a slow consumer, whose queue is
-    /// dropped), sends the close frame, and waits briefly for the client's answer.
+    /// dropped), sends the close frame and lingers, reading and discarding, until the client has
+    /// it (a slow consumer gets its close frame only once it reads what its socket buffers hold:
+    /// give it as long as any write).
     async fn close(&mut self, closing: Closing) {
         if closing.code == close::SLOW_CONSUMER {
             self.queue.items.clear();
         }
         let _ =
             tokio::time::timeout(CLOSE_WAIT, write_queued(&mut self.sink, &mut self.queue)).await;
-        let frame = CloseFrame {
-            code: closing.code,
-            reason: Utf8Bytes::from(closing.reason),
-        };
-        // A slow consumer gets its close frame only once it reads what its socket buffers hold:
-        // give it as long as any write.
-        let _ =
-            tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(Message::Close(Some(frame)))).await;
-        let _ = tokio::time::timeout(CLOSE_WAIT, async {
-            while let Some(Ok(m)) = self.stream.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
+        switchyard_core::websocket::close(
+            &mut self.sink,
+            &mut self.stream,
+            closing.code,
+            &closing.reason,
+            CLOSE_LINGER,
+        )
         .await;
     }
 }
@@ -365,6 +369,10 @@ impl Conn {
         &self.gw.parts.config
     }
 
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.config().write_timeout_ms.max(1))
+    }
+
     fn heartbeat(&self) -> Duration {
         Duration::from_millis(u64::from(self.config().heartbeat_ms.max(1)))
     }
@@ -384,7 +392,7 @@ impl Conn {
         loop {
             let authed = self.user.is_some();
             let silence_deadline = self.last_heard + self.heartbeat() * 2;
-            let write_deadline = io.queue.progress + WRITE_TIMEOUT;
+            let write_deadline = io.queue.progress + self.write_timeout();
             let busy = io.queue.busy();
             let next = [
                 Some(silence_deadline),
@@ -425,8 +433,11 @@ impl Conn {
                         return Some(Closing::new(close::TIMEOUT, "no frame for 2 x hb"));
                     }
                     if busy && now >= write_deadline {
-                        tracing::info!("dropping a socket whose client has not read for {WRITE_TIMEOUT:?}");
-                        return None;
+                        tracing::info!("cutting off a socket whose client has not read for {:?}", self.write_timeout());
+                        return Some(Closing::new(
+                            close::SLOW_CONSUMER,
+                            "too slow: the client stopped reading; reconnect and resume",
+                        ));
                     }
                     if authed && now >= self.next_ping {
                         self.ping_n = self.ping_n.wrapping_add(1);
@@ -445,7 +456,7 @@ impl Conn {
                     let msg = match incoming {
                         None => return None,
                         Some(Ok(msg)) => msg,
-                        Some(Err(e)) => return too_big(&e),
+                        Some(Err(e)) => return read_error(&e),
                     };
                     if let Some(closing) = self.on_message(io, msg).await {
                         return Some(closing);
@@ -662,6 +673,20 @@ impl Conn {
             let msg = ServerMsg::topic_error(&name, code::UNKNOWN_TOPIC, "no such topic");
             return self.reply(io, &msg);
         };
+        if sub
+            .resume
+            .as_ref()
+            .is_some_and(|p| p.epoch > i64::MAX as u64 || p.offset > i64::MAX as u64)
+        {
+            // Positions the server hands out are always below 2^63 (the spec promises it, so
+            // they fit a Kotlin Long); one above is not ours, and is never echoed back.
+            let msg = ServerMsg::topic_error(
+                &name,
+                code::INVALID_ARGS,
+                "`resume` is not a position this server gave: positions are below 2^63",
+            );
+            return self.reply(io, &msg);
+        }
         if self.subs.iter().any(|s| s.name == name) {
             let msg = ServerMsg::topic_error(&name, code::ALREADY_SUBSCRIBED, "already subscribed");
             return self.reply(io, &msg);
@@ -746,14 +771,10 @@ impl Conn {
     }
 }
 
-/// A close for a read error: 1009 when the message was too big, else nothing (the client is
-/// gone or broke the WebSocket protocol, which the WebSocket layer answers).
-fn too_big(e: &axum::Error) -> Option<Closing> {
-    let text = e.to_string();
-    if text.contains("too long") || text.contains("Space limit") || text.contains("capacity") {
-        return Some(Closing::new(close::MESSAGE_TOO_BIG, "message too big"));
-    }
-    None
+/// The close owed to the client for a read error (1009 too big, 1007 invalid UTF-8, 1002
+/// protocol violation), or nothing when the client is gone.
+fn read_error(e: &axum::Error) -> Option<Closing> {
+    switchyard_core::websocket::read_error_close(e).map(|(code, reason)| Closing::new(code, reason))
 }
 
 /// A protocol frame as a WebSocket message (no copy).

@@ -309,8 +309,13 @@ async fn a_client_that_stops_reading_a_stream_is_cut_off_while_others_keep_recei
         if published.is_multiple_of(200) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        if published == 2_000 {
+            // 16 MB published by now: far beyond what the slow client's queue and socket
+            // buffers hold. It reads now (within the 10 s its close frame lingers) and finds
+            // the close code after what was already in flight.
+            assert_eq!(slow.closed().await, close::SLOW_CONSUMER);
+        }
     }
-    assert_eq!(slow.closed().await, close::SLOW_CONSUMER);
     while received < published {
         match fast.recv_within(WAIT).await {
             Ok(ServerMsg::Event(_)) => received += 1,
@@ -436,4 +441,93 @@ async fn a_slow_reader_of_a_state_topic_is_conflated_not_cut_off() {
     }
     assert!(received <= last as usize);
     c.quiet(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn a_resume_position_at_or_above_2_pow_63_is_refused_not_echoed() {
+    let gw = start(config(), 100).await;
+    let mut c = gw.signed_in(Encoding::Json, "oscar").await;
+    for (epoch, offset) in [(1, u64::MAX), (u64::MAX, 1), (1, 1 << 63)] {
+        c.sub("conversions", Some(Position { epoch, offset })).await;
+        let ServerMsg::Error(e) = c.recv().await else {
+            panic!("expected an error for ({epoch}, {offset})")
+        };
+        assert_eq!(e.code, code::INVALID_ARGS);
+        assert_eq!(e.topic.as_deref(), Some("conversions"));
+    }
+    // The socket is still usable.
+    c.subbed("conversions", None).await;
+}
+
+#[tokio::test]
+async fn a_browser_page_of_a_foreign_origin_cannot_open_a_socket() {
+    let mut cfg = config();
+    cfg.websocket.allowed_origins = vec!["https://app.example.com".into()];
+    let gw = start(cfg, 100).await;
+    let proto = mobile_proto::SUBPROTOCOL_CBOR;
+    for (origin, expected) in [
+        (Some("https://evil.example"), 403),
+        (Some("null"), 403),
+        (Some("https://app.example.com"), 101),
+        (None, 101),
+    ] {
+        let headers: Vec<String> = origin.map(|o| format!("Origin: {o}")).into_iter().collect();
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let (status, _) =
+            test_support::raw_ws::RawSocket::try_connect(gw.server.addr, "/v1/ws", proto, &headers)
+                .await;
+        assert_eq!(status, expected, "origin {origin:?}");
+    }
+}
+
+#[tokio::test]
+async fn websocket_protocol_violations_get_their_rfc_6455_close_codes() {
+    use test_support::raw_ws::{Ending, RawSocket};
+    let gw = start(config(), 100).await;
+    let json = mobile_proto::SUBPROTOCOL_JSON;
+    // A text message that is not UTF-8: 1007.
+    let mut s = RawSocket::connect(gw.server.addr, "/v1/ws", json, &[]).await;
+    s.send_frame(0x81, &[0xff, 0xfe, 0xfd], true).await;
+    assert_eq!(s.ending(WAIT).await, Ending::Close(Some(1007)));
+    // Reserved bits set: 1002.
+    let mut s = RawSocket::connect(gw.server.addr, "/v1/ws", json, &[]).await;
+    s.send_frame(0xC1, b"{}", true).await;
+    assert_eq!(s.ending(WAIT).await, Ending::Close(Some(1002)));
+    // An unmasked frame from a client: 1002.
+    let mut s = RawSocket::connect(gw.server.addr, "/v1/ws", json, &[]).await;
+    s.send_frame(0x81, b"{}", false).await;
+    assert_eq!(s.ending(WAIT).await, Ending::Close(Some(1002)));
+    // A fragmented control frame: 1002.
+    let mut s = RawSocket::connect(gw.server.addr, "/v1/ws", json, &[]).await;
+    s.send_frame(0x09, b"ping", true).await;
+    assert_eq!(s.ending(WAIT).await, Ending::Close(Some(1002)));
+    // A frame that declares 2^62 bytes: 1009, at once.
+    let mut s = RawSocket::connect(gw.server.addr, "/v1/ws", json, &[]).await;
+    let mut header = vec![0x82u8, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    s.send_raw(&header).await;
+    assert_eq!(s.ending(WAIT).await, Ending::Close(Some(1009)));
+}
+
+#[tokio::test]
+async fn a_client_cut_off_for_not_reading_still_gets_the_close_code_when_it_reads_later() {
+    let mut cfg = config();
+    // The write deadline, not the queue, cuts it off here.
+    cfg.websocket.send_queue_messages = 100_000;
+    cfg.websocket.write_timeout_ms = 300;
+    let gw = start(cfg, 100_000).await;
+    let mut slow = gw.signed_in(Encoding::Cbor, "pia").await;
+    slow.subbed("conversions", None).await;
+    let big_id = "x".repeat(8 * 1024);
+    for i in 0..3_000 {
+        gw.publish_conversion("pia", &big_id).await;
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Long after the cut-off (and after the old one-second wait for a close answer), the
+    // client reads what its buffers hold, and then the close code.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(slow.closed().await, close::SLOW_CONSUMER);
 }

@@ -2,9 +2,10 @@
 //! operation name, and the same visibility) share ONE execution, and each result is serialised
 //! once; every socket subscribed to it gets the same bytes.
 //!
-//! Visibility decides what "identical" means: a subscription whose root field is user-scoped (the
-//! signed-in user's conversions) is keyed by the user as well, so users never share executions;
-//! a public one (rates) is shared by everybody. A state subscription (rates) also remembers its
+//! Visibility decides what "identical" means: a subscription whose root selection reaches only
+//! public fields (rates) is shared by everybody and executed with no principal at all; any other
+//! is keyed by its principal as well (the signed-in user, or "anonymous"), so two principals never
+//! share an execution, whatever the document's shape (see `ws::root_fields`). A state subscription (rates) also remembers its
 //! latest result, so a socket joining an execution that is already running starts with the
 //! current value instead of waiting for the next change.
 //!
@@ -35,8 +36,10 @@ pub(crate) enum Frame {
 /// How an operation's results may be shared.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Visibility {
-    /// The same for every client.
+    /// The same for every client (executed without a principal).
     Public,
+    /// Only for sockets that sent no token.
+    Anonymous,
     /// Only for this user.
     User(String),
 }

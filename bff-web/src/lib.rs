@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, Method, header};
 use serde::{Deserialize, Serialize};
 use switchyard_core::bus::Bus;
 use switchyard_core::config::{
@@ -107,6 +107,11 @@ pub struct GraphqlConfig {
     pub max_complexity: usize,
     /// Most aliases one operation may use.
     pub max_aliases: usize,
+    /// Most selections (fields, fragment spreads, inline fragments) one operation may have once
+    /// its fragment spreads are expanded. Checked before the engine parses the document, in time
+    /// bounded by the document's size, so a small document whose fragments spread each other
+    /// exponentially is refused before any work is done.
+    pub max_selections: usize,
     /// Whether the schema can be introspected (turn off in production).
     pub introspection: bool,
     /// Whether a browser GETting the endpoint gets GraphiQL.
@@ -119,6 +124,7 @@ impl Default for GraphqlConfig {
             max_depth: 12,
             max_complexity: 500,
             max_aliases: 30,
+            max_selections: 1_000,
             introspection: true,
             graphiql: true,
         }
@@ -133,6 +139,12 @@ pub struct CorsConfig {
     /// A page of any other site gets no CORS headers and its socket is refused with 403;
     /// clients that send no `Origin` (apps, servers) are not affected.
     pub allowed_origins: Vec<String>,
+    /// Host names (with the port when it is not the scheme's default: `app.example.com`,
+    /// `app.example.com:8443`) browsers reach this gateway as. A page served from one of them
+    /// may open a socket without being on `allowed_origins`. Empty: only `localhost` and IP
+    /// addresses count as the gateway's own, so a DNS-rebinding page (a foreign name
+    /// re-pointed at the gateway, whose `Host` and `Origin` agree) is refused.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// WebSocket limits.
@@ -148,6 +160,9 @@ pub struct WebSocketConfig {
     /// Results a subscriber may fall behind its subscription before it is cut off with 1013
     /// (stream subscriptions) or skipped to the newest (state subscriptions).
     pub send_queue_messages: usize,
+    /// Longest a write may wait for a client that does not read (its TCP window stays shut);
+    /// then the client is cut off with 1013, the close frame lingering until it reads.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for WebSocketConfig {
@@ -157,6 +172,7 @@ impl Default for WebSocketConfig {
             max_operations: 64,
             max_message_bytes: 64 * 1024,
             send_queue_messages: 128,
+            write_timeout_ms: 10_000,
         }
     }
 }
@@ -228,9 +244,9 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         hub: hub.clone(),
     };
     let v1 = v1::schema(&config.graphql, data());
-    let (v1_routes, v1_fanout) = shared.endpoint(v1, "/v1/graphql", v1::USER_SCOPED, v1::STATE);
+    let (v1_routes, v1_fanout) = shared.endpoint(v1, "/v1/graphql", v1::PUBLIC, v1::STATE);
     let v2 = v2::schema(&config.graphql, data());
-    let (v2_routes, _) = shared.endpoint(v2, "/v2/graphql", v2::USER_SCOPED, v2::STATE);
+    let (v2_routes, _) = shared.endpoint(v2, "/v2/graphql", v2::PUBLIC, v2::STATE);
     let mut router = Router::new()
         .nest("/v1", v1_routes)
         .nest("/v2", v2_routes)
@@ -264,7 +280,7 @@ impl Shared<'_> {
         &self,
         schema: async_graphql::Schema<Q, M, S>,
         path: &'static str,
-        user_scoped: &'static [&'static str],
+        public: &'static [&'static str],
         state: &'static [&'static str],
     ) -> (Router, Arc<fanout::Fanout<Q, M, S>>)
     where
@@ -288,7 +304,8 @@ impl Shared<'_> {
                 limits: ws::Limits {
                     init_timeout: std::time::Duration::from_millis(ws_config.init_timeout_ms),
                     max_operations: ws_config.max_operations,
-                    user_scoped,
+                    write_timeout: std::time::Duration::from_millis(ws_config.write_timeout_ms),
+                    public,
                     state,
                 },
                 shutdown: self.shutdown.clone(),
@@ -337,52 +354,35 @@ pub fn v2_sdl() -> String {
     v2::sdl()
 }
 
-/// The configured allow-list of origins.
+/// The configured origin policy, and the CORS layer fed the same allow-list.
 #[derive(Debug, Clone)]
-pub(crate) struct Origins {
-    allowed: Arc<Vec<HeaderValue>>,
-}
+pub(crate) struct Origins(switchyard_core::origin::OriginPolicy);
 
 impl Origins {
     fn new(config: &CorsConfig) -> anyhow::Result<Self> {
-        let allowed = config
-            .allowed_origins
-            .iter()
-            .map(|o| {
-                HeaderValue::from_str(o.trim_end_matches('/')).map_err(|_| {
-                    anyhow::anyhow!("cors.allowed_origins: `{o}` is not a valid origin")
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self {
-            allowed: Arc::new(allowed),
-        })
+        switchyard_core::origin::OriginPolicy::new(
+            &config.allowed_origins,
+            Some(&config.allowed_hosts),
+        )
+        .map(Self)
+        .map_err(|e| anyhow::anyhow!("cors.allowed_origins: {e}"))
     }
 
     /// Whether a request with these headers may open a socket: no `Origin` (not a browser), an
-    /// allowed origin, or the page's own origin (same host).
+    /// allowed origin, or the page's own origin on a host the gateway is configured to be
+    /// (`cors.allowed_hosts`; localhost and IP addresses when none is configured).
     pub(crate) fn allows(&self, headers: &HeaderMap) -> bool {
-        let Some(origin) = headers.get(header::ORIGIN) else {
-            return true;
-        };
-        if self.allowed.iter().any(|a| a == origin) {
-            return true;
-        }
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let origin_host = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.split_once("://").map(|(_, rest)| rest));
-        matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+        self.0.allows(headers)
     }
 
     fn cors_layer(&self) -> Option<tower_http::cors::CorsLayer> {
-        if self.allowed.is_empty() {
+        let allowed = self.0.allowed_origins();
+        if allowed.is_empty() {
             return None;
         }
         Some(
             tower_http::cors::CorsLayer::new()
-                .allow_origin(self.allowed.as_ref().clone())
+                .allow_origin(allowed.to_vec())
                 .allow_methods([Method::GET, Method::POST])
                 .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT]),
         )

@@ -19,8 +19,9 @@ use crate::v1::{LimitV1, RateV1};
 /// The v2 schema type.
 pub(crate) type V2Schema = Schema<Query, Mutation, SubscriptionRoot>;
 
-/// Root subscription fields whose events belong to the signed-in user.
-pub(crate) const USER_SCOPED: &[&str] = &["conversions"];
+/// Root subscription fields whose events are the same for everybody; every other field
+/// (`conversions`) is user-scoped and never shared across principals.
+pub(crate) const PUBLIC: &[&str] = &["rates"];
 /// Root subscription fields that are state topics (latest value only).
 pub(crate) const STATE: &[&str] = &["rates"];
 
@@ -31,7 +32,10 @@ pub(crate) fn schema(config: &GraphqlConfig, data: crate::ContextData) -> V2Sche
         .data(data.hub)
         .limit_depth(config.max_depth)
         .limit_complexity(config.max_complexity)
-        .extension(crate::limits::AliasLimit(config.max_aliases));
+        .extension(crate::limits::DocumentLimits {
+            max_aliases: config.max_aliases,
+            max_selections: config.max_selections,
+        });
     if !config.introspection {
         builder = builder.disable_introspection();
     }

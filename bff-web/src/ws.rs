@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_graphql::{ObjectType, Schema, SubscriptionType};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Deserialize;
@@ -49,8 +49,6 @@ pub(crate) mod close {
     pub(crate) const TOO_MANY_INIT: u16 = 4429;
     /// The server is draining: reconnect (elsewhere).
     pub(crate) const GOING_AWAY: u16 = 1001;
-    /// A message over the size limit.
-    pub(crate) const TOO_BIG: u16 = 1009;
     /// The client did not read fast enough and missed events of a stream subscription.
     pub(crate) const SLOW_CONSUMER: u16 = 1013;
 }
@@ -83,8 +81,13 @@ pub(crate) struct Limits {
     pub(crate) init_timeout: Duration,
     /// Operations (subscriptions and single results) active at once per socket.
     pub(crate) max_operations: usize,
-    /// Root subscription fields whose results belong to the signed-in user only.
-    pub(crate) user_scoped: &'static [&'static str],
+    /// Longest time one write may wait for the client to read; then it is cut off (1013).
+    pub(crate) write_timeout: Duration,
+    /// Root subscription fields whose results are the same for every client (public data).
+    /// A subscription selecting anything else, anywhere in its root selection (through
+    /// fragments, inline fragments, or under `@skip`), is treated as user-scoped: its
+    /// execution is shared only with the same principal's sockets.
+    pub(crate) public: &'static [&'static str],
     /// Root subscription fields that are state (latest value only): conflated, replayed to
     /// late joiners, never a reason to cut a slow client off.
     pub(crate) state: &'static [&'static str],
@@ -146,7 +149,7 @@ where
     let mut socket = socket;
     if !protocol_ok {
         close(
-            &mut socket,
+            socket,
             Closing::new(
                 close::SUBPROTOCOL_NOT_ACCEPTABLE,
                 "Subprotocol not acceptable",
@@ -166,7 +169,7 @@ where
     };
     let closing = conn.run(&mut socket).await;
     if let Some(closing) = closing {
-        close(&mut socket, closing).await;
+        close(socket, closing).await;
     }
 }
 
@@ -237,11 +240,9 @@ where
                         None => return None,
                         Some(Ok(msg)) => msg,
                         Some(Err(e)) => {
-                            let text = e.to_string();
-                            if text.contains("too long") || text.contains("Space limit") || text.contains("capacity") {
-                                return Some(Closing::new(close::TOO_BIG, "message too big"));
-                            }
-                            return None;
+                            // 1009 too big, 1007 invalid UTF-8, 1002 protocol violation.
+                            return switchyard_core::websocket::read_error_close(&e)
+                                .map(|(code, reason)| Closing::new(code, reason));
                         }
                     };
                     if let Some(closing) = self.on_message(socket, msg).await {
@@ -253,11 +254,13 @@ where
                         continue; // Completed by the client meanwhile: its result is dropped.
                     }
                     self.single_ids.remove(&id);
-                    if !send_frame(socket, &id, &frame).await {
-                        return None;
+                    if let Err(closing) = send_frame(socket, &id, &frame, self.ctx.limits.write_timeout).await {
+                        return closing;
                     }
-                    if matches!(frame, Frame::Next(_)) && !send_complete(socket, &id).await {
-                        return None;
+                    if matches!(frame, Frame::Next(_))
+                        && let Err(closing) = send_complete(socket, &id, self.ctx.limits.write_timeout).await
+                    {
+                        return closing;
                     }
                 }
                 Some((id, item)) = self.streams.next(), if !self.streams.is_empty() => {
@@ -268,8 +271,8 @@ where
                                 self.streams.remove(&id);
                                 self.active.remove(&id);
                             }
-                            if !send_frame(socket, &id, &frame).await {
-                                return None;
+                            if let Err(closing) = send_frame(socket, &id, &frame, self.ctx.limits.write_timeout).await {
+                                return closing;
                             }
                         }
                         Err(missed) => {
@@ -323,8 +326,14 @@ where
                     }
                 };
                 self.init = Init::Acked(principal);
-                if !send_text(socket, r#"{"type":"connection_ack"}"#.to_owned()).await {
-                    return None;
+                if let Err(closing) = send_text(
+                    socket,
+                    r#"{"type":"connection_ack"}"#.to_owned(),
+                    self.ctx.limits.write_timeout,
+                )
+                .await
+                {
+                    return closing;
                 }
             }
             ClientMessage::Ping { payload } => {
@@ -332,8 +341,8 @@ where
                     Some(p) => serde_json::json!({"type": "pong", "payload": p}).to_string(),
                     None => r#"{"type":"pong"}"#.to_owned(),
                 };
-                if !send_text(socket, pong).await {
-                    return None;
+                if let Err(closing) = send_text(socket, pong, self.ctx.limits.write_timeout).await {
+                    return closing;
                 }
             }
             ClientMessage::Pong { .. } => {}
@@ -354,8 +363,10 @@ where
                         "extensions": {"code": "TOO_MANY_OPERATIONS"}
                     }]);
                     let frame = Frame::Error(errors.to_string().into());
-                    if !send_frame(socket, &id, &frame).await {
-                        return None;
+                    if let Err(closing) =
+                        send_frame(socket, &id, &frame, self.ctx.limits.write_timeout).await
+                    {
+                        return closing;
                     }
                     return None;
                 }
@@ -379,23 +390,30 @@ where
         principal: Option<Principal>,
     ) {
         let variables = payload.variables.clone().unwrap_or(Value::Null);
-        let root = root_field(&payload.query, payload.operation_name.as_deref());
+        let root = root_fields(&payload.query, payload.operation_name.as_deref());
         let query = payload.query.clone();
         let operation_name = payload.operation_name.clone();
-        let make_request = {
-            let principal = principal.clone();
-            move || crate::http::with_principal(payload.into_request(), principal)
-        };
         match root {
-            Some(Root::Subscription(field)) => {
+            Some(Root::Subscription(fields)) => {
                 let limits = &self.ctx.limits;
-                let user_scoped = limits.user_scoped.contains(&field.as_str());
-                let state = limits.state.contains(&field.as_str());
-                let visibility = match (&principal, user_scoped) {
-                    (Some(p), true) => Visibility::User(p.user.to_string()),
-                    (None, true) => Visibility::User(String::new()),
-                    (_, false) => Visibility::Public,
+                let public = fields
+                    .iter()
+                    .all(|f| f == "__typename" || limits.public.contains(&f.as_str()));
+                let state = fields.iter().all(|f| limits.state.contains(&f.as_str()));
+                // A public execution runs with no principal at all, so nothing user-scoped can
+                // ever end up in results shared across principals; anything else is keyed by
+                // the principal (anonymous sockets share only with anonymous ones).
+                let (visibility, principal) = if public {
+                    (Visibility::Public, None)
+                } else {
+                    let visibility = match &principal {
+                        Some(p) => Visibility::User(p.user.to_string()),
+                        None => Visibility::Anonymous,
+                    };
+                    (visibility, principal)
                 };
+                let make_request =
+                    move || crate::http::with_principal(payload.into_request(), principal);
                 let sub = self.ctx.fanout.subscribe(
                     &query,
                     &variables,
@@ -414,6 +432,8 @@ where
             }
             // Queries, mutations and anything unparsable: one result (syntax errors included).
             _ => {
+                let make_request =
+                    move || crate::http::with_principal(payload.into_request(), principal);
                 let schema = self.ctx.schema.clone();
                 self.next_single += 1;
                 let generation = self.next_single;
@@ -428,12 +448,20 @@ where
 }
 
 enum Root {
-    Subscription(String),
+    /// A subscription, with every root field name its selection can reach.
+    Subscription(Vec<String>),
     Other,
 }
 
-/// The root field of the operation to run, when it is a subscription.
-fn root_field(query: &str, operation_name: Option<&str>) -> Option<Root> {
+/// The most root field names collected from one subscription; a selection with more is
+/// classified as user-scoped (never shared across principals) without looking further.
+const MAX_ROOT_FIELDS: usize = 64;
+
+/// The operation to run, and when it is a subscription every root field its selection can
+/// reach: fields of the root selection set, of inline fragments in it and of fragments spread
+/// into it (recursively), whatever their directives say. Over-approximating is the safe side:
+/// a field listed here but skipped at run time can only make an execution less shared.
+fn root_fields(query: &str, operation_name: Option<&str>) -> Option<Root> {
     use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
     let doc = async_graphql::parser::parse_query(query).ok()?;
     let op = match (&doc.operations, operation_name) {
@@ -444,15 +472,38 @@ fn root_field(query: &str, operation_name: Option<&str>) -> Option<Root> {
     if op.node.ty != OperationType::Subscription {
         return Some(Root::Other);
     }
-    op.node
-        .selection_set
-        .node
-        .items
-        .iter()
-        .find_map(|s| match &s.node {
-            Selection::Field(f) => Some(Root::Subscription(f.node.name.node.to_string())),
-            _ => None,
-        })
+    let mut fields = Vec::new();
+    let mut pending = vec![&op.node.selection_set];
+    let mut spread = std::collections::HashSet::new();
+    while let Some(set) = pending.pop() {
+        for item in &set.node.items {
+            match &item.node {
+                Selection::Field(f) => {
+                    let name = f.node.name.node.as_str();
+                    if !fields.iter().any(|n: &String| n == name) {
+                        fields.push(name.to_owned());
+                    }
+                }
+                Selection::InlineFragment(i) => pending.push(&i.node.selection_set),
+                Selection::FragmentSpread(s) => {
+                    let name = &s.node.fragment_name.node;
+                    // Each fragment once: cycles and repeated spreads end here.
+                    if spread.insert(name.clone()) {
+                        match doc.fragments.get(name) {
+                            Some(fragment) => pending.push(&fragment.node.selection_set),
+                            // An unknown fragment fails validation; never share it.
+                            None => fields.push(format!("...{name}")),
+                        }
+                    }
+                }
+            }
+            if fields.len() > MAX_ROOT_FIELDS {
+                fields.push("...".to_owned());
+                return Some(Root::Subscription(fields));
+            }
+        }
+    }
+    Some(Root::Subscription(fields))
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -462,33 +513,40 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Longest time one write may take: a client that does not read (its TCP window stays shut)
-/// must not hold the socket's task forever.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a close frame may take to reach the client, reading and discarding meanwhile.
+const CLOSE_LINGER: Duration = Duration::from_secs(10);
 
-async fn send_text(socket: &mut WebSocket, text: String) -> bool {
+/// Why a write failed: `None` when the client is gone, or the close owed to a client that
+/// stopped reading (its frame is still sent, and lingers until it reads or the linger ends).
+type Sent = Result<(), Option<Closing>>;
+
+async fn send_text(socket: &mut WebSocket, text: String, timeout: Duration) -> Sent {
     let write = socket.send(Message::Text(Utf8Bytes::from(text)));
-    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-        Ok(result) => result.is_ok(),
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
         Err(_) => {
-            tracing::info!("dropping a socket whose client has not read for {WRITE_TIMEOUT:?}");
-            false
+            tracing::info!("cutting off a socket whose client has not read for {timeout:?}");
+            Err(Some(Closing::new(
+                close::SLOW_CONSUMER,
+                "too slow: the client stopped reading; reconnect",
+            )))
         }
     }
 }
 
-async fn send_frame(socket: &mut WebSocket, id: &str, frame: &Frame) -> bool {
+async fn send_frame(socket: &mut WebSocket, id: &str, frame: &Frame, timeout: Duration) -> Sent {
     let id_json = serde_json::Value::String(id.to_owned()).to_string();
     let text = match frame {
         Frame::Next(payload) => envelope(&id_json, "next", payload),
         Frame::Error(errors) => envelope(&id_json, "error", errors),
         Frame::Complete => format!(r#"{{"id":{id_json},"type":"complete"}}"#),
     };
-    send_text(socket, text).await
+    send_text(socket, text, timeout).await
 }
 
-async fn send_complete(socket: &mut WebSocket, id: &str) -> bool {
-    send_frame(socket, id, &Frame::Complete).await
+async fn send_complete(socket: &mut WebSocket, id: &str, timeout: Duration) -> Sent {
+    send_frame(socket, id, &Frame::Complete, timeout).await
 }
 
 /// `{"id":…,"type":…,"payload":…}` around an already-serialised payload.
@@ -505,19 +563,10 @@ fn envelope(id_json: &str, ty: &str, payload: &[u8]) -> String {
     s
 }
 
-async fn close(socket: &mut WebSocket, closing: Closing) {
-    let frame = CloseFrame {
-        code: closing.0,
-        reason: Utf8Bytes::from(closing.1),
-    };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
-    // Give the client a moment to answer the close, without ever hanging on it.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(Ok(m)) = socket.recv().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
+/// Sends the close frame and lingers until the client has it (a slow consumer cut off with
+/// 1013 must read what its buffers hold before the frame reaches it).
+async fn close(socket: WebSocket, closing: Closing) {
+    let (mut sink, mut stream) = socket.split();
+    switchyard_core::websocket::close(&mut sink, &mut stream, closing.0, &closing.1, CLOSE_LINGER)
+        .await;
 }

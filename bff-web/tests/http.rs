@@ -190,3 +190,99 @@ async fn cors_headers_only_for_allowed_origins() {
             .is_none()
     );
 }
+
+/// A document whose fragments each spread the next one `width` times: `width^levels` fields once
+/// expanded. The 917-byte one (22 levels, width 2) cost ~860 MB and 2 s of CPU before it was
+/// refused at parse time; at 2^26 the process aborted. Wider and shallower ones stay under the
+/// engine's own recursion limit. Over POST, GET and the socket, v1 and v2, they get a GraphQL
+/// error at once.
+fn exponential_fragments(levels: usize, width: usize) -> String {
+    let mut q = String::from("query { ...F0 }");
+    for i in 0..levels {
+        let spreads = format!(" ...F{}", i + 1).repeat(width);
+        q.push_str(&format!(" fragment F{i} on Query {{{spreads} }}"));
+    }
+    q.push_str(&format!(" fragment F{levels} on Query {{ __typename }}"));
+    q
+}
+
+#[tokio::test]
+async fn exponential_fragment_spreads_are_refused_before_execution() {
+    let s = gateway(bff_web::Config::default()).await;
+    let client = reqwest::Client::new();
+    for (levels, width) in [(22, 2), (13, 4), (9, 8), (4, 200)] {
+        let query = exponential_fragments(levels, width);
+        for version in ["v1", "v2"] {
+            let url = format!("{}/{version}/graphql", s.url());
+            let post = client
+                .post(&url)
+                .header(ACCEPT, GQL_RESPONSE)
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(post.status(), 400);
+            let body: Value = post.json().await.expect("JSON");
+            let get: Value = client
+                .get(&url)
+                .query(&[("query", query.as_str())])
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("JSON");
+            for body in [body, get] {
+                assert_eq!(body["data"], Value::Null, "{body}");
+                assert!(
+                    body["errors"][0]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("too many selections")),
+                    "{body}"
+                );
+            }
+            let ws_url = format!("ws://{}/{version}/graphql", s.addr);
+            let mut socket = test_support::graphql_ws::Client::connect(&ws_url, None).await;
+            socket.subscribe("1", &query, json!({})).await;
+            let answer = socket.recv().await;
+            assert_eq!(answer["type"], "error", "{answer}");
+            assert!(
+                answer.to_string().contains("too many selections"),
+                "{answer}"
+            );
+            let sub = exponential_fragments(levels, width)
+                .replace("query {", "subscription {")
+                .replace("on Query", "on SubscriptionRoot");
+            socket.subscribe("2", &sub, json!({})).await;
+            let answer = socket.recv().await;
+            assert_eq!(answer["type"], "error", "{answer}");
+            assert!(
+                answer.to_string().contains("too many selections"),
+                "{answer}"
+            );
+        }
+    }
+    // The gateway still answers.
+    let (status, _, body) = post(&s, None, r#"{"query":"{ __typename }"}"#).await;
+    assert_eq!(
+        (status, &body["data"]["__typename"]),
+        (200, &json!("Query"))
+    );
+}
+
+#[tokio::test]
+async fn fragment_cycles_are_refused() {
+    let s = gateway(bff_web::Config::default()).await;
+    let (_, _, body) = post(
+        &s,
+        None,
+        r#"{"query":"{ ...A } fragment A on Query { ...B } fragment B on Query { ...A }"}"#,
+    )
+    .await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cycle")),
+        "{body}"
+    );
+}

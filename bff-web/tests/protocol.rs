@@ -467,3 +467,130 @@ async fn identical_subscriptions_share_one_execution_per_visibility() {
         "executions and hub topics are released with the last socket"
     );
 }
+
+#[tokio::test]
+async fn a_dns_rebinding_page_cannot_open_a_socket() {
+    use test_support::raw_ws::RawSocket;
+    let g = gateway().await;
+    let port = g.server.addr.port();
+    let cases = [
+        // A foreign name re-pointed at the gateway: Host and Origin agree, and are refused.
+        (
+            format!("Host: evil.example:{port}"),
+            format!("Origin: http://evil.example:{port}"),
+            403,
+        ),
+        // The gateway's own origin on an IP address passes.
+        (
+            format!("Host: 127.0.0.1:{port}"),
+            format!("Origin: http://127.0.0.1:{port}"),
+            101,
+        ),
+        (
+            format!("Host: localhost:{port}"),
+            format!("Origin: http://localhost:{port}"),
+            101,
+        ),
+        // An allowed origin passes whatever the host.
+        (
+            format!("Host: evil.example:{port}"),
+            "Origin: https://app.example.com".to_owned(),
+            101,
+        ),
+    ];
+    for (host, origin, expected) in cases {
+        let (status, _) = RawSocket::try_connect(
+            g.server.addr,
+            "/v1/graphql",
+            "graphql-transport-ws",
+            &[&host, &origin],
+        )
+        .await;
+        assert_eq!(status, expected, "{host} / {origin}");
+    }
+}
+
+#[tokio::test]
+async fn websocket_protocol_violations_get_their_rfc_6455_close_codes() {
+    use test_support::raw_ws::{Ending, RawSocket};
+    let g = gateway().await;
+    let wait = Duration::from_secs(5);
+    let open = || RawSocket::connect(g.server.addr, "/v1/graphql", "graphql-transport-ws", &[]);
+    let mut s = open().await;
+    s.send_frame(0x81, &[0xff, 0xfe, 0xfd], true).await;
+    assert_eq!(
+        s.ending(wait).await,
+        Ending::Close(Some(1007)),
+        "invalid UTF-8"
+    );
+    let mut s = open().await;
+    s.send_frame(0xC1, b"{}", true).await;
+    assert_eq!(
+        s.ending(wait).await,
+        Ending::Close(Some(1002)),
+        "reserved bits"
+    );
+    let mut s = open().await;
+    s.send_frame(0x81, b"{}", false).await;
+    assert_eq!(s.ending(wait).await, Ending::Close(Some(1002)), "unmasked");
+    let mut s = open().await;
+    s.send_frame(0x09, b"ping", true).await;
+    assert_eq!(
+        s.ending(wait).await,
+        Ending::Close(Some(1002)),
+        "fragmented ping"
+    );
+    let mut s = open().await;
+    let mut header = vec![0x81u8, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    s.send_raw(&header).await;
+    assert_eq!(
+        s.ending(wait).await,
+        Ending::Close(Some(1009)),
+        "huge declared length"
+    );
+}
+
+#[tokio::test]
+async fn a_client_cut_off_for_not_reading_still_gets_1013_when_it_reads_later() {
+    let mut config = bff_web::Config::default();
+    config.auth.hs256_secret = SECRET.into();
+    config.bridges.clear();
+    config.websocket.write_timeout_ms = 300;
+    let bus = Arc::new(MemoryBus::new(100_000));
+    let app = bff_web::app(&config, bus.clone(), CancellationToken::new()).expect("app");
+    let server = test_support::serve(app.router.clone()).await;
+    let g = Gateway {
+        server,
+        bus,
+        shutdown: CancellationToken::new(),
+        app_executions: Box::new(|| 0),
+        active_topics: Box::new(|| 0),
+    };
+    let mut slow = connect(&g).await;
+    init(&mut slow, Some(token("quinn"))).await;
+    send(
+        &mut slow,
+        subscribe("c", "subscription { conversions { id } }"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let big = "x".repeat(8 * 1024);
+    for i in 0..3_000 {
+        publish_conversion(&g, "quinn", &big).await;
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Long after the cut-off, the client reads what its buffers hold, then the close code.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => break u16::from(frame.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 1013);
+}

@@ -5,7 +5,8 @@
 //! - Events flow up: [`event`] (topics, offsets, epochs), [`bus`] (where events are published and
 //!   kept), [`hub`] (local subscribers with bounded queues and shared source subscriptions) and
 //!   [`bridge`] (upstream WebSocket APIs fed onto the bus, one upstream watch per topic).
-//! - Plumbing: [`config`], [`cli`], [`server`] and [`telemetry`].
+//! - Plumbing: [`config`], [`cli`], [`server`], [`websocket`] (closing sockets per RFC 6455) and
+//!   [`telemetry`].
 //!
 //! The core speaks typed Rust and opaque payload bytes; only gateways know their wire formats.
 
@@ -18,6 +19,8 @@ pub mod config;
 pub mod event;
 pub mod hub;
 pub mod leased;
+pub mod origin;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod websocket;

@@ -6,6 +6,7 @@
 
 pub mod graphql_ws;
 pub mod process;
+pub mod raw_ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
