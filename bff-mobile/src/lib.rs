@@ -74,6 +74,9 @@ pub struct WebSocketConfig {
     /// Heartbeat interval: the server pings this often and closes a socket it heard nothing
     /// from for twice as long (4408).
     pub heartbeat_ms: u32,
+    /// Sockets one user may have open at once (counted from `auth`, on this instance); the
+    /// next one is closed with 4429 at its `auth`. 0 = no cap.
+    pub max_sockets_per_user: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -85,6 +88,7 @@ impl Default for WebSocketConfig {
             send_queue_messages: 256,
             auth_timeout_ms: 10_000,
             heartbeat_ms: 20_000,
+            max_sockets_per_user: 32,
         }
     }
 }
@@ -181,7 +185,7 @@ pub async fn run(
     let app = app(&config, bus, shutdown.clone())?;
     let drain = config.server.drain_timeout();
     let started = tokio::time::Instant::now();
-    server::serve(listener, app.router, shutdown, drain).await?;
+    server::serve_with(listener, app.router, shutdown, &config.server).await?;
     app.sockets.close();
     let left = drain.saturating_sub(started.elapsed().min(drain));
     if tokio::time::timeout(

@@ -5,7 +5,8 @@
 //! - Events flow up: [`event`] (topics, offsets, epochs), [`bus`] (where events are published and
 //!   kept), [`hub`] (local subscribers with bounded queues and shared source subscriptions) and
 //!   [`bridge`] (upstream WebSocket APIs fed onto the bus, one upstream watch per topic).
-//! - Plumbing: [`config`], [`cli`], [`server`] and [`telemetry`].
+//! - Plumbing: [`config`], [`cli`], [`server`] (with its bounded accept loop), [`slots`]
+//!   (connection and socket caps) and [`telemetry`].
 //!
 //! The core speaks typed Rust and opaque payload bytes; only gateways know their wire formats.
 
@@ -19,5 +20,7 @@ pub mod event;
 pub mod hub;
 pub mod leased;
 pub mod server;
+mod serving;
+pub mod slots;
 pub mod telemetry;
 pub mod upstream;
