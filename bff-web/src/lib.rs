@@ -227,10 +227,7 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         origins: origins.clone(),
         sockets: sockets.clone(),
         shutdown,
-        user_sockets: switchyard_core::slots::Slots::new(
-            config.websocket.max_sockets_per_user,
-            0,
-        ),
+        user_sockets: switchyard_core::slots::Slots::new(config.websocket.max_sockets_per_user, 0),
     };
     let data = || ContextData {
         ops: ops.clone(),

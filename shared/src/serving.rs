@@ -350,7 +350,10 @@ mod tests {
         assert_eq!(client_key(a), client_key(b));
         assert_ne!(client_key(a), client_key(c));
         let mapped: IpAddr = "::ffff:10.0.0.7".parse().expect("ip");
-        assert_eq!(client_key(mapped), "10.0.0.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_key(mapped),
+            "10.0.0.7".parse::<IpAddr>().expect("ip")
+        );
     }
 
     #[tokio::test(start_paused = true)]

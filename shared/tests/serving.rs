@@ -57,9 +57,9 @@ fn app() -> Router {
         .route(
             "/ws",
             get(|ws: WebSocketUpgrade| async move {
-                ws.on_upgrade(|mut socket| async move {
-                    while let Some(Ok(_)) = socket.recv().await {}
-                })
+                ws.on_upgrade(
+                    |mut socket| async move { while let Some(Ok(_)) = socket.recv().await {} },
+                )
             }),
         )
 }
@@ -124,7 +124,10 @@ async fn half_a_request_head_is_closed_within_the_header_timeout() {
         .await
         .expect("the connection is closed, not held open");
     // No answer is owed to a request that never arrived (hyper may say 408).
-    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "{got:?}");
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+        "{got:?}"
+    );
 }
 
 #[tokio::test]
@@ -215,7 +218,9 @@ async fn connection_n_plus_one_from_one_ip_is_refused_until_one_closes() {
         open.push(tcp);
     }
     let mut fourth = TcpStream::connect(server.addr).await.expect("connect");
-    let _ = fourth.write_all(b"GET /ok HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let _ = fourth
+        .write_all(b"GET /ok HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await;
     let got = read_to_close(&mut fourth)
         .await
         .expect("the fourth is closed at once");
@@ -259,7 +264,10 @@ async fn an_idle_websocket_counts_against_the_per_ip_cap() {
         .expect("second socket");
     // The sockets stay idle, well past the header timeout, and still hold their slots.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!answered(server.addr).await, "two open sockets fill the cap");
+    assert!(
+        !answered(server.addr).await,
+        "two open sockets fill the cap"
+    );
     drop(ws1);
     assert!(
         test_support::eventually(WAIT, || answered(server.addr)).await,
