@@ -197,12 +197,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = app(&config, bus, shutdown.clone())?;
-    server::serve(
-        listener,
-        app.router,
-        shutdown,
-        config.server.drain_timeout(),
-    )
-    .await?;
+    server::serve_with(listener, app.router, shutdown, &config.server).await?;
     Ok(())
 }

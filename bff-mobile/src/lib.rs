@@ -82,6 +82,9 @@ pub struct WebSocketConfig {
     /// apps send no `Origin` and are not affected; a page of any other origin is refused with
     /// 403 before the upgrade (a browser would otherwise let any site open sockets here).
     pub allowed_origins: Vec<String>,
+    /// Sockets one user may have open at once (counted from `auth`, on this instance); the
+    /// next one is closed with 4429 at its `auth`. 0 = no cap.
+    pub max_sockets_per_user: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -95,6 +98,7 @@ impl Default for WebSocketConfig {
             heartbeat_ms: 20_000,
             write_timeout_ms: 10_000,
             allowed_origins: Vec::new(),
+            max_sockets_per_user: 32,
         }
     }
 }
@@ -196,7 +200,7 @@ pub async fn run(
     let app = app(&config, bus, shutdown.clone())?;
     let drain = config.server.drain_timeout();
     let started = tokio::time::Instant::now();
-    server::serve(listener, app.router, shutdown, drain).await?;
+    server::serve_with(listener, app.router, shutdown, &config.server).await?;
     app.sockets.close();
     let left = drain.saturating_sub(started.elapsed().min(drain));
     if tokio::time::timeout(

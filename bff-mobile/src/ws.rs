@@ -37,6 +37,7 @@ use switchyard_core::bus::StartAt;
 use switchyard_core::event::{Event, Topic, TopicClass};
 use switchyard_core::hub::{Hub, Item};
 use switchyard_core::server::CancellationToken;
+use switchyard_core::slots::{Slot, Slots};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 use tokio_util::task::TaskTracker;
@@ -83,13 +84,17 @@ pub(crate) struct GatewayParts {
 pub(crate) struct Gateway {
     parts: GatewayParts,
     frames: FrameCache,
+    /// Sockets open per signed-in user (`max_sockets_per_user`).
+    user_sockets: Slots<String>,
 }
 
 impl Gateway {
     pub(crate) fn new(parts: GatewayParts) -> Arc<Self> {
+        let user_sockets = Slots::new(parts.config.max_sockets_per_user, 0);
         Arc::new(Self {
             parts,
             frames: FrameCache::default(),
+            user_sockets,
         })
     }
 
@@ -172,6 +177,7 @@ async fn serve(socket: WebSocket, gw: Arc<Gateway>, encoding: Option<Encoding>) 
         next_ping: now,
         ping_n: 0,
         closes_at: None,
+        _user_slot: None,
     };
     match conn.run(&mut io).await {
         Some(closing) => io.close(closing).await,
@@ -362,6 +368,8 @@ struct Conn {
     ping_n: u32,
     /// Set once `bye` was sent: when the socket closes with 1001.
     closes_at: Option<Instant>,
+    /// The user's socket slot, held from `auth` until the socket is gone.
+    _user_slot: Option<Slot<String>>,
 }
 
 impl Conn {
@@ -579,6 +587,18 @@ impl Conn {
             (ClientMsg::Pong(_), _) => {}
             (ClientMsg::Auth(a), None) => match self.gw.parts.verifier.verify(&a.token) {
                 Ok(user) => {
+                    match self.gw.user_sockets.try_acquire(user.to_string()) {
+                        Ok(slot) => self._user_slot = Some(slot),
+                        Err(_) => {
+                            return Some(Closing::new(
+                                close::TOO_MANY_CONNECTIONS,
+                                format!(
+                                    "too many connections: at most {} per user",
+                                    self.config().max_sockets_per_user
+                                ),
+                            ));
+                        }
+                    }
                     let c = self.config();
                     let welcome = ServerMsg::Welcome(mobile_proto::Welcome {
                         user: user.to_string(),

@@ -87,6 +87,37 @@ async fn no_auth_in_time_closes_with_4408() {
 }
 
 #[tokio::test]
+async fn a_users_connection_over_the_cap_is_closed_with_4429_while_others_get_in() {
+    let mut cfg = config();
+    cfg.websocket.max_sockets_per_user = 2;
+    let gw = start(cfg, 100).await;
+    let mut alice = vec![
+        gw.signed_in(Encoding::Cbor, "alice").await,
+        gw.signed_in(Encoding::Json, "alice").await,
+    ];
+    let mut third = Client::connect(&gw.ws_url(), &[mobile_proto::SUBPROTOCOL_CBOR]).await;
+    third
+        .send(&ClientMsg::Auth(mobile_proto::Auth {
+            token: token("alice"),
+        }))
+        .await;
+    assert_eq!(third.closed().await, close::TOO_MANY_CONNECTIONS);
+    let _bob = gw.signed_in(Encoding::Cbor, "bob").await;
+    drop(alice.pop());
+    // Once the closed connection's task has ended, alice gets in again.
+    let again = test_support::eventually(WAIT, || async {
+        let mut c = Client::connect(&gw.ws_url(), &[mobile_proto::SUBPROTOCOL_CBOR]).await;
+        c.send(&ClientMsg::Auth(mobile_proto::Auth {
+            token: token("alice"),
+        }))
+        .await;
+        matches!(c.recv_within(WAIT).await, Ok(ServerMsg::Welcome(_)))
+    })
+    .await;
+    assert!(again, "a slot is given back when a connection ends");
+}
+
+#[tokio::test]
 async fn conversions_reach_their_user_only_in_both_encodings() {
     let gw = start(config(), 100).await;
     for enc in Encoding::ALL {

@@ -163,6 +163,10 @@ pub struct WebSocketConfig {
     /// Longest a write may wait for a client that does not read (its TCP window stays shut);
     /// then the client is cut off with 1013, the close frame lingering until it reads.
     pub write_timeout_ms: u64,
+    /// Sockets one signed-in user may have open at once, /v1 and /v2 together (counted from
+    /// `connection_init`, on this instance); the next one is closed with 4429 at its
+    /// `connection_init`. 0 = no cap.
+    pub max_sockets_per_user: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -173,6 +177,7 @@ impl Default for WebSocketConfig {
             max_message_bytes: 64 * 1024,
             send_queue_messages: 128,
             write_timeout_ms: 10_000,
+            max_sockets_per_user: 32,
         }
     }
 }
@@ -238,6 +243,7 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         origins: origins.clone(),
         sockets: sockets.clone(),
         shutdown,
+        user_sockets: switchyard_core::slots::Slots::new(config.websocket.max_sockets_per_user, 0),
     };
     let data = || ContextData {
         ops: ops.clone(),
@@ -272,6 +278,8 @@ struct Shared<'a> {
     origins: Origins,
     sockets: TaskTracker,
     shutdown: CancellationToken,
+    /// Sockets open per signed-in user, both versions together.
+    user_sockets: switchyard_core::slots::Slots<String>,
 }
 
 impl Shared<'_> {
@@ -309,6 +317,7 @@ impl Shared<'_> {
                     state,
                 },
                 shutdown: self.shutdown.clone(),
+                user_sockets: self.user_sockets.clone(),
             },
             websocket: ws_config.clone(),
             origins: self.origins.clone(),
@@ -329,7 +338,7 @@ pub async fn run(
     let app = app(&config, bus, shutdown.clone())?;
     let drain = config.server.drain_timeout();
     let started = tokio::time::Instant::now();
-    server::serve(listener, app.router, shutdown, drain).await?;
+    server::serve_with(listener, app.router, shutdown, &config.server).await?;
     app.sockets.close();
     let left = drain.saturating_sub(started.elapsed().min(drain));
     if tokio::time::timeout(

@@ -4,7 +4,8 @@
 //!
 //! Close codes: 4400 invalid message, 4401 subscribe before `connection_ack`, 4403 forbidden
 //! (bad token at init), 4406 subprotocol not acceptable, 4408 no `connection_init` in time, 4409
-//! operation id already active, 4429 a second `connection_init`; and outside the graphql-ws set,
+//! operation id already active, 4429 a second `connection_init` or a user over its socket cap
+//! (`max_sockets_per_user`); and outside the graphql-ws set,
 //! 1001 when the server drains (reconnect elsewhere), 1009 for a message over the size limit and
 //! 1013 for a client too slow to read a stream subscription (reconnect and refetch).
 //!
@@ -22,6 +23,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
 use switchyard_core::server::CancellationToken;
+use switchyard_core::slots::{Slot, Slots};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
@@ -47,6 +49,8 @@ pub(crate) mod close {
     pub(crate) const DUPLICATE_ID: u16 = 4409;
     /// More than one `connection_init`.
     pub(crate) const TOO_MANY_INIT: u16 = 4429;
+    /// The user already has `max_sockets_per_user` sockets open (same code: "too many").
+    pub(crate) const TOO_MANY_SOCKETS: u16 = 4429;
     /// The server is draining: reconnect (elsewhere).
     pub(crate) const GOING_AWAY: u16 = 1001;
     /// The client did not read fast enough and missed events of a stream subscription.
@@ -60,6 +64,8 @@ pub(crate) struct Socket<Q, M, S> {
     pub(crate) verifier: std::sync::Arc<Verifier>,
     pub(crate) limits: Limits,
     pub(crate) shutdown: CancellationToken,
+    /// Sockets open per signed-in user.
+    pub(crate) user_sockets: Slots<String>,
 }
 
 impl<Q, M, S> Clone for Socket<Q, M, S> {
@@ -70,6 +76,7 @@ impl<Q, M, S> Clone for Socket<Q, M, S> {
             verifier: self.verifier.clone(),
             limits: self.limits.clone(),
             shutdown: self.shutdown.clone(),
+            user_sockets: self.user_sockets.clone(),
         }
     }
 }
@@ -166,6 +173,7 @@ where
         singles: FuturesUnordered::new(),
         single_ids: HashMap::new(),
         next_single: 0,
+        _user_slot: None,
     };
     let closing = conn.run(&mut socket).await;
     if let Some(closing) = closing {
@@ -188,6 +196,8 @@ struct Connection<Q, M, S> {
     /// completed by the client and reused must not receive the old operation's result).
     single_ids: HashMap<String, u64>,
     next_single: u64,
+    /// The signed-in user's socket slot, held from `connection_init` until the socket is gone.
+    _user_slot: Option<Slot<String>>,
 }
 
 /// A socket's view of a shared execution: the replayed latest result, then the broadcast.
@@ -325,6 +335,20 @@ where
                         return Some(Closing::new(close::FORBIDDEN, format!("Forbidden: {e}")));
                     }
                 };
+                if let Some(p) = &principal {
+                    match self.ctx.user_sockets.try_acquire(p.user.to_string()) {
+                        Ok(slot) => self._user_slot = Some(slot),
+                        Err(_) => {
+                            return Some(Closing::new(
+                                close::TOO_MANY_SOCKETS,
+                                format!(
+                                    "Too many sockets: at most {} per user",
+                                    self.ctx.user_sockets.per_key()
+                                ),
+                            ));
+                        }
+                    }
+                }
                 self.init = Init::Acked(principal);
                 if let Err(closing) = send_text(
                     socket,

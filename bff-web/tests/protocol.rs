@@ -28,12 +28,17 @@ struct Gateway {
 }
 
 async fn gateway() -> Gateway {
+    gateway_with(|_| {}).await
+}
+
+async fn gateway_with(tune: impl FnOnce(&mut bff_web::Config)) -> Gateway {
     let mut config = bff_web::Config::default();
     config.auth.hs256_secret = SECRET.into();
     config.websocket.init_timeout_ms = 300;
     config.websocket.max_operations = 3;
     config.websocket.max_message_bytes = 4_096;
     config.cors.allowed_origins = vec!["https://app.example.com".into()];
+    tune(&mut config);
     let bus = Arc::new(MemoryBus::new(100));
     let shutdown = CancellationToken::new();
     let app = Arc::new(bff_web::app(&config, bus.clone(), shutdown.clone()).expect("app"));
@@ -238,6 +243,65 @@ async fn no_init_in_time_closes_with_4408() {
     let started = std::time::Instant::now();
     assert_eq!(closed(&mut ws).await.0, 4408);
     assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn a_users_socket_over_the_cap_closes_with_4429_while_others_get_in() {
+    let g = gateway_with(|c| c.websocket.max_sockets_per_user = 2).await;
+    let mut alice = Vec::new();
+    for _ in 0..2 {
+        let mut ws = connect(&g).await;
+        init(&mut ws, Some(token("alice"))).await;
+        alice.push(ws);
+    }
+    let mut third = connect(&g).await;
+    send(
+        &mut third,
+        json!({"type": "connection_init", "payload": token("alice")}),
+    )
+    .await;
+    let (code, reason) = closed(&mut third).await;
+    assert_eq!(code, 4429);
+    assert!(reason.contains("per user"), "{reason}");
+    // /v2 counts against the same cap.
+    let (mut v2, _) = tokio_tungstenite::connect_async({
+        let mut req = format!("ws://{}/v2/graphql", g.server.addr)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("graphql-transport-ws"),
+        );
+        req
+    })
+    .await
+    .expect("connect v2");
+    send(
+        &mut v2,
+        json!({"type": "connection_init", "payload": token("alice")}),
+    )
+    .await;
+    assert_eq!(closed(&mut v2).await.0, 4429);
+    let mut bob = connect(&g).await;
+    init(&mut bob, Some(token("bob"))).await;
+    let mut anonymous = connect(&g).await;
+    init(&mut anonymous, None).await;
+    drop(alice.pop());
+    // Once the closed socket's task has ended, alice gets in again.
+    let again = test_support::eventually(Duration::from_secs(5), || async {
+        let mut ws = connect(&g).await;
+        send(
+            &mut ws,
+            json!({"type": "connection_init", "payload": token("alice")}),
+        )
+        .await;
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), ws.next()).await,
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("connection_ack")
+        )
+    })
+    .await;
+    assert!(again, "a slot is given back when a socket ends");
 }
 
 #[tokio::test]

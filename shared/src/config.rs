@@ -170,6 +170,19 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// How long a graceful shutdown waits for in-flight requests before closing them.
     pub drain_timeout_ms: u64,
+    /// Time a client has to send a whole request head (request line and headers), counted from
+    /// the connection's opening or the end of its previous answer; the connection is closed
+    /// when it passes. So it is also how long an idle keep-alive connection stays open.
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a whole request body, counted from the end of its head; a body
+    /// not complete in time gets 408 and the connection is closed.
+    pub body_read_timeout_ms: u64,
+    /// Connections open at once from one client address (an IPv6 client: its /64); more are
+    /// accepted and closed at once. 0 = no cap (behind a proxy every connection comes from the
+    /// proxy's address: cap per client there).
+    pub max_connections_per_ip: usize,
+    /// Connections open at once in all; more are accepted and closed at once. 0 = no cap.
+    pub max_connections: usize,
 }
 
 impl ServerConfig {
@@ -181,9 +194,28 @@ impl ServerConfig {
         }
     }
 
+    /// A backend's server config on `listen`: its callers are a few gateway instances, so there
+    /// is no cap per client address (`max_connections` still bounds the total).
+    pub fn backend(listen: SocketAddr) -> Self {
+        Self {
+            max_connections_per_ip: 0,
+            ..Self::on(listen)
+        }
+    }
+
     /// The drain timeout as a duration.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// The request head timeout as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// The request body timeout as a duration.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
     }
 }
 
@@ -193,6 +225,10 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             body_limit_bytes: 64 * 1024,
             drain_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_connections_per_ip: 256,
+            max_connections: 10_000,
         }
     }
 }

@@ -5,8 +5,9 @@
 //! - Events flow up: [`event`] (topics, offsets, epochs), [`bus`] (where events are published and
 //!   kept), [`hub`] (local subscribers with bounded queues and shared source subscriptions) and
 //!   [`bridge`] (upstream WebSocket APIs fed onto the bus, one upstream watch per topic).
-//! - Plumbing: [`config`], [`cli`], [`server`], [`websocket`] (closing sockets per RFC 6455) and
-//!   [`telemetry`].
+//! - Plumbing: [`config`], [`cli`], [`server`] (with its bounded accept loop), [`slots`]
+//!   (connection and socket caps), [`origin`] (who may open a socket), [`websocket`] (closing
+//!   sockets per RFC 6455) and [`telemetry`].
 //!
 //! The core speaks typed Rust and opaque payload bytes; only gateways know their wire formats.
 
@@ -21,6 +22,8 @@ pub mod hub;
 pub mod leased;
 pub mod origin;
 pub mod server;
+mod serving;
+pub mod slots;
 pub mod telemetry;
 pub mod upstream;
 pub mod websocket;

@@ -25,37 +25,34 @@ use crate::bus::Bus;
 use crate::config::ServerConfig;
 use crate::upstream::Upstreams;
 
-/// Serves `app` on `listener` until `shutdown` is cancelled, then drains for at most `drain`.
-///
-/// Returns once every connection has finished, or when the drain timeout passes (remaining
-/// connections are then closed as the server future is dropped).
+/// Serves `app` on `listener` until `shutdown` is cancelled, then drains for at most `drain`,
+/// with the default connection bounds of [`ServerConfig`] (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    let addr = listener.local_addr()?;
-    // Answers are written whole; Nagle's algorithm would only delay small ones.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        res = &mut server => return res,
-        () = shutdown.cancelled() => {}
-    }
-    tracing::info!(%addr, drain_ms = drain.as_millis() as u64, "draining");
-    match tokio::time::timeout(drain, server).await {
-        Ok(res) => res,
-        Err(_) => {
-            tracing::warn!(%addr, "drain timeout passed; closing remaining connections");
-            Ok(())
-        }
-    }
+    let config = ServerConfig {
+        drain_timeout_ms: u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
+        ..ServerConfig::default()
+    };
+    serve_with(listener, app, shutdown, &config).await
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then drains for at most
+/// `config.drain_timeout_ms`, bounding what a client can hold: the time to send a request head
+/// and body, and connections per client address and in all (`crate::serving` has the details).
+///
+/// Returns once every connection has finished, or when the drain timeout passes (remaining
+/// connections are then closed).
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    config: &ServerConfig,
+) -> std::io::Result<()> {
+    crate::serving::serve(listener, app, shutdown, config).await
 }
 
 /// Resolves when the process receives SIGTERM or Ctrl-C (SIGINT).

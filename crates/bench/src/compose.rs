@@ -35,6 +35,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = Config::ephemeral();
     config.exchange.tick_interval_ms = 3_600_000;
     config.log.filter = "warn".into();
+    crate::serve::lift_connection_caps(&mut config);
     let stack = Stack::start(config).await?;
     let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
     let client = reqwest::Client::builder()

@@ -62,12 +62,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         gateway(&args, shutdown.clone())?
     };
-    let server = tokio::spawn(switchyard_core::server::serve(
-        listener,
-        router,
-        shutdown.clone(),
-        Duration::from_secs(5),
-    ));
+    // Thousands of devices poll from this one address.
+    let server_config = switchyard_core::config::ServerConfig {
+        drain_timeout_ms: 5_000,
+        max_connections_per_ip: 0,
+        max_connections: 0,
+        ..Default::default()
+    };
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        switchyard_core::server::serve_with(listener, router, stop, &server_config).await
+    });
     crate::serve::announce(&format!("http://{addr}"));
     crate::serve::until_stdin_closes().await;
     shutdown.cancel();

@@ -113,6 +113,7 @@ pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
     }
     // Client and server ends of every socket live in this process.
     crate::memory::raise_nofile(2 * args.clients as u64 + 1_024)?;
+    crate::serve::lift_connection_caps(&mut config);
     let stack = Stack::start(config).await?;
     let user = UserId::parse(client::USER).map_err(|e| anyhow::anyhow!("{e}"))?;
     let topic = Topic::new(&demo_api::conversions_topic(&user))?;

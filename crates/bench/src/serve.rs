@@ -43,6 +43,7 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     config.web.websocket.init_timeout_ms = 3_600_000;
     config.mobile.websocket.auth_timeout_ms = 3_600_000;
     config.mobile.websocket.heartbeat_ms = 3_600_000;
+    lift_connection_caps(&mut config);
     let stack = switchyard::Stack::start(config).await?;
     announce(&crate::fanout::gateway_url(&stack, args.protocol));
     until_stdin_closes().await;
@@ -50,6 +51,24 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         .await
         .map_err(|_| anyhow::anyhow!("the stack did not stop within 10 s"))??;
     Ok(())
+}
+
+/// Lifts every connection cap of the stack: a benchmark opens thousands of connections from one
+/// address, signed in as one user.
+pub(crate) fn lift_connection_caps(config: &mut switchyard::Config) {
+    for server in [
+        &mut config.limits.server,
+        &mut config.exchange.server,
+        &mut config.conversions.server,
+        &mut config.web.server,
+        &mut config.mobile.server,
+        &mut config.device.server,
+    ] {
+        server.max_connections_per_ip = 0;
+        server.max_connections = 0;
+    }
+    config.web.websocket.max_sockets_per_user = 0;
+    config.mobile.websocket.max_sockets_per_user = 0;
 }
 
 /// Runs the baseline broadcast server.

@@ -84,7 +84,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            server: ServerConfig::on(SocketAddr::from(([127, 0, 0, 1], 9103))),
+            server: ServerConfig::backend(SocketAddr::from(([127, 0, 0, 1], 9103))),
             log: LogConfig::default(),
             bus: BusConfig::default(),
             backends: default_backends(),
@@ -138,7 +138,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = router(&config, bus)?;
-    server::serve(listener, app, shutdown, config.server.drain_timeout()).await?;
+    server::serve_with(listener, app, shutdown, &config.server).await?;
     Ok(())
 }
 

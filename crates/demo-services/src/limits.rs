@@ -48,7 +48,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            server: ServerConfig::on(SocketAddr::from(([127, 0, 0, 1], 9101))),
+            server: ServerConfig::backend(SocketAddr::from(([127, 0, 0, 1], 9101))),
             log: LogConfig::default(),
             default_daily_limit: Decimal::new(1_000_000, 2),
             users: BTreeMap::new(),
@@ -76,7 +76,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = router(&config)?;
-    server::serve(listener, app, shutdown, config.server.drain_timeout()).await?;
+    server::serve_with(listener, app, shutdown, &config.server).await?;
     Ok(())
 }
 

@@ -43,13 +43,18 @@ pub const TIMEOUT: u16 = 4408;
 /// client bug (answers could otherwise be crossed).
 pub const CONFLICT: u16 = 4409;
 
+/// Too many connections: the user already has the server's maximum of connections open (counted
+/// from `auth`). Sent instead of `welcome`. Close a connection the app no longer needs, or
+/// reconnect with a long backoff.
+pub const TOO_MANY_CONNECTIONS: u16 = 4429;
+
 /// Slow consumer: the client did not read fast enough and its bounded send queue filled with
 /// events of a stream topic (`conversions`). Reconnect and resume from the last position seen:
 /// nothing is lost. (State topics never cause this: their updates are conflated.)
 pub const SLOW_CONSUMER: u16 = 4503;
 
 /// Every close code of v1, with its constant's name.
-pub const ALL: [(u16, &str); 10] = [
+pub const ALL: [(u16, &str); 11] = [
     (NORMAL, "NORMAL"),
     (GOING_AWAY, "GOING_AWAY"),
     (MESSAGE_TOO_BIG, "MESSAGE_TOO_BIG"),
@@ -59,5 +64,6 @@ pub const ALL: [(u16, &str); 10] = [
     (SUBPROTOCOL_REQUIRED, "SUBPROTOCOL_REQUIRED"),
     (TIMEOUT, "TIMEOUT"),
     (CONFLICT, "CONFLICT"),
+    (TOO_MANY_CONNECTIONS, "TOO_MANY_CONNECTIONS"),
     (SLOW_CONSUMER, "SLOW_CONSUMER"),
 ];

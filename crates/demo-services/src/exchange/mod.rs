@@ -60,7 +60,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            server: ServerConfig::on(SocketAddr::from(([127, 0, 0, 1], 9102))),
+            server: ServerConfig::backend(SocketAddr::from(([127, 0, 0, 1], 9102))),
             log: LogConfig::default(),
             tick_interval_ms: 1_000,
             seed: 42,
@@ -96,7 +96,7 @@ pub async fn run(
     let _stop_on_drop = stop.clone().drop_guard();
     let (app, sockets) = build(&config, stop.clone())?;
     let drain = config.server.drain_timeout();
-    let served = server::serve(listener, app, shutdown, drain).await;
+    let served = server::serve_with(listener, app, shutdown, &config.server).await;
     // The server may also have ended on its own: make sure the sockets are told.
     stop.cancel();
     sockets.close();
