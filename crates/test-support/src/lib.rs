@@ -5,6 +5,7 @@
 //! not depend on the core, so the core's own tests can use it without a dependency cycle.
 
 pub mod graphql_ws;
+pub mod hostile;
 pub mod process;
 pub mod raw_ws;
 

@@ -60,6 +60,16 @@ impl Spawned {
         Self { child, addr }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// `http://{addr}`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
