@@ -20,4 +20,5 @@ pub mod hub;
 pub mod leased;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
