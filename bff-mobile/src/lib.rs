@@ -147,10 +147,11 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         hub = hub.with_feeder(operations::sources::RATES_PREFIX, feeder);
     }
     let sockets = TaskTracker::new();
+    let verifier = auth::Verifier::new(&config.auth)?;
     let gateway = ws::Gateway::new(ws::GatewayParts {
         hub: hub.clone(),
         ops: ops.clone(),
-        verifier: auth::Verifier::new(&config.auth)?,
+        verifier: verifier.clone(),
         config: config.websocket.clone(),
         operation_deadline: std::time::Duration::from_millis(config.operations.deadline_ms),
         drain: config.server.drain_timeout(),
@@ -158,7 +159,10 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         shutdown,
     });
     let router = Router::new()
-        .nest("/v1", quote::routes(ops).merge(ws::routes(gateway)))
+        .nest(
+            "/v1",
+            quote::routes(ops, verifier).merge(ws::routes(gateway)),
+        )
         .merge(server::health_routes(Readiness::new(
             Some(upstreams),
             Some(bus),
