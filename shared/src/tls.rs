@@ -46,6 +46,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Installs this module's crypto provider as the process default, unless one is installed.
+///
+/// Two rustls providers are compiled in (aws-lc-rs for reqwest, ring for other dependencies), so
+/// rustls cannot pick a default by itself, and a library that asks for the default (such as
+/// async-nats for a `tls://` broker) would panic. Every server binary calls this at start
+/// (`cli::run_server`); calling it again does nothing.
+pub fn install_default_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
+}
+
 /// Builds the rustls client configuration of `config`: the system's roots plus `ca_pem`, and the
 /// client certificate when one is given. Errors name the setting (`tls.ca_pem`, …) and the file;
 /// `alpn` lists the protocols to offer (empty: none).
@@ -110,6 +123,15 @@ fn certificates(setting: &str, path: &str) -> Result<Vec<CertificateDer<'static>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_default_provider_is_installed_once() {
+        install_default_provider();
+        install_default_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        // With a default installed, the plain builder (as libraries call it) works.
+        let _ = rustls::ClientConfig::builder();
+    }
 
     #[test]
     fn half_a_client_identity_or_a_missing_file_is_a_named_error() {
