@@ -347,3 +347,30 @@ impl Operations {
         Ok(conversion)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_user_sees_their_own_account() {
+        let (bob, alice) = (
+            UserId::parse("bob").expect("id"),
+            UserId::parse("alice").expect("id"),
+        );
+        assert_eq!(Withheld::check(Caller::User(&bob), &bob), Ok(()));
+        assert_eq!(
+            Withheld::check(Caller::User(&alice), &bob),
+            Err(Withheld::NotYourAccount)
+        );
+        assert_eq!(
+            Withheld::check(Caller::Anonymous, &bob),
+            Err(Withheld::Unauthenticated)
+        );
+        assert_eq!(
+            Withheld::check(Caller::Device, &bob),
+            Err(Withheld::NotAUser)
+        );
+        assert_eq!(Withheld::NotYourAccount.code(), "not_your_account");
+    }
+}
