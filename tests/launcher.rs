@@ -26,9 +26,31 @@ async fn get_json(url: &str) -> (u16, Value) {
     (status, r.json().await.expect("JSON body"))
 }
 
+/// A demo token for `user` (the quote's limit is only given to its own user).
+fn bearer(user: &str) -> String {
+    format!(
+        "Bearer {}",
+        bff_web::auth::hs256_token(switchyard::DEMO_SECRET, user, Duration::from_secs(600))
+    )
+}
+
+/// GETs `url` as `user` (`Authorization: Bearer`).
+async fn get_json_as(user: &str, url: &str) -> (u16, Value) {
+    let r = client()
+        .get(url)
+        .header("authorization", bearer(user))
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("JSON body"))
+}
+
+/// POSTs a GraphQL query to bff-web's /v1, signed in as alice.
 async fn graphql(stack: &Stack, query: &str) -> (u16, Value) {
     let r = client()
         .post(format!("{}/v1/graphql", stack.url("bff-web")))
+        .header("authorization", bearer("alice"))
         .json(&json!({ "query": query }))
         .send()
         .await
@@ -81,10 +103,13 @@ async fn quote_through_each_gateway_equals_the_services_direct_answers() {
     assert_eq!(q["withinLimit"], true);
 
     for g in ["bff-mobile", "bff-device"] {
-        let (status, q) = get_json(&format!(
-            "{}/v1/quote?user=alice&from=EUR&to=USD&amount=250.50",
-            stack.url(g)
-        ))
+        let (status, q) = get_json_as(
+            "alice",
+            &format!(
+                "{}/v1/quote?user=alice&from=EUR&to=USD&amount=250.50",
+                stack.url(g)
+            ),
+        )
         .await;
         assert_eq!(status, 200, "{g}: {q}");
         let text = q.to_string();
@@ -93,8 +118,41 @@ async fn quote_through_each_gateway_equals_the_services_direct_answers() {
             "{g}: {q}"
         );
         assert!(text.contains(&format!("\"{converted}\"")), "{g}: {q}");
-        assert!(text.contains(&format!("\"{remaining}\"")), "{g}: {q}");
+        if g == "bff-mobile" {
+            assert_eq!(q["remaining_limit"], remaining.as_str(), "{q}");
+        } else {
+            // A device is not a user: it never sees a user's limit.
+            assert_eq!(q["l"], Value::Null, "{q}");
+            assert_eq!(q["e"], json!([{"b": "limits", "k": "not_a_user"}]), "{q}");
+        }
     }
+
+    // Anonymous callers get the rate, never the limit.
+    let r = client()
+        .post(format!("{}/v1/graphql", stack.url("bff-web")))
+        .json(&json!({ "query": QUOTE }))
+        .send()
+        .await
+        .expect("request");
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(body["data"]["quote"]["rate"], rate["rate"], "{body}");
+    assert_eq!(
+        body["data"]["quote"]["remainingLimit"],
+        Value::Null,
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{body}"
+    );
+    let (status, q) = get_json(&format!(
+        "{}/v1/quote?user=alice&from=EUR&to=USD&amount=250.50",
+        stack.url("bff-mobile")
+    ))
+    .await;
+    assert_eq!(status, 200, "{q}");
+    assert_eq!(q["remaining_limit"], Value::Null, "{q}");
+    assert_eq!(q["errors"][0]["code"], "unauthenticated", "{q}");
     stack.stop().await.expect("clean stop");
 }
 
@@ -216,14 +274,16 @@ async fn a_failed_optional_part_is_data_beside_the_rest() {
             stack.url(g)
         )
     };
-    let (status, body) = get_json(&quote("bff-mobile")).await;
+    let (status, body) = get_json_as("alice", &quote("bff-mobile")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["remaining_limit"], Value::Null);
     assert_eq!(body["errors"][0]["backend"], "limits", "{body}");
+    // A device never sees a limit; with limits down its quote is unchanged.
     let (status, body) = get_json(&quote("bff-device")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["l"], Value::Null);
     assert_eq!(body["e"][0]["b"], "limits", "{body}");
+    assert_eq!(body["e"][0]["k"], "not_a_user", "{body}");
     stack.stop().await.expect("clean stop");
 }
 

@@ -6,6 +6,9 @@
 //! `e` errors of failed optional parts (`b` backend, `k` code). A failed optional part is data:
 //! `l` is null and `e` names its backend. A failed required part is a 502 (504 on timeout)
 //! naming the backend; bad input is a 400 with a stable code.
+//!
+//! A device is not a user, and a user's limit is account data: `l` and `w` are always null here,
+//! with `e` `{"b":"limits","k":"not_a_user"}`, and the limits backend is never called.
 
 use axum::Json;
 use axum::Router;
@@ -13,7 +16,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use operations::{OpError, Operations, QuoteRequest};
+use operations::{Caller, NoLimit, OpError, Operations, QuoteRequest};
 use serde::{Deserialize, Serialize};
 use switchyard_core::server::{JsonError, rejection};
 use switchyard_core::upstream::{UpstreamError, UpstreamErrorKind};
@@ -55,14 +58,23 @@ async fn quote(
     let Query(p) = params.map_err(rejection)?;
     let req = QuoteRequest::parse(&p.user, &p.from, &p.to, &p.amount)
         .map_err(|e| to_json_error(e.into()))?;
-    let q = ops.quote(&req).await.map_err(to_json_error)?;
+    let q = ops
+        .quote(&req, Caller::Device)
+        .await
+        .map_err(to_json_error)?;
     let e = q
         .remaining_limit
         .as_ref()
         .err()
-        .map(|e| PartError {
-            b: e.backend.to_string(),
-            k: e.kind.code(),
+        .map(|e| match e {
+            NoLimit::Upstream(u) => PartError {
+                b: u.backend.to_string(),
+                k: u.kind.code(),
+            },
+            NoLimit::Withheld(w) => PartError {
+                b: operations::backend::LIMITS.to_owned(),
+                k: w.code(),
+            },
         })
         .into_iter()
         .collect();

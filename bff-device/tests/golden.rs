@@ -23,6 +23,8 @@
 //!
 //! To change v1 deliberately (you should not: add a version instead), run with
 //! `UPDATE_GOLDEN=1` to rewrite the answers, and review the diff. The default run only compares.
+//! Deliberate changes are listed in `docs/protocol/device-v1.md` ("Changes to v1"): so far one,
+//! a security fix (`18-quote-no-limit-for-devices`: a device quote never carries a user's limit).
 
 mod common;
 
@@ -157,7 +159,29 @@ fn matches_endpoint(method: &str, target: &str, (m, pattern): (&str, &str)) -> b
 #[tokio::test]
 async fn v1_answers_are_exactly_the_golden_ones() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
-    let gw = start(config(), 100).await;
+    // The quote's backends: a fixed rate; limits answers but must never be called (a device
+    // sees no user's limit).
+    let exchange = test_support::Scripted::new();
+    exchange.reply(
+        std::time::Duration::ZERO,
+        200,
+        r#"{"pair":"EUR/USD","rate":"1.0842","seq":7}"#,
+    );
+    let limits = test_support::Scripted::new();
+    limits.reply(
+        std::time::Duration::ZERO,
+        200,
+        r#"{"user":"alice","daily_limit":"5000","used":"0","remaining":"5000"}"#,
+    );
+    let (_exchange, _limits) = (exchange.serve().await, limits.serve().await);
+    let mut config = config();
+    for (name, server) in [("exchange", &_exchange), ("limits", &_limits)] {
+        config.backends.insert(
+            name.to_owned(),
+            switchyard_core::config::BackendConfig::new(server.url()),
+        );
+    }
+    let gw = start(config, 100).await;
     // The data every answer depends on, published before the first request.
     gw.command("tv-1", "cmd-1", "reboot").await;
     gw.command("tv-1", "cmd-2", "show-message").await;
@@ -226,4 +250,5 @@ async fn v1_answers_are_exactly_the_golden_ones() {
         "v1 answers changed (v1 is frozen; see this file's docs):\n\n{}",
         failures.join("\n")
     );
+    assert_eq!(limits.received(), 0, "a device quote never calls limits");
 }

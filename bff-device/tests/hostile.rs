@@ -24,17 +24,31 @@ fn start() -> Spawned {
         "SWITCHYARD_DEVICE",
         &[
             ("SWITCHYARD_DEVICE__ADMIN__TOKEN", ADMIN),
-            ("SWITCHYARD_DEVICE__BACKENDS__EXCHANGE__BASE_URL", "http://127.0.0.1:9"),
-            ("SWITCHYARD_DEVICE__BACKENDS__LIMITS__BASE_URL", "http://127.0.0.1:9"),
-            ("SWITCHYARD_DEVICE__BACKENDS__CONVERSIONS__BASE_URL", "http://127.0.0.1:9"),
+            (
+                "SWITCHYARD_DEVICE__BACKENDS__EXCHANGE__BASE_URL",
+                "http://127.0.0.1:9",
+            ),
+            (
+                "SWITCHYARD_DEVICE__BACKENDS__LIMITS__BASE_URL",
+                "http://127.0.0.1:9",
+            ),
+            (
+                "SWITCHYARD_DEVICE__BACKENDS__CONVERSIONS__BASE_URL",
+                "http://127.0.0.1:9",
+            ),
         ],
     )
 }
 
 /// One request written by hand (no URL normalisation, any bytes); the status code.
 async fn raw(gw: &Spawned, request_line_path: &str, headers: &[String]) -> u16 {
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
-    let mut req = format!("GET {request_line_path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", gw.addr);
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let mut req = format!(
+        "GET {request_line_path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        gw.addr
+    );
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
@@ -85,7 +99,12 @@ async fn bff_device_survives_hostile_input_with_documented_answers() {
     assert_eq!(ok.status(), 200);
     let body: Value = ok.json().await.expect("JSON");
     let cursor_a = body["n"].as_str().expect("cursor").to_owned();
-    let cursor_b = poll("tv-b", &key_b, "").send().await.expect("poll").json::<Value>().await
+    let cursor_b = poll("tv-b", &key_b, "")
+        .send()
+        .await
+        .expect("poll")
+        .json::<Value>()
+        .await
         .expect("JSON")["n"]
         .as_str()
         .expect("cursor")
@@ -134,8 +153,14 @@ async fn bff_device_survives_hostile_input_with_documented_answers() {
     for (name, query) in [
         ("garbage cursor", "&cursor=not-a-cursor".to_owned()),
         ("foreign cursor", format!("&cursor={cursor_b}")),
-        ("oversized cursor", format!("&cursor={}", "A".repeat(8 * 1024))),
-        ("flipped cursor", format!("&cursor={}A", &cursor_a[..cursor_a.len() - 1])),
+        (
+            "oversized cursor",
+            format!("&cursor={}", "A".repeat(8 * 1024)),
+        ),
+        (
+            "flipped cursor",
+            format!("&cursor={}A", &cursor_a[..cursor_a.len() - 1]),
+        ),
         ("negative wait", "&wait=-1".to_owned()),
         ("huge wait", "&wait=99999999999999999999".to_owned()),
         ("nan wait", "&wait=NaN".to_owned()),
@@ -187,7 +212,11 @@ async fn bff_device_survives_hostile_input_with_documented_answers() {
 
     // Still up, memory bounded.
     assert!(gw.is_running(), "the gateway died");
-    let health = http.get(format!("{}/healthz", gw.url())).send().await.expect("up");
+    let health = http
+        .get(format!("{}/healthz", gw.url()))
+        .send()
+        .await
+        .expect("up");
     assert_eq!(health.status(), 200);
     let peak = hostile::peak_rss_kib(gw.pid());
     assert!(peak < PEAK_RSS_BOUND_KIB, "peak RSS {peak} KiB");

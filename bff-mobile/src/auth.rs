@@ -18,6 +18,15 @@ impl Verifier {
         auth::Verifier::new(config).map(Self)
     }
 
+    /// The user of an HTTP request's `Authorization: Bearer` header: `Ok(None)` without one; a
+    /// header that is present but wrong is an error (never a downgrade to anonymous).
+    pub(crate) fn user_of_headers(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Option<UserId>, AuthError> {
+        self.0.from_headers(headers, |sub| UserId::parse(sub).ok())
+    }
+
     /// Checks a token and names its user; the error is a message for the close reason (it never
     /// carries key material or the token).
     pub(crate) fn verify(&self, token: &str) -> Result<UserId, &'static str> {

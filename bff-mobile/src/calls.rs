@@ -72,12 +72,24 @@ fn pair(from: &str, to: &str) -> Result<Pair, CallError> {
 async fn quote(ops: &Operations, user: &UserId, a: data::QuoteArgs) -> Result<Value, CallError> {
     let req = operations::QuoteRequest::parse(user.as_str(), &a.from, &a.to, &a.amount)
         .map_err(|e| CallError::new(code::INVALID_ARGS, e.message))?;
-    let q = ops.quote(&req).await.map_err(op_error)?;
+    // The socket's user quotes for itself: it sees its own limit.
+    let q = ops
+        .quote(&req, operations::Caller::User(user))
+        .await
+        .map_err(op_error)?;
     let errors = q
         .remaining_limit
         .as_ref()
         .err()
-        .map(|e| part_error("/remaining_limit", e))
+        .map(|e| match e {
+            operations::NoLimit::Upstream(u) => part_error("/remaining_limit", u),
+            operations::NoLimit::Withheld(w) => data::PartError {
+                part: "/remaining_limit".to_owned(),
+                backend: operations::backend::LIMITS.to_owned(),
+                code: w.code().to_owned(),
+                message: w.to_string(),
+            },
+        })
         .into_iter()
         .collect();
     to_value(&data::Quote {

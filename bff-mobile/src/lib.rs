@@ -161,10 +161,11 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         hub = hub.with_feeder(operations::sources::RATES_PREFIX, feeder);
     }
     let sockets = TaskTracker::new();
+    let verifier = auth::Verifier::new(&config.auth)?;
     let gateway = ws::Gateway::new(ws::GatewayParts {
         hub: hub.clone(),
         ops: ops.clone(),
-        verifier: auth::Verifier::new(&config.auth)?,
+        verifier: verifier.clone(),
         origins: switchyard_core::origin::OriginPolicy::new(
             &config.websocket.allowed_origins,
             None,
@@ -177,7 +178,10 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         shutdown,
     });
     let router = Router::new()
-        .nest("/v1", quote::routes(ops).merge(ws::routes(gateway)))
+        .nest(
+            "/v1",
+            quote::routes(ops, verifier).merge(ws::routes(gateway)),
+        )
         .merge(server::health_routes(Readiness::new(
             Some(upstreams),
             Some(bus),

@@ -4,20 +4,37 @@
 //! A failed optional part is data: `remaining_limit` is null and `errors` lists the part's
 //! backend and code. A failed required part is a 502 (504 on timeout) naming the backend; bad
 //! input is a 400 with a stable code.
+//!
+//! The limit is account data: it is given only to the quoted user, signed in with
+//! `Authorization: Bearer <token>` (the socket's verifier). Anyone else gets the rate and the
+//! converted amount, with `remaining_limit` null and an `errors` entry `unauthenticated` or
+//! `not_your_account` — and the limits backend is not called. A token that is present but
+//! invalid is a 401.
 
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use operations::{OpError, Operations, QuoteRequest};
+use operations::{Caller, NoLimit, OpError, Operations, QuoteRequest};
 use serde::{Deserialize, Serialize};
 use switchyard_core::server::{JsonError, rejection};
 use switchyard_core::upstream::{UpstreamError, UpstreamErrorKind};
 
-pub(crate) fn routes(ops: Operations) -> Router {
-    Router::new().route("/quote", get(quote)).with_state(ops)
+use crate::auth::Verifier;
+
+pub(crate) fn routes(ops: Operations, verifier: Verifier) -> Router {
+    Router::new()
+        .route("/quote", get(quote))
+        .with_state(QuoteState { ops, verifier })
+}
+
+#[derive(Clone)]
+struct QuoteState {
+    ops: Operations,
+    verifier: Verifier,
 }
 
 #[derive(Deserialize)]
@@ -48,21 +65,41 @@ struct PartError {
 }
 
 async fn quote(
-    State(ops): State<Operations>,
+    State(state): State<QuoteState>,
+    headers: HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<QuoteBody>, JsonError> {
-    let Query(p) = params.map_err(rejection)?;
+) -> Result<Json<QuoteBody>, Response> {
+    let caller = state.verifier.user_of_headers(&headers).map_err(|e| {
+        let mut r =
+            JsonError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()).into_response();
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    })?;
+    let Query(p) = params.map_err(|e| rejection(e).into_response())?;
     let req = QuoteRequest::parse(&p.user, &p.from, &p.to, &p.amount)
-        .map_err(|e| to_json_error(e.into()))?;
-    let q = ops.quote(&req).await.map_err(to_json_error)?;
+        .map_err(|e| to_json_error(e.into()).into_response())?;
+    let caller = caller.as_ref().map_or(Caller::Anonymous, Caller::User);
+    let q = state
+        .ops
+        .quote(&req, caller)
+        .await
+        .map_err(|e| to_json_error(e).into_response())?;
     let errors = q
         .remaining_limit
         .as_ref()
         .err()
-        .map(|e| PartError {
-            backend: e.backend.to_string(),
-            code: e.kind.code().to_owned(),
-            message: e.to_string(),
+        .map(|e| match e {
+            NoLimit::Upstream(u) => PartError {
+                backend: u.backend.to_string(),
+                code: u.kind.code().to_owned(),
+                message: u.to_string(),
+            },
+            NoLimit::Withheld(w) => PartError {
+                backend: operations::backend::LIMITS.to_owned(),
+                code: w.code().to_owned(),
+                message: w.to_string(),
+            },
         })
         .into_iter()
         .collect();

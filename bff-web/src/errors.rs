@@ -5,7 +5,7 @@
 //! detail is logged here, once.
 
 use async_graphql::{Error, ErrorExtensions};
-use operations::OpError;
+use operations::{NoLimit, OpError, Withheld};
 use switchyard_core::upstream::{UpstreamError, UpstreamErrorKind};
 
 /// Maps an operation's failure.
@@ -39,4 +39,24 @@ pub(crate) fn upstream_error(e: &UpstreamError) -> Error {
         ext.set("backend", backend.as_str());
         ext.set("reason", reason.as_str());
     })
+}
+
+/// Maps why a quote has no limit: a withheld limit is `UNAUTHENTICATED` (no token) or `FORBIDDEN`
+/// (another user's account, or not a user), with the reason (`unauthenticated`,
+/// `not_your_account`, `not_a_user`); a backend failure is [`upstream_error`].
+pub(crate) fn no_limit_error(e: &NoLimit) -> Error {
+    match e {
+        NoLimit::Upstream(u) => upstream_error(u),
+        NoLimit::Withheld(w) => {
+            let code = match w {
+                Withheld::Unauthenticated => "UNAUTHENTICATED",
+                Withheld::NotYourAccount | Withheld::NotAUser => "FORBIDDEN",
+            };
+            let reason = w.code();
+            Error::new(w.to_string()).extend_with(move |_, ext| {
+                ext.set("code", code);
+                ext.set("reason", reason);
+            })
+        }
+    }
 }

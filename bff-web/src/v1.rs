@@ -8,10 +8,10 @@
 use async_graphql::{Context, Object, Result, Schema, SimpleObject, Subscription};
 use demo_api::{Conversion, ConversionEvent, Limit, Rate};
 use futures::{Stream, StreamExt};
-use operations::{Operations, QuoteRequest};
+use operations::{Caller, Operations, QuoteRequest};
 
 use crate::GraphqlConfig;
-use crate::errors::{op_error, upstream_error};
+use crate::errors::{no_limit_error, op_error, upstream_error};
 use crate::live;
 
 /// The v1 schema type.
@@ -54,7 +54,9 @@ pub(crate) struct Query;
 #[Object]
 impl Query {
     /// What converting `amount` of `from` into `to` gives now, and what is left of the user's
-    /// daily limit. Money is a decimal string.
+    /// daily limit. Money is a decimal string. The limit is only shown to `user` signed in
+    /// (bearer token); for anyone else it is null with an error (`UNAUTHENTICATED` or
+    /// `FORBIDDEN`).
     async fn quote(
         &self,
         ctx: &Context<'_>,
@@ -66,7 +68,11 @@ impl Query {
         let ops = ctx.data::<Operations>()?;
         let req =
             QuoteRequest::parse(&user, &from, &to, &amount).map_err(|e| op_error(e.into()))?;
-        ops.quote(&req).await.map(QuoteV1).map_err(op_error)
+        let caller = match ctx.data_opt::<crate::auth::Principal>() {
+            Some(p) => Caller::User(&p.user),
+            None => Caller::Anonymous,
+        };
+        ops.quote(&req, caller).await.map(QuoteV1).map_err(op_error)
     }
 
     /// The signed-in user's dashboard in one request: their limit, the rates of `pairs` (as
@@ -183,11 +189,12 @@ impl QuoteV1 {
     }
 
     /// What is left of the user's daily limit, as a decimal string; null with an error naming
-    /// the backend when the limits service did not answer.
+    /// the backend when the limits service did not answer, and null with an `UNAUTHENTICATED`
+    /// or `FORBIDDEN` error unless the caller is signed in as the quoted user.
     async fn remaining_limit(&self) -> Result<Option<String>> {
         match &self.0.remaining_limit {
             Ok(r) => Ok(Some(r.to_string())),
-            Err(e) => Err(upstream_error(e)),
+            Err(e) => Err(no_limit_error(e)),
         }
     }
 

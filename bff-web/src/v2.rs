@@ -9,10 +9,10 @@
 use async_graphql::{Context, Object, Result, Schema, SimpleObject, Subscription};
 use demo_api::{Conversion, ConversionEvent, Currency, Decimal, Rate};
 use futures::{Stream, StreamExt};
-use operations::{Operations, QuoteRequest};
+use operations::{Caller, Operations, QuoteRequest};
 
 use crate::GraphqlConfig;
-use crate::errors::{op_error, upstream_error};
+use crate::errors::{no_limit_error, op_error, upstream_error};
 use crate::live;
 use crate::v1::{LimitV1, RateV1};
 
@@ -85,7 +85,10 @@ impl Query {
         let ops = ctx.data::<Operations>()?;
         let req = QuoteRequest::parse(user.as_str(), &from, &to, &amount)
             .map_err(|e| op_error(e.into()))?;
-        ops.quote(&req).await.map(QuoteV2).map_err(op_error)
+        ops.quote(&req, Caller::User(&user))
+            .await
+            .map(QuoteV2)
+            .map_err(op_error)
     }
 
     /// The signed-in user's dashboard, as in v1 with structured money.
@@ -193,7 +196,7 @@ impl QuoteV2 {
     async fn remaining_limit(&self) -> Result<Option<Money>> {
         match &self.0.remaining_limit {
             Ok(r) => Ok(Some(Money::new(*r, self.0.pair.base))),
-            Err(e) => Err(upstream_error(e)),
+            Err(e) => Err(no_limit_error(e)),
         }
     }
 

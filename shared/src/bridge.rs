@@ -21,7 +21,10 @@
 //! [`UpstreamProtocol`] supplied from outside encodes watches and decodes messages), it does not
 //! interpret payloads, and it cannot recover upstream messages sent while the connection was down
 //! (upstream WebSocket APIs have no resume): that suits state topics, which only need the next
-//! value. It speaks plain `ws://` only (no TLS).
+//! value. It speaks `ws://`, and `wss://` with rustls and the bridge's
+//! [`TlsConfig`](crate::tls::TlsConfig) (extra CA roots, client certificate); a TLS setting that
+//! cannot be used (a missing file, `tls` on a `ws://` URL) is logged when the bridge starts and
+//! fails every connect attempt with that reason.
 
 use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
@@ -37,7 +40,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::bus::Bus;
@@ -166,7 +169,11 @@ impl UpstreamBridge {
             events_total: AtomicU64::new(0),
         });
         let timings = Timings::from(config);
-        tokio::spawn(run(shared.clone(), config.url.clone(), timings, bus));
+        let tls = tls_connector(config);
+        if let Err(error) = &tls {
+            tracing::error!(bridge = %name, url = %config.url, %error, "unusable TLS settings");
+        }
+        tokio::spawn(run(shared.clone(), config.url.clone(), tls, timings, bus));
         Self {
             handle: Arc::new(Handle {
                 shared,
@@ -342,7 +349,13 @@ enum End {
 
 /// The bridge's task: waits for interest, connects, serves the connection, and reconnects with
 /// backoff until stopped.
-async fn run(shared: Arc<Shared>, url: String, timings: Timings, bus: Arc<dyn Bus>) {
+async fn run(
+    shared: Arc<Shared>,
+    url: String,
+    tls: Result<Option<Connector>, String>,
+    timings: Timings,
+    bus: Arc<dyn Bus>,
+) {
     let name = shared.name.clone();
     let mut failures: u32 = 0;
     loop {
@@ -351,7 +364,7 @@ async fn run(shared: Arc<Shared>, url: String, timings: Timings, bus: Arc<dyn Bu
         }
         let attempt = tokio::select! {
             () = shared.stop.cancelled() => break,
-            r = connect(&url, timings.connect_timeout) => r,
+            r = connect(&url, &tls, timings.connect_timeout) => r,
         };
         match attempt {
             Ok(ws) => {
@@ -410,13 +423,38 @@ async fn wait_for_interest(shared: &Shared) -> bool {
     }
 }
 
-async fn connect(url: &str, timeout: Duration) -> Result<Ws, String> {
+/// The TLS connector of a `wss://` bridge (`None` for `ws://`), or why its settings are unusable.
+fn tls_connector(config: &BridgeConfig) -> Result<Option<Connector>, String> {
+    let secure = config
+        .url
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("wss://"));
+    if secure {
+        crate::tls::client_config(&config.tls, &[])
+            .map(|c| Some(Connector::Rustls(c)))
+            .map_err(|e| format!("bridge `{}`: {e}", config.url))
+    } else if config.tls.is_set() {
+        Err(format!(
+            "bridge `{}`: tls settings need a wss:// url",
+            config.url
+        ))
+    } else {
+        Ok(None)
+    }
+}
+
+async fn connect(
+    url: &str,
+    tls: &Result<Option<Connector>, String>,
+    timeout: Duration,
+) -> Result<Ws, String> {
+    let connector = tls.clone()?;
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
     match tokio::time::timeout(
         timeout,
-        tokio_tungstenite::connect_async_with_config(url, Some(config), true),
+        tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector),
     )
     .await
     {

@@ -73,6 +73,7 @@ where
         return Ok(());
     };
     crate::telemetry::init(config.log());
+    crate::tls::install_default_provider();
     let listen = config.server().listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

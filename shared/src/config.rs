@@ -284,6 +284,13 @@ pub struct BackendConfig {
     /// The circuit breaker in front of this backend.
     #[serde(default)]
     pub circuit: CircuitConfig,
+    /// Largest answer body read from this backend; a bigger one fails the call (`too_large`,
+    /// naming the backend) without reading the rest.
+    #[serde(default = "defaults::max_response_bytes")]
+    pub max_response_bytes: u64,
+    /// TLS of an `https://` backend: extra CA roots, client certificate (mutual TLS).
+    #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl BackendConfig {
@@ -296,6 +303,8 @@ impl BackendConfig {
             health_path: defaults::health_path(),
             retry: RetryConfig::default(),
             circuit: CircuitConfig::default(),
+            max_response_bytes: defaults::max_response_bytes(),
+            tls: crate::tls::TlsConfig::default(),
         }
     }
 }
@@ -530,6 +539,9 @@ pub struct BridgeConfig {
     /// `lease_ttl_ms × 4/3`.
     #[serde(default = "defaults::lease_ttl_ms")]
     pub lease_ttl_ms: u64,
+    /// TLS of a `wss://` upstream: extra CA roots, client certificate (mutual TLS).
+    #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl BridgeConfig {
@@ -541,11 +553,15 @@ impl BridgeConfig {
             reconnect_initial_ms: defaults::reconnect_initial_ms(),
             reconnect_max_ms: defaults::reconnect_max_ms(),
             lease_ttl_ms: defaults::lease_ttl_ms(),
+            tls: crate::tls::TlsConfig::default(),
         }
     }
 }
 
 mod defaults {
+    pub(super) fn max_response_bytes() -> u64 {
+        1024 * 1024
+    }
     pub(super) fn bridge_connect_timeout_ms() -> u64 {
         2_000
     }

@@ -25,5 +25,6 @@ pub mod server;
 mod serving;
 pub mod slots;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod websocket;

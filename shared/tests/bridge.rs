@@ -155,6 +155,7 @@ fn config(server: &TestServer) -> BridgeConfig {
         reconnect_initial_ms: 10,
         reconnect_max_ms: 100,
         lease_ttl_ms: 3_000,
+        tls: Default::default(),
     }
 }
 

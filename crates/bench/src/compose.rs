@@ -46,6 +46,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let limit_url = format!("{}/v1/limits/alice", stack.url("limits"));
     let gql_url = format!("{}/v1/graphql", stack.url("bff-web"));
     let body = Arc::new(serde_json::to_vec(&json!({ "query": QUERY }))?);
+    // The quote's limit is only given to its own user: signed in as alice, as a real client is.
+    let auth = format!(
+        "Bearer {}",
+        bff_web::auth::hs256_token(
+            switchyard::DEMO_SECRET,
+            "alice",
+            std::time::Duration::from_secs(24 * 3600)
+        )
+    );
 
     let direct = {
         let client = client.clone();
@@ -68,11 +77,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         stack.url("bff-mobile")
     );
     let json_gateway = {
-        let client = client.clone();
+        let (client, auth) = (client.clone(), auth.clone());
         move || {
-            let (client, url) = (client.clone(), json_url.clone());
+            let (client, url, auth) = (client.clone(), json_url.clone(), auth.clone());
             async move {
-                let r = client.get(&url).send().await?;
+                let r = client
+                    .get(&url)
+                    .header("authorization", auth)
+                    .send()
+                    .await?;
                 assert!(
                     r.status().is_success(),
                     "bff-mobile answered {}",
@@ -84,11 +97,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let gateway = move || {
-        let (client, url, body) = (client.clone(), gql_url.clone(), body.clone());
+        let (client, url, body, auth) =
+            (client.clone(), gql_url.clone(), body.clone(), auth.clone());
         async move {
             let r = client
                 .post(&url)
                 .header("content-type", "application/json")
+                .header("authorization", auth)
                 .body(body.as_ref().clone())
                 .send()
                 .await?;

@@ -101,6 +101,64 @@ impl QuoteRequest {
     }
 }
 
+/// Who asks for a quote, as the gateway authenticated it. A caller only ever sees its own
+/// account's data: the quote's limit is given to [`Caller::User`] of the quoted user only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller<'a> {
+    /// No credentials.
+    Anonymous,
+    /// A signed-in user (from a verified token).
+    User(&'a UserId),
+    /// A device: it is not a user and sees no user's account data.
+    Device,
+}
+
+/// Why a caller may not see the quoted user's limit. The limits backend is not called then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Withheld {
+    /// No token: nobody's limit is shown to an anonymous caller.
+    #[error("the limit is only shown to its own user: sign in (send a bearer token)")]
+    Unauthenticated,
+    /// The caller is signed in as another user.
+    #[error("the limit is only shown to its own user: this is not your account")]
+    NotYourAccount,
+    /// The caller is a device, not a user.
+    #[error("the limit is only shown to its own user: a device sees no user's limit")]
+    NotAUser,
+}
+
+impl Withheld {
+    /// A short stable code for clients: `unauthenticated`, `not_your_account`, `not_a_user`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::NotYourAccount => "not_your_account",
+            Self::NotAUser => "not_a_user",
+        }
+    }
+
+    /// Whether `caller` may see `user`'s account data; why not otherwise.
+    pub fn check(caller: Caller<'_>, user: &UserId) -> Result<(), Self> {
+        match caller {
+            Caller::User(u) if u == user => Ok(()),
+            Caller::User(_) => Err(Self::NotYourAccount),
+            Caller::Anonymous => Err(Self::Unauthenticated),
+            Caller::Device => Err(Self::NotAUser),
+        }
+    }
+}
+
+/// Why a quote carries no remaining limit.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NoLimit {
+    /// The caller may not see it; limits was not called.
+    #[error(transparent)]
+    Withheld(#[from] Withheld),
+    /// The limits backend failed; the error names it.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
 /// A quote: what converting `amount` would give now, and how much of the user's limit is left.
 #[derive(Debug, Clone)]
 pub struct Quote {
@@ -114,8 +172,9 @@ pub struct Quote {
     pub rate_seq: u64,
     /// `amount × rate`, rounded as the conversions service rounds.
     pub converted: Decimal,
-    /// What is left of the user's daily limit — or why it is unknown (limits is optional).
-    pub remaining_limit: Result<Decimal, UpstreamError>,
+    /// What is left of the user's daily limit — or why it is not given: withheld from a caller
+    /// who may not see it (limits was not called), or the limits backend failed (it is optional).
+    pub remaining_limit: Result<Decimal, NoLimit>,
 }
 
 impl Quote {
@@ -149,29 +208,40 @@ impl Operations {
         &self.upstreams
     }
 
-    /// A quote: the rate from exchange (required) and the remaining limit from limits
-    /// (optional), fetched concurrently under the operation's deadline.
-    pub async fn quote(&self, req: &QuoteRequest) -> Result<Quote, OpError> {
+    /// A quote for `caller`: the rate from exchange (required) and, only when `caller` is the
+    /// quoted user ([`Withheld::check`]), the remaining limit from limits (optional), fetched
+    /// concurrently under the operation's deadline. For any other caller the limit is
+    /// [`NoLimit::Withheld`] and limits is not called at all.
+    pub async fn quote(&self, req: &QuoteRequest, caller: Caller<'_>) -> Result<Quote, OpError> {
         let mut plan = Plan::new(&self.upstreams);
         let rate = plan.get::<Rate>(
             backend::EXCHANGE,
             format!("/v1/rates/{}/{}", req.pair.base, req.pair.quote),
             Need::Required,
         );
-        let limit = plan.get::<Limit>(
-            backend::LIMITS,
-            format!("/v1/limits/{}", req.user),
-            Need::Optional,
-        );
+        let limit = Withheld::check(caller, &req.user).map(|()| {
+            plan.get::<Limit>(
+                backend::LIMITS,
+                format!("/v1/limits/{}", req.user),
+                Need::Optional,
+            )
+        });
         let out = plan.run(Instant::now() + self.deadline).await?;
         let rate = out.get(rate).map_err(Clone::clone)?;
+        let remaining_limit = match limit {
+            Ok(part) => out
+                .get(part)
+                .map(|l| l.remaining)
+                .map_err(|e| NoLimit::Upstream(e.clone())),
+            Err(withheld) => Err(NoLimit::Withheld(withheld)),
+        };
         Ok(Quote {
             pair: req.pair,
             amount: req.amount,
             rate: rate.rate,
             rate_seq: rate.seq,
             converted: demo_api::round_money(req.amount * rate.rate),
-            remaining_limit: out.get(limit).map(|l| l.remaining).map_err(Clone::clone),
+            remaining_limit,
         })
     }
 }
@@ -275,5 +345,32 @@ impl Operations {
             )
             .await?;
         Ok(conversion)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_user_sees_their_own_account() {
+        let (bob, alice) = (
+            UserId::parse("bob").expect("id"),
+            UserId::parse("alice").expect("id"),
+        );
+        assert_eq!(Withheld::check(Caller::User(&bob), &bob), Ok(()));
+        assert_eq!(
+            Withheld::check(Caller::User(&alice), &bob),
+            Err(Withheld::NotYourAccount)
+        );
+        assert_eq!(
+            Withheld::check(Caller::Anonymous, &bob),
+            Err(Withheld::Unauthenticated)
+        );
+        assert_eq!(
+            Withheld::check(Caller::Device, &bob),
+            Err(Withheld::NotAUser)
+        );
+        assert_eq!(Withheld::NotYourAccount.code(), "not_your_account");
     }
 }

@@ -112,6 +112,7 @@ fn bridge_config(exchange: &Exchange) -> BridgeConfig {
         reconnect_initial_ms: 20,
         reconnect_max_ms: 200,
         lease_ttl_ms: 3_000,
+        tls: Default::default(),
     }
 }
 

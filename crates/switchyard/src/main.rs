@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     switchyard_core::telemetry::init(&config.log);
+    switchyard_core::tls::install_default_provider();
     let demo_key = config
         .device
         .devices

@@ -6,8 +6,11 @@
 //! failures. Errors are typed and always name the backend.
 //!
 //! Each backend has its own connection pool (a bulkhead: a backend that hangs cannot use up the
-//! connections of another) with its own connect timeout. This module knows nothing of any
-//! backend's API: it moves bytes and decodes JSON for its callers.
+//! connections of another) with its own connect timeout. Answers are read chunk by chunk up to
+//! the backend's `max_response_bytes` (a bigger one fails with `too_large`, naming the backend).
+//! `https://` backends use rustls with the backend's [`TlsConfig`](crate::tls::TlsConfig): extra
+//! CA roots and an optional client certificate. This module knows nothing of any backend's API:
+//! it moves bytes and decodes JSON for its callers.
 
 mod breaker;
 
@@ -68,6 +71,12 @@ pub enum UpstreamErrorKind {
     /// The request failed in some other way (for example the connection was reset mid-answer).
     #[error("request failed: {0}")]
     Transport(String),
+    /// The answer's body is larger than the backend's `max_response_bytes`; the rest was not read.
+    #[error("answer larger than {limit_bytes} bytes")]
+    TooLarge {
+        /// The backend's `max_response_bytes`.
+        limit_bytes: u64,
+    },
 }
 
 impl UpstreamErrorKind {
@@ -81,13 +90,14 @@ impl UpstreamErrorKind {
             Self::CircuitOpen => "circuit_open",
             Self::UnknownBackend => "unknown_backend",
             Self::Transport(_) => "transport",
+            Self::TooLarge { .. } => "too_large",
         }
     }
 
     /// Whether this failure counts against the backend's circuit breaker.
     fn is_backend_failure(&self) -> bool {
         match self {
-            Self::Timeout | Self::Connect(_) | Self::Transport(_) => true,
+            Self::Timeout | Self::Connect(_) | Self::Transport(_) | Self::TooLarge { .. } => true,
             Self::Status { status, .. } => *status >= 500,
             Self::Decode(_) | Self::CircuitOpen | Self::UnknownBackend => false,
         }
@@ -98,7 +108,10 @@ impl UpstreamErrorKind {
         match self {
             Self::Timeout | Self::Connect(_) | Self::Transport(_) => true,
             Self::Status { status, .. } => matches!(status, 502..=504),
-            Self::Decode(_) | Self::CircuitOpen | Self::UnknownBackend => false,
+            // The same call would get the same oversized answer.
+            Self::Decode(_) | Self::CircuitOpen | Self::UnknownBackend | Self::TooLarge { .. } => {
+                false
+            }
         }
     }
 }
@@ -214,17 +227,38 @@ impl Upstreams {
             };
             let url = reqwest::Url::parse(&config.base_url)
                 .map_err(|e| err(format!("base_url `{}`: {e}", config.base_url)))?;
-            if url.scheme() != "http" {
-                return Err(err(format!(
-                    "base_url `{}`: only http:// backends are supported",
-                    config.base_url
-                )));
-            }
-            let client = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
                 .pool_idle_timeout(Duration::from_secs(60))
                 .tcp_nodelay(true)
-                .no_proxy()
+                .no_proxy();
+            match url.scheme() {
+                "http" if config.tls.is_set() => {
+                    return Err(err(format!(
+                        "base_url `{}`: tls settings need an https:// base_url",
+                        config.base_url
+                    )));
+                }
+                "http" => {}
+                "https" => {
+                    let tls =
+                        crate::tls::client_config(&config.tls, &[b"http/1.1"]).map_err(err)?;
+                    // Never downgraded to plain HTTP by a redirect.
+                    builder = builder
+                        .use_preconfigured_tls((*tls).clone())
+                        .https_only(true);
+                }
+                _ => {
+                    return Err(err(format!(
+                        "base_url `{}`: only http:// and https:// backends are supported",
+                        config.base_url
+                    )));
+                }
+            }
+            if config.max_response_bytes == 0 {
+                return Err(err("max_response_bytes must be at least 1".to_owned()));
+            }
+            let client = builder
                 .build()
                 .map_err(|e| err(format!("cannot build HTTP client: {e}")))?;
             let name: Arc<str> = name.as_str().into();
@@ -379,7 +413,7 @@ async fn attempt_once(
     let exchange = async {
         let response = request.send().await.map_err(classify)?;
         let status = response.status();
-        let body = response.bytes().await.map_err(classify)?;
+        let body = read_capped(response, backend.config.max_response_bytes).await?;
         Ok::<_, UpstreamErrorKind>((status, body))
     };
     let (status, body) = tokio::time::timeout_at(attempt_deadline, exchange)
@@ -394,6 +428,30 @@ async fn attempt_once(
         code,
         message,
     })
+}
+
+/// Reads an answer's body, chunk by chunk, failing with [`UpstreamErrorKind::TooLarge`] as soon
+/// as it is known to exceed `limit` bytes: at once when `Content-Length` says so, otherwise when
+/// the chunks received pass it. Memory held is bounded by `limit` plus one chunk.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: u64,
+) -> Result<Bytes, UpstreamErrorKind> {
+    let too_large = UpstreamErrorKind::TooLarge { limit_bytes: limit };
+    let declared = response.content_length();
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large);
+    }
+    // Reserve what is declared (bounded by the limit), not more.
+    let capacity = usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0);
+    let mut body = bytes::BytesMut::with_capacity(capacity);
+    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// Reads `{"error": {"code", "message"}}` from an error answer, when it has that shape.

@@ -1,0 +1,140 @@
+//! `GET /v1/quote` over HTTP gives a user's limit only to that user, signed in with
+//! `Authorization: Bearer` (security fix, issue 9 item 1). Anonymous callers and other users get
+//! the rate and the converted amount, `remaining_limit`/`within_limit` null and an `errors` entry
+//! saying why — and the limits backend is not called for them; a bad token is a 401. Against the
+//! real gateway with scripted backends that count their calls.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use switchyard_core::config::BackendConfig;
+use test_support::{Scripted, TestServer};
+
+struct Fixture {
+    gateway: common::Gateway,
+    limits: Scripted,
+    _backends: (TestServer, TestServer),
+}
+
+async fn fixture() -> Fixture {
+    let exchange = Scripted::new();
+    exchange.reply(
+        Duration::ZERO,
+        200,
+        r#"{"pair":"EUR/USD","rate":"1.5","seq":7}"#,
+    );
+    let limits = Scripted::new();
+    limits.reply(
+        Duration::ZERO,
+        200,
+        r#"{"user":"bob","daily_limit":"1000","used":"10","remaining":"990"}"#,
+    );
+    let (ex, li) = (exchange.serve().await, limits.serve().await);
+    let mut config = common::config();
+    config.backends = BTreeMap::from([
+        ("exchange".to_owned(), BackendConfig::new(ex.url())),
+        ("limits".to_owned(), BackendConfig::new(li.url())),
+        (
+            "conversions".to_owned(),
+            BackendConfig::new("http://127.0.0.1:9"),
+        ),
+    ]);
+    Fixture {
+        gateway: common::start(config, 16).await,
+        limits,
+        _backends: (ex, li),
+    }
+}
+
+async fn quote(f: &Fixture, authorization: Option<String>) -> (u16, Option<String>, Value) {
+    let mut req = reqwest::Client::new().get(format!(
+        "{}/v1/quote?user=bob&from=EUR&to=USD&amount=100",
+        f.gateway.server.url()
+    ));
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    let r = req.send().await.expect("request");
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    (
+        r.status().as_u16(),
+        challenge,
+        r.json().await.expect("JSON"),
+    )
+}
+
+#[track_caller]
+fn withheld(body: &Value, code: &str) {
+    assert_eq!(body["rate"], "1.5", "{body}");
+    assert_eq!(body["converted"], "150.0", "{body}");
+    assert_eq!(body["remaining_limit"], Value::Null, "{body}");
+    assert_eq!(body["within_limit"], Value::Null, "{body}");
+    let errors = body["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{body}");
+    assert_eq!(errors[0]["backend"], "limits", "{body}");
+    assert_eq!(errors[0]["code"], code, "{body}");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("only shown to its own user"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn anonymous_and_other_users_get_no_limit_and_limits_is_not_called() {
+    let f = fixture().await;
+    let (status, _, body) = quote(&f, None).await;
+    assert_eq!(status, 200);
+    withheld(&body, "unauthenticated");
+    let (status, _, body) = quote(&f, Some(format!("Bearer {}", common::token("alice")))).await;
+    assert_eq!(status, 200);
+    withheld(&body, "not_your_account");
+    assert_eq!(
+        f.limits.received(),
+        0,
+        "no backend call for someone else's account"
+    );
+}
+
+#[tokio::test]
+async fn the_user_gets_their_own_limit() {
+    let f = fixture().await;
+    let (status, _, body) = quote(&f, Some(format!("Bearer {}", common::token("bob")))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["remaining_limit"], "990", "{body}");
+    assert_eq!(body["within_limit"], true, "{body}");
+    assert!(body.get("errors").is_none(), "{body}");
+    assert_eq!(f.limits.gets(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_token_is_a_401_never_a_downgrade_to_anonymous() {
+    let f = fixture().await;
+    let wrong = common::token_with("bob", "another-secret-that-is-32-bytes-long", 600);
+    for (authorization, code) in [
+        (format!("Bearer {wrong}"), "invalid_token"),
+        ("Bearer not-a-jwt".to_owned(), "invalid_token"),
+        ("Basic Ym9iOmJvYg==".to_owned(), "invalid_token"),
+        (
+            format!(
+                "Bearer {}",
+                common::token_with("bob", common::SECRET, -3600)
+            ),
+            "expired_token",
+        ),
+    ] {
+        let (status, challenge, body) = quote(&f, Some(authorization.clone())).await;
+        assert_eq!(status, 401, "{authorization}: {body}");
+        assert_eq!(challenge.as_deref(), Some("Bearer"));
+        assert_eq!(body["error"]["code"], code, "{authorization}: {body}");
+    }
+    assert_eq!(f.limits.received(), 0);
+}
