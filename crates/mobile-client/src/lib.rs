@@ -412,8 +412,6 @@ impl Client {
         }
     }
 
-    /// Closes the connection normally (1000) and stops the task: no reconnect, every
-    /// subscription ends, calls in flight fail with [`CallError::ClientClosed`].
     /// Replaces the token: while connected, re-authenticates the connection with it (an `auth`
     /// after `welcome`, answered by `welcome`; subscriptions go on) and resolves once the server
     /// accepted it; while disconnected, resolves at once. Either way every later reconnect uses
@@ -430,6 +428,8 @@ impl Client {
         answer.await.map_err(|_| self.closed_error())?
     }
 
+    /// Closes the connection normally (1000) and stops the task: no reconnect, every
+    /// subscription ends, calls in flight fail with [`CallError::ClientClosed`].
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();
         if self
