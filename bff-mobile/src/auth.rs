@@ -74,7 +74,10 @@ mod tests {
         assert_eq!(v.subject.as_str(), "alice");
         let exp = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now() + 60);
         assert!(v.expires_at <= exp && v.expires_at + std::time::Duration::from_secs(2) >= exp);
-        assert_eq!(v.valid_until, v.expires_at + std::time::Duration::from_secs(30));
+        assert_eq!(
+            v.valid_until,
+            v.expires_at + std::time::Duration::from_secs(30)
+        );
     }
 
     #[tokio::test]

@@ -80,7 +80,11 @@ async fn a_reauthenticated_socket_keeps_its_subscriptions_past_the_first_tokens_
             other => panic!("expected welcome, got {other:?}"),
         }
         // Past the first token's expiry, the socket is open and its subscription delivers.
-        assert_eq!(close_within(&mut c, Duration::from_secs(3)).await, None, "{enc}");
+        assert_eq!(
+            close_within(&mut c, Duration::from_secs(3)).await,
+            None,
+            "{enc}"
+        );
         let published = gw.publish_conversion("alice", "after-exp").await;
         let ev = c.event().await;
         assert_eq!((ev.epoch, ev.offset), (published.epoch, published.offset));

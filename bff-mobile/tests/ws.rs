@@ -281,7 +281,10 @@ async fn protocol_violations_close_with_their_codes() {
         token: token("gina"),
     }))
     .await;
-    assert!(matches!(c.recv_skipping_pings().await, ServerMsg::Welcome(_)));
+    assert!(matches!(
+        c.recv_skipping_pings().await,
+        ServerMsg::Welcome(_)
+    ));
 }
 
 #[tokio::test]

@@ -159,7 +159,10 @@ mod tests {
     }
 
     /// The principal of an init payload, without its expiry.
-    async fn init(v: &Verifier, payload: Option<&serde_json::Value>) -> Result<Option<Principal>, AuthError> {
+    async fn init(
+        v: &Verifier,
+        payload: Option<&serde_json::Value>,
+    ) -> Result<Option<Principal>, AuthError> {
         v.from_init_payload(payload)
             .await
             .map(|o| o.map(|v| v.subject))
@@ -188,10 +191,7 @@ mod tests {
         assert_eq!(init(&v, None).await, Ok(None));
         assert_eq!(init(&v, Some(&json!(null))).await, Ok(None));
         assert_eq!(init(&v, Some(&json!({}))).await, Ok(None));
-        assert_eq!(
-            init(&v, Some(&json!({ "other": "value" }))).await,
-            Ok(None)
-        );
+        assert_eq!(init(&v, Some(&json!({ "other": "value" }))).await, Ok(None));
         assert_eq!(
             init(&v, Some(&json!({ "authorization": "" }))).await,
             Ok(None)
@@ -211,11 +211,16 @@ mod tests {
         assert_eq!(init(&v, Some(&json!({ "token": "" }))).await, Ok(None));
         // `authorization` takes precedence over `token`.
         assert_eq!(
-            init(&v, Some(&json!({ "authorization": bearer, "token": "junk" }))).await,
+            init(
+                &v,
+                Some(&json!({ "authorization": bearer, "token": "junk" }))
+            )
+            .await,
             Ok(Some(alice()))
         );
         assert_eq!(
-            init(&v, Some(&json!({ "authorization": token }))).await
+            init(&v, Some(&json!({ "authorization": token })))
+                .await
                 .unwrap_err()
                 .code(),
             "invalid_token",
@@ -232,7 +237,8 @@ mod tests {
             ))
         );
         assert_eq!(
-            init(&v, Some(&json!({ "token": "junk" }))).await
+            init(&v, Some(&json!({ "token": "junk" })))
+                .await
                 .unwrap_err()
                 .code(),
             "invalid_token"

@@ -174,9 +174,16 @@ async fn a_socket_is_closed_with_4403_when_its_token_expires() {
     let g = gateway(0).await;
     let mut ws = connect(&g).await;
     init(&mut ws, &token("alice", 2)).await;
-    send(&mut ws, json!({"id": "c", "type": "subscribe", "payload": {"query": CONVERSIONS}})).await;
+    send(
+        &mut ws,
+        json!({"id": "c", "type": "subscribe", "payload": {"query": CONVERSIONS}}),
+    )
+    .await;
     assert_eq!(receive_conversion(&g, &mut ws, "alice", "c-1").await, "c-1");
-    assert_eq!(close_within(&mut ws, Duration::from_secs(10)).await, Some(4403));
+    assert_eq!(
+        close_within(&mut ws, Duration::from_secs(10)).await,
+        Some(4403)
+    );
 }
 
 #[tokio::test]
@@ -188,7 +195,10 @@ async fn the_leeway_applies_and_anonymous_sockets_do_not_expire() {
     send(&mut anonymous, json!({"type": "connection_init"})).await;
     assert_eq!(recv(&mut anonymous).await["type"], "connection_ack");
     assert_eq!(close_within(&mut ws, Duration::from_secs(3)).await, None);
-    assert_eq!(close_within(&mut anonymous, Duration::from_millis(10)).await, None);
+    assert_eq!(
+        close_within(&mut anonymous, Duration::from_millis(10)).await,
+        None
+    );
 }
 
 #[tokio::test]
@@ -196,8 +206,15 @@ async fn a_ping_with_a_fresh_token_keeps_the_subscriptions_past_the_first_exp() 
     let g = gateway(0).await;
     let mut ws = connect(&g).await;
     init(&mut ws, &token("alice", 2)).await;
-    send(&mut ws, json!({"id": "c", "type": "subscribe", "payload": {"query": CONVERSIONS}})).await;
-    assert_eq!(receive_conversion(&g, &mut ws, "alice", "before").await, "before");
+    send(
+        &mut ws,
+        json!({"id": "c", "type": "subscribe", "payload": {"query": CONVERSIONS}}),
+    )
+    .await;
+    assert_eq!(
+        receive_conversion(&g, &mut ws, "alice", "before").await,
+        "before"
+    );
     send(
         &mut ws,
         json!({"type": "ping", "payload": {"token": token("alice", 3600)}}),
@@ -209,10 +226,16 @@ async fn a_ping_with_a_fresh_token_keeps_the_subscriptions_past_the_first_exp() 
     assert!(pong["payload"]["exp"].as_u64().unwrap() > 0);
     // Past the first token's expiry: still open, and the subscription still delivers.
     assert_eq!(close_within(&mut ws, Duration::from_secs(3)).await, None);
-    assert_eq!(receive_conversion(&g, &mut ws, "alice", "after").await, "after");
+    assert_eq!(
+        receive_conversion(&g, &mut ws, "alice", "after").await,
+        "after"
+    );
     // A plain ping is still a plain ping.
     send(&mut ws, json!({"type": "ping", "payload": {"n": 1}})).await;
-    assert_eq!(recv(&mut ws).await, json!({"type": "pong", "payload": {"n": 1}}));
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"type": "pong", "payload": {"n": 1}})
+    );
 }
 
 #[tokio::test]
@@ -220,14 +243,28 @@ async fn reauthentication_as_another_user_or_on_an_anonymous_socket_closes_with_
     let g = gateway(0).await;
     let mut ws = connect(&g).await;
     init(&mut ws, &token("alice", 3600)).await;
-    send(&mut ws, json!({"type": "ping", "payload": {"token": token("bob", 3600)}})).await;
-    assert_eq!(close_within(&mut ws, Duration::from_secs(5)).await, Some(4403));
+    send(
+        &mut ws,
+        json!({"type": "ping", "payload": {"token": token("bob", 3600)}}),
+    )
+    .await;
+    assert_eq!(
+        close_within(&mut ws, Duration::from_secs(5)).await,
+        Some(4403)
+    );
 
     let mut anonymous = connect(&g).await;
     send(&mut anonymous, json!({"type": "connection_init"})).await;
     assert_eq!(recv(&mut anonymous).await["type"], "connection_ack");
-    send(&mut anonymous, json!({"type": "ping", "payload": {"token": token("bob", 3600)}})).await;
-    assert_eq!(close_within(&mut anonymous, Duration::from_secs(5)).await, Some(4403));
+    send(
+        &mut anonymous,
+        json!({"type": "ping", "payload": {"token": token("bob", 3600)}}),
+    )
+    .await;
+    assert_eq!(
+        close_within(&mut anonymous, Duration::from_secs(5)).await,
+        Some(4403)
+    );
 }
 
 #[tokio::test]

@@ -66,15 +66,19 @@ fn encoding_key(pem: &str, alg: Algorithm) -> EncodingKey {
 
 /// The public JWK of a private key, with `kid`.
 fn jwk(pem: &str, alg: Algorithm, kid: &str) -> Value {
-    let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&encoding_key(pem, alg), alg).unwrap())
-        .unwrap();
+    let mut jwk =
+        serde_json::to_value(Jwk::from_encoding_key(&encoding_key(pem, alg), alg).unwrap())
+            .unwrap();
     jwk["kid"] = json!(kid);
     jwk["use"] = json!("sig");
     jwk
 }
 
 fn now_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A token for `sub` signed with `pem` under `kid` (none: no `kid` header).
@@ -143,7 +147,9 @@ async fn rs256_keys_rotate_by_kid_with_an_on_demand_refresh() {
     // A was removed from the JWKS: refused after that refresh.
     assert_eq!(
         check(&v, &by_a).await,
-        Err(AuthError::InvalidToken("the token's `kid` names no known key"))
+        Err(AuthError::InvalidToken(
+            "the token's `kid` names no known key"
+        ))
     );
     // A token signed by A but claiming B's kid fails on the signature.
     let forged = token(RS_A, Algorithm::RS256, Some("key-b"), "mallory");
@@ -167,13 +173,20 @@ async fn a_burst_of_unknown_kids_makes_at_most_one_fetch_per_interval() {
     // 200 tokens with random kids, concurrently: no fetch within the minimum interval.
     let burst = (0..200).map(|i| {
         let v = v.clone();
-        let t = token(ES_B, Algorithm::ES256, Some(&format!("random-{i}")), "mallory");
+        let t = token(
+            ES_B,
+            Algorithm::ES256,
+            Some(&format!("random-{i}")),
+            "mallory",
+        );
         tokio::spawn(async move { check(&v, &t).await })
     });
     for refused in futures::future::join_all(burst).await {
         assert_eq!(
             refused.unwrap(),
-            Err(AuthError::InvalidToken("the token's `kid` names no known key"))
+            Err(AuthError::InvalidToken(
+                "the token's `kid` names no known key"
+            ))
         );
     }
     assert_eq!(issuer.fetches(), after_first);
@@ -242,7 +255,9 @@ async fn a_slow_issuer_bounds_the_wait() {
     let started = Instant::now();
     assert_eq!(
         check(&v, &by_a).await,
-        Err(AuthError::InvalidToken("the token's `kid` names no known key"))
+        Err(AuthError::InvalidToken(
+            "the token's `kid` names no known key"
+        ))
     );
     // Bounded by the timeout (generously: the machine may be loaded), not by the 10 s issuer.
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -262,7 +277,9 @@ async fn the_algorithm_is_the_configurations_never_the_tokens() {
     let v = Verifier::new(&config(&server, "RS256", 60_000)).unwrap();
     let by_a = token(RS_A, Algorithm::RS256, Some("key-a"), "alice");
     assert_eq!(check(&v, &by_a).await, Ok("alice".into()));
-    let not_accepted = Err(AuthError::InvalidToken("the token's algorithm is not accepted"));
+    let not_accepted = Err(AuthError::InvalidToken(
+        "the token's algorithm is not accepted",
+    ));
     // ES256 is published but not the configured algorithm.
     let es = token(ES_A, Algorithm::ES256, Some("ec-a"), "alice");
     assert_eq!(check(&v, &es).await, not_accepted);

@@ -619,9 +619,7 @@ impl Task {
                     let _ = reply.send(Ok(()));
                 }
             }
-            ServerMsg::Unsubbed(_)
-            | ServerMsg::Pong(_)
-            | ServerMsg::Bye(_) => {}
+            ServerMsg::Unsubbed(_) | ServerMsg::Pong(_) | ServerMsg::Bye(_) => {}
         }
         Ok(())
     }
