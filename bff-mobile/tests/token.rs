@@ -56,13 +56,19 @@ async fn a_socket_is_closed_with_4440_when_its_token_expires() {
 
 #[tokio::test]
 async fn the_leeway_applies_to_the_socket_deadline() {
-    // With the default 30 s leeway, a token that expires in 1 s keeps the socket open well past
-    // its `exp`.
-    let gw = start(config(), 100).await;
+    // A 3 s leeway: a token expiring within a second keeps the socket open for the next 2 s
+    // (its `exp` + 3 s is more than 3 s away), then it is closed.
+    let mut cfg = config();
+    cfg.auth.leeway_s = 3;
+    let gw = start(cfg, 100).await;
     let mut c = Client::connect(&gw.ws_url(), &[Encoding::Json.subprotocol()]).await;
     auth(&mut c, token_with("alice", common::SECRET, 1)).await;
     assert!(matches!(c.recv().await, ServerMsg::Welcome(_)));
-    assert_eq!(close_within(&mut c, Duration::from_secs(3)).await, None);
+    assert_eq!(close_within(&mut c, Duration::from_secs(2)).await, None);
+    assert_eq!(
+        close_within(&mut c, Duration::from_secs(10)).await,
+        Some(close::TOKEN_EXPIRED)
+    );
 }
 
 #[tokio::test]
