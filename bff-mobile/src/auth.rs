@@ -1,10 +1,11 @@
 //! Who is on a mobile connection: the user named by the token of its `auth` message, checked by
 //! the core's JWT verifier ([`switchyard_core::auth`]: HS256 and RS256, `exp` required, `iss` and
-//! `aud` when configured). This module does not know the protocol: the socket layer turns a
-//! refusal into close 4401 with the reason given here.
+//! `aud` when configured; keys from a JWKS endpoint when configured). A verified token also says
+//! until when it is valid, so that the socket can close when it expires. This module does not
+//! know the protocol: the socket layer turns a refusal into close 4401 with the reason given here.
 
 use demo_api::UserId;
-use switchyard_core::auth::{self, AuthError};
+use switchyard_core::auth::{self, AuthError, Verified};
 
 pub use switchyard_core::auth::AuthConfig;
 
@@ -27,11 +28,13 @@ impl Verifier {
         self.0.from_headers(headers, |sub| UserId::parse(sub).ok())
     }
 
-    /// Checks a token and names its user; the error is a message for the close reason (it never
-    /// carries key material or the token).
-    pub(crate) fn verify(&self, token: &str) -> Result<UserId, &'static str> {
+    /// Checks a token and names its user and its expiry; the error is a message for the close
+    /// reason (it never carries key material or the token). Waits (bounded) for a JWKS refresh
+    /// when the token names an unknown key.
+    pub(crate) async fn verify(&self, token: &str) -> Result<Verified<UserId>, &'static str> {
         self.0
-            .verify(token, |sub| UserId::parse(sub).ok())
+            .verify_async(token, |sub| UserId::parse(sub).ok())
+            .await
             .map_err(|e| match e {
                 AuthError::MissingToken => "missing token",
                 AuthError::InvalidToken(why) => why,
@@ -73,14 +76,21 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_good_token_names_its_user() {
+    #[tokio::test]
+    async fn a_good_token_names_its_user_and_its_expiry() {
         let t = hs(&json!({"sub": "alice", "exp": now() + 60}), SECRET);
-        assert_eq!(verifier().verify(&t).unwrap().as_str(), "alice");
+        let v = verifier().verify(&t).await.unwrap();
+        assert_eq!(v.subject.as_str(), "alice");
+        let exp = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now() + 60);
+        assert!(v.expires_at <= exp && v.expires_at + std::time::Duration::from_secs(2) >= exp);
+        assert_eq!(
+            v.valid_until,
+            v.expires_at + std::time::Duration::from_secs(30)
+        );
     }
 
-    #[test]
-    fn bad_tokens_are_refused_with_a_reason() {
+    #[tokio::test]
+    async fn bad_tokens_are_refused_with_a_reason() {
         let v = verifier();
         let cases = [
             (
@@ -110,21 +120,22 @@ mod tests {
             ("x".repeat(9 * 1024), "the token is too long"),
         ];
         for (t, why) in cases {
-            assert_eq!(v.verify(&t), Err(why), "{t}");
+            assert_eq!(v.verify(&t).await.map(|v| v.subject), Err(why), "{t}");
         }
         // alg none, unsigned.
         assert!(
             v.verify("eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.")
+                .await
                 .is_err()
         );
     }
 
-    #[test]
-    fn without_keys_every_token_is_refused() {
+    #[tokio::test]
+    async fn without_keys_every_token_is_refused() {
         let v = Verifier::new(&AuthConfig::default()).unwrap();
         let t = hs(&json!({"sub": "alice", "exp": now() + 60}), SECRET);
         assert_eq!(
-            v.verify(&t),
+            v.verify(&t).await.map(|v| v.subject),
             Err("authentication is not configured on this server")
         );
     }

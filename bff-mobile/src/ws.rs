@@ -1,5 +1,6 @@
 //! The `/v1/ws` socket speaking `switchyard-mobile.v1` (`docs/protocol/mobile-v1.md`): the
-//! connection state machine (awaiting auth, ready, draining), subscriptions with resume, calls,
+//! connection state machine (awaiting auth, ready, draining), re-authentication and the token's
+//! expiry (one more deadline of the socket's one timer), subscriptions with resume, calls,
 //! heartbeats, limits and every close code.
 //!
 //! One task per socket does everything — reading, writing, timers, calls and every subscription
@@ -178,6 +179,7 @@ async fn serve(socket: WebSocket, gw: Arc<Gateway>, encoding: Option<Encoding>) 
         ping_n: 0,
         closes_at: None,
         _user_slot: None,
+        token_valid_until: None,
     };
     match conn.run(&mut io).await {
         Some(closing) => io.close(closing).await,
@@ -370,6 +372,9 @@ struct Conn {
     closes_at: Option<Instant>,
     /// The user's socket slot, held from `auth` until the socket is gone.
     _user_slot: Option<Slot<String>>,
+    /// When the token of the last `auth` stops being valid (`exp` + leeway): the socket closes
+    /// with 4440 then, unless a re-authentication moved it.
+    token_valid_until: Option<Instant>,
 }
 
 impl Conn {
@@ -407,6 +412,7 @@ impl Conn {
                 self.closes_at,
                 (!authed).then_some(auth_deadline),
                 authed.then_some(self.next_ping),
+                self.token_valid_until,
                 busy.then_some(write_deadline),
             ]
             .into_iter()
@@ -436,6 +442,12 @@ impl Conn {
                     }
                     if !authed && now >= auth_deadline {
                         return Some(Closing::new(close::TIMEOUT, "no auth in time"));
+                    }
+                    if self.token_valid_until.is_some_and(|at| now >= at) {
+                        return Some(Closing::new(
+                            close::TOKEN_EXPIRED,
+                            "the token has expired: send auth with a fresh token before exp",
+                        ));
                     }
                     if now >= silence_deadline {
                         return Some(Closing::new(close::TIMEOUT, "no frame for 2 x hb"));
@@ -585,20 +597,32 @@ impl Conn {
                 io.queue.push(Kind::Pong, message(frame));
             }
             (ClientMsg::Pong(_), _) => {}
-            (ClientMsg::Auth(a), None) => match self.gw.parts.verifier.verify(&a.token) {
-                Ok(user) => {
-                    match self.gw.user_sockets.try_acquire(user.to_string()) {
-                        Ok(slot) => self._user_slot = Some(slot),
-                        Err(_) => {
-                            return Some(Closing::new(
-                                close::TOO_MANY_CONNECTIONS,
-                                format!(
-                                    "too many connections: at most {} per user",
-                                    self.config().max_sockets_per_user
-                                ),
-                            ));
+            (ClientMsg::Auth(a), current) => match self.gw.parts.verifier.verify(&a.token).await {
+                // A re-authentication: same user, a later expiry, the same `welcome`.
+                Ok(v) if current.as_ref().is_some_and(|u| *u != v.subject) => {
+                    return Some(Closing::new(
+                        close::FORBIDDEN,
+                        "re-authentication as another user: open a new connection",
+                    ));
+                }
+                Ok(v) => {
+                    // The socket takes a slot of its user at the first `auth` only.
+                    if current.is_none() {
+                        match self.gw.user_sockets.try_acquire(v.subject.to_string()) {
+                            Ok(slot) => self._user_slot = Some(slot),
+                            Err(_) => {
+                                return Some(Closing::new(
+                                    close::TOO_MANY_CONNECTIONS,
+                                    format!(
+                                        "too many connections: at most {} per user",
+                                        self.config().max_sockets_per_user
+                                    ),
+                                ));
+                            }
                         }
                     }
+                    self.token_valid_until = Some(v.deadline());
+                    let user = v.subject;
                     let c = self.config();
                     let welcome = ServerMsg::Welcome(mobile_proto::Welcome {
                         user: user.to_string(),
@@ -609,7 +633,9 @@ impl Conn {
                             max_frame_bytes: c.max_frame_bytes,
                         },
                     });
-                    self.next_ping = Instant::now() + self.heartbeat();
+                    if current.is_none() {
+                        self.next_ping = Instant::now() + self.heartbeat();
+                    }
                     self.user = Some(user);
                     self.reply(io, &welcome);
                 }
@@ -620,9 +646,6 @@ impl Conn {
                     ));
                 }
             },
-            (ClientMsg::Auth(_), Some(_)) => {
-                return Some(Closing::new(close::CONFLICT, "already authenticated"));
-            }
             (_, None) => {
                 return Some(Closing::new(close::UNAUTHENTICATED, "send auth first"));
             }

@@ -7,11 +7,14 @@
 //! token names a [`Principal`]; no token at all means an anonymous caller (`Ok(None)`), and what an
 //! anonymous caller may do is the schema's decision. A token that is present but wrong is always
 //! an error: the gateway never silently downgrades a caller to anonymous.
+//!
+//! On a socket the token also sets how long the connection may live ([`Verified::valid_until`]);
+//! a `ping` whose payload carries a token re-authenticates it ([`Verifier::from_ping_payload`]).
 
 use axum::http::HeaderMap;
 use demo_api::UserId;
 use switchyard_core::auth;
-pub use switchyard_core::auth::{AuthConfig, AuthError, hs256_token};
+pub use switchyard_core::auth::{AuthConfig, AuthError, Verified, hs256_token};
 
 /// The keys of a `connection_init` payload that may carry a token, in order of precedence.
 const INIT_PAYLOAD_KEYS: [&str; 3] = ["authorization", "Authorization", "token"];
@@ -43,14 +46,36 @@ impl Verifier {
         self.0.is_enabled()
     }
 
-    /// Checks a token (without its `Bearer ` prefix) and names its user.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        self.0.verify(token, principal)
+    /// Checks a token (without its `Bearer ` prefix) and names its user and its expiry; waits
+    /// (bounded) for a JWKS refresh when the token names an unknown key.
+    pub async fn verify(&self, token: &str) -> Result<Verified<Principal>, AuthError> {
+        self.0.verify_async(token, principal).await
     }
 
-    /// The caller of an HTTP request ([`auth::Verifier::from_headers`]).
-    pub fn from_headers(&self, headers: &HeaderMap) -> Result<Option<Principal>, AuthError> {
-        self.0.from_headers(headers, principal)
+    /// The caller of an HTTP request (see [`auth::header_token`]).
+    pub async fn from_headers(&self, headers: &HeaderMap) -> Result<Option<Principal>, AuthError> {
+        match auth::header_token(headers)? {
+            Some(token) => self.verify(token).await.map(|v| Some(v.subject)),
+            None => Ok(None),
+        }
+    }
+
+    /// A re-authentication carried by a graphql-transport-ws `ping`: `None` when the payload
+    /// carries none of the `connection_init` token keys (a plain ping); otherwise the verified
+    /// token, or why it was refused (an empty token included).
+    pub async fn from_ping_payload(
+        &self,
+        payload: Option<&serde_json::Value>,
+    ) -> Option<Result<Verified<Principal>, AuthError>> {
+        let object = payload?.as_object()?;
+        if !INIT_PAYLOAD_KEYS.iter().any(|k| object.contains_key(*k)) {
+            return None;
+        }
+        Some(match self.from_init_payload(payload).await {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(AuthError::MissingToken),
+            Err(e) => Err(e),
+        })
     }
 
     /// The caller of a graphql-transport-ws connection, from its `connection_init` payload:
@@ -58,10 +83,10 @@ impl Verifier {
     /// (the first present in that order is used). No payload, a payload without these keys, or an
     /// empty value: anonymous, `Ok(None)`. A value that is not a string, or an `authorization`
     /// that is not `Bearer <token>`: an error.
-    pub fn from_init_payload(
+    pub async fn from_init_payload(
         &self,
         payload: Option<&serde_json::Value>,
-    ) -> Result<Option<Principal>, AuthError> {
+    ) -> Result<Option<Verified<Principal>>, AuthError> {
         let Some(object) = payload.and_then(serde_json::Value::as_object) else {
             return Ok(None);
         };
@@ -80,7 +105,7 @@ impl Verifier {
             auth::bearer_token(value)?
         };
         match token {
-            Some(token) => self.verify(token).map(Some),
+            Some(token) => self.verify(token).await.map(Some),
             None => Ok(None),
         }
     }
@@ -112,13 +137,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sub_must_be_a_valid_user_id() {
+    #[tokio::test]
+    async fn sub_must_be_a_valid_user_id() {
         let v = verifier(&hs_config());
-        assert_eq!(v.verify(&hs256_token(SECRET, "alice", HOUR)), Ok(alice()));
+        assert_eq!(
+            v.verify(&hs256_token(SECRET, "alice", HOUR))
+                .await
+                .map(|v| v.subject),
+            Ok(alice())
+        );
         for bad in ["not a user!", ""] {
             assert_eq!(
-                v.verify(&hs256_token(SECRET, bad, HOUR)),
+                v.verify(&hs256_token(SECRET, bad, HOUR))
+                    .await
+                    .map(|v| v.subject),
                 Err(AuthError::InvalidToken(
                     "the `sub` claim is not a valid user id"
                 ))
@@ -126,66 +158,94 @@ mod tests {
         }
     }
 
-    #[test]
-    fn init_payload_parsing() {
+    /// The principal of an init payload, without its expiry.
+    async fn init(
+        v: &Verifier,
+        payload: Option<&serde_json::Value>,
+    ) -> Result<Option<Principal>, AuthError> {
+        v.from_init_payload(payload)
+            .await
+            .map(|o| o.map(|v| v.subject))
+    }
+
+    #[tokio::test]
+    async fn ping_payload_parsing() {
+        let v = verifier(&hs_config());
+        let token = hs256_token(SECRET, "alice", HOUR);
+        assert!(v.from_ping_payload(None).await.is_none());
+        assert!(v.from_ping_payload(Some(&json!("hello"))).await.is_none());
+        assert!(v.from_ping_payload(Some(&json!({"t": 1}))).await.is_none());
+        let ok = v.from_ping_payload(Some(&json!({ "token": token }))).await;
+        assert_eq!(ok.unwrap().map(|v| v.subject), Ok(alice()));
+        let empty = v.from_ping_payload(Some(&json!({ "token": "" }))).await;
+        assert_eq!(empty.unwrap().unwrap_err(), AuthError::MissingToken);
+        let junk = v.from_ping_payload(Some(&json!({ "token": "junk" }))).await;
+        assert_eq!(junk.unwrap().unwrap_err().code(), "invalid_token");
+    }
+
+    #[tokio::test]
+    async fn init_payload_parsing() {
         let v = verifier(&hs_config());
         let token = hs256_token(SECRET, "alice", HOUR);
         let bearer = format!("Bearer {token}");
-        assert_eq!(v.from_init_payload(None), Ok(None));
-        assert_eq!(v.from_init_payload(Some(&json!(null))), Ok(None));
-        assert_eq!(v.from_init_payload(Some(&json!({}))), Ok(None));
+        assert_eq!(init(&v, None).await, Ok(None));
+        assert_eq!(init(&v, Some(&json!(null))).await, Ok(None));
+        assert_eq!(init(&v, Some(&json!({}))).await, Ok(None));
+        assert_eq!(init(&v, Some(&json!({ "other": "value" }))).await, Ok(None));
         assert_eq!(
-            v.from_init_payload(Some(&json!({ "other": "value" }))),
+            init(&v, Some(&json!({ "authorization": "" }))).await,
             Ok(None)
         );
         assert_eq!(
-            v.from_init_payload(Some(&json!({ "authorization": "" }))),
-            Ok(None)
-        );
-        assert_eq!(
-            v.from_init_payload(Some(&json!({ "authorization": bearer }))),
+            init(&v, Some(&json!({ "authorization": bearer }))).await,
             Ok(Some(alice()))
         );
         assert_eq!(
-            v.from_init_payload(Some(&json!({ "Authorization": bearer }))),
+            init(&v, Some(&json!({ "Authorization": bearer }))).await,
             Ok(Some(alice()))
         );
         assert_eq!(
-            v.from_init_payload(Some(&json!({ "token": token }))),
+            init(&v, Some(&json!({ "token": token }))).await,
             Ok(Some(alice()))
         );
-        assert_eq!(v.from_init_payload(Some(&json!({ "token": "" }))), Ok(None));
+        assert_eq!(init(&v, Some(&json!({ "token": "" }))).await, Ok(None));
         // `authorization` takes precedence over `token`.
         assert_eq!(
-            v.from_init_payload(Some(&json!({ "authorization": bearer, "token": "junk" }))),
+            init(
+                &v,
+                Some(&json!({ "authorization": bearer, "token": "junk" }))
+            )
+            .await,
             Ok(Some(alice()))
         );
         assert_eq!(
-            v.from_init_payload(Some(&json!({ "authorization": token })))
+            init(&v, Some(&json!({ "authorization": token })))
+                .await
                 .unwrap_err()
                 .code(),
             "invalid_token",
             "authorization without the Bearer scheme"
         );
         assert_eq!(
-            v.from_init_payload(Some(&json!({ "authorization": "Bearer" }))),
+            init(&v, Some(&json!({ "authorization": "Bearer" }))).await,
             Err(AuthError::MissingToken)
         );
         assert_eq!(
-            v.from_init_payload(Some(&json!({ "token": 42 }))),
+            init(&v, Some(&json!({ "token": 42 }))).await,
             Err(AuthError::InvalidToken(
                 "the connection_init token must be a string"
             ))
         );
         assert_eq!(
-            v.from_init_payload(Some(&json!({ "token": "junk" })))
+            init(&v, Some(&json!({ "token": "junk" })))
+                .await
                 .unwrap_err()
                 .code(),
             "invalid_token"
         );
         let wrong = hs256_token("wrong-secret-wrong-secret-wrong-secret", "alice", HOUR);
         assert_eq!(
-            v.from_init_payload(Some(&json!({ "token": wrong }))),
+            init(&v, Some(&json!({ "token": wrong }))).await,
             Err(AuthError::InvalidToken("bad signature"))
         );
     }

@@ -75,12 +75,12 @@ where
 
 /// The principal of a request, or the HTTP answer refusing it (401 for a bad token).
 #[allow(clippy::result_large_err)]
-fn principal(
+async fn principal(
     verifier: &Verifier,
     headers: &HeaderMap,
     media: &'static str,
 ) -> Result<Option<Principal>, Response> {
-    verifier.from_headers(headers).map_err(|e| {
+    verifier.from_headers(headers).await.map_err(|e| {
         let body = serde_json::json!({"errors": [{
             "message": e.to_string(),
             "extensions": {"code": "UNAUTHENTICATED", "reason": e.code()}
@@ -130,7 +130,7 @@ where
             "send the GraphQL request as application/json",
         );
     }
-    let principal = match principal(&endpoint.verifier, &headers, media) {
+    let principal = match principal(&endpoint.verifier, &headers, media).await {
         Ok(p) => p,
         Err(response) => return response,
     };
@@ -218,7 +218,7 @@ where
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    let principal = match principal(&endpoint.verifier, &headers, media) {
+    let principal = match principal(&endpoint.verifier, &headers, media).await {
         Ok(p) => p,
         Err(response) => return response,
     };

@@ -3,15 +3,21 @@
 //! protocol: the connection state machine, every close code, auth at `connection_init`, limits.
 //!
 //! Close codes: 4400 invalid message, 4401 subscribe before `connection_ack`, 4403 forbidden
-//! (bad token at init), 4406 subprotocol not acceptable, 4408 no `connection_init` in time, 4409
-//! operation id already active, 4429 a second `connection_init` or a user over its socket cap
-//! (`max_sockets_per_user`); and outside the graphql-ws set,
+//! (bad token at init or at a re-authentication, a re-authentication as another user, or the
+//! token's `exp` passed without one), 4406 subprotocol not acceptable, 4408 no `connection_init`
+//! in time, 4409 operation id already active, 4429 a second `connection_init` or a user over its
+//! socket cap (`max_sockets_per_user`); and outside the graphql-ws set,
 //! 1001 when the server drains (reconnect elsewhere), 1009 for a message over the size limit and
 //! 1013 for a client too slow to read a stream subscription (reconnect and refetch).
 //!
 //! One task per socket does everything — reading, the init timer, single-result operations and
 //! every subscription — so an idle subscribed socket costs one task, its buffers and one
 //! broadcast receiver per subscription. Subscriptions are shared executions ([`crate::fanout`]).
+//!
+//! A socket authenticated with a token lives until the token's `exp` (plus the leeway), the same
+//! timer as the init timeout; a `ping` whose payload carries a token of the same user
+//! (`{"token": "…"}`) re-authenticates it and moves that deadline, answered by a `pong` with
+//! `{"reauthenticated": true, "exp": …}` (docs/protocol/web.md).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -39,7 +45,8 @@ pub(crate) mod close {
     pub(crate) const INVALID_MESSAGE: u16 = 4400;
     /// `subscribe` before `connection_ack`.
     pub(crate) const UNAUTHORIZED: u16 = 4401;
-    /// The `connection_init` credentials were refused.
+    /// The `connection_init` or re-authentication credentials were refused, a re-authentication
+    /// named another user, or the token expired without one.
     pub(crate) const FORBIDDEN: u16 = 4403;
     /// The client did not offer `graphql-transport-ws`.
     pub(crate) const SUBPROTOCOL_NOT_ACCEPTABLE: u16 = 4406;
@@ -168,6 +175,7 @@ where
     let mut conn = Connection {
         ctx,
         init: Init::Waiting(Instant::now()),
+        token_valid_until: None,
         active: HashMap::new(),
         streams: StreamMap::new(),
         singles: FuturesUnordered::new(),
@@ -189,6 +197,8 @@ enum Init {
 struct Connection<Q, M, S> {
     ctx: Socket<Q, M, S>,
     init: Init,
+    /// When the connection's token stops being valid (`exp` + leeway); `None` when anonymous.
+    token_valid_until: Option<Instant>,
     active: HashMap<String, Active>,
     streams: StreamMap<String, SubStream>,
     singles: FuturesUnordered<Single>,
@@ -234,15 +244,19 @@ where
     async fn run(&mut self, socket: &mut WebSocket) -> Option<Closing> {
         let shutdown = self.ctx.shutdown.clone();
         loop {
-            let init_deadline = match self.init {
+            // One timer: the init timeout, then the token's expiry.
+            let deadline = match self.init {
                 Init::Waiting(since) => Some(since + self.ctx.limits.init_timeout),
-                Init::Acked(_) => None,
+                Init::Acked(_) => self.token_valid_until,
             };
             tokio::select! {
                 () = shutdown.cancelled() => {
                     return Some(Closing::new(close::GOING_AWAY, "server shutting down"));
                 }
-                () = sleep_until_opt(init_deadline) => {
+                () = sleep_until_opt(deadline) => {
+                    if let Init::Acked(_) = self.init {
+                        return Some(Closing::new(close::FORBIDDEN, "Forbidden: the token has expired"));
+                    }
                     return Some(Closing::new(close::INIT_TIMEOUT, "Connection initialisation timeout"));
                 }
                 incoming = socket.recv() => {
@@ -329,14 +343,18 @@ where
                         "Too many initialisation requests",
                     ));
                 }
-                let principal = match self.ctx.verifier.from_init_payload(payload.as_ref()) {
+                let verified = match self.ctx.verifier.from_init_payload(payload.as_ref()).await {
                     Ok(p) => p,
                     Err(e) => {
                         return Some(Closing::new(close::FORBIDDEN, format!("Forbidden: {e}")));
                     }
                 };
-                if let Some(p) = &principal {
-                    match self.ctx.user_sockets.try_acquire(p.user.to_string()) {
+                if let Some(v) = &verified {
+                    match self
+                        .ctx
+                        .user_sockets
+                        .try_acquire(v.subject.user.to_string())
+                    {
                         Ok(slot) => self._user_slot = Some(slot),
                         Err(_) => {
                             return Some(Closing::new(
@@ -349,7 +367,8 @@ where
                         }
                     }
                 }
-                self.init = Init::Acked(principal);
+                self.token_valid_until = verified.as_ref().map(|v| v.deadline());
+                self.init = Init::Acked(verified.map(|v| v.subject));
                 if let Err(closing) = send_text(
                     socket,
                     r#"{"type":"connection_ack"}"#.to_owned(),
@@ -361,6 +380,38 @@ where
                 }
             }
             ClientMessage::Ping { payload } => {
+                if let Init::Acked(current) = &self.init
+                    && let Some(checked) =
+                        self.ctx.verifier.from_ping_payload(payload.as_ref()).await
+                {
+                    let verified = match checked {
+                        Ok(v) if current.as_ref() == Some(&v.subject) => v,
+                        Ok(_) => {
+                            return Some(Closing::new(
+                                close::FORBIDDEN,
+                                "Forbidden: re-authentication as another user",
+                            ));
+                        }
+                        Err(e) => {
+                            return Some(Closing::new(close::FORBIDDEN, format!("Forbidden: {e}")));
+                        }
+                    };
+                    self.token_valid_until = Some(verified.deadline());
+                    let exp = verified
+                        .expires_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    let pong = serde_json::json!({
+                        "type": "pong",
+                        "payload": {"reauthenticated": true, "exp": exp},
+                    });
+                    if let Err(closing) =
+                        send_text(socket, pong.to_string(), self.ctx.limits.write_timeout).await
+                    {
+                        return closing;
+                    }
+                    return None;
+                }
                 let pong = match payload {
                     Some(p) => serde_json::json!({"type": "pong", "payload": p}).to_string(),
                     None => r#"{"type":"pong"}"#.to_owned(),

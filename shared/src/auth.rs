@@ -10,18 +10,29 @@
 //! format (a graphql-transport-ws `connection_init`, a mobile `auth` message), the gateway
 //! extracts it and calls [`Verifier::verify`]; [`bearer_token`] parses `Bearer <token>` values.
 //!
-//! Accepted: HS256 with the configured shared secret and RS256 with the configured public key,
-//! each only when configured. Every other algorithm — `none`, and HS256 when only an RSA key is
-//! configured (the "algorithm confusion" attack) — is refused before any signature is checked.
-//! `exp` is required, `nbf` is honoured, both with the configured leeway; `iss` and `aud` are
-//! required and checked only when configured.
+//! Accepted: HS256 with the configured shared secret, RS256 with the configured public key, and
+//! RS256 or ES256 (`auth.jwks_algorithm`) with the keys published at `auth.jwks_url`, picked by
+//! the token's `kid` (see [`jwks`](self::jwks) for the cache and its refresh), each only when
+//! configured. The algorithm is decided by configuration: every other algorithm — `none`, and
+//! HS256 when only an RSA key is configured (the "algorithm confusion" attack) — is refused before
+//! any signature is checked, and a published key is only ever an RSA or P-256 key. `exp` is
+//! required, `nbf` is honoured, both with the configured leeway; `iss` and `aud` are required and
+//! checked only when configured.
 //!
-//! This module does not fetch keys (no JWKS), issue tokens (except [`hs256_token`], a helper for
-//! tests, benchmarks and demos) or decide authorisation. Every [`AuthError`] message is safe to send
-//! to a client: it names what was wrong with the token, never key material or the token itself.
+//! A verification returns the token's expiry with its subject ([`Verified`]), so that a socket can
+//! end when its token does. [`Verifier::verify_async`] waits (bounded) for a JWKS refresh when a
+//! token names an unknown `kid`; the synchronous [`Verifier::verify`] uses the cached keys only.
+//!
+//! This module does not issue tokens (except [`hs256_token`], a helper for tests, benchmarks and
+//! demos) or decide authorisation. Every [`AuthError`] message is safe to send to a client: it
+//! names what was wrong with the token, never key material or the token itself.
+
+mod jwks;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use self::jwks::{Jwks, Lookup};
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
@@ -49,8 +60,22 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// The `aud` claim every token must carry (or include); unset: `aud` is not checked.
     pub audience: Option<String>,
-    /// Clock skew tolerated when checking `exp` and `nbf`, in seconds.
+    /// Clock skew tolerated when checking `exp` and `nbf`, in seconds. A socket stays open until
+    /// its token's `exp` plus this leeway.
     pub leeway_s: u64,
+    /// URL of a JWKS document (`{"keys": [...]}`) publishing the verification keys of
+    /// `jwks_algorithm`, picked by the token's `kid`. Empty: no JWKS.
+    pub jwks_url: String,
+    /// The algorithm of the JWKS keys: `"RS256"` or `"ES256"`. Tokens must name it in their `alg`.
+    pub jwks_algorithm: String,
+    /// Age after which the cached JWKS is fetched again (in the background, at the next
+    /// verification), in milliseconds.
+    pub jwks_refresh_ms: u64,
+    /// Shortest time between two JWKS fetches, in milliseconds: tokens naming unknown `kid`s
+    /// cause at most one fetch per interval.
+    pub jwks_min_refresh_ms: u64,
+    /// Longest a JWKS fetch may take, and longest a verification waits for one, in milliseconds.
+    pub jwks_timeout_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -61,6 +86,11 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             leeway_s: 30,
+            jwks_url: String::new(),
+            jwks_algorithm: "RS256".to_owned(),
+            jwks_refresh_ms: 300_000,
+            jwks_min_refresh_ms: 30_000,
+            jwks_timeout_ms: 2_000,
         }
     }
 }
@@ -79,6 +109,11 @@ impl fmt::Debug for AuthConfig {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("leeway_s", &self.leeway_s)
+            .field("jwks_url", &self.jwks_url)
+            .field("jwks_algorithm", &self.jwks_algorithm)
+            .field("jwks_refresh_ms", &self.jwks_refresh_ms)
+            .field("jwks_min_refresh_ms", &self.jwks_min_refresh_ms)
+            .field("jwks_timeout_ms", &self.jwks_timeout_ms)
             .finish()
     }
 }
@@ -120,11 +155,54 @@ struct Accepted {
     validation: Validation,
 }
 
-/// Checks bearer tokens against the configured keys. Build once; cheap to clone.
+/// Checks bearer tokens against the configured keys. Build once; cheap to clone (clones share
+/// the JWKS cache).
 #[derive(Clone)]
 pub struct Verifier {
     hs256: Option<Accepted>,
     rs256: Option<Accepted>,
+    /// The JWKS cache and the claim checks of its algorithm.
+    jwks: Option<(Jwks, Validation)>,
+    leeway: Duration,
+}
+
+/// A verified token: its subject, as the gateway's parser read it, and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified<T> {
+    /// The subject (`sub`), parsed.
+    pub subject: T,
+    /// The token's `exp` claim.
+    pub expires_at: SystemTime,
+    /// `exp` plus the configured leeway: from then on the token is refused, and a socket
+    /// authenticated with it must end (or have re-authenticated).
+    pub valid_until: SystemTime,
+}
+
+impl<T> Verified<T> {
+    /// [`Self::valid_until`] on Tokio's monotonic clock (capped at a year from now), for a socket's
+    /// `sleep_until`.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        const CAP: Duration = Duration::from_secs(365 * 24 * 3600);
+        let left = self
+            .valid_until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::time::Instant::now() + left.min(CAP)
+    }
+}
+
+/// Why the synchronous check did not settle a token.
+enum Check {
+    /// Refused for good.
+    Refused(AuthError),
+    /// Its `kid` is not in the JWKS cache (yet).
+    UnknownKid,
+}
+
+impl From<AuthError> for Check {
+    fn from(e: AuthError) -> Self {
+        Self::Refused(e)
+    }
 }
 
 /// Written by hand: `DecodingKey`'s own `Debug` prints the secret.
@@ -133,6 +211,7 @@ impl fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("hs256", &self.hs256.is_some())
             .field("rs256", &self.rs256.is_some())
+            .field("jwks", &self.jwks.as_ref().map(|(j, _)| j.algorithm()))
             .finish()
     }
 }
@@ -142,6 +221,9 @@ impl fmt::Debug for Verifier {
 struct Claims {
     #[serde(default)]
     sub: Option<String>,
+    /// Read as a number of either kind; `jsonwebtoken` has already checked it.
+    #[serde(default)]
+    exp: Option<f64>,
 }
 
 impl Verifier {
@@ -171,52 +253,148 @@ impl Verifier {
                 validation: validation(Algorithm::RS256, config),
             })
         };
-        Ok(Self { hs256, rs256 })
+        let jwks = Jwks::new(config)?.map(|j| {
+            let v = validation(j.algorithm(), config);
+            (j, v)
+        });
+        Ok(Self {
+            hs256,
+            rs256,
+            jwks,
+            leeway: Duration::from_secs(config.leeway_s),
+        })
     }
 
     /// Whether any key is configured (otherwise every token is refused).
     pub fn is_enabled(&self) -> bool {
-        self.hs256.is_some() || self.rs256.is_some()
+        self.hs256.is_some() || self.rs256.is_some() || self.jwks.is_some()
+    }
+
+    /// How many JWKS fetches have started (0 without `auth.jwks_url`).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.jwks.as_ref().map_or(0, |(j, _)| j.fetches())
     }
 
     /// Checks a token (without its `Bearer ` prefix) and returns its subject as `parse` reads
-    /// it; a subject `parse` refuses (`None`) makes the token invalid.
+    /// it; a subject `parse` refuses (`None`) makes the token invalid. Uses the cached JWKS keys
+    /// only ([`Self::verify_async`] waits for a refresh on an unknown `kid`).
     pub fn verify<T>(
         &self,
         token: &str,
         parse: impl FnOnce(&str) -> Option<T>,
     ) -> Result<T, AuthError> {
+        self.verify_claims(token, parse).map(|v| v.subject)
+    }
+
+    /// [`Self::verify`], with the token's expiry. A `kid` not in the JWKS cache asks for a
+    /// refresh in the background (rate-limited) and is refused now.
+    pub fn verify_claims<T>(
+        &self,
+        token: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Verified<T>, AuthError> {
+        match self.check_token(token) {
+            Ok(claims) => self.finish(claims, parse),
+            Err(Check::Refused(e)) => Err(e),
+            Err(Check::UnknownKid) => {
+                if let Some((jwks, _)) = &self.jwks {
+                    jwks.request_refresh();
+                }
+                Err(unknown_kid())
+            }
+        }
+    }
+
+    /// [`Self::verify_claims`], except that a `kid` not in the JWKS cache waits for a refresh
+    /// (one fetch per `auth.jwks_min_refresh_ms` at most, waited for at most
+    /// `auth.jwks_timeout_ms`) before the token is checked again.
+    pub async fn verify_async<T>(
+        &self,
+        token: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Verified<T>, AuthError> {
+        let checked = match self.check_token(token) {
+            Err(Check::UnknownKid) => {
+                if let Some((jwks, _)) = &self.jwks {
+                    jwks.refresh_for_unknown_kid().await;
+                }
+                self.check_token(token)
+            }
+            other => other,
+        };
+        match checked {
+            Ok(claims) => self.finish(claims, parse),
+            Err(Check::Refused(e)) => Err(e),
+            Err(Check::UnknownKid) => Err(unknown_kid()),
+        }
+    }
+
+    /// The signature and claim checks, up to the parsed claims.
+    fn check_token(&self, token: &str) -> Result<Claims, Check> {
         if !self.is_enabled() {
-            return Err(AuthError::AuthDisabled);
+            return Err(AuthError::AuthDisabled.into());
         }
         if token.is_empty() {
-            return Err(AuthError::MissingToken);
+            return Err(AuthError::MissingToken.into());
         }
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(AuthError::InvalidToken("the token is too long"));
+            return Err(AuthError::InvalidToken("the token is too long").into());
         }
         // The header is read first so that the key is chosen by the algorithm we accept, never
         // by whatever the token claims: an HS256 token is never checked against the RSA key.
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
             AuthError::InvalidToken("malformed token, or an algorithm that is not accepted")
         })?;
-        let accepted = match header.alg {
-            Algorithm::HS256 => self.hs256.as_ref(),
-            Algorithm::RS256 => self.rs256.as_ref(),
-            _ => None,
-        }
-        .ok_or(AuthError::InvalidToken(
-            "the token's algorithm is not accepted",
-        ))?;
-        let data = jsonwebtoken::decode::<Claims>(token, &accepted.key, &accepted.validation)
-            .map_err(|e| refusal(e.kind()))?;
-        let sub = data
-            .claims
+        // A token of the JWKS's algorithm that names a `kid` is checked with the published key
+        // of that `kid`; otherwise with the configured static key of its algorithm.
+        let published = self
+            .jwks
+            .as_ref()
+            .filter(|(jwks, _)| jwks.algorithm() == header.alg)
+            .zip(header.kid.as_deref());
+        let data = if let Some(((jwks, validation), kid)) = published {
+            let Lookup::Found(key) = jwks.key(kid) else {
+                return Err(Check::UnknownKid);
+            };
+            jsonwebtoken::decode::<Claims>(token, &key, validation)
+        } else {
+            let accepted = match header.alg {
+                Algorithm::HS256 => self.hs256.as_ref(),
+                Algorithm::RS256 => self.rs256.as_ref(),
+                _ => None,
+            }
+            .ok_or(match &self.jwks {
+                Some((jwks, _)) if jwks.algorithm() == header.alg => {
+                    AuthError::InvalidToken("the token has no `kid`")
+                }
+                _ => AuthError::InvalidToken("the token's algorithm is not accepted"),
+            })?;
+            jsonwebtoken::decode::<Claims>(token, &accepted.key, &accepted.validation)
+        };
+        Ok(data.map_err(|e| refusal(e.kind()))?.claims)
+    }
+
+    /// The subject and expiry of checked claims.
+    fn finish<T>(
+        &self,
+        claims: Claims,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Verified<T>, AuthError> {
+        let sub = claims
             .sub
             .ok_or(AuthError::InvalidToken("the token has no `sub` claim"))?;
-        parse(&sub).ok_or(AuthError::InvalidToken(
+        let subject = parse(&sub).ok_or(AuthError::InvalidToken(
             "the `sub` claim is not a valid user id",
-        ))
+        ))?;
+        // `exp` is required and was checked; clamp it to a time the platform can represent.
+        const MAX_EXP_S: f64 = 253_402_300_799.0; // 9999-12-31T23:59:59Z
+        let exp = claims.exp.unwrap_or(0.0).clamp(0.0, MAX_EXP_S);
+        let expires_at = UNIX_EPOCH + Duration::from_secs_f64(exp);
+        Ok(Verified {
+            subject,
+            expires_at,
+            valid_until: expires_at + self.leeway.min(Duration::from_secs(86_400 * 365)),
+        })
     }
 
     /// The caller of an HTTP request, its subject read by `parse`. No `Authorization` header (or
@@ -228,23 +406,35 @@ impl Verifier {
         headers: &HeaderMap,
         parse: impl FnOnce(&str) -> Option<T>,
     ) -> Result<Option<T>, AuthError> {
-        let mut values = headers.get_all(AUTHORIZATION).iter();
-        let Some(value) = values.next() else {
-            return Ok(None);
-        };
-        if values.next().is_some() {
-            return Err(AuthError::InvalidToken(
-                "more than one Authorization header",
-            ));
-        }
-        let value = value.to_str().map_err(|_| {
-            AuthError::InvalidToken("the Authorization header is not printable ASCII")
-        })?;
-        match bearer_token(value)? {
+        match header_token(headers)? {
             Some(token) => self.verify(token, parse).map(Some),
             None => Ok(None),
         }
     }
+}
+
+/// The bearer token of an HTTP request's `Authorization` header: `None` without one (or with an
+/// empty one); an error for another scheme, several `Authorization` headers, or a value that is
+/// not text. For gateways that verify it with [`Verifier::verify_async`].
+pub fn header_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(AuthError::InvalidToken(
+            "more than one Authorization header",
+        ));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::InvalidToken("the Authorization header is not printable ASCII"))?;
+    bearer_token(value)
+}
+
+/// The refusal of a `kid` the JWKS does not publish, after any refresh.
+fn unknown_kid() -> AuthError {
+    AuthError::InvalidToken("the token's `kid` names no known key")
 }
 
 /// The token of an `Authorization` value: `None` when the value is empty, an error when the scheme
@@ -493,6 +683,25 @@ K+DBMQUpjp3OYaxFnbgRs1DUvjAua0b56wIDAQAB
             v.check(&rs_token(PRIVATE_PEM, &valid_claims())),
             Ok(alice())
         );
+    }
+
+    #[test]
+    fn a_verified_token_carries_its_expiry_and_the_leeway() {
+        let v = verifier(&hs_config());
+        let exp = now_s() + 120;
+        let token = hs_token(SECRET, &json!({ "sub": "alice", "exp": exp }));
+        let verified = v.verify_claims(&token, user).unwrap();
+        assert_eq!(verified.subject, "alice");
+        assert_eq!(verified.expires_at, UNIX_EPOCH + Duration::from_secs(exp));
+        assert_eq!(
+            verified.valid_until,
+            verified.expires_at + Duration::from_secs(30)
+        );
+        // An absurd `exp` is clamped, never an overflow.
+        let far = hs_token(SECRET, &json!({ "sub": "alice", "exp": 1e300 }));
+        if let Ok(v) = v.verify_claims(&far, user) {
+            assert!(v.expires_at > SystemTime::now());
+        }
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!
 //! - [`Client::subscribe`] returns a [`Subscription`], a stream of [`Update`]s (events and gaps).
 //! - [`Client::call`] runs an operation; the correlation id is chosen inside.
+//! - [`Client::reauthenticate`] hands over a fresh token: sent at once as a re-authentication
+//!   (`auth` after `welcome`; subscriptions go on) and used for every later reconnect. The server
+//!   closes a connection whose token expired without one (`4440`); the task then reconnects.
 //! - [`Client::close`] closes the connection normally (1000) and stops the task.
 //!
 //! When the connection drops (a lost network, a server close that allows a retry, or silence
@@ -14,7 +17,7 @@
 //! resubscribes every topic with the position it last delivered: the application sees every
 //! event of a stream topic once, in order, or a [`Update::Gap`] where events were lost. Calls are
 //! never retried (`convert` is not idempotent): one in flight when the connection drops fails
-//! with [`CallError::ConnectionLost`]. Fatal closes (`4400`, `4401`, `4406`, `4409`, `1009`)
+//! with [`CallError::ConnectionLost`]. Fatal closes (`4400`, `4401`, `4403`, `4406`, `4409`, `1009`)
 //! stop the task: subscriptions end and [`Client::error`] says why.
 //!
 //! ```no_run
@@ -202,6 +205,7 @@ impl Error {
                 *code,
                 close::PROTOCOL_VIOLATION
                     | close::UNAUTHENTICATED
+                    | close::FORBIDDEN
                     | close::SUBPROTOCOL_REQUIRED
                     | close::CONFLICT
                     | close::MESSAGE_TOO_BIG
@@ -406,6 +410,22 @@ impl Client {
             Ok(Err(_)) => Err(CallError::ClientClosed),
             Ok(Ok(result)) => result,
         }
+    }
+
+    /// Replaces the token: while connected, re-authenticates the connection with it (an `auth`
+    /// after `welcome`, answered by `welcome`; subscriptions go on) and resolves once the server
+    /// accepted it; while disconnected, resolves at once. Either way every later reconnect uses
+    /// it. Call it before the current token's `exp`. A token the server refuses ends the
+    /// connection (`4401`, or `4403` for another user's token) and stops the client with that
+    /// error.
+    pub async fn reauthenticate(&self, token: impl Into<String>) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(task::Command::Reauthenticate {
+            token: token.into(),
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| self.closed_error())?
     }
 
     /// Closes the connection normally (1000) and stops the task: no reconnect, every

@@ -57,6 +57,11 @@ pub(crate) enum Command {
         args: Map<String, Value>,
         reply: oneshot::Sender<Result<Value, CallError>>,
     },
+    /// A fresh token: re-authenticate now, and use it for every later reconnect.
+    Reauthenticate {
+        token: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -251,6 +256,8 @@ struct Task {
     calls: HashMap<u32, oneshot::Sender<Result<Value, CallError>>>,
     next_call: u32,
     close_reply: Option<oneshot::Sender<()>>,
+    /// Re-authentications sent and waiting for `welcome`.
+    reauths: Vec<oneshot::Sender<Result<(), Error>>>,
 }
 
 /// Starts the task on an authenticated connection.
@@ -270,6 +277,7 @@ pub(crate) fn spawn(
         calls: HashMap::new(),
         next_call: 0,
         close_reply: None,
+        reauths: Vec::new(),
     };
     tokio::spawn(task.run(conn));
 }
@@ -350,6 +358,11 @@ impl Task {
                             self.subs.remove(&topic);
                         }
                     }
+                    Some(Command::Reauthenticate { token, reply }) => {
+                        // Used by the next connection's `auth`.
+                        self.config.token = token;
+                        let _ = reply.send(Ok(()));
+                    }
                 },
             }
         }
@@ -359,6 +372,10 @@ impl Task {
     fn connection_lost(&mut self) {
         for (_, reply) in self.calls.drain() {
             let _ = reply.send(Err(CallError::ConnectionLost));
+        }
+        // The new token is kept: the next connection authenticates with it.
+        for reply in self.reauths.drain(..) {
+            let _ = reply.send(Ok(()));
         }
         for sub in self.subs.values_mut() {
             if let Some(reply) = sub.pending.take() {
@@ -373,6 +390,9 @@ impl Task {
         }
         for (_, reply) in self.calls.drain() {
             let _ = reply.send(Err(CallError::ClientClosed));
+        }
+        for reply in self.reauths.drain(..) {
+            let _ = reply.send(Err(fatal.clone().unwrap_or(Error::ClientClosed)));
         }
         for (_, sub) in self.subs.drain() {
             if let Some(reply) = sub.pending {
@@ -509,6 +529,12 @@ impl Task {
                 let msg = ClientMsg::Call(mobile_proto::Call { id, op, args });
                 send(ws, enc, &msg).await.map_err(|_| Broken)
             }
+            Command::Reauthenticate { token, reply } => {
+                self.config.token = token.clone();
+                self.reauths.push(reply);
+                let msg = ClientMsg::Auth(mobile_proto::Auth { token });
+                send(ws, enc, &msg).await.map_err(|_| Broken)
+            }
             Command::Close { .. } => Ok(()),
         }
     }
@@ -586,10 +612,14 @@ impl Task {
                 }
             }
             ServerMsg::Error(e) => self.error(e),
-            ServerMsg::Welcome(_)
-            | ServerMsg::Unsubbed(_)
-            | ServerMsg::Pong(_)
-            | ServerMsg::Bye(_) => {}
+            // Only a re-authentication is answered by `welcome` after the first.
+            ServerMsg::Welcome(_) => {
+                if !self.reauths.is_empty() {
+                    let reply = self.reauths.remove(0);
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            ServerMsg::Unsubbed(_) | ServerMsg::Pong(_) | ServerMsg::Bye(_) => {}
         }
         Ok(())
     }

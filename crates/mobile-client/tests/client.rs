@@ -468,3 +468,59 @@ async fn a_refused_subscription_is_an_error_and_the_connection_stays() {
     assert_eq!(tokio::time::timeout(WAIT, sub.next()).await.unwrap(), None);
     assert_eq!(client.connections(), 1);
 }
+
+/// An HS256 token for `user` expiring `ttl_s` seconds from now.
+fn token_for(user: &str, ttl_s: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "exp": now + ttl_s}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn reauthenticate_keeps_the_connection_and_its_subscriptions_past_the_first_exp() {
+    let mut config = gateway_config();
+    config.auth.leeway_s = 0;
+    let gw = start(&config, Arc::new(MemoryBus::new(100)), None).await;
+    let mut cfg = client_config(&gw, Encoding::Cbor, "dana");
+    cfg.token = token_for("dana", 2);
+    let client = Client::connect(cfg).await.expect("connects");
+    let mut sub = client.subscribe("conversions").await.expect("subscribes");
+    client
+        .reauthenticate(token_for("dana", 3600))
+        .await
+        .expect("re-authenticated");
+    // Past the first token's expiry (2 s): the same connection still delivers.
+    quiet(&mut sub, Duration::from_secs(3)).await;
+    let published = gw.publish("dana", "after-exp").await;
+    assert_eq!(event(&mut sub, "after-exp").await, published);
+    assert_eq!(client.connections(), 1, "no reconnect was needed");
+    assert_eq!(client.error(), None);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn reauthenticating_as_another_user_stops_the_client_with_4403() {
+    let gw = start(&gateway_config(), Arc::new(MemoryBus::new(100)), None).await;
+    let client = Client::connect(client_config(&gw, Encoding::Cbor, "fred"))
+        .await
+        .expect("connects");
+    let err = client
+        .reauthenticate(token_for("gina", 3600))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        err,
+        Error::Closed {
+            code: 4403,
+            reason: "re-authentication as another user: open a new connection".into()
+        }
+    );
+    assert!(err.is_fatal());
+}

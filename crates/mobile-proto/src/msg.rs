@@ -31,7 +31,9 @@ pub struct Position {
     pub offset: u64,
 }
 
-/// `auth`: the first message on a connection, carrying the bearer token.
+/// `auth`: the first message on a connection, carrying the bearer token. Sent again after
+/// `welcome`, with a fresh token of the same user, it re-authenticates the connection (its
+/// subscriptions go on); the server answers with another `welcome`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
@@ -97,7 +99,8 @@ pub struct Pong {
     pub n: u32,
 }
 
-/// `welcome`: the answer to a good `auth`; the connection is ready.
+/// `welcome`: the answer to a good `auth`; the connection is ready. Also the answer to a good
+/// re-authentication (an `auth` after `welcome`): nothing else changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Welcome {
