@@ -15,6 +15,7 @@ mod fanout;
 mod http;
 mod limits;
 mod live;
+mod ratelimits;
 mod v1;
 mod v2;
 mod ws;
@@ -31,6 +32,7 @@ use switchyard_core::config::{
     BackendConfig, BridgeConfig, BusConfig, HubConfig, LogConfig, ServerConfig,
 };
 use switchyard_core::hub::Hub;
+use switchyard_core::ratelimit::{self, RateLimitConfig, RateLimiter};
 use switchyard_core::server::{self, CancellationToken, Readiness};
 use switchyard_core::upstream::Upstreams;
 use tokio_util::task::TaskTracker;
@@ -66,6 +68,8 @@ pub struct Config {
     pub cors: CorsConfig,
     /// WebSocket limits.
     pub websocket: WebSocketConfig,
+    /// Request, socket message and subscription rate limits per IP and per user.
+    pub rate_limits: RateLimitConfig,
 }
 
 impl Default for Config {
@@ -82,6 +86,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             cors: CorsConfig::default(),
             websocket: WebSocketConfig::default(),
+            rate_limits: RateLimitConfig::default(),
         }
     }
 }
@@ -215,6 +220,7 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
     let verifier = Arc::new(auth::Verifier::new(&config.auth)?);
     let sockets = TaskTracker::new();
     let origins = Origins::new(&config.cors)?;
+    let limiter = RateLimiter::from_config("bff-web", &config.rate_limits, &config.bus);
 
     let shared = Shared {
         config,
@@ -222,6 +228,7 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         origins: origins.clone(),
         sockets: sockets.clone(),
         shutdown,
+        limiter: limiter.clone(),
     };
     let data = || ContextData {
         ops: ops.clone(),
@@ -238,6 +245,18 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
             Some(upstreams),
             Some(bus),
         )));
+    // Per IP for every request, and per user for a request with a valid token.
+    let user_of: ratelimit::UserOf = {
+        let verifier = shared.verifier.clone();
+        Arc::new(move |parts| {
+            verifier
+                .from_headers(&parts.headers)
+                .ok()
+                .flatten()
+                .map(|p| p.user.to_string())
+        })
+    };
+    router = ratelimit::layer(router, limiter, Some(user_of), ratelimits::refuse);
     if let Some(cors) = origins.cors_layer() {
         router = router.layer(cors);
     }
@@ -256,6 +275,7 @@ struct Shared<'a> {
     origins: Origins,
     sockets: TaskTracker,
     shutdown: CancellationToken,
+    limiter: Arc<RateLimiter>,
 }
 
 impl Shared<'_> {
@@ -292,6 +312,7 @@ impl Shared<'_> {
                     state,
                 },
                 shutdown: self.shutdown.clone(),
+                limiter: self.limiter.clone(),
             },
             websocket: ws_config.clone(),
             origins: self.origins.clone(),

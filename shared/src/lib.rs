@@ -18,6 +18,8 @@ pub mod config;
 pub mod event;
 pub mod hub;
 pub mod leased;
+pub mod ratelimit;
+pub mod records;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
