@@ -615,16 +615,23 @@ impl RateLimiter {
     /// `ConnectInfo<SocketAddr>` extension), or a trusted proxy's `X-Forwarded-For`. `None`
     /// when the server does not record peers.
     pub fn client_ip(&self, parts: &Parts) -> Option<IpAddr> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())?;
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        self.client_ip_from(peer, &parts.headers)
+    }
+
+    /// The client's IP address given the peer's address and the request's headers (see
+    /// [`Self::client_ip`]).
+    pub fn client_ip_from(
+        &self,
+        peer: Option<SocketAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<IpAddr> {
+        let peer = peer?.ip();
         if self.config.trusted_proxies.is_empty() || !self.config.trusted_proxies.contains(&peer)
         {
             return Some(peer);
         }
-        let forwarded = parts
-            .headers
+        let forwarded = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
