@@ -87,13 +87,18 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), JsonError> {
 }
 
 async fn device(admin: &Admin, id: &str) -> Result<Arc<Device>, JsonError> {
-    admin.registry.get(id).await.map_err(|e| bus_error(&e))?.ok_or_else(|| {
-        JsonError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_device",
-            "no device has this id",
-        )
-    })
+    admin
+        .registry
+        .get(id)
+        .await
+        .map_err(|e| bus_error(&e))?
+        .ok_or_else(|| {
+            JsonError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_device",
+                "no device has this id",
+            )
+        })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(

@@ -278,7 +278,7 @@ impl Registry {
                 format!("device `{id}`: a key is {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes"),
             ));
         }
-        Ok(self.make(id, hash(key.as_bytes()), rates, settings, issued)?)
+        self.make(id, hash(key.as_bytes()), rates, settings, issued)
     }
 
     fn make(
@@ -465,16 +465,13 @@ impl Registry {
         let cached = self.read().by_key.get(&given).cloned();
         let owner = match cached {
             Some(owner) => owner,
-            None => {
-                let id = self
-                    .records
-                    .get(&format!("k:{}", hex(&given)))
-                    .await
-                    .map_err(AuthError::Unavailable)?
-                    .and_then(|raw| DeviceId::parse(std::str::from_utf8(&raw).ok()?))
-                    .ok_or(AuthError::Unauthorized)?;
-                id
-            }
+            None => self
+                .records
+                .get(&format!("k:{}", hex(&given)))
+                .await
+                .map_err(AuthError::Unavailable)?
+                .and_then(|raw| DeviceId::parse(std::str::from_utf8(&raw).ok()?))
+                .ok_or(AuthError::Unauthorized)?,
         };
         if owner.as_str() != path_id {
             return Err(AuthError::Forbidden);

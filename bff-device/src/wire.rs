@@ -163,7 +163,6 @@ pub(crate) enum ApiError {
     /// A result for a command this device was never sent (or that history no longer holds).
     #[error("this device has no command with this id")]
     UnknownCommand,
-
 }
 
 impl From<ApiError> for JsonError {
@@ -188,11 +187,9 @@ impl From<ApiError> for JsonError {
                     "events are unavailable; retry later",
                 )
             }
-            ApiError::UnknownCommand => JsonError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_command",
-                message,
-            ),
+            ApiError::UnknownCommand => {
+                JsonError::new(StatusCode::NOT_FOUND, "unknown_command", message)
+            }
             ApiError::Cursor(_) => JsonError::bad_request("bad_cursor", message),
             ApiError::Wait => JsonError::bad_request("bad_wait", message),
             ApiError::Invalid(code, _) => JsonError::bad_request(code, message),

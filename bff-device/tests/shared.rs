@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::{ADMIN, Gateway, TV1_KEY, TV2_KEY, answer, config, start_on};
 use serde_json::json;
-use switchyard_core::bus::Bus;
 use switchyard_core::config::{BusConfig, BusKind};
 use switchyard_core::server::CancellationToken;
 

@@ -19,7 +19,12 @@ pub(crate) fn refuse(r: RetryAfter) -> Response {
     (
         StatusCode::TOO_MANY_REQUESTS,
         [
-            (header::CONTENT_TYPE, "application/json".parse().unwrap_or_else(|_| unreachable!())),
+            (
+                header::CONTENT_TYPE,
+                "application/json"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!()),
+            ),
             retry_after_header(r),
         ],
         body.to_string(),
@@ -40,7 +45,10 @@ pub(crate) async fn message(
         .map_err(|r| {
             Closing::new(
                 close::RATE_LIMITED,
-                format!("Rate limited: too many messages; retry after {} s", r.secs()),
+                format!(
+                    "Rate limited: too many messages; retry after {} s",
+                    r.secs()
+                ),
             )
         })
 }

@@ -313,7 +313,9 @@ where
             Message::Close(_) => return Some(Closing::new(1000, "")),
             Message::Ping(_) | Message::Pong(_) => return None,
         };
-        if let Err(closing) = crate::ratelimits::message(&self.ctx.limiter, self.user(), self.peer).await {
+        if let Err(closing) =
+            crate::ratelimits::message(&self.ctx.limiter, self.user(), self.peer).await
+        {
             return Some(closing);
         }
         let message: ClientMessage = match serde_json::from_str(text.as_str()) {

@@ -615,7 +615,10 @@ impl RateLimiter {
     /// `ConnectInfo<SocketAddr>` extension), or a trusted proxy's `X-Forwarded-For`. `None`
     /// when the server does not record peers.
     pub fn client_ip(&self, parts: &Parts) -> Option<IpAddr> {
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
         self.client_ip_from(peer, &parts.headers)
     }
 
@@ -627,8 +630,7 @@ impl RateLimiter {
         headers: &axum::http::HeaderMap,
     ) -> Option<IpAddr> {
         let peer = peer?.ip();
-        if self.config.trusted_proxies.is_empty() || !self.config.trusted_proxies.contains(&peer)
-        {
+        if self.config.trusted_proxies.is_empty() || !self.config.trusted_proxies.contains(&peer) {
             return Some(peer);
         }
         let forwarded = headers
@@ -706,7 +708,10 @@ async fn limit(State(s): State<LayerState>, req: Request, next: Next) -> Respons
     if let Some(user) = s.user.as_ref().and_then(|f| f(&parts))
         && let Err(r) = s
             .limiter
-            .check(&Key::user(Scope::Request, &user), s.limiter.requests_per_user())
+            .check(
+                &Key::user(Scope::Request, &user),
+                s.limiter.requests_per_user(),
+            )
             .await
     {
         return (s.refuse)(r);

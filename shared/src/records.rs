@@ -46,13 +46,13 @@ pub fn from_config(config: &BusConfig, namespace: &str) -> Arc<dyn Records> {
         BusKind::Redis => {
             let bus = crate::bus::redis::RedisBus::new(config);
             Arc::new(RedisRecords {
-            hash: bus.key(&format!("r:{namespace}")),
-            bus,
-            create: redis::Script::new(
-                "return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])",
-            ),
-            get: redis::Script::new("return redis.call('HGET', KEYS[1], ARGV[1])"),
-        })
+                hash: bus.key(&format!("r:{namespace}")),
+                bus,
+                create: redis::Script::new(
+                    "return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])",
+                ),
+                get: redis::Script::new("return redis.call('HGET', KEYS[1], ARGV[1])"),
+            })
         }
         BusKind::Nats => Arc::new(NatsRecords {
             bus: crate::bus::nats::NatsBus::new(config),
@@ -97,7 +97,10 @@ impl Records for RedisRecords {
     async fn create(&self, name: &str, value: Bytes) -> Result<bool, BusError> {
         let mut inv = self.create.prepare_invoke();
         inv.key(&self.hash).arg(name).arg(value.as_ref());
-        Ok(matches!(self.bus.run_script(inv).await?, redis::Value::Int(1)))
+        Ok(matches!(
+            self.bus.run_script(inv).await?,
+            redis::Value::Int(1)
+        ))
     }
 
     async fn get(&self, name: &str) -> Result<Option<Bytes>, BusError> {

@@ -43,8 +43,8 @@ pub async fn serve(
     });
     // Handlers and the rate limiter read the peer from `ConnectInfo<SocketAddr>`.
     let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, service).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         res = &mut server => return res,

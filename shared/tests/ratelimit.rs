@@ -44,7 +44,11 @@ async fn shared_budget(kind: BusKind) {
     assert!(r.0 <= Duration::from_millis(100) && r.secs() == 1, "{r:?}");
     assert_eq!(one.fallbacks() + two.fallbacks(), 0, "the broker answered");
     // Another key, another gateway: budgets apart.
-    assert!(one.check(&Key::user(Scope::Request, "bob"), rule).await.is_ok());
+    assert!(
+        one.check(&Key::user(Scope::Request, "bob"), rule)
+            .await
+            .is_ok()
+    );
     let other_gw = RateLimiter::from_config("other", &config, &b);
     assert!(other_gw.check(&key, rule).await.is_ok());
 }

@@ -684,29 +684,6 @@ impl live::Source for Inner {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_names_encode_apart_and_within_limits() {
-        let t = |s: &str| encode(&Topic::new(s).expect("topic"));
-        assert_eq!(t("rates.EUR/USD"), "rates_dEUR_sUSD");
-        assert_eq!(t("a:b_c-d"), "a_cb__c-d");
-        assert_ne!(t("a_d"), t("a.d"));
-        assert_ne!(t("a__"), t("a_d_"));
-        let long_a = format!("{}a", "_".repeat(199));
-        let long_b = format!("{}b", "_".repeat(199));
-        assert!(t(&long_a).len() <= 200);
-        assert_ne!(t(&long_a), t(&long_b));
-        assert!(
-            t(&long_a)
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        );
-    }
-}
-
 /// Plumbing for the core's other shared state on this server (rate limits, records): a stream
 /// of one message per subject, read by subject and written with compare-and-set, like leases.
 impl NatsBus {
@@ -779,5 +756,28 @@ impl NatsBus {
             }
             Err(e) => Err(unavailable(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_encode_apart_and_within_limits() {
+        let t = |s: &str| encode(&Topic::new(s).expect("topic"));
+        assert_eq!(t("rates.EUR/USD"), "rates_dEUR_sUSD");
+        assert_eq!(t("a:b_c-d"), "a_cb__c-d");
+        assert_ne!(t("a_d"), t("a.d"));
+        assert_ne!(t("a__"), t("a_d_"));
+        let long_a = format!("{}a", "_".repeat(199));
+        let long_b = format!("{}b", "_".repeat(199));
+        assert!(t(&long_a).len() <= 200);
+        assert_ne!(t(&long_a), t(&long_b));
+        assert!(
+            t(&long_a)
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        );
     }
 }
