@@ -782,6 +782,37 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.7, 10.0.0.9".parse().unwrap(),
+        );
+        let peer = |ip: IpAddr| Some(SocketAddr::new(ip, 1234));
+        let bus = BusConfig::default();
+        let plain = RateLimiter::from_config("gw", &RateLimitConfig::default(), &bus);
+        assert_eq!(plain.client_ip_from(peer(proxy), &headers), Some(proxy));
+        let config = RateLimitConfig {
+            trusted_proxies: vec![proxy],
+            ..RateLimitConfig::default()
+        };
+        let behind = RateLimiter::from_config("gw", &config, &bus);
+        // The right-most untrusted hop; what the client wrote to its left is ignored.
+        assert_eq!(
+            behind.client_ip_from(peer(proxy), &headers),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        // From anyone else the header is ignored.
+        let other: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(behind.client_ip_from(peer(other), &headers), Some(other));
+        let mut junk = axum::http::HeaderMap::new();
+        junk.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
+        assert_eq!(behind.client_ip_from(peer(proxy), &junk), Some(proxy));
+        assert_eq!(behind.client_ip_from(None, &headers), None);
+    }
+
+    #[test]
     fn retry_after_rounds_up() {
         assert_eq!(RetryAfter(Duration::from_millis(1)).secs(), 1);
         assert_eq!(RetryAfter(Duration::from_millis(1001)).secs(), 2);
