@@ -93,14 +93,19 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn device(admin: &Admin, id: &str) -> Result<Arc<Device>, JsonError> {
-    admin.registry.get(id).ok_or_else(|| {
-        JsonError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_device",
-            "no device has this id",
-        )
-    })
+async fn device(admin: &Admin, id: &str) -> Result<Arc<Device>, JsonError> {
+    admin
+        .registry
+        .get(id)
+        .await
+        .map_err(|e| bus_error(&e))?
+        .ok_or_else(|| {
+            JsonError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_device",
+                "no device has this id",
+            )
+        })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(
@@ -146,8 +151,10 @@ async fn register(
     let key = Registry::new_key();
     let device = admin
         .registry
-        .register(&new.id, &key, &new.rates, &new.settings)
+        .issue(&new.id, &key, &new.rates, &new.settings)
+        .await
         .map_err(|e| match e {
+            RegisterError::Unavailable(b) => bus_error(&b),
             RegisterError::Invalid(code, m) => JsonError::bad_request(code, m),
             RegisterError::Exists(_) => {
                 JsonError::new(StatusCode::CONFLICT, "device_exists", e.to_string())
@@ -210,7 +217,7 @@ async fn command(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, JsonError> {
     authorize(&admin, &headers)?;
-    let device = device(&admin, &id)?;
+    let device = device(&admin, &id).await?;
     let cmd: NewCommand = parse(body)?;
     if !valid_op(&cmd.op) {
         return Err(JsonError::bad_request(
@@ -265,7 +272,7 @@ async fn set_config(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, JsonError> {
     authorize(&admin, &headers)?;
-    let device = device(&admin, &id)?;
+    let device = device(&admin, &id).await?;
     let body = body.map_err(rejection)?;
     let origin = switchyard_core::event::Position {
         epoch: 0,

@@ -23,7 +23,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use switchyard_core::bus::Bus;
+use switchyard_core::bus::{Bus, Read};
+use switchyard_core::ratelimit::{self, Key, RateLimiter, RetryAfter, Scope};
 use switchyard_core::server::{JsonError, rejection};
 
 use crate::cursor::Cursor;
@@ -72,6 +73,7 @@ pub(crate) struct Api {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) config: ApiConfig,
     pub(crate) held: Arc<AtomicUsize>,
+    pub(crate) limiter: Arc<RateLimiter>,
 }
 
 type Shared = State<(Arc<Api>, Version)>;
@@ -91,10 +93,83 @@ struct PollParams {
     wait: Option<String>,
 }
 
-fn authenticate(api: &Api, headers: &HeaderMap, id: &str) -> Result<Arc<Device>, ApiError> {
-    api.registry
+/// A refused device request: an error in the JSON shape, or a rate-limit refusal (429 with
+/// `Retry-After`).
+pub(crate) enum Refusal {
+    Json(JsonError),
+    Limited(RetryAfter),
+}
+
+impl From<JsonError> for Refusal {
+    fn from(e: JsonError) -> Self {
+        Self::Json(e)
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Self::Json(e.into())
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Json(e) => e.into_response(),
+            Self::Limited(r) => ratelimit::json_refusal(r),
+        }
+    }
+}
+
+/// The device of a request, authenticated, and within its own request rate.
+async fn authenticate(api: &Api, headers: &HeaderMap, id: &str) -> Result<Arc<Device>, Refusal> {
+    let device = api
+        .registry
         .authenticate(headers, id)
-        .map_err(ApiError::Auth)
+        .await
+        .map_err(ApiError::Auth)?;
+    api.limiter
+        .check(
+            &Key::device(Scope::Request, device.id.as_str()),
+            api.limiter.requests_per_user(),
+        )
+        .await
+        .map_err(Refusal::Limited)?;
+    Ok(device)
+}
+
+/// Whether the command `cmd` was sent to this device: it is in the retained history of the
+/// device's command topic. Reads at most that history (`bus.history_events`), in pages.
+async fn command_sent(api: &Api, device: &Device, cmd: &str) -> Result<bool, ApiError> {
+    const PAGE: usize = 256;
+    #[derive(Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    let topic = &device.topics.commands;
+    let head = api.bus.head(topic).await?;
+    let mut after = switchyard_core::event::Position {
+        epoch: head.epoch,
+        offset: 0,
+    };
+    loop {
+        match api.bus.read(topic, after, PAGE).await? {
+            Read::Gap { resume } if resume != after => after = resume,
+            Read::Gap { .. } => return Ok(false),
+            Read::Events { events, next } => {
+                if events.iter().any(|e| {
+                    serde_json::from_slice::<Id<'_>>(&e.payload).is_ok_and(|c| c.id == cmd)
+                }) {
+                    return Ok(true);
+                }
+                if events.is_empty() || next.offset >= head.offset {
+                    return Ok(false);
+                }
+                after = next;
+            }
+        }
+    }
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response {
@@ -114,8 +189,8 @@ async fn events(
     Path(id): Path<String>,
     headers: HeaderMap,
     params: Result<Query<PollParams>, QueryRejection>,
-) -> Result<Response, JsonError> {
-    let device = authenticate(&api, &headers, &id)?;
+) -> Result<Response, Refusal> {
+    let device = authenticate(&api, &headers, &id).await?;
     let Query(params) = params.map_err(rejection)?;
     let cursor = match params.cursor.as_deref() {
         Some(raw) => Some((
@@ -161,8 +236,8 @@ async fn config(
     State((api, _)): Shared,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Response, JsonError> {
-    let device = authenticate(&api, &headers, &id)?;
+) -> Result<Response, Refusal> {
+    let device = authenticate(&api, &headers, &id).await?;
     let doc = api.poller.config(&device).await.map_err(ApiError::from)?;
     let etag = format!("W/\"{}\"", doc.tag());
     let etag = HeaderValue::from_str(&etag)
@@ -237,8 +312,8 @@ async fn result(
     Path((id, cmd)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, JsonError> {
-    let device = authenticate(&api, &headers, &id)?;
+) -> Result<Response, Refusal> {
+    let device = authenticate(&api, &headers, &id).await?;
     if !valid_id(&cmd) {
         return Err(ApiError::Invalid(
             "invalid_command_id",
@@ -251,6 +326,9 @@ async fn result(
         return Err(
             ApiError::Invalid("invalid_result", "`s` is `ok` or `error`".to_owned()).into(),
         );
+    }
+    if !command_sent(&api, &device, &cmd).await? {
+        return Err(ApiError::UnknownCommand.into());
     }
     let out = ResultOut {
         device: device.id.as_str(),
@@ -312,15 +390,15 @@ async fn telemetry(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, JsonError> {
-    let device = authenticate(&api, &headers, &id)?;
+) -> Result<Response, Refusal> {
+    let device = authenticate(&api, &headers, &id).await?;
     let batch: TelemetryIn = parse_body(body)?;
     let invalid = |m: String| JsonError::from(ApiError::Invalid("invalid_telemetry", m));
     if batch.p.is_empty() || batch.p.len() > api.config.max_telemetry_points {
-        return Err(invalid(format!(
+        return Err(Refusal::Json(invalid(format!(
             "a batch has 1 to {} points",
             api.config.max_telemetry_points
-        )));
+        ))));
     }
     if let Some((i, _)) = batch
         .p
@@ -328,9 +406,9 @@ async fn telemetry(
         .enumerate()
         .find(|(_, p)| !valid_metric(&p.k))
     {
-        return Err(invalid(format!(
+        return Err(Refusal::Json(invalid(format!(
             "point {i}: a metric name is 1 to 64 of a-z 0-9 _ . -"
-        )));
+        ))));
     }
     let received_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

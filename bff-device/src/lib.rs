@@ -31,6 +31,7 @@ use switchyard_core::config::{
     BackendConfig, BridgeConfig, BusConfig, HubConfig, LogConfig, ServerConfig,
 };
 use switchyard_core::hub::Hub;
+use switchyard_core::ratelimit::{self, RateLimitConfig, RateLimiter};
 use switchyard_core::server::{self, CancellationToken, Readiness};
 use switchyard_core::upstream::Upstreams;
 use tower_http::compression::CompressionLayer;
@@ -66,6 +67,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Devices known from the start, by id (more can be issued through the admin API).
     pub devices: BTreeMap<String, DeviceConfig>,
+    /// Request rate limits per IP and per device (socket and subscription limits do not apply).
+    pub rate_limits: RateLimitConfig,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             admin: AdminConfig::default(),
             devices: BTreeMap::new(),
+            rate_limits: RateLimitConfig::default(),
         }
     }
 }
@@ -141,7 +145,10 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
     let registry = Arc::new(registry::Registry::new(
         config.api.max_devices,
         config.api.max_rates_per_device,
+        switchyard_core::records::from_config(&config.bus, "devices"),
+        config.bus.kind != switchyard_core::config::BusKind::Memory,
     ));
+    let limiter = RateLimiter::from_config("bff-device", &config.rate_limits, &config.bus);
     for (id, d) in &config.devices {
         registry
             .register(id, &d.key, &d.rates, &d.settings)
@@ -164,6 +171,7 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         bus: bus.clone(),
         config: config.api.clone(),
         held: held.clone(),
+        limiter: limiter.clone(),
     });
     let versions = Router::new()
         .nest(
@@ -180,6 +188,8 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
     if let Some(admin) = admin::routes(&config.admin, registry, bus)? {
         router = router.merge(admin);
     }
+    // Per IP, before anything else; per device once authenticated (`api::authenticate`).
+    let router = ratelimit::layer(router, limiter, None, ratelimit::json_refusal);
     Ok(App {
         router: server::with_common_layers(router, &config.server),
         held,

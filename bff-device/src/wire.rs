@@ -160,6 +160,9 @@ pub(crate) enum ApiError {
     /// The bus failed (upstream).
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A result for a command this device was never sent (or that history no longer holds).
+    #[error("this device has no command with this id")]
+    UnknownCommand,
 }
 
 impl From<ApiError> for JsonError {
@@ -176,19 +179,22 @@ impl From<ApiError> for JsonError {
                 "forbidden",
                 "this key is not this device's",
             ),
-            ApiError::Cursor(_) => JsonError::bad_request("bad_cursor", message),
-            ApiError::Wait => JsonError::bad_request("bad_wait", message),
-            ApiError::Invalid(code, _) => JsonError::bad_request(code, message),
-            ApiError::TooManyPolls => {
-                JsonError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_polls", message)
-            }
-            ApiError::Bus(b) => {
+            ApiError::Auth(AuthError::Unavailable(b)) | ApiError::Bus(b) => {
                 tracing::warn!(error = %b, "bus failed under a device request");
                 JsonError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "bus_unavailable",
                     "events are unavailable; retry later",
                 )
+            }
+            ApiError::UnknownCommand => {
+                JsonError::new(StatusCode::NOT_FOUND, "unknown_command", message)
+            }
+            ApiError::Cursor(_) => JsonError::bad_request("bad_cursor", message),
+            ApiError::Wait => JsonError::bad_request("bad_wait", message),
+            ApiError::Invalid(code, _) => JsonError::bad_request(code, message),
+            ApiError::TooManyPolls => {
+                JsonError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_polls", message)
             }
         }
     }

@@ -22,6 +22,7 @@ use switchyard_core::config::{
     BackendConfig, BridgeConfig, BusConfig, HubConfig, LogConfig, ServerConfig,
 };
 use switchyard_core::hub::Hub;
+use switchyard_core::ratelimit::{self, RateLimitConfig, RateLimiter};
 use switchyard_core::server::{self, CancellationToken, Readiness};
 use switchyard_core::upstream::Upstreams;
 use tokio_util::task::TaskTracker;
@@ -53,6 +54,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Limits and timers of the `/v1/ws` socket.
     pub websocket: WebSocketConfig,
+    /// Request, socket message and subscription rate limits per IP and per user.
+    pub rate_limits: RateLimitConfig,
 }
 
 /// Limits and timers of the `/v1/ws` socket (announced to clients in `welcome` where the
@@ -115,6 +118,7 @@ impl Default for Config {
             operations: operations::Config::default(),
             auth: AuthConfig::default(),
             websocket: WebSocketConfig::default(),
+            rate_limits: RateLimitConfig::default(),
         }
     }
 }
@@ -161,6 +165,7 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         hub = hub.with_feeder(operations::sources::RATES_PREFIX, feeder);
     }
     let sockets = TaskTracker::new();
+    let limiter = RateLimiter::from_config("bff-mobile", &config.rate_limits, &config.bus);
     let verifier = auth::Verifier::new(&config.auth)?;
     let gateway = ws::Gateway::new(ws::GatewayParts {
         hub: hub.clone(),
@@ -176,16 +181,27 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         drain: config.server.drain_timeout(),
         sockets: sockets.clone(),
         shutdown,
+        limiter: limiter.clone(),
     });
     let router = Router::new()
         .nest(
             "/v1",
-            quote::routes(ops, verifier).merge(ws::routes(gateway)),
+            quote::routes(ops, verifier.clone()).merge(ws::routes(gateway)),
         )
         .merge(server::health_routes(Readiness::new(
             Some(upstreams),
             Some(bus),
         )));
+    // Per IP for every request, and per user for one with a valid token.
+    let user_of: ratelimit::UserOf = Arc::new(move |parts| {
+        // Cached keys only: the limiter never makes a request wait on a JWKS fetch.
+        verifier
+            .user_of_headers(&parts.headers)
+            .ok()
+            .flatten()
+            .map(|u| u.to_string())
+    });
+    let router = ratelimit::layer(router, limiter, Some(user_of), ratelimit::json_refusal);
     Ok(App {
         router: server::with_common_layers(router, &config.server),
         sockets,

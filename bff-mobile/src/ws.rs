@@ -79,6 +79,8 @@ pub(crate) struct GatewayParts {
     pub(crate) drain: Duration,
     pub(crate) sockets: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    /// Message and subscription rate limits.
+    pub(crate) limiter: Arc<switchyard_core::ratelimit::RateLimiter>,
 }
 
 /// The shared state of every socket.
@@ -112,6 +114,7 @@ pub(crate) fn routes(gateway: Arc<Gateway>) -> Router {
 
 async fn upgrade(
     State(gw): State<Arc<Gateway>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -123,6 +126,10 @@ async fn upgrade(
         )
         .into_response();
     }
+    let peer = gw
+        .parts
+        .limiter
+        .client_ip_from(peer.map(|p| (p.0).0), &headers);
     // The server's preference (CBOR) decides, not the order of the client's offer.
     let encoding = Encoding::negotiate(
         headers
@@ -144,11 +151,16 @@ async fn upgrade(
     let tracker = gw.parts.sockets.clone();
     upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(serve(socket, gw, encoding)))
+        .on_upgrade(move |socket| tracker.track_future(serve(socket, gw, encoding, peer)))
 }
 
 /// Serves one socket until it closes.
-async fn serve(socket: WebSocket, gw: Arc<Gateway>, encoding: Option<Encoding>) {
+async fn serve(
+    socket: WebSocket,
+    gw: Arc<Gateway>,
+    encoding: Option<Encoding>,
+    peer: Option<std::net::IpAddr>,
+) {
     let (sink, stream) = socket.split();
     let mut io = Io {
         sink,
@@ -168,6 +180,7 @@ async fn serve(socket: WebSocket, gw: Arc<Gateway>, encoding: Option<Encoding>) 
         gw,
         enc,
         user: None,
+        peer,
         subs: Vec::new(),
         streams: StreamMap::new(),
         next_sub: 0,
@@ -358,6 +371,8 @@ struct Conn {
     enc: Encoding,
     /// The signed-in user; `None` while awaiting auth.
     user: Option<UserId>,
+    /// The client's IP address (rate limits before `auth`).
+    peer: Option<std::net::IpAddr>,
     /// At most `max_subscriptions`, so lookups by name are a short scan.
     subs: Vec<SubInfo>,
     streams: StreamMap<u32, SubStream>,
@@ -589,6 +604,23 @@ impl Conn {
             Ok(m) => m,
             Err(e) => return Some(Closing::new(e.close_code(), e.to_string())),
         };
+        let user = self.user.as_ref().map(ToString::to_string);
+        if let Err(r) = self
+            .gw
+            .parts
+            .limiter
+            .check_message(user.as_deref(), self.peer)
+            .await
+        {
+            let (id, topic) = match &decoded {
+                ClientMsg::Call(c) => (Some(c.id), None),
+                ClientMsg::Sub(s) => (None, Some(s.topic.as_str())),
+                _ => (None, None),
+            };
+            let retry = u32::try_from(r.millis()).unwrap_or(u32::MAX);
+            self.reply(io, &ServerMsg::rate_limited(id, topic, retry));
+            return None;
+        }
         match (decoded, self.user.clone()) {
             (ClientMsg::Ping(p), _) => {
                 let frame = self
@@ -741,6 +773,14 @@ impl Conn {
                 format!("at most {} subscriptions", self.config().max_subscriptions),
             );
             return self.reply(io, &msg);
+        }
+        let limiter = &self.gw.parts.limiter;
+        if let Err(r) = limiter
+            .check_subscription(Some(user.as_str()), self.peer)
+            .await
+        {
+            let retry = u32::try_from(r.millis()).unwrap_or(u32::MAX);
+            return self.reply(io, &ServerMsg::rate_limited(None, Some(&name), retry));
         }
         let hub = &self.gw.parts.hub;
         let class = hub.class_of(&hub_topic);

@@ -52,6 +52,12 @@ impl Verifier {
         self.0.verify_async(token, principal).await
     }
 
+    /// The caller of an HTTP request from cached keys only (never waits for a JWKS fetch): for
+    /// the rate limiter, which must not make a request wait on the issuer before it is counted.
+    pub fn cached_user_of_headers(&self, headers: &HeaderMap) -> Option<Principal> {
+        self.0.from_headers(headers, principal).ok().flatten()
+    }
+
     /// The caller of an HTTP request (see [`auth::header_token`]).
     pub async fn from_headers(&self, headers: &HeaderMap) -> Result<Option<Principal>, AuthError> {
         match auth::header_token(headers)? {

@@ -165,7 +165,10 @@ where
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if is_upgrade {
         return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-            Ok(upgrade) => upgrade_socket(endpoint, &parts.headers, upgrade),
+            Ok(upgrade) => {
+                let peer = endpoint.socket.limiter.client_ip(&parts);
+                upgrade_socket(endpoint, &parts.headers, upgrade, peer)
+            }
             Err(rejection) => rejection.into_response(),
         };
     }
@@ -264,6 +267,7 @@ fn upgrade_socket<Q, M, S>(
     endpoint: Endpoint<Q, M, S>,
     headers: &HeaderMap,
     upgrade: WebSocketUpgrade,
+    peer: Option<std::net::IpAddr>,
 ) -> Response
 where
     Q: ObjectType + 'static,
@@ -292,7 +296,7 @@ where
     upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |ws_socket| {
-            tracker.track_future(ws::serve(ws_socket, socket, protocol_ok))
+            tracker.track_future(ws::serve(ws_socket, socket, protocol_ok, peer))
         })
 }
 

@@ -15,6 +15,7 @@ mod fanout;
 mod http;
 mod limits;
 mod live;
+mod ratelimits;
 mod v1;
 mod v2;
 mod ws;
@@ -31,6 +32,7 @@ use switchyard_core::config::{
     BackendConfig, BridgeConfig, BusConfig, HubConfig, LogConfig, ServerConfig,
 };
 use switchyard_core::hub::Hub;
+use switchyard_core::ratelimit::{self, RateLimitConfig, RateLimiter};
 use switchyard_core::server::{self, CancellationToken, Readiness};
 use switchyard_core::upstream::Upstreams;
 use tokio_util::task::TaskTracker;
@@ -66,6 +68,8 @@ pub struct Config {
     pub cors: CorsConfig,
     /// WebSocket limits.
     pub websocket: WebSocketConfig,
+    /// Request, socket message and subscription rate limits per IP and per user.
+    pub rate_limits: RateLimitConfig,
 }
 
 impl Default for Config {
@@ -82,6 +86,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             cors: CorsConfig::default(),
             websocket: WebSocketConfig::default(),
+            rate_limits: RateLimitConfig::default(),
         }
     }
 }
@@ -236,6 +241,7 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
     let verifier = Arc::new(auth::Verifier::new(&config.auth)?);
     let sockets = TaskTracker::new();
     let origins = Origins::new(&config.cors)?;
+    let limiter = RateLimiter::from_config("bff-web", &config.rate_limits, &config.bus);
 
     let shared = Shared {
         config,
@@ -244,6 +250,7 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         sockets: sockets.clone(),
         shutdown,
         user_sockets: switchyard_core::slots::Slots::new(config.websocket.max_sockets_per_user, 0),
+        limiter: limiter.clone(),
     };
     let data = || ContextData {
         ops: ops.clone(),
@@ -260,6 +267,16 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
             Some(upstreams),
             Some(bus),
         )));
+    // Per IP for every request, and per user for a request with a valid token.
+    let user_of: ratelimit::UserOf = {
+        let verifier = shared.verifier.clone();
+        Arc::new(move |parts| {
+            verifier
+                .cached_user_of_headers(&parts.headers)
+                .map(|p| p.user.to_string())
+        })
+    };
+    router = ratelimit::layer(router, limiter, Some(user_of), ratelimits::refuse);
     if let Some(cors) = origins.cors_layer() {
         router = router.layer(cors);
     }
@@ -280,6 +297,7 @@ struct Shared<'a> {
     shutdown: CancellationToken,
     /// Sockets open per signed-in user, both versions together.
     user_sockets: switchyard_core::slots::Slots<String>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl Shared<'_> {
@@ -318,6 +336,7 @@ impl Shared<'_> {
                 },
                 shutdown: self.shutdown.clone(),
                 user_sockets: self.user_sockets.clone(),
+                limiter: self.limiter.clone(),
             },
             websocket: ws_config.clone(),
             origins: self.origins.clone(),

@@ -8,7 +8,9 @@
 //! in time, 4409 operation id already active, 4429 a second `connection_init` or a user over its
 //! socket cap (`max_sockets_per_user`); and outside the graphql-ws set,
 //! 1001 when the server drains (reconnect elsewhere), 1009 for a message over the size limit and
-//! 1013 for a client too slow to read a stream subscription (reconnect and refetch).
+//! 1013 for a client too slow to read a stream subscription (reconnect and refetch), 1008 for a
+//! client over its socket message rate (the reason says when to retry). A `subscribe` over the
+//! subscription rate gets an `error` message (code `RATE_LIMITED`), the socket stays open.
 //!
 //! One task per socket does everything — reading, the init timer, single-result operations and
 //! every subscription — so an idle subscribed socket costs one task, its buffers and one
@@ -62,6 +64,8 @@ pub(crate) mod close {
     pub(crate) const GOING_AWAY: u16 = 1001;
     /// The client did not read fast enough and missed events of a stream subscription.
     pub(crate) const SLOW_CONSUMER: u16 = 1013;
+    /// The client sent messages faster than its rate limit.
+    pub(crate) const RATE_LIMITED: u16 = 1008;
 }
 
 /// What the socket layer needs to serve one schema.
@@ -73,6 +77,8 @@ pub(crate) struct Socket<Q, M, S> {
     pub(crate) shutdown: CancellationToken,
     /// Sockets open per signed-in user.
     pub(crate) user_sockets: Slots<String>,
+    /// Socket message and subscription rate limits ([`crate::ratelimits`]).
+    pub(crate) limiter: std::sync::Arc<switchyard_core::ratelimit::RateLimiter>,
 }
 
 impl<Q, M, S> Clone for Socket<Q, M, S> {
@@ -84,6 +90,7 @@ impl<Q, M, S> Clone for Socket<Q, M, S> {
             limits: self.limits.clone(),
             shutdown: self.shutdown.clone(),
             user_sockets: self.user_sockets.clone(),
+            limiter: self.limiter.clone(),
         }
     }
 }
@@ -133,10 +140,10 @@ enum ClientMessage {
 }
 
 /// Why the socket ends.
-struct Closing(u16, String);
+pub(crate) struct Closing(u16, String);
 
 impl Closing {
-    fn new(code: u16, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u16, reason: impl Into<String>) -> Self {
         let mut reason: String = reason.into();
         // A close reason must fit a control frame (123 bytes).
         while reason.len() > 120 {
@@ -154,8 +161,12 @@ struct Active {
 type Single = BoxFuture<'static, (String, u64, Frame)>;
 
 /// Serves one upgraded socket until it closes.
-pub(crate) async fn serve<Q, M, S>(socket: WebSocket, ctx: Socket<Q, M, S>, protocol_ok: bool)
-where
+pub(crate) async fn serve<Q, M, S>(
+    socket: WebSocket,
+    ctx: Socket<Q, M, S>,
+    protocol_ok: bool,
+    peer: Option<std::net::IpAddr>,
+) where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
@@ -182,6 +193,7 @@ where
         single_ids: HashMap::new(),
         next_single: 0,
         _user_slot: None,
+        peer,
     };
     let closing = conn.run(&mut socket).await;
     if let Some(closing) = closing {
@@ -208,6 +220,8 @@ struct Connection<Q, M, S> {
     next_single: u64,
     /// The signed-in user's socket slot, held from `connection_init` until the socket is gone.
     _user_slot: Option<Slot<String>>,
+    /// The client's IP address, for rate limits before (or without) a signed-in user.
+    peer: Option<std::net::IpAddr>,
 }
 
 /// A socket's view of a shared execution: the replayed latest result, then the broadcast.
@@ -326,6 +340,11 @@ where
             Message::Close(_) => return Some(Closing::new(1000, "")),
             Message::Ping(_) | Message::Pong(_) => return None,
         };
+        if let Err(closing) =
+            crate::ratelimits::message(&self.ctx.limiter, self.user(), self.peer).await
+        {
+            return Some(closing);
+        }
         let message: ClientMessage = match serde_json::from_str(text.as_str()) {
             Ok(m) => m,
             Err(e) => {
@@ -445,6 +464,16 @@ where
                     }
                     return None;
                 }
+                if let Err(frame) =
+                    crate::ratelimits::subscription(&self.ctx.limiter, self.user(), self.peer).await
+                {
+                    if let Err(closing) =
+                        send_frame(socket, &id, &frame, self.ctx.limits.write_timeout).await
+                    {
+                        return closing;
+                    }
+                    return None;
+                }
                 self.start(id, payload, principal);
             }
             ClientMessage::Complete { id } => {
@@ -455,6 +484,14 @@ where
             }
         }
         None
+    }
+
+    /// The signed-in user, for per-user rate limits.
+    fn user(&self) -> Option<String> {
+        match &self.init {
+            Init::Acked(Some(p)) => Some(p.user.to_string()),
+            _ => None,
+        }
     }
 
     /// Starts an operation: a shared execution for subscriptions, a local future otherwise.

@@ -21,6 +21,8 @@ pub mod event;
 pub mod hub;
 pub mod leased;
 pub mod origin;
+pub mod ratelimit;
+pub mod records;
 pub mod server;
 mod serving;
 pub mod slots;

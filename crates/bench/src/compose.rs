@@ -33,6 +33,7 @@ const QUERY: &str = r#"{ quote(user: "alice", from: "EUR", to: "USD", amount: "1
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = Config::ephemeral();
+    crate::serve::unlimited(&mut config);
     config.exchange.tick_interval_ms = 3_600_000;
     config.log.filter = "warn".into();
     crate::serve::lift_connection_caps(&mut config);

@@ -95,6 +95,7 @@ fn target_ratio(protocol: Protocol) -> f64 {
 
 pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
     let mut config = Config::ephemeral();
+    crate::serve::unlimited(&mut config);
     config.exchange.tick_interval_ms = 3_600_000;
     config.log.filter = "warn".into();
     let (gateway_name, queue) = match protocol {

@@ -36,6 +36,7 @@ pub(crate) struct GatewayArgs {
 /// them) and announces the URL of the gateway of `protocol`.
 pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let mut config = switchyard::Config::ephemeral();
+    unlimited(&mut config);
     config.exchange.tick_interval_ms = 3_600_000;
     config.log.filter = "warn".into();
     // The benchmark holds sockets open before `connection_init` (`auth`) to measure them at that
@@ -96,4 +97,13 @@ pub(crate) async fn until_stdin_closes() {
             break;
         }
     }
+}
+
+/// Turns every gateway's rate limits off: a benchmark drives thousands of requests and sockets
+/// from one address on purpose.
+pub(crate) fn unlimited(config: &mut switchyard::Config) {
+    let off = switchyard_core::ratelimit::RateLimitConfig::off;
+    config.web.rate_limits = off();
+    config.mobile.rate_limits = off();
+    config.device.rate_limits = off();
 }

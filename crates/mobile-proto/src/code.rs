@@ -44,11 +44,16 @@ pub const EVENTS_UNAVAILABLE: &str = "events_unavailable";
 /// send it on the new connection.
 pub const DRAINING: &str = "draining";
 
+/// The client sent messages (or `sub`s) faster than its rate limit: the message this answers
+/// (a `call` by `id`, a `sub` by `topic`, or neither for any other message) was not acted on.
+/// Send it again after `retry_ms` milliseconds. Added to v1 after it shipped (additive).
+pub const RATE_LIMITED: &str = "rate_limited";
+
 /// An unexpected server failure.
 pub const INTERNAL: &str = "internal";
 
 /// Every error code of v1.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     INVALID_ARGS,
     UNKNOWN_OP,
     UNKNOWN_TOPIC,
@@ -61,5 +66,6 @@ pub const ALL: [&str; 13] = [
     UPSTREAM_ERROR,
     EVENTS_UNAVAILABLE,
     DRAINING,
+    RATE_LIMITED,
     INTERNAL,
 ];

@@ -253,7 +253,12 @@ pub fn all() -> Vec<Example> {
                 topic: Some("rates:EUR/XYZ".into()),
                 code: code::UNKNOWN_TOPIC.into(),
                 message: "unknown currency `XYZ`".into(),
+                retry_ms: None,
             })),
+        ),
+        ex(
+            "error-rate-limited",
+            Server(ServerMsg::rate_limited(Some(5), None, 250)),
         ),
         ex("ping", Server(ServerMsg::Ping(Ping { n: 17 }))),
         ex("pong", Client(ClientMsg::Pong(Pong { n: 17 }))),

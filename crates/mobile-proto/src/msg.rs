@@ -253,6 +253,10 @@ pub struct ErrorMsg {
     /// A message for people (`msg`): logs, not UI, and never parsed.
     #[serde(rename = "msg")]
     pub message: String,
+    /// With [`crate::code::RATE_LIMITED`] only: how long to wait before sending again, in
+    /// milliseconds (`retry_ms`). Added to v1 after it shipped; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_ms: Option<u32>,
 }
 
 /// `bye`: the server is going away (drain); reconnect, possibly elsewhere, after a random
@@ -355,6 +359,18 @@ impl ServerMsg {
             topic: None,
             code: code.to_owned(),
             message: message.into(),
+            retry_ms: None,
+        })
+    }
+
+    /// A `rate_limited` `error`, answering call `id` or a `sub` of `topic` when given.
+    pub fn rate_limited(id: Option<u32>, topic: Option<&str>, retry_ms: u32) -> Self {
+        Self::Error(ErrorMsg {
+            id,
+            topic: topic.map(str::to_owned),
+            code: crate::code::RATE_LIMITED.to_owned(),
+            message: format!("too many messages; retry after {retry_ms} ms"),
+            retry_ms: Some(retry_ms),
         })
     }
 
@@ -365,6 +381,7 @@ impl ServerMsg {
             topic: Some(topic.to_owned()),
             code: code.to_owned(),
             message: message.into(),
+            retry_ms: None,
         })
     }
 }

@@ -137,14 +137,18 @@ fn server_msg(json: bool) -> impl Strategy<Value = ServerMsg> {
             prop::option::of(any::<u32>()),
             prop::option::of(text()),
             text(),
-            text()
+            text(),
+            prop::option::of(any::<u32>())
         )
-            .prop_map(|(id, topic, code, message)| ServerMsg::Error(ErrorMsg {
-                id,
-                topic,
-                code,
-                message
-            })),
+            .prop_map(
+                |(id, topic, code, message, retry_ms)| ServerMsg::Error(ErrorMsg {
+                    id,
+                    topic,
+                    code,
+                    message,
+                    retry_ms
+                })
+            ),
         any::<u32>().prop_map(|n| ServerMsg::Ping(Ping { n })),
         any::<u32>().prop_map(|n| ServerMsg::Pong(Pong { n })),
         any::<u32>().prop_map(|ms| ServerMsg::Bye(Bye {

@@ -925,3 +925,20 @@ impl Dispatcher {
         }
     }
 }
+
+/// Plumbing for the core's other shared state on this broker (rate limits, records): a script
+/// run on the bus's command connection, with its deadline and reconnect handling.
+impl RedisBus {
+    /// A key of this bus's namespace: `P:{suffix}`.
+    pub(crate) fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.inner.prefix)
+    }
+
+    /// Runs a prepared script invocation.
+    pub(crate) async fn run_script(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<Value, BusError> {
+        self.inner.run(inv).await
+    }
+}

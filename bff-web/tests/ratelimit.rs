@@ -1,0 +1,192 @@
+//! Rate limits of bff-web, against the real gateway served like production (peers recorded):
+//! HTTP requests over the per-IP budget (shared by two instances on Redis) get 429 with
+//! `Retry-After` and a GraphQL error; a socket message flood is closed with 1008; a `subscribe`
+//! over the subscription rate gets an `error` message and the socket stays open.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::config::{BusConfig, BusKind};
+use switchyard_core::server::CancellationToken;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+struct Instance {
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn instance(config: bff_web::Config) -> Instance {
+    let bus: Arc<dyn switchyard_core::bus::Bus> = match config.bus.kind {
+        BusKind::Memory => Arc::new(MemoryBus::new(100)),
+        _ => switchyard_core::bus::from_config(&config.bus),
+    };
+    let stop = CancellationToken::new();
+    let app = bff_web::app(&config, bus, stop.clone()).expect("app");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        switchyard_core::server::serve(listener, app.router, s, Duration::from_secs(1)).await
+    });
+    Instance { addr, stop }
+}
+
+fn config() -> bff_web::Config {
+    let mut c = bff_web::Config::default();
+    c.bridges.clear();
+    c
+}
+
+async fn typename(i: &Instance) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://{}/v1/graphql", i.addr))
+        .json(&json!({"query": "{ __typename }"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_instances_on_redis_share_one_request_budget_and_refuse_with_a_graphql_error() {
+    let mut c = config();
+    c.bus = BusConfig {
+        prefix: format!("t-web-rl-{}", std::process::id()),
+        ..BusConfig::of(BusKind::Redis)
+    };
+    c.rate_limits.requests_per_s_per_ip = 10;
+    c.rate_limits.requests_burst_per_ip = 10;
+    let a = instance(c.clone()).await;
+    let b = instance(c.clone()).await;
+    let mut n = 0;
+    let refused = loop {
+        let res = typename(if n % 2 == 0 { &a } else { &b }).await;
+        n += 1;
+        if res.status() == 429 {
+            break res;
+        }
+        assert_eq!(res.status(), 200);
+        assert!(n < 20, "never refused");
+    };
+    // The budget refills at 10/s: a slow machine may let one or two more through.
+    assert!((11..=13).contains(&n), "refused at request {n}");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED");
+    assert_eq!(body["errors"][0]["extensions"]["retryAfter"], 1);
+    let _ = switchyard_core::bus::redis::RedisBus::new(&c.bus)
+        .delete_all()
+        .await;
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(i: &Instance) -> Ws {
+    let mut req = format!("ws://{}/v1/graphql", i.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let mut ws = tokio_tungstenite::connect_async(req).await.unwrap().0;
+    send(&mut ws, json!({"type": "connection_init"})).await;
+    assert_eq!(recv(&mut ws).await, json!({"type": "connection_ack"}));
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("open")
+            .expect("no error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_socket_message_flood_is_closed_with_1008_and_a_retry_time() {
+    let mut c = config();
+    c.rate_limits.socket_messages_per_s = 5;
+    c.rate_limits.socket_messages_burst = 5;
+    let i = instance(c).await;
+    let mut ws = connect(&i).await; // connection_init is the first message
+    for _ in 0..20 {
+        if ws
+            .send(Message::Text(json!({"type": "ping"}).to_string().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut pongs = 0;
+    let (code, reason) = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("closed within 5 s");
+        match msg {
+            Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                break (u16::from(code), reason.to_string());
+            }
+            Some(Ok(Message::Text(_))) => pongs += 1,
+            Some(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("retry after 1 s"), "{reason}");
+    assert!((4..=6).contains(&pongs), "{pongs} pongs before the close");
+}
+
+#[tokio::test]
+async fn a_subscribe_over_the_subscription_rate_gets_an_error_and_the_socket_stays() {
+    let mut c = config();
+    c.rate_limits.subscriptions_per_min = 2;
+    c.rate_limits.subscriptions_burst = 2;
+    let i = instance(c).await;
+    let mut ws = connect(&i).await;
+    for id in ["a", "b"] {
+        send(
+            &mut ws,
+            json!({"id": id, "type": "subscribe", "payload": {"query": "{ __typename }"}}),
+        )
+        .await;
+        assert_eq!(recv(&mut ws).await["type"], "next");
+        assert_eq!(recv(&mut ws).await["type"], "complete");
+    }
+    send(
+        &mut ws,
+        json!({"id": "c", "type": "subscribe", "payload": {"query": "{ __typename }"}}),
+    )
+    .await;
+    let refused = recv(&mut ws).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["id"], "c");
+    assert_eq!(refused["payload"][0]["extensions"]["code"], "RATE_LIMITED");
+    assert_eq!(refused["payload"][0]["extensions"]["retryAfter"], 30);
+    // Still open.
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut ws).await, json!({"type": "pong"}));
+}

@@ -1,0 +1,821 @@
+//! Per-client rate limits, shared by every instance on one broker: requests per second per IP
+//! and per user (or device), socket messages per second and new subscriptions per minute.
+//!
+//! The algorithm is GCRA (the generic cell rate algorithm, a leaky bucket kept as one number
+//! per key: the theoretical arrival time `tat`): a rule of `n` per period with a burst of `b`
+//! lets `b` requests through at once and then one every `period / n`. An over-limit request
+//! learns how long to wait ([`RetryAfter`]) and consumes nothing.
+//!
+//! Where the counts live follows `[bus]`, like leases ([`crate::bus::lease::from_config`]):
+//!
+//! - `memory`: in this process ([`MemoryRates`]): sharded maps bounded by
+//!   `rate_limits.max_local_keys`; a key is idle (and dropped first) once its `tat` has passed,
+//!   and when a shard is full of live keys the one closest to idle is evicted — so an attacker
+//!   rotating addresses cannot grow memory, only reset the budget of the evicted keys.
+//! - `redis`: one Lua script per check on the key `P:rl:{key}` (the value is `tat` in
+//!   microseconds of Redis's clock, `TIME`), written with a `PX` expiry at `tat`.
+//! - `nats`: a JetStream stream per tolerance (`P_ratelimit_{ms}`, one message per key, the
+//!   message's age bounded by the tolerance), read by subject and written with compare-and-set on
+//!   the subject's last sequence (retried a few times under contention, then refused). The
+//!   clock is each instance's: keep the instances' clocks in sync (NTP).
+//!
+//! **Broker outage: fail open to the local limiter.** When the broker cannot be reached (or a
+//! check exceeds `bus.operation_timeout_ms`) the check is made in this process's memory instead
+//! — so each instance still bounds each client by the full budget, the cluster by the budget
+//! times the instances — with a warning (at most one per 10 s) and a counter
+//! ([`RateLimiter::fallbacks`]). A limiter must not turn a broker outage into a full outage.
+//!
+//! **Keys cannot be inflated by a caller**: a key is the peer's IP address (the socket's, or a
+//! configured trusted proxy's `X-Forwarded-For`), an authenticated user, or an authenticated
+//! device — never a value a caller chooses freely. Over-long identifiers are hashed.
+//!
+//! Not done here: deciding what a gateway answers when refused (each gateway maps a
+//! [`RetryAfter`] to its wire format), and limits across gateways (every key carries the
+//! gateway's name).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use crate::bus::BusError;
+use crate::config::{BusConfig, BusKind};
+
+/// The `[rate_limits]` section of a gateway. A rate of 0 turns that limit off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// HTTP requests (socket upgrades included) per second from one IP address.
+    pub requests_per_s_per_ip: u32,
+    /// Requests one IP address may make at once before `requests_per_s_per_ip` paces it.
+    pub requests_burst_per_ip: u32,
+    /// HTTP requests per second of one authenticated user (bff-web, bff-mobile) or device
+    /// (bff-device).
+    pub requests_per_s_per_user: u32,
+    /// Requests one user or device may make at once.
+    pub requests_burst_per_user: u32,
+    /// Messages per second one client sends on its sockets (bff-web, bff-mobile), per user when
+    /// authenticated, per IP otherwise.
+    pub socket_messages_per_s: u32,
+    /// Socket messages one client may send at once.
+    pub socket_messages_burst: u32,
+    /// New subscriptions per minute of one client (bff-web, bff-mobile), per user when
+    /// authenticated, per IP otherwise.
+    pub subscriptions_per_min: u32,
+    /// Subscriptions one client may open at once.
+    pub subscriptions_burst: u32,
+    /// Keys the in-memory limiter keeps at most (the limiter of the memory bus, and the local
+    /// fallback of a broker's); idle keys go first.
+    pub max_local_keys: usize,
+    /// Proxies whose `X-Forwarded-For` is believed (exact addresses). Empty (the default): the
+    /// client is the socket's peer and the header is ignored. Otherwise, when the peer is one of
+    /// them, the client is the right-most address of the header that is not one of them.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_s_per_ip: 200,
+            requests_burst_per_ip: 400,
+            requests_per_s_per_user: 100,
+            requests_burst_per_user: 200,
+            socket_messages_per_s: 100,
+            socket_messages_burst: 200,
+            subscriptions_per_min: 600,
+            subscriptions_burst: 100,
+            max_local_keys: 100_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// Every limit off (for tools and benchmarks that mean to hammer a gateway).
+    pub fn off() -> Self {
+        Self {
+            requests_per_s_per_ip: 0,
+            requests_per_s_per_user: 0,
+            socket_messages_per_s: 0,
+            subscriptions_per_min: 0,
+            ..Self::default()
+        }
+    }
+}
+
+/// One limit: `rate` per `period`, `burst` at once. A rate of 0 is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// Requests per period; 0 turns the rule off.
+    pub rate: u32,
+    /// The period of `rate`.
+    pub period: Duration,
+    /// Requests allowed at once (at least 1 when the rule is on).
+    pub burst: u32,
+}
+
+impl Rule {
+    /// `rate` per second, `burst` at once.
+    pub fn per_second(rate: u32, burst: u32) -> Self {
+        Self {
+            rate,
+            period: Duration::from_secs(1),
+            burst,
+        }
+    }
+
+    /// `rate` per minute, `burst` at once.
+    pub fn per_minute(rate: u32, burst: u32) -> Self {
+        Self {
+            rate,
+            period: Duration::from_secs(60),
+            burst,
+        }
+    }
+
+    /// Whether the rule limits anything.
+    pub fn is_on(&self) -> bool {
+        self.rate > 0
+    }
+
+    /// The emission interval (`period / rate`) and the tolerance (`interval * burst`).
+    fn gcra(&self) -> (Duration, Duration) {
+        let interval = (self.period / self.rate.max(1)).max(Duration::from_micros(1));
+        (interval, interval * self.burst.max(1))
+    }
+}
+
+/// What is being counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// HTTP requests.
+    Request,
+    /// Socket messages.
+    Message,
+    /// New subscriptions.
+    Subscription,
+}
+
+/// Whose budget a check draws on: an IP address, an authenticated user or device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key(String);
+
+impl Key {
+    fn of(scope: Scope, kind: &str, id: &str) -> Self {
+        let scope = match scope {
+            Scope::Request => "req",
+            Scope::Message => "msg",
+            Scope::Subscription => "sub",
+        };
+        // An identifier is bounded: a long one is replaced by its hash.
+        let id = if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
+            id.to_owned()
+        } else {
+            format!("#{:016x}", fnv(id.as_bytes()))
+        };
+        Self(format!("{scope}:{kind}:{id}"))
+    }
+
+    /// A client by IP address.
+    pub fn ip(scope: Scope, ip: IpAddr) -> Self {
+        // IPv4-mapped IPv6 addresses count as the IPv4 address.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        Self::of(scope, "ip", &ip.to_string())
+    }
+
+    /// An authenticated user.
+    pub fn user(scope: Scope, user: &str) -> Self {
+        Self::of(scope, "user", user)
+    }
+
+    /// An authenticated device.
+    pub fn device(scope: Scope, device: &str) -> Self {
+        Self::of(scope, "device", device)
+    }
+
+    /// The key's text (without the gateway's name).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A refusal: the client may try again after this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
+
+impl RetryAfter {
+    /// Whole seconds to wait, rounded up, at least 1 (the `Retry-After` header's value).
+    pub fn secs(&self) -> u64 {
+        let s = self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0);
+        s.max(1)
+    }
+
+    /// Milliseconds to wait, rounded up, at least 1.
+    pub fn millis(&self) -> u64 {
+        u64::try_from(self.0.as_micros().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+}
+
+/// Where GCRA state is kept.
+#[async_trait::async_trait]
+pub trait RateStore: Send + Sync + 'static {
+    /// One GCRA step on `key`: `Ok(None)` when allowed (and counted), `Ok(Some(wait))` when
+    /// refused (nothing counted).
+    async fn gcra(
+        &self,
+        key: &str,
+        interval: Duration,
+        tolerance: Duration,
+    ) -> Result<Option<Duration>, BusError>;
+}
+
+const SHARDS: usize = 16;
+
+/// GCRA state in this process: [`SHARDS`] maps, bounded in size (see the module docs).
+#[derive(Debug)]
+pub struct MemoryRates {
+    shards: Vec<Mutex<HashMap<String, Instant>>>,
+    per_shard: usize,
+}
+
+impl MemoryRates {
+    /// A store of at most `max_keys` keys (at least one per shard).
+    pub fn new(max_keys: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: max_keys.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    /// Keys held now (idle ones included until they are swept).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One GCRA step (synchronous).
+    pub fn step(&self, key: &str, interval: Duration, tolerance: Duration) -> Option<Duration> {
+        let now = Instant::now();
+        let shard = &self.shards[usize::try_from(fnv(key.as_bytes())).unwrap_or(0) % SHARDS];
+        // Each critical section is a few map operations; poisoning cannot leave torn state.
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let tat = map.get(key).copied().unwrap_or(now).max(now);
+        let new_tat = tat + interval;
+        let allow_at = new_tat.checked_sub(tolerance).unwrap_or(now);
+        if allow_at > now {
+            return Some(allow_at - now);
+        }
+        if !map.contains_key(key) && map.len() >= self.per_shard {
+            map.retain(|_, t| *t > now);
+            if map.len() >= self.per_shard {
+                // Full of live keys: evict the one closest to idle.
+                if let Some(k) = map.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone()) {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(key.to_owned(), new_tat);
+        None
+    }
+}
+
+#[async_trait::async_trait]
+impl RateStore for MemoryRates {
+    async fn gcra(
+        &self,
+        key: &str,
+        interval: Duration,
+        tolerance: Duration,
+    ) -> Result<Option<Duration>, BusError> {
+        Ok(self.step(key, interval, tolerance))
+    }
+}
+
+const REDIS_GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new = tat + interval
+local allow_at = new - tolerance
+if allow_at > now then return allow_at - now end
+redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.floor((new - now) / 1000) + 1)
+return 0
+";
+
+/// GCRA state in Redis: one script per check (see the module docs).
+struct RedisRates {
+    bus: crate::bus::redis::RedisBus,
+    script: redis::Script,
+}
+
+#[async_trait::async_trait]
+impl RateStore for RedisRates {
+    async fn gcra(
+        &self,
+        key: &str,
+        interval: Duration,
+        tolerance: Duration,
+    ) -> Result<Option<Duration>, BusError> {
+        let mut inv = self.script.prepare_invoke();
+        inv.key(self.bus.key(&format!("rl:{key}")))
+            .arg(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(tolerance.as_micros()).unwrap_or(u64::MAX));
+        let wait = match self.bus.run_script(inv).await? {
+            redis::Value::Int(i) => u64::try_from(i).unwrap_or(0),
+            other => {
+                return Err(BusError::Unavailable(format!(
+                    "redis: unexpected reply to the rate script: {other:?}"
+                )));
+            }
+        };
+        Ok((wait > 0).then(|| Duration::from_micros(wait)))
+    }
+}
+
+/// Compare-and-set attempts of one NATS check before it is refused as contended.
+const NATS_ATTEMPTS: usize = 4;
+
+/// GCRA state in NATS JetStream (see the module docs).
+struct NatsRates {
+    bus: crate::bus::nats::NatsBus,
+    streams: Mutex<HashMap<u64, (async_nats::jetstream::stream::Stream, String)>>,
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+#[async_trait::async_trait]
+impl RateStore for NatsRates {
+    async fn gcra(
+        &self,
+        key: &str,
+        interval: Duration,
+        tolerance: Duration,
+    ) -> Result<Option<Duration>, BusError> {
+        // One stream per tolerance, whole seconds: a key's message is useless once `tat` has
+        // passed, which is at most the tolerance after it was written.
+        let ttl_s = tolerance.as_secs() + 1;
+        let cached = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ttl_s)
+            .cloned();
+        let (stream, prefix) = match cached {
+            Some(s) => s,
+            None => {
+                let made = self
+                    .bus
+                    .cas_stream(
+                        &format!("ratelimit_{ttl_s}"),
+                        &format!("rl{ttl_s}"),
+                        Some(Duration::from_secs(ttl_s)),
+                    )
+                    .await?;
+                self.streams
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(ttl_s, made.clone());
+                made
+            }
+        };
+        let subject = format!("{prefix}{}", hex(key.as_bytes()));
+        let interval = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+        let tolerance = u64::try_from(tolerance.as_micros()).unwrap_or(u64::MAX);
+        for _ in 0..NATS_ATTEMPTS {
+            let now = unix_micros();
+            let held = self.bus.cas_get(&stream, &subject).await.inspect_err(|_| {
+                // The stream may be gone (deleted, or lost by the server): look it up again.
+                self.streams
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&ttl_s);
+            })?;
+            let (tat, seq) = match held {
+                Some((payload, seq)) => (
+                    std::str::from_utf8(&payload)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0),
+                    seq,
+                ),
+                None => (0, 0),
+            };
+            let new_tat = tat.max(now).saturating_add(interval);
+            let allow_at = new_tat.saturating_sub(tolerance);
+            if allow_at > now {
+                return Ok(Some(Duration::from_micros(allow_at - now)));
+            }
+            if self
+                .bus
+                .cas_put(&subject, new_tat.to_string().as_bytes(), seq)
+                .await?
+            {
+                return Ok(None);
+            }
+        }
+        // Others kept writing this key first: it is busy, and so refused for one interval.
+        Ok(Some(Duration::from_micros(interval)))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A gateway's rate limiter: its rules, its store, and the local fallback.
+pub struct RateLimiter {
+    gateway: String,
+    config: RateLimitConfig,
+    store: Option<Arc<dyn RateStore>>,
+    local: MemoryRates,
+    fallbacks: AtomicU64,
+    refused: AtomicU64,
+    warned: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("gateway", &self.gateway)
+            .field("shared", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter {
+    /// The limiter of `gateway` (its name goes into every key): counts on the broker of `bus`
+    /// when there is one (its own connection, opened lazily), in memory otherwise.
+    pub fn from_config(gateway: &str, config: &RateLimitConfig, bus: &BusConfig) -> Arc<Self> {
+        let store: Option<Arc<dyn RateStore>> = match bus.kind {
+            BusKind::Memory => None,
+            BusKind::Redis => Some(Arc::new(RedisRates {
+                bus: crate::bus::redis::RedisBus::new(bus),
+                script: redis::Script::new(REDIS_GCRA),
+            })),
+            BusKind::Nats => Some(Arc::new(NatsRates {
+                bus: crate::bus::nats::NatsBus::new(bus),
+                streams: Mutex::new(HashMap::new()),
+            })),
+        };
+        Arc::new(Self {
+            gateway: gateway.to_owned(),
+            config: config.clone(),
+            store,
+            local: MemoryRates::new(config.max_local_keys),
+            fallbacks: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            warned: Mutex::new(None),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.config
+    }
+
+    /// Checks made locally because the broker failed.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Checks refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts one event of `key` against `rule`; `Err` when over the limit (nothing counted).
+    pub async fn check(&self, key: &Key, rule: Rule) -> Result<(), RetryAfter> {
+        if !rule.is_on() {
+            return Ok(());
+        }
+        let (interval, tolerance) = rule.gcra();
+        let full = format!("{}:{}", self.gateway, key.as_str());
+        let wait = match &self.store {
+            None => self.local.step(&full, interval, tolerance),
+            Some(store) => match store.gcra(&full, interval, tolerance).await {
+                Ok(w) => w,
+                Err(e) => {
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    self.warn(&e);
+                    self.local.step(&full, interval, tolerance)
+                }
+            },
+        };
+        match wait {
+            None => Ok(()),
+            Some(w) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(RetryAfter(w))
+            }
+        }
+    }
+
+    fn warn(&self, e: &BusError) {
+        let mut w = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if w.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
+            *w = Some(now);
+            tracing::warn!(error = %e, fallbacks = self.fallbacks(), "rate limiter broker failed; counting in memory");
+        }
+    }
+
+    /// The rule of HTTP requests per IP address.
+    pub fn requests_per_ip(&self) -> Rule {
+        Rule::per_second(
+            self.config.requests_per_s_per_ip,
+            self.config.requests_burst_per_ip,
+        )
+    }
+
+    /// The rule of HTTP requests per user or device.
+    pub fn requests_per_user(&self) -> Rule {
+        Rule::per_second(
+            self.config.requests_per_s_per_user,
+            self.config.requests_burst_per_user,
+        )
+    }
+
+    /// The rule of socket messages per client.
+    pub fn socket_messages(&self) -> Rule {
+        Rule::per_second(
+            self.config.socket_messages_per_s,
+            self.config.socket_messages_burst,
+        )
+    }
+
+    /// The rule of new subscriptions per client.
+    pub fn subscriptions(&self) -> Rule {
+        Rule::per_minute(
+            self.config.subscriptions_per_min,
+            self.config.subscriptions_burst,
+        )
+    }
+
+    /// Checks one socket message of a client: the user when authenticated, else its IP.
+    pub async fn check_message(
+        &self,
+        user: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> Result<(), RetryAfter> {
+        match client_key(Scope::Message, user, ip) {
+            Some(k) => self.check(&k, self.socket_messages()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Checks one new subscription of a client: the user when authenticated, else its IP.
+    pub async fn check_subscription(
+        &self,
+        user: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> Result<(), RetryAfter> {
+        match client_key(Scope::Subscription, user, ip) {
+            Some(k) => self.check(&k, self.subscriptions()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The client's IP address of a request: the peer's (from axum's
+    /// `ConnectInfo<SocketAddr>` extension), or a trusted proxy's `X-Forwarded-For`. `None`
+    /// when the server does not record peers.
+    pub fn client_ip(&self, parts: &Parts) -> Option<IpAddr> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        self.client_ip_from(peer, &parts.headers)
+    }
+
+    /// The client's IP address given the peer's address and the request's headers (see
+    /// [`Self::client_ip`]).
+    pub fn client_ip_from(
+        &self,
+        peer: Option<SocketAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<IpAddr> {
+        let peer = peer?.ip();
+        if self.config.trusted_proxies.is_empty() || !self.config.trusted_proxies.contains(&peer) {
+            return Some(peer);
+        }
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        for hop in forwarded.iter().rev() {
+            match hop.parse::<IpAddr>() {
+                Ok(ip) if self.config.trusted_proxies.contains(&ip) => {}
+                Ok(ip) => return Some(ip),
+                // A malformed hop: nothing to its left can be trusted; count the proxy.
+                Err(_) => return Some(peer),
+            }
+        }
+        Some(peer)
+    }
+}
+
+fn client_key(scope: Scope, user: Option<&str>, ip: Option<IpAddr>) -> Option<Key> {
+    match (user, ip) {
+        (Some(u), _) => Some(Key::user(scope, u)),
+        (None, Some(ip)) => Some(Key::ip(scope, ip)),
+        (None, None) => None,
+    }
+}
+
+/// Names the authenticated user of a request, for the per-user rule of [`layer`]; `None` for
+/// an anonymous (or wrongly authenticated) caller, who is then limited by IP only.
+pub type UserOf = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// Turns a refusal into the gateway's answer (429 with `Retry-After`, in its error shape).
+pub type Refuse = fn(RetryAfter) -> Response;
+
+#[derive(Clone)]
+struct LayerState {
+    limiter: Arc<RateLimiter>,
+    user: Option<UserOf>,
+    refuse: Refuse,
+}
+
+/// Wraps `router` in the per-request limits: per IP for every request, and per user for those
+/// `user` names. A refused request never reaches the router.
+pub fn layer<S>(
+    router: axum::Router<S>,
+    limiter: Arc<RateLimiter>,
+    user: Option<UserOf>,
+    refuse: Refuse,
+) -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router.layer(axum::middleware::from_fn_with_state(
+        LayerState {
+            limiter,
+            user,
+            refuse,
+        },
+        limit,
+    ))
+}
+
+async fn limit(State(s): State<LayerState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Some(ip) = s.limiter.client_ip(&parts)
+        && let Err(r) = s
+            .limiter
+            .check(&Key::ip(Scope::Request, ip), s.limiter.requests_per_ip())
+            .await
+    {
+        return (s.refuse)(r);
+    }
+    if let Some(user) = s.user.as_ref().and_then(|f| f(&parts))
+        && let Err(r) = s
+            .limiter
+            .check(
+                &Key::user(Scope::Request, &user),
+                s.limiter.requests_per_user(),
+            )
+            .await
+    {
+        return (s.refuse)(r);
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// The refusal of an HTTP request in the JSON error shape: 429, `Retry-After` (seconds), and
+/// `{"error": {"code": "rate_limited", "message", "retry_after_s"}}`.
+pub fn json_refusal(r: RetryAfter) -> Response {
+    use axum::response::IntoResponse as _;
+    let body = serde_json::json!({"error": {
+        "code": "rate_limited",
+        "message": format!("too many requests; retry after {} s", r.secs()),
+        "retry_after_s": r.secs(),
+    }});
+    (
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        [retry_after_header(r)],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// The `Retry-After` header of a refusal.
+pub fn retry_after_header(r: RetryAfter) -> (axum::http::HeaderName, axum::http::HeaderValue) {
+    (
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(r.secs()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_allows_the_burst_then_paces() {
+        let m = MemoryRates::new(100);
+        let (i, t) = Rule::per_second(10, 10).gcra();
+        for n in 0..10 {
+            assert_eq!(m.step("k", i, t), None, "request {n}");
+        }
+        let wait = m.step("k", i, t).expect("the 11th is refused");
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        assert_eq!(m.step("other", i, t), None, "keys are apart");
+    }
+
+    #[test]
+    fn memory_is_bounded_under_rotating_keys() {
+        let m = MemoryRates::new(64);
+        let (i, t) = Rule::per_second(1, 1).gcra();
+        for n in 0..10_000 {
+            m.step(&format!("ip-{n}"), i, t);
+        }
+        assert!(m.len() <= 64, "{} keys", m.len());
+    }
+
+    #[test]
+    fn keys_are_bounded_and_normalised() {
+        let long = "x".repeat(10_000);
+        assert!(Key::user(Scope::Request, &long).as_str().len() < 64);
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            Key::ip(Scope::Request, mapped),
+            Key::ip(Scope::Request, "10.0.0.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.7, 10.0.0.9".parse().unwrap(),
+        );
+        let peer = |ip: IpAddr| Some(SocketAddr::new(ip, 1234));
+        let bus = BusConfig::default();
+        let plain = RateLimiter::from_config("gw", &RateLimitConfig::default(), &bus);
+        assert_eq!(plain.client_ip_from(peer(proxy), &headers), Some(proxy));
+        let config = RateLimitConfig {
+            trusted_proxies: vec![proxy],
+            ..RateLimitConfig::default()
+        };
+        let behind = RateLimiter::from_config("gw", &config, &bus);
+        // The right-most untrusted hop; what the client wrote to its left is ignored.
+        assert_eq!(
+            behind.client_ip_from(peer(proxy), &headers),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        // From anyone else the header is ignored.
+        let other: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(behind.client_ip_from(peer(other), &headers), Some(other));
+        let mut junk = axum::http::HeaderMap::new();
+        junk.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
+        assert_eq!(behind.client_ip_from(peer(proxy), &junk), Some(proxy));
+        assert_eq!(behind.client_ip_from(None, &headers), None);
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(RetryAfter(Duration::from_millis(1)).secs(), 1);
+        assert_eq!(RetryAfter(Duration::from_millis(1001)).secs(), 2);
+        assert_eq!(RetryAfter(Duration::from_micros(1)).millis(), 1);
+    }
+}
