@@ -6,37 +6,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use serde_json::json;
 use switchyard_core::config::BackendConfig;
-use test_support::Scripted;
+use test_support::QuoteBackends;
 
 #[tokio::test]
 async fn a_device_quote_has_no_limit_and_limits_is_not_called() {
-    let exchange = Scripted::new();
-    exchange.reply(
-        Duration::ZERO,
-        200,
-        r#"{"pair":"EUR/USD","rate":"1.5","seq":7}"#,
-    );
-    let limits = Scripted::new();
-    limits.reply(
-        Duration::ZERO,
-        200,
-        r#"{"user":"bob","daily_limit":"1000","used":"10","remaining":"990"}"#,
-    );
-    let (ex, li) = (exchange.serve().await, limits.serve().await);
+    let backends = QuoteBackends::start().await;
     let mut config = common::config();
-    config.backends = BTreeMap::from([
-        ("exchange".to_owned(), BackendConfig::new(ex.url())),
-        ("limits".to_owned(), BackendConfig::new(li.url())),
-        (
-            "conversions".to_owned(),
-            BackendConfig::new("http://127.0.0.1:9"),
-        ),
-    ]);
+    config.backends = backends
+        .urls()
+        .into_iter()
+        .map(|(name, url)| (name, BackendConfig::new(url)))
+        .collect();
     let gw = common::start(config, 16).await;
     // With or without a device key, and whatever bearer token comes along: no limit.
     for headers in [
@@ -60,6 +42,10 @@ async fn a_device_quote_has_no_limit_and_limits_is_not_called() {
             "{headers:?}"
         );
     }
-    assert_eq!(exchange.gets(), 3);
-    assert_eq!(limits.received(), 0, "no backend call for a user's account");
+    assert_eq!(backends.exchange.gets(), 3);
+    assert_eq!(
+        backends.limits.received(),
+        0,
+        "no backend call for a user's account"
+    );
 }

@@ -6,46 +6,26 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use serde_json::Value;
 use switchyard_core::config::BackendConfig;
-use test_support::{Scripted, TestServer};
+use test_support::QuoteBackends;
 
 struct Fixture {
     gateway: common::Gateway,
-    limits: Scripted,
-    _backends: (TestServer, TestServer),
+    backends: QuoteBackends,
 }
 
 async fn fixture() -> Fixture {
-    let exchange = Scripted::new();
-    exchange.reply(
-        Duration::ZERO,
-        200,
-        r#"{"pair":"EUR/USD","rate":"1.5","seq":7}"#,
-    );
-    let limits = Scripted::new();
-    limits.reply(
-        Duration::ZERO,
-        200,
-        r#"{"user":"bob","daily_limit":"1000","used":"10","remaining":"990"}"#,
-    );
-    let (ex, li) = (exchange.serve().await, limits.serve().await);
+    let backends = QuoteBackends::start().await;
     let mut config = common::config();
-    config.backends = BTreeMap::from([
-        ("exchange".to_owned(), BackendConfig::new(ex.url())),
-        ("limits".to_owned(), BackendConfig::new(li.url())),
-        (
-            "conversions".to_owned(),
-            BackendConfig::new("http://127.0.0.1:9"),
-        ),
-    ]);
+    config.backends = backends
+        .urls()
+        .into_iter()
+        .map(|(name, url)| (name, BackendConfig::new(url)))
+        .collect();
     Fixture {
         gateway: common::start(config, 16).await,
-        limits,
-        _backends: (ex, li),
+        backends,
     }
 }
 
@@ -98,7 +78,7 @@ async fn anonymous_and_other_users_get_no_limit_and_limits_is_not_called() {
     assert_eq!(status, 200);
     withheld(&body, "not_your_account");
     assert_eq!(
-        f.limits.received(),
+        f.backends.limits.received(),
         0,
         "no backend call for someone else's account"
     );
@@ -112,7 +92,7 @@ async fn the_user_gets_their_own_limit() {
     assert_eq!(body["remaining_limit"], "990", "{body}");
     assert_eq!(body["within_limit"], true, "{body}");
     assert!(body.get("errors").is_none(), "{body}");
-    assert_eq!(f.limits.gets(), 1);
+    assert_eq!(f.backends.limits.gets(), 1);
 }
 
 #[tokio::test]
@@ -136,5 +116,5 @@ async fn a_bad_token_is_a_401_never_a_downgrade_to_anonymous() {
         assert_eq!(challenge.as_deref(), Some("Bearer"));
         assert_eq!(body["error"]["code"], code, "{authorization}: {body}");
     }
-    assert_eq!(f.limits.received(), 0);
+    assert_eq!(f.backends.limits.received(), 0);
 }

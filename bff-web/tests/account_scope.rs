@@ -4,7 +4,6 @@
 //! `UNAUTHENTICATED` / `FORBIDDEN` error — and the limits backend is not called for them. Against
 //! the real gateway with scripted backends that count their calls, over HTTP and the socket.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::config::BackendConfig;
 use switchyard_core::server::CancellationToken;
 use test_support::graphql_ws::Client;
-use test_support::{Scripted, TestServer};
+use test_support::{QuoteBackends, TestServer};
 
 const SECRET: &str = "a-test-secret-that-is-32-bytes-long!";
 
@@ -23,35 +22,19 @@ fn token(user: &str) -> String {
 
 struct Fixture {
     gateway: TestServer,
-    limits: Scripted,
-    _backends: (TestServer, TestServer),
+    backends: QuoteBackends,
 }
 
 async fn fixture() -> Fixture {
-    let exchange = Scripted::new();
-    exchange.reply(
-        Duration::ZERO,
-        200,
-        r#"{"pair":"EUR/USD","rate":"1.5","seq":7}"#,
-    );
-    let limits = Scripted::new();
-    limits.reply(
-        Duration::ZERO,
-        200,
-        r#"{"user":"bob","daily_limit":"1000","used":"10","remaining":"990"}"#,
-    );
-    let (ex, li) = (exchange.serve().await, limits.serve().await);
+    let backends = QuoteBackends::start().await;
     let mut config = bff_web::Config::default();
     config.auth.hs256_secret = SECRET.to_owned();
     config.bridges.clear();
-    config.backends = BTreeMap::from([
-        ("exchange".to_owned(), BackendConfig::new(ex.url())),
-        ("limits".to_owned(), BackendConfig::new(li.url())),
-        (
-            "conversions".to_owned(),
-            BackendConfig::new("http://127.0.0.1:9"),
-        ),
-    ]);
+    config.backends = backends
+        .urls()
+        .into_iter()
+        .map(|(name, url)| (name, BackendConfig::new(url)))
+        .collect();
     let app = bff_web::app(
         &config,
         Arc::new(MemoryBus::new(10)),
@@ -60,8 +43,7 @@ async fn fixture() -> Fixture {
     .expect("app");
     Fixture {
         gateway: test_support::serve(app.router).await,
-        limits,
-        _backends: (ex, li),
+        backends,
     }
 }
 
@@ -111,7 +93,7 @@ async fn an_anonymous_caller_never_sees_a_users_limit_and_limits_is_not_called()
     assert_eq!(status, 200);
     withheld(&body, "UNAUTHENTICATED", "unauthenticated");
     assert_eq!(
-        f.limits.received(),
+        f.backends.limits.received(),
         0,
         "no backend call for someone else's account"
     );
@@ -123,7 +105,7 @@ async fn another_user_never_sees_the_limit_and_limits_is_not_called() {
     let (status, body) = post(&f, Some(&token("alice")), QUOTE_BOB).await;
     assert_eq!(status, 200);
     withheld(&body, "FORBIDDEN", "not_your_account");
-    assert_eq!(f.limits.received(), 0);
+    assert_eq!(f.backends.limits.received(), 0);
 }
 
 #[tokio::test]
@@ -135,7 +117,7 @@ async fn the_user_sees_their_own_limit() {
     let q = &body["data"]["quote"];
     assert_eq!(q["remainingLimit"], "990", "{body}");
     assert_eq!(q["withinLimit"], true, "{body}");
-    assert_eq!(f.limits.gets(), 1);
+    assert_eq!(f.backends.limits.gets(), 1);
 }
 
 #[tokio::test]
@@ -150,7 +132,7 @@ async fn over_the_socket_the_connection_init_token_decides_too() {
         ),
         (Some(token("bob")), None),
     ] {
-        let before = f.limits.received();
+        let before = f.backends.limits.received();
         let mut ws = Client::connect(&url, token.as_deref()).await;
         ws.subscribe("q", QUOTE_BOB, json!({})).await;
         let next = ws.recv().await;
@@ -159,14 +141,14 @@ async fn over_the_socket_the_connection_init_token_decides_too() {
         match expected {
             Some((code, reason)) => {
                 withheld(payload, code, reason);
-                assert_eq!(f.limits.received(), before, "{payload}");
+                assert_eq!(f.backends.limits.received(), before, "{payload}");
             }
             None => {
                 assert_eq!(
                     payload["data"]["quote"]["remainingLimit"], "990",
                     "{payload}"
                 );
-                assert_eq!(f.limits.received(), before + 1);
+                assert_eq!(f.backends.limits.received(), before + 1);
             }
         }
         ws.close().await;
@@ -188,7 +170,7 @@ async fn v2_quotes_for_the_signed_in_user_only() {
         body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
         "{body}"
     );
-    assert_eq!(f.limits.received(), 0);
+    assert_eq!(f.backends.limits.received(), 0);
     let r = reqwest::Client::new()
         .post(format!("{}/v2/graphql", f.gateway.url()))
         .bearer_auth(token("bob"))

@@ -236,3 +236,48 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The demo backends a quote needs, scripted: an exchange answering EUR/USD at 1.5 and a limits
+/// service answering bob's limit (990 left), each counting its calls; conversions points
+/// nowhere. The servers stop when this is dropped.
+#[derive(Debug)]
+pub struct QuoteBackends {
+    /// The exchange's script and counters.
+    pub exchange: Scripted,
+    /// The limits service's script and counters.
+    pub limits: Scripted,
+    servers: (TestServer, TestServer),
+}
+
+impl QuoteBackends {
+    /// Starts both on loopback ports.
+    pub async fn start() -> Self {
+        let exchange = Scripted::new();
+        exchange.reply(
+            Duration::ZERO,
+            200,
+            r#"{"pair":"EUR/USD","rate":"1.5","seq":7}"#,
+        );
+        let limits = Scripted::new();
+        limits.reply(
+            Duration::ZERO,
+            200,
+            r#"{"user":"bob","daily_limit":"1000","used":"10","remaining":"990"}"#,
+        );
+        let servers = (exchange.serve().await, limits.serve().await);
+        Self {
+            exchange,
+            limits,
+            servers,
+        }
+    }
+
+    /// The base URL of each backend by the name the operations call it.
+    pub fn urls(&self) -> [(String, String); 3] {
+        [
+            ("exchange".to_owned(), self.servers.0.url()),
+            ("limits".to_owned(), self.servers.1.url()),
+            ("conversions".to_owned(), "http://127.0.0.1:9".to_owned()),
+        ]
+    }
+}
