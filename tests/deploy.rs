@@ -4,7 +4,10 @@
 //!   (docker DNS names) swapped for loopback addresses.
 //! - nginx, run with that configuration in front of TWO in-process instances of each gateway,
 //!   spreads HTTP requests and WebSockets over both bff-web instances, keeps answering when one
-//!   instance stops, and upgrades graphql-transport-ws and mobile sockets; device requests pass.
+//!   instance stops, and upgrades graphql-transport-ws and mobile sockets; device requests pass
+//!   and a device gets its rates. The instances run the shipped container configurations
+//!   (deploy/k8s/config), with only the demo services' addresses pointed at loopback, so a
+//!   missing backend or bridge in those files fails here.
 //! - The Kubernetes manifests give every gateway a Deployment of at least two replicas with
 //!   /readyz and /healthz probes, a Service and a PodDisruptionBudget; the compose file runs at
 //!   least two instances of each gateway; no file asks for sticky sessions; the container
@@ -24,7 +27,7 @@ use serde::Deserialize as _;
 use serde_json::{Value as Json, json};
 use serde_yaml::Value as Yaml;
 use switchyard::{Config as StackConfig, DEMO_SECRET, Stack};
-use switchyard_core::config::{BackendConfig, BridgeConfig, Source};
+use switchyard_core::config::{BridgeConfig, Source};
 use switchyard_core::server::CancellationToken;
 use test_support::eventually;
 use test_support::graphql_ws::Client as GraphqlWs;
@@ -361,28 +364,63 @@ impl Instance {
     }
 }
 
-/// Points a gateway's backends and exchange bridge at the stack's demo services.
-fn wire(
+/// The demo services the container configurations reach by DNS name, and their ports.
+const SERVICES: [(&str, u16); 3] = [("limits", 9101), ("exchange", 9102), ("conversions", 9103)];
+
+/// A gateway's shipped container configuration (`deploy/k8s/config/{gateway}.toml`, what compose
+/// and Kubernetes run), loaded with its own type. Only the services' addresses change: their DNS
+/// names (`http://limits:9101`, `ws://exchange:9102/v1/ticks`, …) become the stack's loopback
+/// addresses. Backends, bridges and limits are the file's, so a table missing from the file is
+/// missing here too.
+fn shipped_config<C: serde::de::DeserializeOwned>(
     stack: &Stack,
-    backends: &mut BTreeMap<String, BackendConfig>,
-    bridges: Option<&mut BTreeMap<String, BridgeConfig>>,
-) {
-    for name in ["limits", "exchange", "conversions"] {
-        backends.insert(name.to_owned(), BackendConfig::new(stack.url(name)));
-    }
-    if let Some(bridges) = bridges {
-        bridges.insert(
-            "exchange".to_owned(),
-            BridgeConfig::new(format!("ws://{}/v1/ticks", stack.addr("exchange"))),
+    gateway: &str,
+    env_prefix: &str,
+) -> C {
+    let path = deploy_dir()
+        .join("k8s/config")
+        .join(format!("{gateway}.toml"));
+    let mut text = read(&path);
+    for (service, port) in SERVICES {
+        text = text.replace(
+            &format!("://{service}:{port}"),
+            &format!("://{}", stack.addr(service)),
+        );
+        assert!(
+            !text.contains(&format!("://{service}:")),
+            "{}: {service} on a port other than {port}",
+            path.display()
         );
     }
+    Source::new(Some((path.clone(), text)), Vec::new())
+        .load(env_prefix)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A bff-web instance on the stack's bus, counting what it serves.
+/// Asserts that a gateway's shipped configuration bridges the stack's exchange ticker (the
+/// `rates.` topics are fed from it): a container configuration without `[bridges.exchange]`
+/// keeps the default, the exchange on the container's own loopback, and its clients get no
+/// rates.
+fn assert_bridges_the_exchange(
+    stack: &Stack,
+    gateway: &str,
+    bridges: &BTreeMap<String, BridgeConfig>,
+) {
+    let ticks = format!("ws://{}/v1/ticks", stack.addr("exchange"));
+    assert_eq!(
+        bridges.get("exchange").map(|b| b.url.as_str()),
+        Some(ticks.as_str()),
+        "deploy/k8s/config/{gateway}.toml: [bridges.exchange] must name the exchange service"
+    );
+}
+
+/// A bff-web instance on the stack's bus, from its shipped configuration, counting what it
+/// serves.
 async fn web_instance(stack: &Stack) -> (Instance, Arc<Served>) {
-    let mut config = bff_web::Config::default();
+    let mut config: bff_web::Config = shipped_config(stack, "bff-web", bff_web::ENV_PREFIX);
+    assert_bridges_the_exchange(stack, "bff-web", &config.bridges);
+    // Compose and Kubernetes set the secret in the environment.
     config.auth.hs256_secret = DEMO_SECRET.to_owned();
-    wire(stack, &mut config.backends, Some(&mut config.bridges));
     let stop = CancellationToken::new();
     let app = bff_web::app(&config, stack.bus().clone(), stop.clone()).expect("bff-web app");
     let served = Arc::new(Served::default());
@@ -410,11 +448,13 @@ async fn web_instance(stack: &Stack) -> (Instance, Arc<Served>) {
     (Instance { addr, stop, task }, served)
 }
 
-/// A bff-mobile instance on the stack's bus.
+/// A bff-mobile instance on the stack's bus, from its shipped configuration.
 async fn mobile_instance(stack: &Stack) -> Instance {
-    let mut config = bff_mobile::Config::default();
+    let mut config: bff_mobile::Config =
+        shipped_config(stack, "bff-mobile", bff_mobile::ENV_PREFIX);
+    assert_bridges_the_exchange(stack, "bff-mobile", &config.bridges);
+    // Compose and Kubernetes set the secret in the environment.
     config.auth.hs256_secret = DEMO_SECRET.to_owned();
-    wire(stack, &mut config.backends, Some(&mut config.bridges));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
@@ -427,10 +467,30 @@ async fn mobile_instance(stack: &Stack) -> Instance {
     Instance { addr, stop, task }
 }
 
-/// A bff-device instance on the stack's bus.
+/// A device both bff-device instances know (the registry of an in-memory bus is per instance,
+/// so it is configured in each, as a deployment's configured devices are).
+const EDGE_TV: &str = "edge-tv";
+
+/// Its key.
+const EDGE_TV_KEY: &str = "edge-tv-key-0123456789";
+
+/// The pair it watches: one nothing else in the test watches, so only the device instances'
+/// own exchange bridges can feed it.
+const EDGE_TV_PAIR: &str = "CHF/CAD";
+
+/// A bff-device instance on the stack's bus, from its shipped configuration, with [`EDGE_TV`].
 async fn device_instance(stack: &Stack) -> Instance {
-    let mut config = bff_device::Config::default();
-    wire(stack, &mut config.backends, None);
+    let mut config: bff_device::Config =
+        shipped_config(stack, "bff-device", bff_device::ENV_PREFIX);
+    assert_bridges_the_exchange(stack, "bff-device", &config.bridges);
+    config.devices.insert(
+        EDGE_TV.to_owned(),
+        bff_device::DeviceConfig {
+            key: EDGE_TV_KEY.to_owned(),
+            rates: vec![EDGE_TV_PAIR.to_owned()],
+            settings: BTreeMap::new(),
+        },
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
@@ -564,8 +624,8 @@ async fn nginx_spreads_requests_and_sockets_over_two_instances_of_each_gateway()
     assert_eq!(quote["pair"], "EUR/USD", "{quote}");
     app.close().await;
 
-    // bff-device: plain HTTP through its server block, on both instances in turn; the edge
-    // keeps the admin API to the inside.
+    // bff-device: plain HTTP through its server block, on both instances in turn; rates reach
+    // a device; the edge keeps the admin API to the inside.
     for _ in 0..4 {
         let r = client
             .get(format!(
@@ -578,6 +638,43 @@ async fn nginx_spreads_requests_and_sockets_over_two_instances_of_each_gateway()
         let body: Json = r.json().await.expect("JSON");
         assert_eq!(body["p"], "EUR/USD", "{body}");
     }
+
+    // A device behind nginx gets its rates: each instance's hub feeds the pair from the exchange
+    // bridge of its shipped configuration. Long-polls (held up to a second, so that both
+    // instances are asked) until a rate of the device's pair comes.
+    let rate = tokio::time::timeout(PATIENCE, async {
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut query = vec![("wait", "1".to_owned())];
+            query.extend(cursor.clone().map(|c| ("cursor", c)));
+            let r = client
+                .get(format!(
+                    "http://127.0.0.1:{device_port}/v1/devices/{EDGE_TV}/events"
+                ))
+                .header("x-device-key", EDGE_TV_KEY)
+                .query(&query)
+                .send()
+                .await
+                .expect("a device poll through nginx");
+            assert_eq!(r.status().as_u16(), 200);
+            let body: Json = r.json().await.expect("JSON");
+            let events = body["e"].as_array().expect("events");
+            if let Some(rate) = events.iter().find(|e| e["t"] == "r") {
+                break rate.clone();
+            }
+            cursor = Some(body["n"].as_str().expect("a cursor").to_owned());
+        }
+    })
+    .await
+    .expect("a rate reaches the device through nginx in time");
+    assert_eq!(rate["p"], EDGE_TV_PAIR, "{rate}");
+    assert!(
+        rate["r"]
+            .as_str()
+            .is_some_and(|r| r.parse::<f64>().is_ok_and(|r| r > 0.0)),
+        "{rate}"
+    );
+
     let admin = client
         .post(format!("http://127.0.0.1:{device_port}/admin/devices"))
         .send()
@@ -675,15 +772,36 @@ fn container_configurations_load_with_the_binaries_own_types() {
         let path = dir.join(format!("{name}.toml"));
         Source::new(Some((path.clone(), read(&path))), Vec::new())
     };
-    load("limits")
-        .load::<demo_services::limits::Config>("SWITCHYARD_LIMITS")
-        .expect("limits.toml");
-    load("exchange")
-        .load::<demo_services::exchange::Config>("SWITCHYARD_EXCHANGE")
-        .expect("exchange.toml");
-    load("conversions")
-        .load::<demo_services::conversions::Config>("SWITCHYARD_CONVERSIONS")
-        .expect("conversions.toml");
+    let listens = [
+        (
+            "limits",
+            load("limits")
+                .load::<demo_services::limits::Config>("SWITCHYARD_LIMITS")
+                .expect("limits.toml")
+                .server
+                .listen,
+        ),
+        (
+            "exchange",
+            load("exchange")
+                .load::<demo_services::exchange::Config>("SWITCHYARD_EXCHANGE")
+                .expect("exchange.toml")
+                .server
+                .listen,
+        ),
+        (
+            "conversions",
+            load("conversions")
+                .load::<demo_services::conversions::Config>("SWITCHYARD_CONVERSIONS")
+                .expect("conversions.toml")
+                .server
+                .listen,
+        ),
+    ];
+    // The gateways' container configurations (and `shipped_config`) reach them on these ports.
+    for ((service, listen), (name, port)) in listens.into_iter().zip(SERVICES) {
+        assert_eq!((service, listen.port()), (name, port));
+    }
 }
 
 /// The bus variables of a container's env list (k8s `- {name, value}` entries).

@@ -1,13 +1,15 @@
 //! A per-backend circuit breaker: closed → open after consecutive failures → half-open after a
 //! cool-down, where exactly one probe call is let through; its outcome closes or re-opens the
-//! circuit.
+//! circuit. Only the probe decides: a call that was let through while the circuit was closed and
+//! answers after it opened (a late success or failure) changes nothing. The "circuit opened"
+//! warning names the backend.
 //!
 //! The breaker only counts; it does not decide what a failure is. The caller reports each call's
 //! outcome through the [`Permit`] it was given. A permit dropped without an outcome (the caller
 //! was cancelled) counts as neither, but frees the half-open probe slot.
 //! Time is `tokio::time::Instant`, so tests can pause the clock.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -35,6 +37,7 @@ enum State {
 /// A circuit breaker for one backend.
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    backend: Arc<str>,
     threshold: u32,
     open_for: Duration,
     state: Mutex<State>,
@@ -45,9 +48,10 @@ pub struct CircuitBreaker {
 pub struct Open;
 
 impl CircuitBreaker {
-    /// A closed breaker.
-    pub fn new(config: &CircuitConfig) -> Self {
+    /// A closed breaker for the backend called `backend` (the name its log lines carry).
+    pub fn new(backend: impl Into<Arc<str>>, config: &CircuitConfig) -> Self {
         Self {
+            backend: backend.into(),
             threshold: config.failure_threshold.max(1),
             open_for: Duration::from_millis(config.open_ms),
             state: Mutex::new(State::Closed { failures: 0 }),
@@ -85,23 +89,27 @@ impl CircuitBreaker {
 
     fn record(&self, probe: bool, ok: bool) {
         let mut state = self.lock();
-        if ok {
-            *state = State::Closed { failures: 0 };
-            return;
-        }
         let open = State::Open {
             until: Instant::now() + self.open_for,
         };
         *state = match *state {
+            // Only the half-open probe's outcome closes or re-opens the circuit.
+            _ if probe && ok => State::Closed { failures: 0 },
             _ if probe => open,
+            State::Closed { .. } if ok => State::Closed { failures: 0 },
             State::Closed { failures } if failures + 1 >= self.threshold => {
-                tracing::warn!(failures = failures + 1, "circuit opened");
+                tracing::warn!(
+                    backend = %self.backend,
+                    failures = failures + 1,
+                    "circuit opened"
+                );
                 open
             }
             State::Closed { failures } => State::Closed {
                 failures: failures + 1,
             },
-            // A call that started before the circuit opened finished late: it changes nothing.
+            // A call that started before the circuit opened finished late, however it went: it
+            // changes nothing.
             State::Open { until } => State::Open { until },
             State::HalfOpen { probing } => State::HalfOpen { probing },
         };
@@ -161,10 +169,13 @@ mod tests {
     use super::*;
 
     fn breaker() -> CircuitBreaker {
-        CircuitBreaker::new(&CircuitConfig {
-            failure_threshold: 3,
-            open_ms: 1_000,
-        })
+        CircuitBreaker::new(
+            "svc",
+            &CircuitConfig {
+                failure_threshold: 3,
+                open_ms: 1_000,
+            },
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -209,6 +220,80 @@ mod tests {
         drop(b.acquire().unwrap());
         b.acquire().unwrap().success();
         assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_success_does_not_close_an_open_circuit() {
+        let b = breaker();
+        // Started while the circuit was closed; answers after it opened.
+        let late = b.acquire().unwrap();
+        let later = b.acquire().unwrap();
+        for _ in 0..3 {
+            b.acquire().unwrap().failure();
+        }
+        assert_eq!(b.state(), CircuitState::Open);
+        late.success();
+        assert_eq!(b.state(), CircuitState::Open, "a late success closed it");
+        assert_eq!(b.acquire().unwrap_err(), Open);
+
+        // Nor while half-open: only the probe's own outcome decides.
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        let probe = b.acquire().unwrap();
+        later.success();
+        assert_eq!(
+            b.state(),
+            CircuitState::HalfOpen,
+            "a late success closed it"
+        );
+        assert_eq!(b.acquire().unwrap_err(), Open, "still one probe at a time");
+        probe.failure();
+        assert_eq!(b.state(), CircuitState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_opened_warning_names_the_backend() {
+        let buffer = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = {
+            let buffer = buffer.clone();
+            move || Captured(buffer.clone())
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let b = CircuitBreaker::new(
+                "quotes-eu",
+                &CircuitConfig {
+                    failure_threshold: 2,
+                    open_ms: 1_000,
+                },
+            );
+            b.acquire().unwrap().failure();
+            b.acquire().unwrap().failure();
+            assert_eq!(b.state(), CircuitState::Open);
+        });
+        let log = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains("circuit opened"))
+            .unwrap_or_else(|| panic!("no warning in {log:?}"));
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains("backend=quotes-eu"), "{line}");
+    }
+
+    /// A `tracing` writer into a shared buffer.
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     #[tokio::test(start_paused = true)]

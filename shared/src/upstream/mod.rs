@@ -265,11 +265,11 @@ impl Upstreams {
             backends.insert(
                 name.clone(),
                 Backend {
+                    breaker: CircuitBreaker::new(name.clone(), &config.circuit),
                     name,
                     base_url: config.base_url.trim_end_matches('/').to_owned(),
                     config: config.clone(),
                     client,
-                    breaker: CircuitBreaker::new(&config.circuit),
                 },
             );
         }
