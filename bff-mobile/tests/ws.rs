@@ -565,3 +565,41 @@ async fn a_client_cut_off_for_not_reading_still_gets_the_close_code_when_it_read
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(slow.closed().await, close::SLOW_CONSUMER);
 }
+
+#[tokio::test]
+async fn the_sockets_drain_budget_counts_from_shutdown_not_from_start() {
+    // Up for longer than the drain timeout before the shutdown: the sockets still get their
+    // share of the drain (bye, then 1001 after 750 ms), and `run` waits for them.
+    let mut cfg = config();
+    cfg.server.drain_timeout_ms = 1_000;
+    let bus: std::sync::Arc<dyn switchyard_core::bus::Bus> =
+        std::sync::Arc::new(switchyard_core::bus::memory::MemoryBus::new(10));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = switchyard_core::server::CancellationToken::new();
+    let running = tokio::spawn(bff_mobile::run(cfg, bus, listener, shutdown.clone()));
+    let mut c = Client::connect(
+        &format!("ws://{addr}/v1/ws"),
+        &[mobile_proto::SUBPROTOCOL_JSON],
+    )
+    .await;
+    c.send(&ClientMsg::Auth(mobile_proto::Auth {
+        token: token("lena"),
+    }))
+    .await;
+    assert!(matches!(c.recv().await, ServerMsg::Welcome(_)));
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    shutdown.cancel();
+    assert!(matches!(c.recv_skipping_pings().await, ServerMsg::Bye(_)));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !running.is_finished(),
+        "run returned while its socket was still draining"
+    );
+    assert_eq!(c.closed().await, close::GOING_AWAY);
+    tokio::time::timeout(Duration::from_secs(3), running)
+        .await
+        .expect("run returns within the drain")
+        .unwrap()
+        .unwrap();
+}

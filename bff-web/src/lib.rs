@@ -355,20 +355,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = app(&config, bus, shutdown.clone())?;
-    let drain = config.server.drain_timeout();
-    let started = tokio::time::Instant::now();
-    server::serve_with(listener, app.router, shutdown, &config.server).await?;
-    app.sockets.close();
-    let left = drain.saturating_sub(started.elapsed().min(drain));
-    if tokio::time::timeout(
-        left.max(std::time::Duration::from_millis(100)),
-        app.sockets.wait(),
-    )
-    .await
-    .is_err()
-    {
-        tracing::warn!("drain timeout passed with sockets still open");
-    }
+    server::serve_with_sockets(listener, app.router, shutdown, &config.server, app.sockets).await?;
     Ok(())
 }
 

@@ -55,6 +55,48 @@ pub async fn serve_with(
     crate::serving::serve(listener, app, shutdown, config).await
 }
 
+/// Serves `app` like [`serve_with`], then waits for the upgraded sockets tracked by `sockets`,
+/// which the server stops tracking at the upgrade: the gateways' one way to serve. HTTP
+/// connections and sockets share ONE drain budget (`config.drain_timeout_ms`), counted from the
+/// moment `shutdown` is cancelled — not from when serving started, which would leave a gateway
+/// that has been up longer than the drain timeout no time at all for its sockets.
+pub async fn serve_with_sockets(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    config: &ServerConfig,
+    sockets: tokio_util::task::TaskTracker,
+) -> std::io::Result<()> {
+    let drain = config.drain_timeout();
+    let cancelled_at = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::Instant::now()
+        })
+    };
+    let served = serve_with(listener, app, shutdown.clone(), config).await;
+    sockets.close();
+    let started = if shutdown.is_cancelled() {
+        cancelled_at
+            .await
+            .unwrap_or_else(|_| tokio::time::Instant::now())
+    } else {
+        // Serving failed on its own: nothing asked for a drain, give the sockets the whole one.
+        cancelled_at.abort();
+        tokio::time::Instant::now()
+    };
+    served?;
+    let left = drain.saturating_sub(started.elapsed());
+    if tokio::time::timeout(left.max(Duration::from_millis(100)), sockets.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout passed with sockets still open");
+    }
+    Ok(())
+}
+
 /// Resolves when the process receives SIGTERM or Ctrl-C (SIGINT).
 pub async fn shutdown_signal() {
     {
