@@ -33,9 +33,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -304,13 +304,6 @@ impl From<&BridgeConfig> for Timings {
     }
 }
 
-/// The longest wait before the next connection attempt after `failures` consecutive failures:
-/// `initial` doubled per failure, at most `max`. The actual wait is drawn uniformly below it
-/// (full jitter), so many bridges that lost the same upstream do not reconnect in step.
-fn backoff_ceiling_ms(failures: u32, initial_ms: u64, max_ms: u64) -> u64 {
-    initial_ms.saturating_mul(1 << failures.min(20)).min(max_ms)
-}
-
 /// The frames that bring an upstream connection from watching `upstream` to watching `desired`.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Plan {
@@ -391,13 +384,10 @@ async fn run(
                 tracing::warn!(bridge = %name, %url, %error, failures, "upstream connect failed");
             }
         }
-        let ceiling = backoff_ceiling_ms(
-            failures,
-            timings.reconnect_initial_ms,
-            timings.reconnect_max_ms,
-        );
+        // Full jitter, so that many bridges that lost the same upstream do not reconnect in step.
+        let wait = Backoff::from_millis(timings.reconnect_initial_ms, timings.reconnect_max_ms)
+            .delay(failures);
         failures = failures.saturating_add(1);
-        let wait = Duration::from_millis(rand::rng().random_range(0..=ceiling));
         tokio::select! {
             () = shared.stop.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
@@ -643,15 +633,6 @@ mod tests {
             plan(&desired(&[]), &upstream(&["a"])).unwatch,
             topics(&["a"])
         );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_maximum() {
-        let ceilings: Vec<u64> = (0..6).map(|f| backoff_ceiling_ms(f, 100, 1_000)).collect();
-        assert_eq!(ceilings, vec![100, 200, 400, 800, 1_000, 1_000]);
-        assert_eq!(backoff_ceiling_ms(u32::MAX, 100, 5_000), 5_000);
-        assert_eq!(backoff_ceiling_ms(3, u64::MAX, 5_000), 5_000);
-        assert_eq!(backoff_ceiling_ms(0, 0, 5_000), 0);
     }
 
     struct Everything;

@@ -5,13 +5,14 @@
 //! - Events flow up: [`event`] (topics, offsets, epochs), [`bus`] (where events are published and
 //!   kept), [`hub`] (local subscribers with bounded queues and shared source subscriptions) and
 //!   [`bridge`] (upstream WebSocket APIs fed onto the bus, one upstream watch per topic).
-//! - Plumbing: [`config`], [`cli`], [`server`] (with its bounded accept loop), [`slots`]
+//! - Plumbing: [`backoff`] (the one retry policy), [`config`], [`cli`], [`server`] (with its bounded accept loop), [`slots`]
 //!   (connection and socket caps), [`origin`] (who may open a socket), [`websocket`] (closing
 //!   sockets per RFC 6455) and [`telemetry`].
 //!
 //! The core speaks typed Rust and opaque payload bytes; only gateways know their wire formats.
 
 pub mod auth;
+pub mod backoff;
 pub mod bridge;
 pub mod bus;
 pub mod cli;

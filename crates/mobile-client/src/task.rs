@@ -73,7 +73,9 @@ pub(crate) fn next_subscription_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A uniformly random duration between zero and `cap` (full jitter).
+/// A uniformly random duration between zero and `cap` (full jitter). The same rule as the
+/// server core's `switchyard_core::backoff`, written again on purpose: a client library must not
+/// depend on the server's core (axum, the brokers' clients) to draw a random number.
 pub(crate) fn jitter(cap: Duration) -> Duration {
     let ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
     if ms == 0 {

@@ -14,7 +14,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -54,43 +53,8 @@ pub(crate) trait Source: Send + Sync + 'static {
     ) -> Result<(LiveFeed, Position), BusError>;
 }
 
-/// Exponential backoff with full jitter.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// Starts at `initial`, doubles up to `max`.
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
-        let initial = initial.max(Duration::from_millis(1));
-        Self {
-            initial,
-            max: max.max(initial),
-            next: initial,
-        }
-    }
-
-    /// The next delay (random up to the current bound), and doubles the bound.
-    pub(crate) fn delay(&mut self) -> Duration {
-        let bound = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let millis = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::random_range(millis / 2..=millis))
-    }
-
-    /// Sleeps for the next delay.
-    pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.delay()).await;
-    }
-
-    /// Back to the initial delay after a success.
-    pub(crate) fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
+/// Reconnect and resubscribe delays: the core's one backoff (full jitter).
+pub(crate) use crate::backoff::Retrying as Backoff;
 
 /// Opens a subscription: the live feed is opened before this returns (so every event published
 /// afterwards is delivered); a start position is caught up from history first.

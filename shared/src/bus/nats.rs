@@ -214,10 +214,8 @@ impl Inner {
                     .request_timeout(Some(self.op_timeout))
                     .subscription_capacity(SUBSCRIPTION_CAPACITY)
                     .reconnect_delay_callback(move |attempts| {
-                        let shift = u32::try_from(attempts.min(16)).unwrap_or(16);
-                        let bound = initial.saturating_mul(1 << shift).min(max);
-                        let millis = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
-                        Duration::from_millis(rand::random_range(millis / 2..=millis))
+                        let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
+                        crate::backoff::Backoff::new(initial, max).delay(attempt)
                     })
                     .event_callback(move |event| {
                         let generation = generation.clone();

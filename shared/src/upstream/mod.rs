@@ -19,9 +19,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use bytes::Bytes;
 use http::Method;
-use rand::Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
@@ -323,11 +323,8 @@ impl Upstreams {
             if attempt >= attempts || !kind.is_retryable() {
                 return Err(error(kind));
             }
-            let ceiling = retry
-                .initial_backoff_ms
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(retry.max_backoff_ms);
-            let backoff = Duration::from_millis(rand::rng().random_range(0..=ceiling));
+            let backoff = Backoff::from_millis(retry.initial_backoff_ms, retry.max_backoff_ms)
+                .delay(attempt - 1);
             if Instant::now() + backoff >= deadline {
                 return Err(error(kind));
             }
