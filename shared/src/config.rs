@@ -105,7 +105,7 @@ impl Source {
     ) -> Result<T, ConfigError> {
         let mut root =
             merge::defaults_table(&T::default()).map_err(|message| ConfigError::Invalid {
-                key: String::new(),
+                key: "(the binary's defaults)".to_owned(),
                 message,
             })?;
         if let Some((path, text)) = &self.file {
