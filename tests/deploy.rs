@@ -372,7 +372,7 @@ const SERVICES: [(&str, u16); 3] = [("limits", 9101), ("exchange", 9102), ("conv
 /// names (`http://limits:9101`, `ws://exchange:9102/v1/ticks`, …) become the stack's loopback
 /// addresses. Backends, bridges and limits are the file's, so a table missing from the file is
 /// missing here too.
-fn shipped_config<C: serde::de::DeserializeOwned>(
+fn shipped_config<C: serde::de::DeserializeOwned + serde::Serialize + Default>(
     stack: &Stack,
     gateway: &str,
     env_prefix: &str,

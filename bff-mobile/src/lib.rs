@@ -44,9 +44,14 @@ pub struct Config {
     pub bus: BusConfig,
     /// The topic hub.
     pub hub: HubConfig,
-    /// Backends by name; the operations call `exchange`, `limits` and `conversions`.
+    /// Backends by name: `exchange`, `limits` and `conversions`, the ones the operations call;
+    /// any other name is a config error. A table changes the keys it names, the rest keep their
+    /// defaults.
+    #[serde(deserialize_with = "operations::known_backends")]
     pub backends: BTreeMap<String, BackendConfig>,
-    /// Upstream WebSocket bridges by name; `exchange` feeds the `rates.` topics.
+    /// Upstream WebSocket bridges by name: `exchange` feeds the `rates.` topics; any other name
+    /// is a config error. A table changes the keys it names, the rest keep their defaults.
+    #[serde(deserialize_with = "operations::sources::known_bridges")]
     pub bridges: BTreeMap<String, BridgeConfig>,
     /// Deadlines of the composed operations.
     pub operations: operations::Config,

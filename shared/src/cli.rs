@@ -34,7 +34,7 @@ pub enum Loaded<T> {
 impl Args {
     /// Loads the configuration from `--config` and the environment under `env_prefix`, and prints
     /// it when `--print-config` was given.
-    pub fn load<T: DeserializeOwned + Serialize>(
+    pub fn load<T: DeserializeOwned + Serialize + Default>(
         &self,
         env_prefix: &str,
     ) -> Result<Loaded<T>, ConfigError> {
@@ -48,7 +48,7 @@ impl Args {
 }
 
 /// A server binary's configuration: what [`run_server`] needs to know of it.
-pub trait ServerBinary: DeserializeOwned + Serialize {
+pub trait ServerBinary: DeserializeOwned + Serialize + Default {
     /// The binary's name, for logs.
     const NAME: &'static str;
     /// Prefix of the environment variables that override the configuration.

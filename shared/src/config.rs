@@ -2,8 +2,11 @@
 //! configuration sections every Switchyard binary shares.
 //!
 //! Loading goes through [`Source`], which tests replace with an in-memory file and environment.
-//! Unknown keys are errors that name the full path of the key (`backends.exchange.timeout`), so a
-//! typo never silently falls back to a default.
+//! The binary's defaults are the bottom layer; the file and then the environment are merged over
+//! them table by table, so each changes exactly the keys it names. Unknown keys are errors that
+//! name the full path of the key (`backends.exchange.timeout`), so a typo never silently falls
+//! back to a default. A table keyed by names, such as `backends`, accepts any name unless the
+//! binary that knows its names reads it with [`only_known`].
 //!
 //! Environment overrides use a per-binary prefix and `__` between path segments:
 //! `SWITCHYARD_WEB__SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`. Values are read as TOML
@@ -19,6 +22,11 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+mod merge;
+mod names;
+
+pub use names::only_known;
 
 /// An error loading configuration. The message always names the file, variable or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -87,18 +95,28 @@ impl Source {
         Ok(Self::new(file, std::env::vars().collect()))
     }
 
-    /// Loads a `T` from this source: file first, then every variable that starts with
-    /// `{env_prefix}__`, then strict deserialisation.
-    pub fn load<T: DeserializeOwned>(&self, env_prefix: &str) -> Result<T, ConfigError> {
-        let mut root = match &self.file {
-            Some((path, text)) => text
+    /// Loads a `T` from this source: `T::default()` as a TOML document, the file deep-merged
+    /// over it, then every variable that starts with `{env_prefix}__`, then strict
+    /// deserialisation. A table in the file or an override changes only the keys it names; every
+    /// other key keeps `T`'s own default.
+    pub fn load<T: DeserializeOwned + Serialize + Default>(
+        &self,
+        env_prefix: &str,
+    ) -> Result<T, ConfigError> {
+        let mut root =
+            merge::defaults_table(&T::default()).map_err(|message| ConfigError::Invalid {
+                key: "(the binary's defaults)".to_owned(),
+                message,
+            })?;
+        if let Some((path, text)) = &self.file {
+            let file = text
                 .parse::<toml::Table>()
                 .map_err(|e| ConfigError::Syntax {
                     path: path.clone(),
                     message: e.to_string().trim().to_owned(),
-                })?,
-            None => toml::Table::new(),
-        };
+                })?;
+            merge::deep_merge(&mut root, file);
+        }
         let prefix = format!("{env_prefix}__");
         let mut vars: Vec<&(String, String)> = self
             .env
@@ -589,7 +607,7 @@ mod defaults {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Deserialize, PartialEq)]
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]
     struct Demo {
         #[serde(default)]
@@ -672,7 +690,73 @@ mod tests {
         assert!(err.to_string().contains("demo.toml"), "{err}");
     }
 
-    #[derive(Debug, Deserialize)]
+    /// A binary whose defaults differ from its types' defaults, with named backends.
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Layered {
+        server: ServerConfig,
+        #[serde(deserialize_with = "known_backends")]
+        backends: BTreeMap<String, BackendConfig>,
+    }
+
+    impl Default for Layered {
+        fn default() -> Self {
+            let mut server = ServerConfig::on("127.0.0.1:7".parse().unwrap());
+            server.body_limit_bytes = 5;
+            Self {
+                server,
+                backends: BTreeMap::from([
+                    ("a".to_owned(), BackendConfig::new("http://a")),
+                    ("b".to_owned(), BackendConfig::new("http://b")),
+                ]),
+            }
+        }
+    }
+
+    fn known_backends<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, BackendConfig>, D::Error> {
+        only_known(d, "backend", &["a", "b"])
+    }
+
+    #[test]
+    fn an_override_changes_only_the_key_it_names() {
+        let mut want = Layered::default();
+        want.server.drain_timeout_ms = 9;
+        let by_env: Layered = source("", &[("T__SERVER__DRAIN_TIMEOUT_MS", "9")])
+            .load("T")
+            .unwrap();
+        assert_eq!(by_env, want);
+        let by_file: Layered = source("[server]\ndrain_timeout_ms = 9\n", &[])
+            .load("T")
+            .unwrap();
+        assert_eq!(by_file, want);
+
+        let mut want = Layered::default();
+        want.backends.get_mut("a").unwrap().base_url = "http://x".into();
+        let by_file: Layered = source("[backends.a]\nbase_url = \"http://x\"\n", &[])
+            .load("T")
+            .unwrap();
+        assert_eq!(by_file, want);
+        let by_env: Layered = source("", &[("T__BACKENDS__A__BASE_URL", "http://x")])
+            .load("T")
+            .unwrap();
+        assert_eq!(by_env, want);
+    }
+
+    #[test]
+    fn a_name_the_binary_does_not_know_is_an_error_at_its_key() {
+        for src in [
+            source("[backends.c]\nbase_url = \"http://c\"\n", &[]),
+            source("", &[("T__BACKENDS__C__BASE_URL", "http://c")]),
+        ] {
+            let err = src.load::<Layered>("T").unwrap_err().to_string();
+            assert!(err.contains("`backends.c`"), "{err}");
+            assert!(err.contains("known: a, b"), "{err}");
+        }
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct WithBus {
         #[serde(default)]

@@ -71,8 +71,8 @@ pub struct Config {
     /// The bus the standalone binary builds; an embedding process passes its own bus to [`run`].
     pub bus: BusConfig,
     /// The backends called: `limits` (default `http://127.0.0.1:9101`) and `exchange` (default
-    /// `http://127.0.0.1:9102`). Entries given here replace the default of the same name; the
-    /// other default stays.
+    /// `http://127.0.0.1:9102`), no others: another name is a config error. Keys given here
+    /// change the default of the same name; every other key stays.
     #[serde(deserialize_with = "backends_over_defaults")]
     pub backends: BTreeMap<String, BackendConfig>,
     /// Time allowed for both backend calls of one conversion together, in milliseconds.
@@ -121,7 +121,8 @@ fn default_backends() -> BTreeMap<String, BackendConfig> {
 fn backends_over_defaults<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, BackendConfig>, D::Error> {
-    let given = BTreeMap::<String, BackendConfig>::deserialize(d)?;
+    let given: BTreeMap<String, BackendConfig> =
+        switchyard_core::config::only_known(d, "backend", &[EXCHANGE, LIMITS])?;
     let mut backends = default_backends();
     backends.extend(given);
     Ok(backends)
@@ -543,5 +544,18 @@ mod tests {
         let config: Config = source.load("T").unwrap();
         assert_eq!(config.backends[EXCHANGE].base_url, "http://10.0.0.1:1");
         assert_eq!(config.backends[LIMITS].base_url, "http://127.0.0.1:9101");
+    }
+
+    #[test]
+    fn config_backend_of_an_unknown_name_is_an_error_naming_it() {
+        let source = switchyard_core::config::Source::new(
+            Some((
+                "conversions.toml".into(),
+                "[backends.limts]\nbase_url = \"http://10.0.0.1:1\"\n".into(),
+            )),
+            Vec::new(),
+        );
+        let err = source.load::<Config>("T").unwrap_err().to_string();
+        assert!(err.contains("`backends.limts`"), "{err}");
     }
 }

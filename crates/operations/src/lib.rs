@@ -34,6 +34,17 @@ pub mod backend {
     pub const CONVERSIONS: &str = "conversions";
 }
 
+/// Every backend name the operations call, in the order [`default_backends`] lists them.
+pub const BACKENDS: &[&str] = &[backend::CONVERSIONS, backend::EXCHANGE, backend::LIMITS];
+
+/// Reads a gateway's `[backends]` (`#[serde(deserialize_with = "operations::known_backends")]`):
+/// a name the operations do not call (`[backends.limts]`) is an error at its key.
+pub fn known_backends<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, BackendConfig>, D::Error> {
+    switchyard_core::config::only_known(deserializer, "backend", BACKENDS)
+}
+
 /// The default backend registry: the demo services on their default ports.
 pub fn default_backends() -> BTreeMap<String, BackendConfig> {
     [

@@ -43,6 +43,17 @@ fn pair_of(topic: &Topic) -> Option<Pair> {
     topic.as_str().strip_prefix(RATES_PREFIX)?.parse().ok()
 }
 
+/// Every bridge name a gateway uses.
+pub const BRIDGES: &[&str] = &[EXCHANGE_BRIDGE];
+
+/// Reads a gateway's `[bridges]` (`#[serde(deserialize_with = "operations::sources::known_bridges")]`):
+/// a name no gateway uses (`[bridges.exchnage]`) is an error at its key.
+pub fn known_bridges<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, BridgeConfig>, D::Error> {
+    switchyard_core::config::only_known(deserializer, "bridge", BRIDGES)
+}
+
 /// The default bridges: the exchange's ticker on its default port.
 pub fn default_bridges() -> BTreeMap<String, BridgeConfig> {
     BTreeMap::from([(

@@ -102,6 +102,39 @@ impl Config {
         c.device.server.listen = any;
         c
     }
+
+    /// Checks what the launcher needs beyond what loading checks: it starts bff-web and
+    /// bff-mobile to verify tokens (`switchyard token` signs them), so each must have a key to
+    /// verify with. A key emptied by the configuration is an error naming it, never a gateway
+    /// that quietly refuses every token. [`Stack::start`] calls it.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (section, auth) in [("web", &self.web.auth), ("mobile", &self.mobile.auth)] {
+            let no_key = auth.hs256_secret.is_empty()
+                && auth.rs256_public_key_pem.trim().is_empty()
+                && auth.jwks_url.is_empty();
+            if no_key {
+                anyhow::bail!(
+                    "{section}.auth.hs256_secret is empty and {section}.auth has no other key: \
+                     the launcher's gateways verify tokens; leave it unset for the demo secret \
+                     or set {ENV_PREFIX}__{}__AUTH__HS256_SECRET",
+                    section.to_ascii_uppercase()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The secret `switchyard token` signs with: bff-web's `auth.hs256_secret`. Empty is an error
+    /// naming the key (a token signed with an empty key is no token).
+    pub fn token_secret(&self) -> anyhow::Result<&str> {
+        if self.web.auth.hs256_secret.is_empty() {
+            anyhow::bail!(
+                "web.auth.hs256_secret is empty: there is no secret to sign a token with; leave \
+                 it unset for the demo secret or set {ENV_PREFIX}__WEB__AUTH__HS256_SECRET"
+            );
+        }
+        Ok(&self.web.auth.hs256_secret)
+    }
 }
 
 /// The components of the stack, in start order.
@@ -124,8 +157,10 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Binds every listener, then starts every component.
+    /// Checks the configuration ([`Config::check`]), binds every listener, then starts every
+    /// component.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        config.check()?;
         let Config {
             log: _,
             bus: bus_config,

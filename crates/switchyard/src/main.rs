@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         let ttl = std::time::Duration::from_secs(24 * 3600);
         println!(
             "{}",
-            bff_web::auth::hs256_token(&config.web.auth.hs256_secret, &user, ttl)
+            bff_web::auth::hs256_token(config.token_secret()?, &user, ttl)
         );
         return Ok(());
     }

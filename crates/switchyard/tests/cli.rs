@@ -170,3 +170,129 @@ fn an_unknown_key_stops_it_with_an_error_naming_the_key() {
     assert!(err.contains("max_depht"), "{err}");
     assert!(err.contains("web.graphql"), "{err}");
 }
+
+/// Kills the child when dropped unless it has exited, so a failed assertion leaves no stack
+/// running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A demo token for `user`, as the docs' curl examples use it.
+fn demo_bearer(user: &str) -> String {
+    let token =
+        switchyard_core::auth::hs256_token(switchyard::DEMO_SECRET, user, Duration::from_secs(600));
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn up_with_every_listen_overridden_keeps_the_demo_secret_device_and_admin_token() {
+    // `up()` moves every component's port through the environment, the docs' own recipe.
+    let (child, lines) = start();
+    let mut child = KillOnDrop(child);
+    let text = lines.join("\n");
+    assert!(text.contains("demo device `demo-tv`"), "{text}");
+    assert!(
+        text.contains(&format!("Bearer {}", switchyard::DEMO_ADMIN_TOKEN)),
+        "{text}"
+    );
+    let client = reqwest::Client::new();
+    let quote = format!(
+        "{}/v1/quote?user=alice&from=EUR&to=USD&amount=10",
+        base_url(&lines, "bff-mobile")
+    );
+    let r = client
+        .get(&quote)
+        .header("authorization", demo_bearer("alice"))
+        .send()
+        .await
+        .expect("quote");
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.expect("JSON");
+    assert_eq!(status, 200, "{body}");
+    assert!(body["remaining_limit"].is_string(), "{body}");
+    let r = client
+        .post(format!("{}/v1/graphql", base_url(&lines, "bff-web")))
+        .header("authorization", demo_bearer("alice"))
+        .json(&serde_json::json!({"query":
+            r#"{ quote(user: "alice", from: "EUR", to: "USD", amount: "1") { remainingLimit } }"#}))
+        .send()
+        .await
+        .expect("graphql");
+    let body: serde_json::Value = r.json().await.expect("JSON");
+    assert!(
+        body["data"]["quote"]["remainingLimit"].is_string(),
+        "{body}"
+    );
+    let poll = format!(
+        "{}/v1/devices/{}/events?wait=0",
+        base_url(&lines, "bff-device"),
+        switchyard::DEMO_DEVICE
+    );
+    let r = client
+        .get(&poll)
+        .header("x-device-key", switchyard::DEMO_DEVICE_KEY)
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(r.status(), 200);
+    signal(&child.0, "-INT");
+    let status = wait_exit(&mut child.0, Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn up_with_an_emptied_secret_refuses_to_start_naming_the_key() {
+    let mut child = up()
+        .env("SWITCHYARD__MOBILE__AUTH__HS256_SECRET", "")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn switchyard");
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(!status.success(), "exit status {status}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert!(err.contains("mobile.auth.hs256_secret"), "{err}");
+}
+
+fn token(env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["token", "alice"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run switchyard token")
+}
+
+#[test]
+fn token_under_a_listen_override_signs_with_the_demo_secret() {
+    let out = token(&[("SWITCHYARD__WEB__SERVER__LISTEN", "127.0.0.1:18080")]);
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    let verifier = switchyard_core::auth::Verifier::new(&switchyard_core::auth::AuthConfig {
+        hs256_secret: switchyard::DEMO_SECRET.to_owned(),
+        ..Default::default()
+    })
+    .expect("verifier");
+    let user = verifier
+        .verify(printed.trim(), |sub| Some(sub.to_owned()))
+        .expect("signed with the demo secret");
+    assert_eq!(user, "alice");
+}
+
+#[test]
+fn token_with_an_empty_secret_fails_naming_the_key() {
+    let out = token(&[("SWITCHYARD__WEB__AUTH__HS256_SECRET", "")]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "no token printed: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("web.auth.hs256_secret"), "{err}");
+}

@@ -1,0 +1,231 @@
+//! Loading configuration over the binaries' own defaults: an override (environment or file)
+//! changes exactly the key it names — in every section of the launcher, where the defaults are
+//! the demo stack's (demo secret, admin token, demo device), and in a gateway's named tables —
+//! and a name a gateway does not know is an error naming its key. Loads only; nothing is started
+//! (tests/cli.rs runs the binary).
+
+use std::path::PathBuf;
+
+use switchyard::{Config, DEMO_ADMIN_TOKEN, DEMO_DEVICE, DEMO_SECRET, ENV_PREFIX};
+use switchyard_core::config::{BackendConfig, ConfigError, Source};
+
+fn env(vars: &[(&str, &str)]) -> Source {
+    Source::new(
+        None,
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn file(text: &str) -> Source {
+    Source::new(
+        Some((PathBuf::from("test.toml"), text.to_owned())),
+        Vec::new(),
+    )
+}
+
+fn launcher(source: &Source) -> Config {
+    source.load(ENV_PREFIX).expect("the configuration loads")
+}
+
+/// What the demo stack's own defaults promise in every gateway section.
+fn assert_demo_defaults_kept(c: &Config) {
+    assert_eq!(
+        c.web.auth.hs256_secret, DEMO_SECRET,
+        "web.auth.hs256_secret"
+    );
+    assert_eq!(
+        c.mobile.auth.hs256_secret, DEMO_SECRET,
+        "mobile.auth.hs256_secret"
+    );
+    assert_eq!(c.device.admin.token, DEMO_ADMIN_TOKEN, "device.admin.token");
+    assert!(c.device.devices.contains_key(DEMO_DEVICE), "device.devices");
+    for (section, backends, bridges) in [
+        ("web", &c.web.backends, &c.web.bridges),
+        ("mobile", &c.mobile.backends, &c.mobile.bridges),
+        ("device", &c.device.backends, &c.device.bridges),
+    ] {
+        assert_eq!(
+            *bridges,
+            operations::sources::default_bridges(),
+            "{section}.bridges"
+        );
+        assert_eq!(
+            backends.keys().collect::<Vec<_>>(),
+            ["conversions", "exchange", "limits"],
+            "{section}.backends"
+        );
+    }
+}
+
+#[test]
+fn a_web_override_changes_only_its_key_and_keeps_the_demo_secret() {
+    let mut want = Config::default();
+    want.web.server.listen = "127.0.0.1:18080".parse().unwrap();
+    for source in [
+        env(&[("SWITCHYARD__WEB__SERVER__LISTEN", "127.0.0.1:18080")]),
+        file("[web.server]\nlisten = \"127.0.0.1:18080\"\n"),
+    ] {
+        let got = launcher(&source);
+        assert_demo_defaults_kept(&got);
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn a_mobile_override_changes_only_its_key_and_keeps_the_demo_secret() {
+    let mut want = Config::default();
+    want.mobile.websocket.max_subscriptions = 7;
+    for source in [
+        env(&[("SWITCHYARD__MOBILE__WEBSOCKET__MAX_SUBSCRIPTIONS", "7")]),
+        file("[mobile.websocket]\nmax_subscriptions = 7\n"),
+    ] {
+        let got = launcher(&source);
+        assert_demo_defaults_kept(&got);
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn a_device_override_changes_only_its_key_and_keeps_the_admin_token_and_demo_device() {
+    let mut want = Config::default();
+    want.device.server.listen = "127.0.0.1:18082".parse().unwrap();
+    for source in [
+        env(&[("SWITCHYARD__DEVICE__SERVER__LISTEN", "127.0.0.1:18082")]),
+        file("[device.server]\nlisten = \"127.0.0.1:18082\"\n"),
+    ] {
+        let got = launcher(&source);
+        assert_demo_defaults_kept(&got);
+        assert_eq!(got, want);
+    }
+    // One key of the demo device itself: its other keys (key, rates, the greeting) stay.
+    let mut want = Config::default();
+    let demo = want.device.devices.get_mut(DEMO_DEVICE).unwrap();
+    demo.settings.insert("volume".to_owned(), 7.into());
+    let got = launcher(&env(&[(
+        "SWITCHYARD__DEVICE__DEVICES__DEMO-TV__SETTINGS__VOLUME",
+        "7",
+    )]));
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_demo_service_override_changes_only_its_key() {
+    let mut want = Config::default();
+    want.conversions
+        .backends
+        .get_mut("limits")
+        .unwrap()
+        .request_timeout_ms = 9;
+    want.limits.server.listen = "127.0.0.1:19101".parse().unwrap();
+    want.exchange.tick_interval_ms = 5;
+    for source in [
+        env(&[
+            (
+                "SWITCHYARD__CONVERSIONS__BACKENDS__LIMITS__REQUEST_TIMEOUT_MS",
+                "9",
+            ),
+            ("SWITCHYARD__LIMITS__SERVER__LISTEN", "127.0.0.1:19101"),
+            ("SWITCHYARD__EXCHANGE__TICK_INTERVAL_MS", "5"),
+        ]),
+        file(
+            "[conversions.backends.limits]\nrequest_timeout_ms = 9\n\
+             [limits.server]\nlisten = \"127.0.0.1:19101\"\n\
+             [exchange]\ntick_interval_ms = 5\n",
+        ),
+    ] {
+        let got = launcher(&source);
+        assert_demo_defaults_kept(&got);
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn the_launcher_refuses_gateways_left_without_a_key_naming_it() {
+    for section in ["web", "mobile"] {
+        let var = format!("SWITCHYARD__{}__AUTH__HS256_SECRET", section.to_uppercase());
+        let config = launcher(&env(&[(&var, "")]));
+        let err = config.check().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{section}.auth.hs256_secret")),
+            "{err}"
+        );
+    }
+    assert!(Config::default().check().is_ok());
+    let mut jwks_only = Config::default();
+    jwks_only.web.auth.hs256_secret.clear();
+    jwks_only.web.auth.jwks_url = "http://127.0.0.1:1/jwks.json".to_owned();
+    assert!(jwks_only.check().is_ok(), "another key is a key");
+    // But `switchyard token` signs with the HS256 secret only.
+    let err = jwks_only.token_secret().unwrap_err().to_string();
+    assert!(err.contains("web.auth.hs256_secret"), "{err}");
+    assert_eq!(Config::default().token_secret().unwrap(), DEMO_SECRET);
+}
+
+/// The three gateways, loaded standalone from a file.
+fn gateway_error(text: &str) -> Vec<String> {
+    let source = file(text);
+    let errors: [Result<(), ConfigError>; 3] = [
+        source
+            .load::<bff_web::Config>(bff_web::ENV_PREFIX)
+            .map(drop),
+        source
+            .load::<bff_mobile::Config>(bff_mobile::ENV_PREFIX)
+            .map(drop),
+        source
+            .load::<bff_device::Config>(bff_device::ENV_PREFIX)
+            .map(drop),
+    ];
+    errors
+        .into_iter()
+        .map(|r| r.expect_err("an unknown name is refused").to_string())
+        .collect()
+}
+
+#[test]
+fn an_unknown_bridge_or_backend_name_is_an_error_naming_the_key() {
+    for (text, key) in [
+        (
+            "[bridges.exchnage]\nurl = \"ws://10.0.0.1:9102/v1/ticks\"\n",
+            "`bridges.exchnage`",
+        ),
+        (
+            "[backends.limts]\nbase_url = \"http://10.0.0.1:9101\"\n",
+            "`backends.limts`",
+        ),
+    ] {
+        for err in gateway_error(text) {
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+    // The same under the launcher, from the environment.
+    let err = env(&[("SWITCHYARD__DEVICE__BRIDGES__EXCHNAGE__URL", "ws://x")])
+        .load::<Config>(ENV_PREFIX)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`device.bridges.exchnage`"), "{err}");
+}
+
+#[test]
+fn a_backend_table_with_only_base_url_keeps_every_other_default() {
+    let text = "[backends.limits]\nbase_url = \"http://10.0.0.1:9101\"\n";
+    let mut want = operations::default_backends();
+    want.insert(
+        "limits".to_owned(),
+        BackendConfig::new("http://10.0.0.1:9101"),
+    );
+    let source = file(text);
+    let web: bff_web::Config = source.load(bff_web::ENV_PREFIX).unwrap();
+    let mobile: bff_mobile::Config = source.load(bff_mobile::ENV_PREFIX).unwrap();
+    let device: bff_device::Config = source.load(bff_device::ENV_PREFIX).unwrap();
+    assert_eq!(web.backends, want);
+    assert_eq!(mobile.backends, want);
+    assert_eq!(device.backends, want);
+    // And a bridge table with one key keeps the bridge's other defaults.
+    let text = "[bridges.exchange]\nlease_ttl_ms = 9000\n";
+    let web: bff_web::Config = file(text).load(bff_web::ENV_PREFIX).unwrap();
+    let mut want = operations::sources::default_bridges();
+    want.get_mut("exchange").unwrap().lease_ttl_ms = 9000;
+    assert_eq!(web.bridges, want);
+}
