@@ -404,10 +404,17 @@ async fn drain_sends_bye_then_closes_with_1001() {
     let _ = End::Timeout;
 }
 
-#[tokio::test]
-async fn after_bye_a_call_that_cannot_finish_gets_draining_and_run_waits_for_sockets() {
+/// `bff_mobile::run` with the drain timeout `drain_ms`, and one socket signed in as `user`.
+async fn running_with_a_socket(
+    drain_ms: u64,
+    user: &str,
+) -> (
+    switchyard_core::server::CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    Client,
+) {
     let mut cfg = config();
-    cfg.server.drain_timeout_ms = 400;
+    cfg.server.drain_timeout_ms = drain_ms;
     let bus: std::sync::Arc<dyn switchyard_core::bus::Bus> =
         std::sync::Arc::new(switchyard_core::bus::memory::MemoryBus::new(10));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -419,11 +426,15 @@ async fn after_bye_a_call_that_cannot_finish_gets_draining_and_run_waits_for_soc
         &[mobile_proto::SUBPROTOCOL_JSON],
     )
     .await;
-    c.send(&ClientMsg::Auth(mobile_proto::Auth {
-        token: token("kate"),
-    }))
-    .await;
+    c.send(&ClientMsg::Auth(mobile_proto::Auth { token: token(user) }))
+        .await;
     assert!(matches!(c.recv().await, ServerMsg::Welcome(_)));
+    (shutdown, running, c)
+}
+
+#[tokio::test]
+async fn after_bye_a_call_that_cannot_finish_gets_draining_and_run_waits_for_sockets() {
+    let (shutdown, running, mut c) = running_with_a_socket(400, "kate").await;
     shutdown.cancel();
     assert!(matches!(c.recv().await, ServerMsg::Bye(_)));
     let serde_json::Value::Object(args) =
@@ -570,24 +581,7 @@ async fn a_client_cut_off_for_not_reading_still_gets_the_close_code_when_it_read
 async fn the_sockets_drain_budget_counts_from_shutdown_not_from_start() {
     // Up for longer than the drain timeout before the shutdown: the sockets still get their
     // share of the drain (bye, then 1001 after 750 ms), and `run` waits for them.
-    let mut cfg = config();
-    cfg.server.drain_timeout_ms = 1_000;
-    let bus: std::sync::Arc<dyn switchyard_core::bus::Bus> =
-        std::sync::Arc::new(switchyard_core::bus::memory::MemoryBus::new(10));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = switchyard_core::server::CancellationToken::new();
-    let running = tokio::spawn(bff_mobile::run(cfg, bus, listener, shutdown.clone()));
-    let mut c = Client::connect(
-        &format!("ws://{addr}/v1/ws"),
-        &[mobile_proto::SUBPROTOCOL_JSON],
-    )
-    .await;
-    c.send(&ClientMsg::Auth(mobile_proto::Auth {
-        token: token("lena"),
-    }))
-    .await;
-    assert!(matches!(c.recv().await, ServerMsg::Welcome(_)));
+    let (shutdown, running, mut c) = running_with_a_socket(1_000, "lena").await;
     tokio::time::sleep(Duration::from_millis(1_300)).await;
     shutdown.cancel();
     assert!(matches!(c.recv_skipping_pings().await, ServerMsg::Bye(_)));
