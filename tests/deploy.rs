@@ -292,12 +292,21 @@ impl Drop for Nginx {
     }
 }
 
-/// A free loopback port (bound, then released for nginx to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+/// Each gateway's compose port mapped to a free loopback port for nginx to take. The listeners
+/// are held until every port is chosen: released one by one, the kernel could hand the same port
+/// out twice, and nginx would then serve two gateways' server blocks on one port (a mobile
+/// socket answered 404 by bff-web).
+fn nginx_listens() -> HashMap<u16, u16> {
+    let held: Vec<(u16, std::net::TcpListener)> = GATEWAYS
+        .iter()
+        .map(|g| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+            (g.port, l)
+        })
+        .collect();
+    held.iter()
+        .map(|(from, l)| (*from, l.local_addr().expect("bound").port()))
+        .collect()
 }
 
 fn http_client() -> reqwest::Client {
@@ -320,7 +329,7 @@ fn nginx_t_accepts_the_real_configuration() {
         ("bff_mobile", fake(18081)),
         ("bff_device", fake(18082)),
     ]);
-    let listens: HashMap<u16, u16> = GATEWAYS.iter().map(|g| (g.port, free_port())).collect();
+    let listens = nginx_listens();
     let dir = NginxDir::new(&upstreams, &listens);
     let out = Command::new(nginx_binary())
         .args(dir.args(""))
@@ -547,7 +556,7 @@ async fn nginx_spreads_requests_and_sockets_over_two_instances_of_each_gateway()
         ("bff_mobile", mobile.iter().map(|i| i.addr).collect()),
         ("bff_device", device.iter().map(|i| i.addr).collect()),
     ]);
-    let listens: HashMap<u16, u16> = GATEWAYS.iter().map(|g| (g.port, free_port())).collect();
+    let listens = nginx_listens();
     let (web, mobile_port, device_port) = (listens[&8080], listens[&8081], listens[&8082]);
     let mut nginx = Nginx::start(NginxDir::new(&upstreams, &listens));
     for port in [web, mobile_port, device_port] {
