@@ -5,7 +5,7 @@
 //! Visibility decides what "identical" means: a subscription whose root selection reaches only
 //! public fields (rates) is shared by everybody and executed with no principal at all; any other
 //! is keyed by its principal as well (the signed-in user, or "anonymous"), so two principals never
-//! share an execution, whatever the document's shape (see `ws::root_fields`). A state subscription (rates) also remembers its
+//! share an execution, whatever the document's shape (see `ws::ops::root_fields`). A state subscription (rates) also remembers its
 //! latest result, so a socket joining an execution that is already running starts with the
 //! current value instead of waiting for the next change.
 //!

@@ -21,6 +21,7 @@ use axum::routing::get;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Principal, Verifier};
+use crate::request::{RequestBody, with_principal};
 use crate::ws;
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
@@ -96,16 +97,6 @@ async fn principal(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         response
     })
-}
-
-pub(crate) fn with_principal(
-    request: async_graphql::Request,
-    principal: Option<Principal>,
-) -> async_graphql::Request {
-    match principal {
-        Some(p) => request.data(p),
-        None => request,
-    }
 }
 
 async fn post_graphql<Q, M, S>(
@@ -227,38 +218,6 @@ where
     };
     let request = with_principal(request, principal);
     respond(media, endpoint.socket.schema.execute(request).await)
-}
-
-/// A GraphQL request as a POST body or a `subscribe` payload carries it: `query` is required
-/// (without it, it is not a GraphQL request).
-#[derive(Clone, serde::Deserialize)]
-pub(crate) struct RequestBody {
-    pub(crate) query: String,
-    #[serde(default)]
-    pub(crate) variables: Option<serde_json::Value>,
-    #[serde(default, rename = "operationName")]
-    pub(crate) operation_name: Option<String>,
-    #[serde(default)]
-    extensions: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-impl RequestBody {
-    /// The engine's request.
-    pub(crate) fn into_request(self) -> async_graphql::Request {
-        let mut request = async_graphql::Request::new(self.query);
-        if let Some(v) = self.variables {
-            request = request.variables(async_graphql::Variables::from_json(v));
-        }
-        if let Some(name) = self.operation_name {
-            request = request.operation_name(name);
-        }
-        for (k, v) in self.extensions.unwrap_or_default() {
-            if let Ok(v) = async_graphql::Value::from_json(v) {
-                request.extensions.insert(k, v);
-            }
-        }
-        request
-    }
 }
 
 /// Upgrades to a graphql-transport-ws socket: checks the page's origin, offers the subprotocol,

@@ -16,6 +16,7 @@ mod http;
 mod limits;
 mod live;
 mod ratelimits;
+mod request;
 mod v1;
 mod v2;
 mod ws;

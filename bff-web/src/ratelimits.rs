@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use switchyard_core::ratelimit::{RateLimiter, RetryAfter, retry_after_header};
 
 use crate::fanout::Frame;
-use crate::ws::{Closing, close};
+use crate::ws::transport::{Closing, close};
 
 /// An HTTP request over its rate: 429, `Retry-After`, and a GraphQL error
 /// (`extensions.code` `RATE_LIMITED`, `extensions.retryAfter` in seconds).

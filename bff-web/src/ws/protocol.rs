@@ -1,0 +1,316 @@
+//! The graphql-transport-ws state machine of one socket: the handshake (`connection_init`,
+//! its timeout, the user's socket slot), authentication and re-authentication by `ping`, the
+//! token's expiry, the message rate, and every client message in turn. Operations are started
+//! and completed in [`super::ops`]; bytes reach the client through [`super::transport`].
+
+use async_graphql::{ObjectType, SubscriptionType};
+use axum::extract::ws::{Message, WebSocket};
+use serde::Deserialize;
+use serde_json::Value;
+use switchyard_core::slots::Slot;
+use tokio::time::Instant;
+
+use super::Socket;
+use super::ops::Running;
+use super::transport::{Closing, close, send_complete, send_frame, send_text};
+use crate::auth::Principal;
+use crate::fanout::Frame;
+use crate::request::RequestBody;
+
+/// A message from the client.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    ConnectionInit {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    Ping {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    Pong {
+        #[serde(default)]
+        #[allow(dead_code)]
+        payload: Option<Value>,
+    },
+    Subscribe {
+        id: String,
+        payload: RequestBody,
+    },
+    Complete {
+        id: String,
+    },
+}
+
+/// Where the connection is in its handshake.
+enum Init {
+    /// Waiting for `connection_init` since then.
+    Waiting(Instant),
+    /// Acknowledged, as this principal (`None`: anonymous).
+    Acked(Option<Principal>),
+}
+
+/// One socket's graphql-transport-ws connection.
+pub(super) struct Connection<Q, M, S> {
+    ctx: Socket<Q, M, S>,
+    init: Init,
+    /// When the connection's token stops being valid (`exp` + leeway); `None` when anonymous.
+    token_valid_until: Option<Instant>,
+    /// The operations active on the socket.
+    ops: Running,
+    /// The signed-in user's socket slot, held from `connection_init` until the socket is gone.
+    _user_slot: Option<Slot<String>>,
+    /// The client's IP address, for rate limits before (or without) a signed-in user.
+    peer: Option<std::net::IpAddr>,
+}
+
+impl<Q, M, S> Connection<Q, M, S>
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    /// A connection waiting for `connection_init` from now on.
+    pub(super) fn new(ctx: Socket<Q, M, S>, peer: Option<std::net::IpAddr>) -> Self {
+        Self {
+            ctx,
+            init: Init::Waiting(Instant::now()),
+            token_valid_until: None,
+            ops: Running::default(),
+            _user_slot: None,
+            peer,
+        }
+    }
+
+    /// Runs the protocol; returns how to close, or None when the client is already gone.
+    pub(super) async fn run(&mut self, socket: &mut WebSocket) -> Option<Closing> {
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            // One timer: the init timeout, then the token's expiry.
+            let deadline = match self.init {
+                Init::Waiting(since) => Some(since + self.ctx.limits.init_timeout),
+                Init::Acked(_) => self.token_valid_until,
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    return Some(Closing::new(close::GOING_AWAY, "server shutting down"));
+                }
+                () = sleep_until_opt(deadline) => {
+                    if let Init::Acked(_) = self.init {
+                        return Some(Closing::new(close::FORBIDDEN, "Forbidden: the token has expired"));
+                    }
+                    return Some(Closing::new(close::INIT_TIMEOUT, "Connection initialisation timeout"));
+                }
+                incoming = socket.recv() => {
+                    let msg = match incoming {
+                        None => return None,
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => {
+                            // 1009 too big, 1007 invalid UTF-8, 1002 protocol violation.
+                            return switchyard_core::websocket::read_error_close(&e)
+                                .map(|(code, reason)| Closing::new(code, reason));
+                        }
+                    };
+                    if let Some(closing) = self.on_message(socket, msg).await {
+                        return Some(closing);
+                    }
+                }
+                Some((id, frame)) = self.ops.singles.next(), if !self.ops.singles.is_empty() => {
+                    if let Err(closing) = send_frame(socket, &id, &frame, self.ctx.limits.write_timeout).await {
+                        return closing;
+                    }
+                    if matches!(frame, Frame::Next(_))
+                        && let Err(closing) = send_complete(socket, &id, self.ctx.limits.write_timeout).await
+                    {
+                        return closing;
+                    }
+                }
+                Some(item) = self.ops.streams.next(), if !self.ops.streams.is_empty() => {
+                    match item {
+                        Ok((id, frame)) => {
+                            if let Err(closing) = send_frame(socket, &id, &frame, self.ctx.limits.write_timeout).await {
+                                return closing;
+                            }
+                        }
+                        Err(missed) => {
+                            tracing::info!(missed, "cutting off a client too slow for its subscription");
+                            return Some(Closing::new(close::SLOW_CONSUMER, "too slow: events were missed; reconnect"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, socket: &mut WebSocket, msg: Message) -> Option<Closing> {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                return Some(Closing::new(
+                    close::INVALID_MESSAGE,
+                    "Invalid message received: binary frames are not supported",
+                ));
+            }
+            // The WebSocket layer answers the close frame itself; nothing is left to do.
+            Message::Close(_) => return Some(Closing::new(1000, "")),
+            Message::Ping(_) | Message::Pong(_) => return None,
+        };
+        if let Err(closing) =
+            crate::ratelimits::message(&self.ctx.limiter, self.user(), self.peer).await
+        {
+            return Some(closing);
+        }
+        let message: ClientMessage = match serde_json::from_str(text.as_str()) {
+            Ok(m) => m,
+            Err(e) => {
+                return Some(Closing::new(
+                    close::INVALID_MESSAGE,
+                    format!("Invalid message received: {e}"),
+                ));
+            }
+        };
+        match message {
+            ClientMessage::ConnectionInit { payload } => {
+                if let Init::Acked(_) = self.init {
+                    return Some(Closing::new(
+                        close::TOO_MANY_INIT,
+                        "Too many initialisation requests",
+                    ));
+                }
+                let verified = match self.ctx.verifier.from_init_payload(payload.as_ref()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Some(Closing::new(close::FORBIDDEN, format!("Forbidden: {e}")));
+                    }
+                };
+                if let Some(v) = &verified {
+                    match self
+                        .ctx
+                        .user_sockets
+                        .try_acquire(v.subject.user.to_string())
+                    {
+                        Ok(slot) => self._user_slot = Some(slot),
+                        Err(_) => {
+                            return Some(Closing::new(
+                                close::TOO_MANY_SOCKETS,
+                                format!(
+                                    "Too many sockets: at most {} per user",
+                                    self.ctx.user_sockets.per_key()
+                                ),
+                            ));
+                        }
+                    }
+                }
+                self.token_valid_until = verified.as_ref().map(|v| v.deadline());
+                self.init = Init::Acked(verified.map(|v| v.subject));
+                if let Err(closing) = send_text(
+                    socket,
+                    r#"{"type":"connection_ack"}"#.to_owned(),
+                    self.ctx.limits.write_timeout,
+                )
+                .await
+                {
+                    return closing;
+                }
+            }
+            ClientMessage::Ping { payload } => {
+                if let Init::Acked(current) = &self.init
+                    && let Some(checked) =
+                        self.ctx.verifier.from_ping_payload(payload.as_ref()).await
+                {
+                    let verified = match checked {
+                        Ok(v) if current.as_ref() == Some(&v.subject) => v,
+                        Ok(_) => {
+                            return Some(Closing::new(
+                                close::FORBIDDEN,
+                                "Forbidden: re-authentication as another user",
+                            ));
+                        }
+                        Err(e) => {
+                            return Some(Closing::new(close::FORBIDDEN, format!("Forbidden: {e}")));
+                        }
+                    };
+                    self.token_valid_until = Some(verified.deadline());
+                    let exp = verified
+                        .expires_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    let pong = serde_json::json!({
+                        "type": "pong",
+                        "payload": {"reauthenticated": true, "exp": exp},
+                    });
+                    if let Err(closing) =
+                        send_text(socket, pong.to_string(), self.ctx.limits.write_timeout).await
+                    {
+                        return closing;
+                    }
+                    return None;
+                }
+                let pong = match payload {
+                    Some(p) => serde_json::json!({"type": "pong", "payload": p}).to_string(),
+                    None => r#"{"type":"pong"}"#.to_owned(),
+                };
+                if let Err(closing) = send_text(socket, pong, self.ctx.limits.write_timeout).await {
+                    return closing;
+                }
+            }
+            ClientMessage::Pong { .. } => {}
+            ClientMessage::Subscribe { id, payload } => {
+                let Init::Acked(principal) = &self.init else {
+                    return Some(Closing::new(close::UNAUTHORIZED, "Unauthorized"));
+                };
+                let principal = principal.clone();
+                if self.ops.contains(&id) {
+                    return Some(Closing::new(
+                        close::DUPLICATE_ID,
+                        format!("Subscriber for {id} already exists"),
+                    ));
+                }
+                if self.ops.len() >= self.ctx.limits.max_operations {
+                    let errors = serde_json::json!([{
+                        "message": format!("at most {} operations per socket", self.ctx.limits.max_operations),
+                        "extensions": {"code": "TOO_MANY_OPERATIONS"}
+                    }]);
+                    let frame = Frame::Error(errors.to_string().into());
+                    if let Err(closing) =
+                        send_frame(socket, &id, &frame, self.ctx.limits.write_timeout).await
+                    {
+                        return closing;
+                    }
+                    return None;
+                }
+                if let Err(frame) =
+                    crate::ratelimits::subscription(&self.ctx.limiter, self.user(), self.peer).await
+                {
+                    if let Err(closing) =
+                        send_frame(socket, &id, &frame, self.ctx.limits.write_timeout).await
+                    {
+                        return closing;
+                    }
+                    return None;
+                }
+                self.ops.start(&self.ctx, id, payload, principal);
+            }
+            ClientMessage::Complete { id } => {
+                self.ops.complete(&id);
+            }
+        }
+        None
+    }
+
+    /// The signed-in user, for per-user rate limits.
+    fn user(&self) -> Option<String> {
+        match &self.init {
+            Init::Acked(Some(p)) => Some(p.user.to_string()),
+            _ => None,
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
