@@ -12,6 +12,7 @@ pub mod auth;
 pub mod contract;
 mod errors;
 mod fanout;
+mod graphql;
 mod http;
 mod limits;
 mod live;

@@ -1,51 +1,34 @@
 //! The v1 GraphQL schema — a published contract (`schema/v1.graphql`): additive changes only;
 //! the contract test fails on anything else. Money is a decimal string in v1.
 //!
-//! Resolvers are thin: validation and composition live in the `operations` crate, events come
-//! from the process's topic hub (never from a backend connection per client), and errors are
-//! mapped in [`crate::errors`].
+//! Resolvers are thin: what every version does is in [`crate::graphql`]; validation and
+//! composition live in the `operations` crate, events come from the process's topic hub (never
+//! from a backend connection per client), and errors are mapped in [`crate::errors`].
 
-use async_graphql::{Context, Object, Result, Schema, SimpleObject, Subscription};
-use demo_api::{Conversion, ConversionEvent, Limit, Rate};
-use futures::{Stream, StreamExt};
-use operations::{Caller, Operations, QuoteRequest};
+use async_graphql::{Context, Object, Result, SimpleObject, Subscription};
+use demo_api::Conversion;
+use futures::Stream;
+use operations::Caller;
 
 use crate::GraphqlConfig;
-use crate::errors::{no_limit_error, op_error, upstream_error};
-use crate::live;
+use crate::errors::no_limit_error;
+use crate::graphql::{self, Dashboard, Rate};
 
 /// The v1 schema type.
-pub(crate) type V1Schema = Schema<Query, Mutation, SubscriptionRoot>;
+pub(crate) type V1Schema = async_graphql::Schema<Query, Mutation, SubscriptionRoot>;
 
-/// Root subscription fields whose events are the same for everybody; every other field
-/// (`conversions`) is user-scoped and never shared across principals.
-pub(crate) const PUBLIC: &[&str] = &["rates"];
-/// Root subscription fields that are state topics (latest value only).
-pub(crate) const STATE: &[&str] = &["rates"];
+// Root subscription fields that are public, and that are state topics: the same in every version.
+pub(crate) use graphql::{PUBLIC, STATE};
 
 /// Builds the v1 schema with the configured limits; `data` adds the context every resolver
 /// reads (operations, hub).
 pub(crate) fn schema(config: &GraphqlConfig, data: crate::ContextData) -> V1Schema {
-    let mut builder = Schema::build(Query, Mutation, SubscriptionRoot)
-        .data(data.ops)
-        .data(data.hub)
-        .limit_depth(config.max_depth)
-        .limit_complexity(config.max_complexity)
-        .extension(crate::limits::DocumentLimits {
-            max_aliases: config.max_aliases,
-            max_selections: config.max_selections,
-        });
-    if !config.introspection {
-        builder = builder.disable_introspection();
-    }
-    builder.finish()
+    graphql::build(Query, Mutation, SubscriptionRoot, config, data)
 }
 
 /// The SDL of the v1 schema.
 pub(crate) fn sdl() -> String {
-    Schema::build(Query, Mutation, SubscriptionRoot)
-        .finish()
-        .sdl()
+    graphql::sdl(Query, Mutation, SubscriptionRoot)
 }
 
 /// Queries.
@@ -65,28 +48,24 @@ impl Query {
         to: String,
         amount: String,
     ) -> Result<QuoteV1> {
-        let ops = ctx.data::<Operations>()?;
-        let req =
-            QuoteRequest::parse(&user, &from, &to, &amount).map_err(|e| op_error(e.into()))?;
         let caller = match ctx.data_opt::<crate::auth::Principal>() {
             Some(p) => Caller::User(&p.user),
             None => Caller::Anonymous,
         };
-        ops.quote(&req, caller).await.map(QuoteV1).map_err(op_error)
+        graphql::quote(ctx, &user, caller, &from, &to, &amount)
+            .await
+            .map(QuoteV1)
     }
 
     /// The signed-in user's dashboard in one request: their limit, the rates of `pairs` (as
     /// `EUR/USD`, at most 20), and their recent conversions. Backend calls run concurrently; a
     /// part whose backend fails is null with an error naming the backend.
-    async fn dashboard(&self, ctx: &Context<'_>, pairs: Vec<String>) -> Result<DashboardV1> {
-        let user = crate::signed_in(ctx)?;
-        let ops = ctx.data::<Operations>()?;
-        let pairs = operations::parse_pairs(&pairs).map_err(|e| op_error(e.into()))?;
-        let dashboard = ops.dashboard(&user, &pairs).await.map_err(op_error)?;
-        Ok(DashboardV1 {
-            user: user.to_string(),
-            dashboard,
-        })
+    async fn dashboard(
+        &self,
+        ctx: &Context<'_>,
+        pairs: Vec<String>,
+    ) -> Result<Dashboard<ConversionV1>> {
+        graphql::dashboard(ctx, &pairs).await
     }
 }
 
@@ -104,14 +83,9 @@ impl Mutation {
         to: String,
         amount: String,
     ) -> Result<ConversionV1> {
-        let user = crate::signed_in(ctx)?;
-        let ops = ctx.data::<Operations>()?;
-        let req = QuoteRequest::parse(user.as_str(), &from, &to, &amount)
-            .map_err(|e| op_error(e.into()))?;
-        ops.convert(&user, req.pair, req.amount)
+        graphql::convert(ctx, &from, &to, &amount)
             .await
-            .map(ConversionV1::new)
-            .map_err(op_error)
+            .map(Into::into)
     }
 }
 
@@ -126,14 +100,8 @@ impl SubscriptionRoot {
         &self,
         ctx: &Context<'_>,
         pairs: Vec<String>,
-    ) -> Result<impl Stream<Item = RateV1> + use<>> {
-        let pairs = operations::parse_pairs(&pairs).map_err(|e| op_error(e.into()))?;
-        let events = live::rates(ctx, &pairs).await?;
-        Ok(events.filter_map(|payload| async move {
-            serde_json::from_slice::<Rate>(&payload)
-                .ok()
-                .map(RateV1::from)
-        }))
+    ) -> Result<impl Stream<Item = Rate> + use<>> {
+        graphql::rates(ctx, &pairs).await
     }
 
     /// The signed-in user's completed conversions, as they happen. Needs a token in
@@ -142,14 +110,7 @@ impl SubscriptionRoot {
         &self,
         ctx: &Context<'_>,
     ) -> Result<impl Stream<Item = Result<ConversionV1>> + use<>> {
-        let user = crate::signed_in(ctx)?;
-        let events = live::conversions(ctx, &user).await?;
-        Ok(events.map(|item| {
-            let payload = item?;
-            serde_json::from_slice::<ConversionEvent>(&payload)
-                .map(|e| ConversionV1::new(e.conversion))
-                .map_err(|e| async_graphql::Error::new(format!("undecodable event: {e}")))
-        }))
+        graphql::conversions(ctx).await
     }
 }
 
@@ -204,50 +165,6 @@ impl QuoteV1 {
     }
 }
 
-/// A rate (the same in v2).
-#[derive(SimpleObject)]
-#[graphql(name = "Rate")]
-pub(crate) struct RateV1 {
-    /// The pair, as `EUR/USD`.
-    pair: String,
-    /// Price of one unit of the pair's first currency in the second, as a decimal string.
-    rate: String,
-    /// The exchange's tick number for this rate (grows with every tick).
-    seq: i64,
-}
-
-impl From<Rate> for RateV1 {
-    fn from(r: Rate) -> Self {
-        Self {
-            pair: r.pair.to_string(),
-            rate: r.rate.to_string(),
-            seq: i64::try_from(r.seq).unwrap_or(i64::MAX),
-        }
-    }
-}
-
-/// A daily conversion limit (the same in v2).
-#[derive(SimpleObject)]
-#[graphql(name = "Limit")]
-pub(crate) struct LimitV1 {
-    /// The daily limit, as a decimal string.
-    daily_limit: String,
-    /// Used today (UTC day), as a decimal string.
-    used: String,
-    /// What is left today, as a decimal string.
-    remaining: String,
-}
-
-impl From<&Limit> for LimitV1 {
-    fn from(l: &Limit) -> Self {
-        Self {
-            daily_limit: l.daily_limit.to_string(),
-            used: l.used.to_string(),
-            remaining: l.remaining.to_string(),
-        }
-    }
-}
-
 /// A completed conversion.
 #[derive(SimpleObject)]
 #[graphql(name = "Conversion")]
@@ -268,8 +185,8 @@ pub(crate) struct ConversionV1 {
     at: String,
 }
 
-impl ConversionV1 {
-    fn new(c: Conversion) -> Self {
+impl From<Conversion> for ConversionV1 {
+    fn from(c: Conversion) -> Self {
         Self {
             id: c.id,
             from: c.from.to_string(),
@@ -280,57 +197,4 @@ impl ConversionV1 {
             at: c.at,
         }
     }
-}
-
-/// A user's dashboard.
-pub(crate) struct DashboardV1 {
-    user: String,
-    dashboard: operations::Dashboard,
-}
-
-#[Object(name = "Dashboard")]
-impl DashboardV1 {
-    /// The signed-in user.
-    async fn user(&self) -> &str {
-        &self.user
-    }
-
-    /// Their daily limit; null with an error naming the backend when limits did not answer.
-    async fn limit(&self) -> Result<Option<LimitV1>> {
-        dashboard_limit(&self.dashboard)
-    }
-
-    /// The rates asked for, in the order asked; an entry is null with an error naming the
-    /// backend when its rate could not be fetched.
-    async fn rates(&self) -> Vec<Result<Option<RateV1>>> {
-        dashboard_rates(&self.dashboard)
-    }
-
-    /// Their most recent conversions, most recent first; null with an error naming the backend
-    /// when conversions did not answer.
-    async fn recent(&self) -> Result<Option<Vec<ConversionV1>>> {
-        match &self.dashboard.recent {
-            Ok(list) => Ok(Some(list.iter().cloned().map(ConversionV1::new).collect())),
-            Err(e) => Err(upstream_error(e)),
-        }
-    }
-}
-
-/// A dashboard's limit part (the same in v1 and v2).
-pub(crate) fn dashboard_limit(d: &operations::Dashboard) -> Result<Option<LimitV1>> {
-    match &d.limit {
-        Ok(l) => Ok(Some(l.into())),
-        Err(e) => Err(upstream_error(e)),
-    }
-}
-
-/// A dashboard's rates part (the same in v1 and v2).
-pub(crate) fn dashboard_rates(d: &operations::Dashboard) -> Vec<Result<Option<RateV1>>> {
-    d.rates
-        .iter()
-        .map(|(_, r)| match r {
-            Ok(rate) => Ok(Some(RateV1::from(rate.clone()))),
-            Err(e) => Err(upstream_error(e)),
-        })
-        .collect()
 }

@@ -4,49 +4,32 @@
 //! a decimal string (`Quote.amount`, `Quote.converted`, `Quote.remainingLimit`,
 //! `Conversion.amount`, `Conversion.converted`), and `quote` is for the signed-in user (v1's
 //! `user` argument let anyone quote against anyone's limit). Rates and limits keep their v1
-//! shapes. Old v1 bundles keep working on /v1; new ones use /v2.
+//! shapes (the types are shared, [`crate::graphql`]). Old v1 bundles keep working on /v1; new
+//! ones use /v2.
 
-use async_graphql::{Context, Object, Result, Schema, SimpleObject, Subscription};
-use demo_api::{Conversion, ConversionEvent, Currency, Decimal, Rate};
-use futures::{Stream, StreamExt};
-use operations::{Caller, Operations, QuoteRequest};
+use async_graphql::{Context, Object, Result, SimpleObject, Subscription};
+use demo_api::{Conversion, Currency, Decimal};
+use futures::Stream;
+use operations::Caller;
 
 use crate::GraphqlConfig;
-use crate::errors::{no_limit_error, op_error, upstream_error};
-use crate::live;
-use crate::v1::{LimitV1, RateV1};
+use crate::errors::no_limit_error;
+use crate::graphql::{self, Dashboard, Rate};
 
 /// The v2 schema type.
-pub(crate) type V2Schema = Schema<Query, Mutation, SubscriptionRoot>;
+pub(crate) type V2Schema = async_graphql::Schema<Query, Mutation, SubscriptionRoot>;
 
-/// Root subscription fields whose events are the same for everybody; every other field
-/// (`conversions`) is user-scoped and never shared across principals.
-pub(crate) const PUBLIC: &[&str] = &["rates"];
-/// Root subscription fields that are state topics (latest value only).
-pub(crate) const STATE: &[&str] = &["rates"];
+// Root subscription fields that are public, and that are state topics: the same in every version.
+pub(crate) use graphql::{PUBLIC, STATE};
 
 /// Builds the v2 schema with the configured limits.
 pub(crate) fn schema(config: &GraphqlConfig, data: crate::ContextData) -> V2Schema {
-    let mut builder = Schema::build(Query, Mutation, SubscriptionRoot)
-        .data(data.ops)
-        .data(data.hub)
-        .limit_depth(config.max_depth)
-        .limit_complexity(config.max_complexity)
-        .extension(crate::limits::DocumentLimits {
-            max_aliases: config.max_aliases,
-            max_selections: config.max_selections,
-        });
-    if !config.introspection {
-        builder = builder.disable_introspection();
-    }
-    builder.finish()
+    graphql::build(Query, Mutation, SubscriptionRoot, config, data)
 }
 
 /// The SDL of the v2 schema.
 pub(crate) fn sdl() -> String {
-    Schema::build(Query, Mutation, SubscriptionRoot)
-        .finish()
-        .sdl()
+    graphql::sdl(Query, Mutation, SubscriptionRoot)
 }
 
 /// An amount of money.
@@ -82,27 +65,18 @@ impl Query {
         amount: String,
     ) -> Result<QuoteV2> {
         let user = crate::signed_in(ctx)?;
-        let ops = ctx.data::<Operations>()?;
-        let req = QuoteRequest::parse(user.as_str(), &from, &to, &amount)
-            .map_err(|e| op_error(e.into()))?;
-        ops.quote(&req, Caller::User(&user))
+        graphql::quote(ctx, user.as_str(), Caller::User(&user), &from, &to, &amount)
             .await
             .map(QuoteV2)
-            .map_err(op_error)
     }
 
     /// The signed-in user's dashboard, as in v1 with structured money.
-    async fn dashboard(&self, ctx: &Context<'_>, pairs: Vec<String>) -> Result<DashboardV2> {
-        let user = crate::signed_in(ctx)?;
-        let ops = ctx.data::<Operations>()?;
-        let pairs = operations::parse_pairs(&pairs).map_err(|e| op_error(e.into()))?;
-        ops.dashboard(&user, &pairs)
-            .await
-            .map(|d| DashboardV2 {
-                user: user.to_string(),
-                dashboard: d,
-            })
-            .map_err(op_error)
+    async fn dashboard(
+        &self,
+        ctx: &Context<'_>,
+        pairs: Vec<String>,
+    ) -> Result<Dashboard<ConversionV2>> {
+        graphql::dashboard(ctx, &pairs).await
     }
 }
 
@@ -119,14 +93,9 @@ impl Mutation {
         to: String,
         amount: String,
     ) -> Result<ConversionV2> {
-        let user = crate::signed_in(ctx)?;
-        let ops = ctx.data::<Operations>()?;
-        let req = QuoteRequest::parse(user.as_str(), &from, &to, &amount)
-            .map_err(|e| op_error(e.into()))?;
-        ops.convert(&user, req.pair, req.amount)
+        graphql::convert(ctx, &from, &to, &amount)
             .await
             .map(ConversionV2)
-            .map_err(op_error)
     }
 }
 
@@ -140,14 +109,8 @@ impl SubscriptionRoot {
         &self,
         ctx: &Context<'_>,
         pairs: Vec<String>,
-    ) -> Result<impl Stream<Item = RateV1> + use<>> {
-        let pairs = operations::parse_pairs(&pairs).map_err(|e| op_error(e.into()))?;
-        let events = live::rates(ctx, &pairs).await?;
-        Ok(events.filter_map(|payload| async move {
-            serde_json::from_slice::<Rate>(&payload)
-                .ok()
-                .map(RateV1::from)
-        }))
+    ) -> Result<impl Stream<Item = Rate> + use<>> {
+        graphql::rates(ctx, &pairs).await
     }
 
     /// The signed-in user's completed conversions, as they happen.
@@ -155,14 +118,7 @@ impl SubscriptionRoot {
         &self,
         ctx: &Context<'_>,
     ) -> Result<impl Stream<Item = Result<ConversionV2>> + use<>> {
-        let user = crate::signed_in(ctx)?;
-        let events = live::conversions(ctx, &user).await?;
-        Ok(events.map(|item| {
-            let payload = item?;
-            serde_json::from_slice::<ConversionEvent>(&payload)
-                .map(|e| ConversionV2(e.conversion))
-                .map_err(|e| async_graphql::Error::new(format!("undecodable event: {e}")))
-        }))
+        graphql::conversions(ctx).await
     }
 }
 
@@ -209,6 +165,12 @@ impl QuoteV2 {
 /// A completed conversion.
 pub(crate) struct ConversionV2(Conversion);
 
+impl From<Conversion> for ConversionV2 {
+    fn from(c: Conversion) -> Self {
+        Self(c)
+    }
+}
+
 #[Object(name = "Conversion")]
 impl ConversionV2 {
     /// Unique id.
@@ -234,39 +196,5 @@ impl ConversionV2 {
     /// When, as RFC 3339 UTC.
     async fn at(&self) -> &str {
         &self.0.at
-    }
-}
-
-/// A user's dashboard.
-pub(crate) struct DashboardV2 {
-    user: String,
-    dashboard: operations::Dashboard,
-}
-
-#[Object(name = "Dashboard")]
-impl DashboardV2 {
-    /// The signed-in user.
-    async fn user(&self) -> &str {
-        &self.user
-    }
-
-    /// Their daily limit; null with an error naming the backend when limits did not answer.
-    async fn limit(&self) -> Result<Option<LimitV1>> {
-        crate::v1::dashboard_limit(&self.dashboard)
-    }
-
-    /// The rates asked for, in the order asked; an entry is null with an error naming the
-    /// backend when its rate could not be fetched.
-    async fn rates(&self) -> Vec<Result<Option<RateV1>>> {
-        crate::v1::dashboard_rates(&self.dashboard)
-    }
-
-    /// Their most recent conversions, most recent first; null with an error naming the backend
-    /// when conversions did not answer.
-    async fn recent(&self) -> Result<Option<Vec<ConversionV2>>> {
-        match &self.dashboard.recent {
-            Ok(list) => Ok(Some(list.iter().cloned().map(ConversionV2).collect())),
-            Err(e) => Err(upstream_error(e)),
-        }
     }
 }
