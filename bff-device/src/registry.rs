@@ -5,134 +5,37 @@
 //! admin API (`POST /admin/devices`) are written to the shared records of the bus
 //! ([`switchyard_core::records`]: a Redis hash, a NATS JetStream stream, or this process's
 //! memory with the memory bus), so every instance on one broker knows them at once and they
-//! survive restarts. Two records per issued device: `d:{id}` (the key's SHA-256, rates and
-//! settings, JSON) and `k:{sha256 hex}` (the id). Only the SHA-256 of a credential is ever
-//! kept, here or on the broker, so a dump or a log line cannot leak a working key; the
-//! comparison of hashes is constant-time.
+//! survive restarts ([`credentials::Store`], which also holds how keys are hashed and compared).
+//! Only the SHA-256 of a credential is ever kept, here or on the broker, so a dump or a log line
+//! cannot leak a working key; the comparison of hashes is constant-time.
 //!
 //! Lookups go to the local cache (bounded by `api.max_devices`) first, then to the records on a
 //! miss — there is no negative cache, so a key issued on one instance works on another at once;
 //! the price is a broker read per request with an unknown key, which the per-IP rate limit
 //! bounds.
 
+//!
+//! What a device is ([`Device`], its id, topics and held-poll count) is in `device.rs`; this
+//! module is the registry: validation, the cache, issuing, lookups and authentication.
+
+mod credentials;
+mod device;
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 
 use axum::http::HeaderMap;
-use base64::Engine as _;
 use demo_api::Pair;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use switchyard_core::bus::BusError;
-use switchyard_core::event::Topic;
 use switchyard_core::records::Records;
 
-/// The header a device sends its credential in.
-pub const KEY_HEADER: &str = "x-device-key";
-
-/// Longest credential accepted, in bytes.
-const MAX_KEY_BYTES: usize = 256;
-
-/// Shortest credential accepted from configuration, in bytes.
-pub const MIN_KEY_BYTES: usize = 16;
-
-/// One configured device (`[devices.<id>]`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeviceConfig {
-    /// The device's credential, sent in the `X-Device-Key` header (16 to 256 bytes). Only its
-    /// SHA-256 is kept once loaded.
-    pub key: String,
-    /// The rate pairs the device receives (`EUR/USD`), at most `api.max_rates_per_device`.
-    pub rates: Vec<String>,
-    /// The device's configuration document until the admin API sets one (a JSON object).
-    pub settings: BTreeMap<String, serde_json::Value>,
-}
-
-/// A device identifier: 1 to 64 of `A-Z a-z 0-9 _ -`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId(Arc<str>);
-
-impl DeviceId {
-    /// Validates an identifier (also used for command ids).
-    pub fn parse(s: &str) -> Option<Self> {
-        valid_id(s).then(|| Self(s.into()))
-    }
-
-    /// The identifier.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for DeviceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for DeviceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeviceId({})", self.0)
-    }
-}
-
-/// Whether `s` is 1 to 64 of `A-Z a-z 0-9 _ -` (device and command ids).
-pub fn valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// The bus topics of one device.
-#[derive(Debug, Clone)]
-pub struct DeviceTopics {
-    /// `devices.{id}.commands` (stream): commands for the device, from backends and the admin API.
-    pub commands: Topic,
-    /// `devices.{id}.config` (stream, read conflated): each event is a whole configuration document.
-    pub config: Topic,
-    /// `devices.{id}.results` (stream): results the device reports, for backends.
-    pub results: Topic,
-    /// `telemetry.{id}` (stream): telemetry batches the device sends, for backends.
-    pub telemetry: Topic,
-}
-
-impl DeviceTopics {
-    fn of(id: &DeviceId) -> Self {
-        // A device id is at most 64 safe characters, so every name below is a valid topic.
-        let topic = |name: String| {
-            Topic::new(&name)
-                .unwrap_or_else(|_| unreachable!("a valid device id makes valid topics"))
-        };
-        Self {
-            commands: topic(format!("devices.{id}.commands")),
-            config: topic(format!("devices.{id}.config")),
-            results: topic(format!("devices.{id}.results")),
-            telemetry: topic(format!("telemetry.{id}")),
-        }
-    }
-}
-
-/// A registered device.
-#[derive(Debug)]
-pub struct Device {
-    /// Its identifier.
-    pub id: DeviceId,
-    /// The rate pairs it receives, in configured order, without duplicates.
-    pub rates: Vec<Pair>,
-    /// Its configuration document until one is set through the admin API (compact JSON object).
-    pub settings: bytes::Bytes,
-    /// Its bus topics.
-    pub topics: DeviceTopics,
-    /// Polls of this device being held right now (bounded by `api.max_held_polls_per_device`).
-    pub held: AtomicUsize,
-    /// The SHA-256 of its credential.
-    key: [u8; 32],
-    /// Whether it was issued (kept in the shared records) rather than configured.
-    issued: bool,
-}
+use credentials::{Created, MAX_KEY_BYTES, Store, ct_eq, hash};
+pub use credentials::{KEY_HEADER, MIN_KEY_BYTES};
+pub use device::{Device, DeviceConfig, DeviceId, DeviceTopics, HeldGuard, valid_id};
 
 /// Why a device was refused.
 #[derive(Debug, Clone)]
@@ -170,7 +73,7 @@ pub struct Registry {
     inner: RwLock<Inner>,
     max_devices: usize,
     max_rates: usize,
-    records: Arc<dyn Records>,
+    store: Store,
     /// Whether the records are shared (a broker): then a cached issued device may be evicted
     /// and read again; otherwise the cache is the bound of what can be issued.
     shared: bool,
@@ -184,50 +87,10 @@ impl fmt::Debug for Registry {
     }
 }
 
-/// An issued device as the shared records keep it.
-#[derive(Serialize, Deserialize)]
-struct Record {
-    /// The SHA-256 of its key, hex.
-    k: String,
-    /// Its rate pairs.
-    r: Vec<String>,
-    /// Its settings.
-    s: BTreeMap<String, serde_json::Value>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// Whether two hashes are equal, in time independent of where they differ.
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 #[derive(Debug, Default)]
 struct Inner {
     devices: HashMap<DeviceId, Arc<Device>>,
     by_key: HashMap<[u8; 32], DeviceId>,
-}
-
-fn hash(key: &[u8]) -> [u8; 32] {
-    Sha256::digest(key).into()
 }
 
 impl Registry {
@@ -243,7 +106,7 @@ impl Registry {
             inner: RwLock::new(Inner::default()),
             max_devices,
             max_rates,
-            records,
+            store: Store::new(records),
             shared,
         }
     }
@@ -373,29 +236,17 @@ impl Registry {
                 return Err(RegisterError::Full);
             }
         }
-        let record = serde_json::to_vec(&Record {
-            k: hex(&device.key),
-            r: device.rates.iter().map(ToString::to_string).collect(),
-            s: settings.clone(),
-        })
+        let record = credentials::encode(
+            &device.key,
+            device.rates.iter().map(ToString::to_string).collect(),
+            settings,
+        )
         .map_err(|e| RegisterError::Invalid("invalid_settings", e.to_string()))?;
-        if !self
-            .records
-            .create(&format!("d:{}", device.id), record.into())
-            .await?
-        {
-            return Err(RegisterError::Exists(device.id.to_string()));
-        }
-        if !self
-            .records
-            .create(
-                &format!("k:{}", hex(&device.key)),
-                device.id.as_str().to_owned().into_bytes().into(),
-            )
-            .await?
-        {
+        match self.store.create(&device.id, &device.key, record).await? {
+            Created::Yes => {}
+            Created::IdTaken => return Err(RegisterError::Exists(device.id.to_string())),
             // 32 random bytes never collide; a configured key given to the admin API could.
-            return Err(RegisterError::KeyTaken);
+            Created::KeyTaken => return Err(RegisterError::KeyTaken),
         }
         match self.insert(&device) {
             // Cached by a lookup in the meantime: the records are the truth either way.
@@ -406,14 +257,13 @@ impl Registry {
 
     /// The issued device `id` from the shared records, cached.
     async fn load(&self, id: &DeviceId) -> Result<Option<Arc<Device>>, BusError> {
-        let Some(raw) = self.records.get(&format!("d:{id}")).await? else {
+        let Some(raw) = self.store.device(id).await? else {
             return Ok(None);
         };
-        let Some(device) = serde_json::from_slice::<Record>(&raw)
-            .ok()
-            .and_then(|r| Some((unhex(&r.k)?, r)))
-            .and_then(|(key, r)| self.make(id.clone(), key, &r.r, &r.s, true).ok())
-        else {
+        let Some(device) = credentials::decode(&raw).and_then(|r| {
+            self.make(id.clone(), r.key, &r.rates, &r.settings, true)
+                .ok()
+        }) else {
             tracing::error!(device = %id, "unreadable device record");
             return Ok(None);
         };
@@ -428,7 +278,7 @@ impl Registry {
 
     /// A new random credential (32 random bytes, base64url: 43 characters).
     pub fn new_key() -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+        credentials::new_key()
     }
 
     /// The device `id`, if registered (configured, or issued on any instance).
@@ -466,11 +316,10 @@ impl Registry {
         let owner = match cached {
             Some(owner) => owner,
             None => self
-                .records
-                .get(&format!("k:{}", hex(&given)))
+                .store
+                .owner(&given)
                 .await
                 .map_err(AuthError::Unavailable)?
-                .and_then(|raw| DeviceId::parse(std::str::from_utf8(&raw).ok()?))
                 .ok_or(AuthError::Unauthorized)?,
         };
         if owner.as_str() != path_id {
@@ -486,151 +335,5 @@ impl Registry {
         } else {
             Err(AuthError::Unauthorized)
         }
-    }
-}
-
-/// Counts a held poll of a device for as long as it lives.
-#[derive(Debug)]
-pub struct HeldGuard {
-    device: Arc<Device>,
-    global: Arc<AtomicUsize>,
-}
-
-impl HeldGuard {
-    /// Takes a slot for a held poll of `device`, unless the device or the gateway is at its bound.
-    pub fn take(
-        device: &Arc<Device>,
-        global: &Arc<AtomicUsize>,
-        per_device: usize,
-        total: usize,
-    ) -> Option<Self> {
-        let take = |c: &AtomicUsize, max: usize| {
-            c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
-        };
-        if !take(&device.held, per_device) {
-            return None;
-        }
-        if !take(global, total) {
-            device.held.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Self {
-            device: device.clone(),
-            global: global.clone(),
-        })
-    }
-}
-
-impl Drop for HeldGuard {
-    fn drop(&mut self) {
-        self.device.held.fetch_sub(1, Ordering::AcqRel);
-        self.global.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(key: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(KEY_HEADER, key.parse().unwrap());
-        h
-    }
-
-    fn registry(max: usize, rates: usize) -> Registry {
-        Registry::new(
-            max,
-            rates,
-            Arc::new(switchyard_core::records::MemoryRecords::default()),
-            false,
-        )
-    }
-
-    #[tokio::test]
-    async fn credentials_are_checked_against_the_path() {
-        let r = registry(10, 4);
-        r.register(
-            "tv-1",
-            "key-of-tv-1-0123456",
-            &["EUR/USD".into()],
-            &BTreeMap::new(),
-        )
-        .unwrap();
-        r.register("tv-2", "key-of-tv-2-0123456", &[], &BTreeMap::new())
-            .unwrap();
-        assert_eq!(
-            r.authenticate(&headers("key-of-tv-1-0123456"), "tv-1")
-                .await
-                .unwrap()
-                .id
-                .as_str(),
-            "tv-1"
-        );
-        assert!(matches!(
-            r.authenticate(&headers("key-of-tv-1-0123456"), "tv-2")
-                .await
-                .unwrap_err(),
-            AuthError::Forbidden
-        ));
-        assert!(matches!(
-            r.authenticate(&headers("key-of-tv-1-0123456"), "nobody")
-                .await
-                .unwrap_err(),
-            AuthError::Forbidden
-        ));
-        assert!(matches!(
-            r.authenticate(&headers("wrong-key-0123456789"), "tv-1")
-                .await
-                .unwrap_err(),
-            AuthError::Unauthorized
-        ));
-        assert!(matches!(
-            r.authenticate(&HeaderMap::new(), "tv-1").await.unwrap_err(),
-            AuthError::Unauthorized
-        ));
-    }
-
-    #[tokio::test]
-    async fn registration_is_validated_and_bounded() {
-        let r = registry(1, 1);
-        let none = BTreeMap::new();
-        assert!(matches!(
-            r.register("bad id", "0123456789abcdef", &[], &none),
-            Err(RegisterError::Invalid("invalid_device_id", _))
-        ));
-        assert!(matches!(
-            r.register("a", "short", &[], &none),
-            Err(RegisterError::Invalid("invalid_key", _))
-        ));
-        assert!(matches!(
-            r.register("a", "0123456789abcdef", &["EUR/XXX".into()], &none),
-            Err(RegisterError::Invalid("invalid_pair", _))
-        ));
-        assert!(matches!(
-            r.register(
-                "a",
-                "0123456789abcdef",
-                &["EUR/USD".into(), "USD/JPY".into()],
-                &none
-            ),
-            Err(RegisterError::Invalid("too_many_rates", _))
-        ));
-        r.register("a", "0123456789abcdef", &[], &none).unwrap();
-        assert!(matches!(
-            r.register("a", "0123456789abcdeg", &[], &none),
-            Err(RegisterError::Exists(_))
-        ));
-        assert!(matches!(
-            r.register("b", "0123456789abcdef", &[], &none),
-            Err(RegisterError::KeyTaken)
-        ));
-        assert!(matches!(
-            r.register("b", "0123456789abcdeg", &[], &none),
-            Err(RegisterError::Full)
-        ));
     }
 }
