@@ -4,13 +4,16 @@
 //! Results use the shapes of `mobile_proto::data`. A failed optional part is data (null plus an
 //! entry in `errors`); a failed required part fails the call with `upstream_timeout` or
 //! `upstream_error`; an upstream refusal with a known code (`limit_exceeded`) keeps it. This
-//! module does not touch the socket: it returns a value or an error for the socket layer to send.
+//! module does not touch the socket: it returns a value or an error for the socket layer to send;
+//! demo values take the protocol's shapes in [`crate::shapes`], shared with event frames.
 
 use demo_api::{Pair, UserId};
 use mobile_proto::{code, data, op};
 use operations::{OpError, Operations};
 use serde_json::Value;
 use switchyard_core::upstream::{UpstreamError, UpstreamErrorKind};
+
+use crate::shapes::{conversion, rate};
 
 /// A failed call: a protocol error code and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,28 +180,6 @@ async fn convert(
         .map_err(|e| CallError::new(code::INVALID_ARGS, format!("amount: {}", e.message)))?;
     let c = ops.convert(user, pair, amount).await.map_err(op_error)?;
     to_value(&conversion(&c))
-}
-
-/// A rate in the protocol's shape.
-pub(crate) fn rate(r: &demo_api::Rate) -> data::Rate {
-    data::Rate {
-        pair: r.pair.to_string(),
-        rate: r.rate.to_string(),
-        seq: r.seq,
-    }
-}
-
-/// A conversion in the protocol's shape.
-pub(crate) fn conversion(c: &demo_api::Conversion) -> data::Conversion {
-    data::Conversion {
-        id: c.id.clone(),
-        from: c.from.to_string(),
-        to: c.to.to_string(),
-        amount: c.amount.to_string(),
-        rate: c.rate.to_string(),
-        converted: c.converted.to_string(),
-        at: c.at.clone(),
-    }
 }
 
 fn part_error(part: &str, e: &UpstreamError) -> data::PartError {

@@ -9,6 +9,7 @@
 pub mod auth;
 mod calls;
 mod quote;
+mod shapes;
 mod ws;
 
 use std::collections::BTreeMap;

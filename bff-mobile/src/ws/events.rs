@@ -1,0 +1,284 @@
+//! Event frames: a hub event as the protocol's `event` message, its payload (JSON of a
+//! `demo_api` type, as its [`Route`] says) translated to the protocol's shape
+//! ([`crate::shapes`]) and encoded ONCE per event and encoding, the bytes shared by every
+//! socket subscribed to its topic.
+//!
+//! # Why it is shaped this way
+//!
+//! The cost to avoid is per item per socket: one event on a topic with N subscribed sockets is
+//! N items, handled on every worker thread at once. So:
+//!
+//! - The gateway-wide table ([`Frames`]) is locked only when a subscription starts, to hand it
+//!   the [`TopicFrames`] of its route. The first subscriber of a route creates it; the table
+//!   holds it weakly, so it goes with the last subscription, and dead entries are pruned
+//!   whenever the table has doubled since the last pruning: the table is bounded by the routes
+//!   with subscribers (at most twice), with no entry cap to tune and nothing emptied at once.
+//! - Per item, a socket touches only its route's slot for its encoding: a read lock — shared by
+//!   all readers, held for a comparison and a reference-count increment — to find the latest
+//!   encoded event and check its position. Only the first socket to see a new event takes that
+//!   slot's write lock, to put a fresh `Arc<Encoded>` in it. Sockets on other topics, or in the
+//!   other encoding, never meet on a lock; with one gateway-wide mutex every item of every
+//!   socket queued on the same lock (twice on a miss), and hashed a topic name to find its entry.
+//! - The translation and encoding run outside every lock, in the `Encoded`'s `OnceLock`: once
+//!   per event per encoding even under a race (a socket that arrives meanwhile waits for that
+//!   result instead of encoding again), and the frame's bytes are reference-counted, so a socket
+//!   gets them for one more count. An unreadable payload is remembered too: logged once per
+//!   event and encoding, skipped by every socket.
+//!
+//! A slot keeps only the latest event, so a socket replaying history while others are live
+//! makes the slot change hands more often; that costs encodings, never wrong bytes (the cached
+//! frame is used only for the very position it was made for). No lock is held across an await.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+
+use axum::extract::ws::Message;
+use mobile_proto::{Encoding, Frame, Position};
+use switchyard_core::event::Event;
+
+use super::topics::{Payload, Route};
+use super::transport::message;
+use crate::shapes;
+
+/// Size the route table may reach before its first pruning.
+const FIRST_PRUNE_AT: usize = 64;
+
+/// The gateway's table of routes with subscribers, each with its encoded-once frames.
+pub(super) struct Frames {
+    routes: Mutex<Routes>,
+}
+
+struct Routes {
+    map: HashMap<Route, Weak<TopicFrames>>,
+    /// The size at which dead entries are pruned next.
+    prune_at: usize,
+}
+
+impl Default for Frames {
+    fn default() -> Self {
+        Self {
+            routes: Mutex::new(Routes {
+                map: HashMap::new(),
+                prune_at: FIRST_PRUNE_AT,
+            }),
+        }
+    }
+}
+
+impl Frames {
+    /// The frames of `route`, shared with every other subscription of it.
+    pub(super) fn of(&self, route: &Route) -> Arc<TopicFrames> {
+        // Critical sections only look up, insert or prune: a panic cannot leave torn state.
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(frames) = routes.map.get(route).and_then(Weak::upgrade) {
+            return frames;
+        }
+        let frames = Arc::new(TopicFrames {
+            route: route.clone(),
+            latest: Default::default(),
+        });
+        routes.map.insert(route.clone(), Arc::downgrade(&frames));
+        if routes.map.len() >= routes.prune_at {
+            routes.map.retain(|_, w| w.strong_count() > 0);
+            routes.prune_at = (routes.map.len() * 2).max(FIRST_PRUNE_AT);
+        }
+        frames
+    }
+
+    /// Routes in the table, dead or alive (for tests of its bound).
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
+    }
+}
+
+/// The frames of one route: the latest event encoded, per encoding.
+pub(super) struct TopicFrames {
+    route: Route,
+    /// Indexed by [`slot`].
+    latest: [RwLock<Option<Arc<Encoded>>>; 2],
+}
+
+/// One event in one encoding: made by the first socket that needs it, read by all.
+struct Encoded {
+    position: Position,
+    /// The `event` frame; `None` when the payload could not be read.
+    frame: OnceLock<Option<Message>>,
+}
+
+/// The slot of an encoding in [`TopicFrames::latest`].
+fn slot(enc: Encoding) -> usize {
+    match enc {
+        Encoding::Cbor => 0,
+        Encoding::Json => 1,
+    }
+}
+
+impl TopicFrames {
+    /// The route these frames are for.
+    pub(super) fn route(&self) -> &Route {
+        &self.route
+    }
+
+    /// The `event` frame of `event` in `enc`; `None` (logged once) when its payload cannot be
+    /// read.
+    pub(super) fn frame(&self, enc: Encoding, event: &Event) -> Option<Message> {
+        let position = Position {
+            epoch: event.epoch,
+            offset: event.offset,
+        };
+        let slot = &self.latest[slot(enc)];
+        // Critical sections only compare and swap a pointer: a panic cannot leave torn state.
+        let found = slot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|e| e.position == position)
+            .cloned();
+        let encoded = found.unwrap_or_else(|| {
+            let mut latest = slot.write().unwrap_or_else(|e| e.into_inner());
+            match &*latest {
+                // Another socket put it there between the two locks.
+                Some(e) if e.position == position => e.clone(),
+                _ => {
+                    let e = Arc::new(Encoded {
+                        position,
+                        frame: OnceLock::new(),
+                    });
+                    *latest = Some(e.clone());
+                    e
+                }
+            }
+        });
+        encoded
+            .frame
+            .get_or_init(|| encode_event(enc, &self.route, position, event).map(message))
+            .clone()
+    }
+}
+
+/// Reads a hub payload as its route says and encodes it as an `event`.
+fn encode_event(enc: Encoding, route: &Route, position: Position, event: &Event) -> Option<Frame> {
+    let name = route.name.as_str();
+    let encoded = match route.payload {
+        Payload::Conversion => serde_json::from_slice::<demo_api::ConversionEvent>(&event.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                enc.encode_event(name, position, &shapes::conversion(&c.conversion))
+                    .map_err(|e| e.to_string())
+            }),
+        Payload::Rate => serde_json::from_slice::<demo_api::Rate>(&event.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                enc.encode_event(name, position, &shapes::rate(&r))
+                    .map_err(|e| e.to_string())
+            }),
+    };
+    match encoded {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(topic = %event.topic, offset = event.offset, error = %e, "unreadable event payload skipped");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mobile_proto::{FrameKind, ServerMsg, data};
+    use switchyard_core::event::Topic;
+
+    use super::*;
+
+    fn rates_route() -> Route {
+        Route {
+            name: "rates:EUR/USD".to_owned(),
+            hub: Topic::new("rates.EUR/USD").unwrap(),
+            payload: Payload::Rate,
+        }
+    }
+
+    fn rate_event(offset: u64) -> Event {
+        Event {
+            topic: Topic::new("rates.EUR/USD").unwrap(),
+            epoch: 7,
+            offset,
+            payload: bytes::Bytes::from_static(br#"{"pair":"EUR/USD","rate":"1.0842","seq":3}"#),
+        }
+    }
+
+    fn ptr(m: &Message) -> *const u8 {
+        match m {
+            Message::Binary(b) => b.as_ptr(),
+            Message::Text(t) => t.as_str().as_ptr(),
+            _ => std::ptr::null(),
+        }
+    }
+
+    #[test]
+    fn an_event_is_encoded_once_per_encoding_and_shared() {
+        let frames = Frames::default();
+        // Two subscriptions of one route, as two sockets would hold them.
+        let (one, two) = (frames.of(&rates_route()), frames.of(&rates_route()));
+        assert!(Arc::ptr_eq(&one, &two));
+        for enc in Encoding::ALL {
+            let a = one.frame(enc, &rate_event(1)).unwrap();
+            let b = two.frame(enc, &rate_event(1)).unwrap();
+            // The same bytes, not an equal copy.
+            assert_eq!(ptr(&a), ptr(&b));
+            let c = one.frame(enc, &rate_event(2)).unwrap();
+            assert_ne!(ptr(&a), ptr(&c));
+        }
+        let cbor = two.frame(Encoding::Cbor, &rate_event(2)).unwrap();
+        let Message::Binary(bytes) = cbor else {
+            panic!("CBOR travels in binary frames")
+        };
+        let ServerMsg::Event(ev) = Encoding::Cbor
+            .decode_server(FrameKind::Binary, &bytes, 1 << 20)
+            .unwrap()
+        else {
+            panic!("an event")
+        };
+        assert_eq!(
+            (ev.topic.as_str(), ev.epoch, ev.offset),
+            ("rates:EUR/USD", 7, 2)
+        );
+        assert_eq!(ev.data_as::<data::Rate>().unwrap().rate, "1.0842");
+    }
+
+    #[test]
+    fn an_unreadable_payload_is_skipped_not_a_panic() {
+        let frames = Frames::default().of(&rates_route());
+        let mut e = rate_event(1);
+        e.payload = bytes::Bytes::from_static(b"\xff not json");
+        assert!(frames.frame(Encoding::Json, &e).is_none());
+        assert!(frames.frame(Encoding::Json, &e).is_none());
+        // The next event of the topic is read again.
+        assert!(frames.frame(Encoding::Json, &rate_event(2)).is_some());
+    }
+
+    #[test]
+    fn the_route_table_is_bounded_by_the_routes_with_subscribers() {
+        let frames = Frames::default();
+        let route = |i: usize| Route {
+            name: format!("t{i}"),
+            hub: Topic::new(&format!("t.{i}")).unwrap(),
+            payload: Payload::Rate,
+        };
+        let held: Vec<_> = (0..10).map(|i| frames.of(&route(i))).collect();
+        // Thousands of routes subscribed and dropped, ten held throughout.
+        for i in 10..5_000 {
+            drop(frames.of(&route(i)));
+            assert!(
+                frames.entries() <= FIRST_PRUNE_AT.max(2 * held.len()),
+                "{i}"
+            );
+        }
+        // A held route keeps its frames; a dropped one starts afresh.
+        assert!(Arc::ptr_eq(&held[3], &frames.of(&route(3))));
+    }
+}

@@ -1,0 +1,168 @@
+//! A socket's subscriptions: the table of what it is subscribed to (at most
+//! `max_subscriptions`, so a lookup by name is a short scan), starting one through the hub at a
+//! position with a bounded wait, and the items of them all merged into one stream for the
+//! socket's loop.
+//!
+//! It decides nothing of the protocol — which replies go out, in which order, and what is
+//! refused is [`super::conn`]'s — and reads no payloads ([`super::events`] does).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use switchyard_core::bus::{BusError, StartAt};
+use switchyard_core::event::{Position, Topic, TopicClass};
+use switchyard_core::hub::{Hub, Item, Subscriber};
+use tokio_stream::StreamMap;
+
+use super::events::TopicFrames;
+
+/// Longest wait for the bus when a subscription starts (its head, and the hub joining it).
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One subscription's items; `None` once, when the hub ended it.
+type SubStream = BoxStream<'static, Option<Item>>;
+
+/// One subscription of a socket.
+pub(super) struct Sub {
+    /// The frames of its route (its client topic, hub topic and payload type).
+    pub(super) frames: Arc<TopicFrames>,
+    pub(super) class: TopicClass,
+}
+
+impl Sub {
+    /// The client topic.
+    pub(super) fn name(&self) -> &str {
+        &self.frames.route().name
+    }
+
+    /// The hub topic it maps to.
+    pub(super) fn hub_topic(&self) -> &Topic {
+        &self.frames.route().hub
+    }
+}
+
+/// A subscription the hub has started.
+pub(super) struct Started {
+    pub(super) class: TopicClass,
+    /// The position announced in `subbed`.
+    pub(super) position: Position,
+    subscriber: Subscriber,
+}
+
+/// Starts a subscription of `topic` after `resume` (a stream topic) or from now; `None`
+/// (logged) when the bus fails or does not answer within [`SUBSCRIBE_TIMEOUT`].
+pub(super) async fn start(
+    hub: &Hub,
+    topic: &Topic,
+    resume: Option<mobile_proto::Position>,
+) -> Option<Started> {
+    let class = hub.class_of(topic);
+    let started = async {
+        let head = hub.bus().head(topic).await?;
+        let (position, from) = match (class, resume) {
+            (TopicClass::Stream, Some(p)) => {
+                let p = Position {
+                    epoch: p.epoch,
+                    offset: p.offset,
+                };
+                (p, StartAt::After(p))
+            }
+            // From the head read above: nothing published meanwhile is missed.
+            (TopicClass::Stream, None) => (head, StartAt::After(head)),
+            (TopicClass::State, _) => (head, StartAt::Live),
+        };
+        let subscriber = hub.subscribe(topic, from).await?;
+        Ok::<_, BusError>(Started {
+            class,
+            position,
+            subscriber,
+        })
+    };
+    // The socket's task waits for the bus here: bounded, so a stuck broker cannot hang it.
+    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, started).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::warn!(topic = %topic, error = %e, "subscription failed");
+            None
+        }
+        Err(_) => {
+            let e = "timed out";
+            tracing::warn!(topic = %topic, error = %e, "subscription failed");
+            None
+        }
+    }
+}
+
+/// The subscriptions of one socket, by id.
+#[derive(Default)]
+pub(super) struct Subscriptions {
+    subs: Vec<(u32, Sub)>,
+    /// Keyed by the subscription's id (cheap to copy on every item).
+    streams: StreamMap<u32, SubStream>,
+    next_id: u32,
+}
+
+impl Subscriptions {
+    pub(super) fn len(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Whether client topic `name` is subscribed.
+    pub(super) fn contains(&self, name: &str) -> bool {
+        self.subs.iter().any(|(_, s)| s.name() == name)
+    }
+
+    /// Ends the subscription of client topic `name`, if there is one.
+    pub(super) fn remove(&mut self, name: &str) {
+        if let Some(index) = self.subs.iter().position(|(_, s)| s.name() == name) {
+            let (id, _) = self.subs.swap_remove(index);
+            self.streams.remove(&id);
+        }
+    }
+
+    /// The subscription `id`.
+    pub(super) fn get(&self, id: u32) -> Option<&Sub> {
+        self.subs.iter().find(|(i, _)| *i == id).map(|(_, s)| s)
+    }
+
+    /// Forgets the subscription `id`, whose stream the hub ended.
+    pub(super) fn ended(&mut self, id: u32) -> Option<Sub> {
+        let index = self.subs.iter().position(|(i, _)| *i == id)?;
+        Some(self.subs.swap_remove(index).1)
+    }
+
+    /// Adds a started subscription, its items read through `frames`.
+    pub(super) fn add(&mut self, frames: Arc<TopicFrames>, started: Started) {
+        let stream = futures::stream::unfold(Some(started.subscriber), |s| async move {
+            let mut s = s?;
+            match s.next().await {
+                Some(item) => Some((Some(item), Some(s))),
+                // Said once, so the client is never left subscribed to a silent topic.
+                None => Some((None, None)),
+            }
+        })
+        .boxed();
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.streams.insert(id, stream);
+        self.subs.push((
+            id,
+            Sub {
+                frames,
+                class: started.class,
+            },
+        ));
+    }
+
+    /// Whether no subscription has a stream left to poll.
+    pub(super) fn is_idle(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// The merged items of every subscription, with the subscription's id.
+    pub(super) fn items(&mut self) -> &mut StreamMap<u32, SubStream> {
+        &mut self.streams
+    }
+}
