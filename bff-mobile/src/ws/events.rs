@@ -251,6 +251,20 @@ mod tests {
     }
 
     #[test]
+    fn sockets_on_many_threads_share_one_encoding_of_an_event() {
+        let frames = Frames::default().of(&rates_route());
+        let seen: Vec<usize> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| ptr(&frames.frame(Encoding::Json, &rate_event(5)).unwrap()) as usize)
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    }
+
+    #[test]
     fn an_unreadable_payload_is_skipped_not_a_panic() {
         let frames = Frames::default().of(&rates_route());
         let mut e = rate_event(1);
