@@ -47,9 +47,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{OnceCell, watch};
 
+use super::BusConfig;
 use super::live::{self, Backoff, LiveFeed, LiveItem};
 use super::{Bus, BusError, BusStats, Read, StartAt, Subscription};
-use crate::config::BusConfig;
 use crate::event::{Event, Position, Topic};
 
 /// Messages the client buffers per subscription before it drops (and the driver resyncs).

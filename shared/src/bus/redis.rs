@@ -49,9 +49,9 @@ use redis::Value;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::BusConfig;
 use super::live::{self, Backoff, LiveFeed, LiveItem};
 use super::{Bus, BusError, BusStats, Read, StartAt, Subscription};
-use crate::config::BusConfig;
 use crate::event::{Event, Position, Topic};
 
 /// Live events queued per subscription before it is told to resync from the stream.
