@@ -7,7 +7,7 @@
 //! learns how long to wait ([`RetryAfter`]) and consumes nothing.
 //!
 //! Where the counts live follows `[bus]`, on the connections of the process's
-//! [`Broker`](crate::bus::Broker), like leases:
+//! [`Broker`], like leases:
 //!
 //! - `memory`: in this process ([`MemoryRates`]): sharded maps bounded by
 //!   `rate_limits.max_local_keys`; a key is idle (and dropped first) once its `tat` has passed,
