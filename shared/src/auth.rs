@@ -12,7 +12,7 @@
 //!
 //! Accepted: HS256 with the configured shared secret, RS256 with the configured public key, and
 //! RS256 or ES256 (`auth.jwks_algorithm`) with the keys published at `auth.jwks_url`, picked by
-//! the token's `kid` (see [`jwks`](self::jwks) for the cache and its refresh), each only when
+//! the token's `kid` (see `auth/jwks.rs` for the cache and its refresh), each only when
 //! configured. The algorithm is decided by configuration: every other algorithm — `none`, and
 //! HS256 when only an RSA key is configured (the "algorithm confusion" attack) — is refused before
 //! any signature is checked, and a published key is only ever an RSA or P-256 key. `exp` is
