@@ -16,13 +16,7 @@ use crate::event::{Event, Position, Topic};
 impl live::Source for Inner {
     async fn read(&self, topic: &Topic, after: Position, max: usize) -> Result<Read, BusError> {
         let (stream, head) = self.head(topic).await?;
-        let resume = Position {
-            epoch: head.epoch,
-            offset: head.oldest - 1,
-        };
-        let covered =
-            after.epoch == head.epoch && after.offset >= resume.offset && after.offset <= head.last;
-        if !covered {
+        if let Some(resume) = live::uncovered(after, head.epoch, head.oldest, head.last) {
             return Ok(Read::Gap { resume });
         }
         let end = head.last.min(

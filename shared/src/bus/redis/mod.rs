@@ -246,11 +246,7 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self, topic: &Topic, from: StartAt) -> Result<Subscription, BusError> {
-        let after = match from {
-            StartAt::Live => None,
-            StartAt::After(p) => Some(p),
-        };
-        live::subscribe(self.inner.clone(), topic, after, self.inner.backoff.clone()).await
+        live::subscribe(self.inner.clone(), topic, from, self.inner.backoff.clone()).await
     }
 
     async fn check(&self) -> Result<(), BusError> {

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use redis::Value;
 
 use super::{Inner, unavailable};
+use crate::bus::live;
 use crate::bus::{BusError, Read};
 use crate::event::{Event, Position, Topic};
 
@@ -122,13 +123,7 @@ impl View {
 
     /// The answer to a read after `after`, as the trait describes it.
     pub(super) fn read(self, after: Position) -> Read {
-        let resume = Position {
-            epoch: self.epoch,
-            offset: self.oldest - 1,
-        };
-        let covered =
-            after.epoch == self.epoch && after.offset >= resume.offset && after.offset <= self.head;
-        if !covered {
+        if let Some(resume) = live::uncovered(after, self.epoch, self.oldest, self.head) {
             return Read::Gap { resume };
         }
         let next = self.entries.last().map_or(after, Event::position);
