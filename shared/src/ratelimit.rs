@@ -6,7 +6,8 @@
 //! lets `b` requests through at once and then one every `period / n`. An over-limit request
 //! learns how long to wait ([`RetryAfter`]) and consumes nothing.
 //!
-//! Where the counts live follows `[bus]`, like leases ([`crate::bus::lease::from_config`]):
+//! Where the counts live follows `[bus]`, on the connections of the process's
+//! [`Broker`], like leases:
 //!
 //! - `memory`: in this process ([`MemoryRates`]): sharded maps bounded by
 //!   `rate_limits.max_local_keys`; a key is idle (and dropped first) once its `tat` has passed,
@@ -45,8 +46,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use crate::bus::BusError;
-use crate::config::{BusConfig, BusKind};
+use crate::bus::{Broker, BusConfig, BusError, Clients};
 
 /// The `[rate_limits]` section of a gateway. A rate of 0 turns that limit off.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -332,7 +332,7 @@ return 0
 
 /// GCRA state in Redis: one script per check (see the module docs).
 struct RedisRates {
-    bus: crate::bus::redis::RedisBus,
+    bus: Arc<crate::bus::redis::RedisBus>,
     script: redis::Script,
 }
 
@@ -365,7 +365,7 @@ const NATS_ATTEMPTS: usize = 4;
 
 /// GCRA state in NATS JetStream (see the module docs).
 struct NatsRates {
-    bus: crate::bus::nats::NatsBus,
+    bus: Arc<crate::bus::nats::NatsBus>,
     streams: Mutex<HashMap<u64, (async_nats::jetstream::stream::Stream, String)>>,
 }
 
@@ -479,17 +479,17 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    /// The limiter of `gateway` (its name goes into every key): counts on the broker of `bus`
-    /// when there is one (its own connection, opened lazily), in memory otherwise.
-    pub fn from_config(gateway: &str, config: &RateLimitConfig, bus: &BusConfig) -> Arc<Self> {
-        let store: Option<Arc<dyn RateStore>> = match bus.kind {
-            BusKind::Memory => None,
-            BusKind::Redis => Some(Arc::new(RedisRates {
-                bus: crate::bus::redis::RedisBus::new(bus),
+    /// The limiter of `gateway` (its name goes into every key): counts on `broker`'s
+    /// connections when it has a broker, in memory otherwise.
+    pub fn new(gateway: &str, config: &RateLimitConfig, broker: &Broker) -> Arc<Self> {
+        let store: Option<Arc<dyn RateStore>> = match broker.clients() {
+            Clients::Memory => None,
+            Clients::Redis(bus) => Some(Arc::new(RedisRates {
+                bus: bus.clone(),
                 script: redis::Script::new(REDIS_GCRA),
             })),
-            BusKind::Nats => Some(Arc::new(NatsRates {
-                bus: crate::bus::nats::NatsBus::new(bus),
+            Clients::Nats(bus) => Some(Arc::new(NatsRates {
+                bus: bus.clone(),
                 streams: Mutex::new(HashMap::new()),
             })),
         };
@@ -502,6 +502,12 @@ impl RateLimiter {
             refused: AtomicU64::new(0),
             warned: Mutex::new(None),
         })
+    }
+
+    /// The limiter of `gateway` on connections of its own to the broker of `bus` ([`Self::new`]
+    /// on a new [`Broker`]); a process that has a [`Broker`] uses [`Self::new`] with it.
+    pub fn from_config(gateway: &str, config: &RateLimitConfig, bus: &BusConfig) -> Arc<Self> {
+        Self::new(gateway, config, &Broker::connect(bus))
     }
 
     /// The configuration.

@@ -4,7 +4,7 @@
 //!
 //! A record is created once ([`Records::create`] refuses a name that exists, atomically across
 //! instances) and read by name; nothing here updates or lists records. Where they live follows
-//! `[bus]`, like leases:
+//! `[bus]`, on the connections of the process's [`Broker`], like leases:
 //!
 //! - `memory`: in this process (lost with it);
 //! - `redis`: the hash `P:r:{namespace}`, one field per name (`HSETNX`, `HGET`);
@@ -19,8 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::bus::BusError;
-use crate::config::{BusConfig, BusKind};
+use crate::bus::{Broker, BusConfig, BusError, Clients};
 
 /// A namespace of shared records.
 #[async_trait::async_trait]
@@ -32,8 +31,8 @@ pub trait Records: Send + Sync + 'static {
     async fn get(&self, name: &str) -> Result<Option<Bytes>, BusError>;
 }
 
-/// Records of the bus `config` describes, in `namespace` (1 to 32 of `a-z 0-9`).
-pub fn from_config(config: &BusConfig, namespace: &str) -> Arc<dyn Records> {
+/// Records on `broker`'s connections, in `namespace` (1 to 32 of `a-z 0-9`).
+pub fn on(broker: &Broker, namespace: &str) -> Arc<dyn Records> {
     assert!(
         (1..=32).contains(&namespace.len())
             && namespace
@@ -41,24 +40,25 @@ pub fn from_config(config: &BusConfig, namespace: &str) -> Arc<dyn Records> {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
         "a records namespace is 1 to 32 of a-z 0-9"
     );
-    match config.kind {
-        BusKind::Memory => Arc::new(MemoryRecords::default()),
-        BusKind::Redis => {
-            let bus = crate::bus::redis::RedisBus::new(config);
-            Arc::new(RedisRecords {
-                hash: bus.key(&format!("r:{namespace}")),
-                bus,
-                create: redis::Script::new(
-                    "return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])",
-                ),
-                get: redis::Script::new("return redis.call('HGET', KEYS[1], ARGV[1])"),
-            })
-        }
-        BusKind::Nats => Arc::new(NatsRecords {
-            bus: crate::bus::nats::NatsBus::new(config),
+    match broker.clients() {
+        Clients::Memory => Arc::new(MemoryRecords::default()),
+        Clients::Redis(bus) => Arc::new(RedisRecords {
+            hash: bus.key(&format!("r:{namespace}")),
+            bus: bus.clone(),
+            create: redis::Script::new("return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])"),
+            get: redis::Script::new("return redis.call('HGET', KEYS[1], ARGV[1])"),
+        }),
+        Clients::Nats(bus) => Arc::new(NatsRecords {
+            bus: bus.clone(),
             namespace: namespace.to_owned(),
         }),
     }
+}
+
+/// Records of the bus `config` describes, on connections of their own ([`on`] a new
+/// [`Broker`]); a process that has a [`Broker`] uses [`on`] with it.
+pub fn from_config(config: &BusConfig, namespace: &str) -> Arc<dyn Records> {
+    on(&Broker::connect(config), namespace)
 }
 
 /// Records in this process.
@@ -86,7 +86,7 @@ impl Records for MemoryRecords {
 }
 
 struct RedisRecords {
-    bus: crate::bus::redis::RedisBus,
+    bus: Arc<crate::bus::redis::RedisBus>,
     hash: String,
     create: redis::Script,
     get: redis::Script,
@@ -117,7 +117,7 @@ impl Records for RedisRecords {
 }
 
 struct NatsRecords {
-    bus: crate::bus::nats::NatsBus,
+    bus: Arc<crate::bus::nats::NatsBus>,
     namespace: String,
 }
 

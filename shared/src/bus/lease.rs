@@ -93,13 +93,10 @@ impl Lease for MemoryLease {
     }
 }
 
-/// The lease service of the bus `config` describes: process-local for the in-memory bus, the
-/// broker's for Redis and NATS (on a connection of its own, opened lazily like the bus's).
-pub fn from_config(config: &crate::config::BusConfig) -> std::sync::Arc<dyn Lease> {
-    use crate::config::BusKind;
-    match config.kind {
-        BusKind::Memory => std::sync::Arc::new(MemoryLease::new()),
-        BusKind::Redis => std::sync::Arc::new(super::redis::RedisBus::new(config)),
-        BusKind::Nats => std::sync::Arc::new(super::nats::NatsBus::new(config)),
-    }
+/// The lease service of the bus `config` describes, on connections of its own:
+/// [`super::Broker::connect`]`(config).lease()` — process-local for the in-memory bus, the
+/// broker's for Redis and NATS. A process that also has the bus takes both from one
+/// [`super::Broker`], so that they share its connections.
+pub fn from_config(config: &super::BusConfig) -> std::sync::Arc<dyn Lease> {
+    super::Broker::connect(config).lease()
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use super::{BusError, Delivery, Read, Subscription};
+use super::{BusError, Delivery, Read, StartAt, Subscription};
 use crate::event::{Event, Position, Topic};
 
 /// Events read from history per call while a subscription catches up.
@@ -56,14 +56,30 @@ pub(crate) trait Source: Send + Sync + 'static {
 /// Reconnect and resubscribe delays: the core's one backoff (full jitter).
 pub(crate) use crate::backoff::Retrying as Backoff;
 
+/// Whether a broker's retained history covers a read after `after`: `None` when it does,
+/// otherwise the position to resume from (just before `oldest`). The history is `epoch`'s,
+/// retains `oldest` onwards (`head + 1` when it retains nothing) and ends at `head`.
+pub(crate) fn uncovered(after: Position, epoch: u64, oldest: u64, head: u64) -> Option<Position> {
+    let resume = Position {
+        epoch,
+        offset: oldest - 1,
+    };
+    let covered = after.epoch == epoch && after.offset >= resume.offset && after.offset <= head;
+    (!covered).then_some(resume)
+}
+
 /// Opens a subscription: the live feed is opened before this returns (so every event published
 /// afterwards is delivered); a start position is caught up from history first.
 pub(crate) async fn subscribe<S: Source>(
     source: Arc<S>,
     topic: &Topic,
-    after: Option<Position>,
+    from: StartAt,
     backoff: Backoff,
 ) -> Result<Subscription, BusError> {
+    let after = match from {
+        StartAt::Live => None,
+        StartAt::After(p) => Some(p),
+    };
     let (live, cursor) = source.open(topic, after).await?;
     let driver = Driver {
         source,

@@ -5,7 +5,7 @@
 //! [`Delivery::Gap`] or [`Read::Gap`], when history no longer covers that position. The in-memory
 //! bus ([`memory`]) is the embedded default; the broker buses — [`redis`] (Redis Streams and
 //! pub/sub) and [`nats`] (NATS JetStream) — implement the same trait, chosen by configuration
-//! ([`from_config`]), so callers do not change. With a broker bus the history, the offsets and
+//! ([`BusConfig`], the `[bus]` section), so callers do not change. With a broker bus the history, the offsets and
 //! the epochs are shared: every instance delivers the same offsets, so a client can resume on any
 //! of them.
 //!
@@ -16,14 +16,43 @@
 //! for the next offset, repaired from history otherwise. A broker subscription exists only while
 //! a bus subscription does, so an instance receives only the topics it has local interest in.
 //!
+//! # One constructor
+//!
+//! A process builds its bus ONCE, with [`Broker::connect`], and takes everything that lives on
+//! the broker from that one [`Broker`], so that it all shares one set of connections (lazy, in
+//! the background: a gateway starts while its broker is down):
+//!
+//! ```no_run
+//! # fn wiring(config: &switchyard_core::bus::BusConfig) {
+//! use switchyard_core::bus::Broker;
+//! use switchyard_core::ratelimit::{RateLimitConfig, RateLimiter};
+//!
+//! let broker = Broker::connect(config);
+//! let bus = broker.bus(); // for the hub, the bridges' feeders, /readyz
+//! let lease = broker.lease(); // for `leased::LeasedFeeder`
+//! let limiter = RateLimiter::new("bff-web", &RateLimitConfig::default(), &broker);
+//! let devices = switchyard_core::records::on(&broker, "devices");
+//! # }
+//! ```
+//!
+//! [`from_config`], [`lease::from_config`], `RateLimiter::from_config` and
+//! `records::from_config` each open connections of their own; they remain for callers that
+//! need only one of these.
+//!
 //! This module does not retry publishes: a publish while the broker is down fails with
 //! [`BusError::Unavailable`], and the caller decides.
 
+mod broker;
+mod config;
 pub mod lease;
 mod live;
 pub mod memory;
 pub mod nats;
 pub mod redis;
+
+pub use broker::Broker;
+pub(crate) use broker::Clients;
+pub use config::{BusConfig, BusKind};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -117,35 +146,9 @@ pub struct BusStats {
     pub received: u64,
 }
 
-/// Builds the bus a configuration asks for. Broker buses connect lazily and in the background,
-/// so this never waits and never fails: a gateway starts while its broker is down and reports
-/// not-ready (through [`Bus::check`]) until it answers. An invalid URL is rejected when the
-/// configuration is loaded ([`crate::config::BusConfig::validate`]).
-pub fn from_config(config: &crate::config::BusConfig) -> std::sync::Arc<dyn Bus> {
-    use crate::config::BusKind;
-    match config.kind {
-        BusKind::Memory => std::sync::Arc::new(memory::MemoryBus::new(config.history_events)),
-        BusKind::Redis => std::sync::Arc::new(redis::RedisBus::new(config)),
-        BusKind::Nats => std::sync::Arc::new(nats::NatsBus::new(config)),
-    }
-}
-
-/// Whether `url` can be a broker URL for `kind` (syntax only; nothing is contacted).
-pub(crate) fn check_url(kind: crate::config::BusKind, url: &str) -> Result<(), String> {
-    use crate::config::BusKind;
-    match kind {
-        BusKind::Memory => Ok(()),
-        BusKind::Redis => ::redis::Client::open(url)
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        BusKind::Nats => {
-            let addr = url
-                .parse::<async_nats::ServerAddr>()
-                .map_err(|e| e.to_string())?;
-            if addr.host().is_empty() {
-                return Err("no host".into());
-            }
-            Ok(())
-        }
-    }
+/// The bus `config` asks for, on connections of its own: [`Broker::connect`]`(config).bus()`.
+/// A process that also needs leases, rate limits or records takes them from one [`Broker`]
+/// instead, so that they share its connections.
+pub fn from_config(config: &BusConfig) -> std::sync::Arc<dyn Bus> {
+    Broker::connect(config).bus()
 }

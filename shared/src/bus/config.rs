@@ -1,0 +1,206 @@
+//! The `[bus]` section: which bus a process runs, where its broker is, and the broker's timings.
+//!
+//! The section is checked when it is deserialised (through [`BusConfig::validate`]): a bad prefix
+//! or a broker URL that cannot be one fails the configuration load, naming the key, instead of a
+//! gateway that starts and never connects. Nothing here contacts a broker; connecting is
+//! [`super::Broker::connect`]'s job.
+
+use serde::{Deserialize, Serialize};
+
+/// The event bus a process uses.
+///
+/// `memory` keeps history in this process only; `redis` and `nats` share it through a broker, so
+/// every instance of a gateway delivers the same offsets and a client can resume on any of them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, try_from = "BusConfigFields")]
+pub struct BusConfig {
+    /// `memory` (one process, the default), `redis` (Redis Streams) or `nats` (NATS JetStream).
+    pub kind: BusKind,
+    /// Broker URL, such as `redis://127.0.0.1:6379` or `nats://127.0.0.1:4222`; empty means the
+    /// kind's local default (those two). Unused by `memory`.
+    pub url: String,
+    /// Namespace of every broker key, channel, subject and stream this bus uses, so several
+    /// deployments (or tests) can share one broker: 1 to 64 of A-Z a-z 0-9 and `-`.
+    pub prefix: String,
+    /// Events kept per stream topic for resume; older ones are dropped and a subscriber asking
+    /// for them gets a gap.
+    pub history_events: usize,
+    /// Longest time to open a broker connection.
+    pub connect_timeout_ms: u64,
+    /// Longest time one broker operation (publish, read, subscribe) may take before it fails as
+    /// unavailable.
+    pub operation_timeout_ms: u64,
+    /// First wait before reconnecting to the broker, and before a subscription retries after
+    /// losing it; doubles up to `reconnect_max_ms`, with full jitter.
+    pub reconnect_initial_ms: u64,
+    /// Longest wait between two reconnection attempts.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            kind: BusKind::Memory,
+            url: String::new(),
+            prefix: "switchyard".into(),
+            history_events: 1_000,
+            connect_timeout_ms: 2_000,
+            operation_timeout_ms: 2_000,
+            reconnect_initial_ms: 100,
+            reconnect_max_ms: 5_000,
+        }
+    }
+}
+
+impl BusConfig {
+    /// A bus config of `kind` with the default URL and settings.
+    pub fn of(kind: BusKind) -> Self {
+        Self {
+            kind,
+            ..Self::default()
+        }
+    }
+
+    /// The broker URL, the kind's local default when `url` is empty.
+    pub fn broker_url(&self) -> &str {
+        match (self.kind, self.url.is_empty()) {
+            (_, false) => &self.url,
+            (BusKind::Redis, true) => "redis://127.0.0.1:6379",
+            (BusKind::Nats, true) => "nats://127.0.0.1:4222",
+            (BusKind::Memory, true) => "",
+        }
+    }
+
+    /// Checks what deserialisation cannot: the prefix's characters and the URL's syntax.
+    pub fn validate(&self) -> Result<(), String> {
+        let prefix_ok = !self.prefix.is_empty()
+            && self.prefix.len() <= 64
+            && self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !prefix_ok {
+            return Err(format!(
+                "bus.prefix `{}`: use 1 to 64 of A-Z a-z 0-9 -",
+                self.prefix
+            ));
+        }
+        check_url(self.kind, self.broker_url()).map_err(|e| format!("bus.url `{}`: {e}", self.url))
+    }
+}
+
+/// Whether `url` can be a broker URL for `kind` (syntax only; nothing is contacted).
+fn check_url(kind: BusKind, url: &str) -> Result<(), String> {
+    match kind {
+        BusKind::Memory => Ok(()),
+        BusKind::Redis => ::redis::Client::open(url)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        BusKind::Nats => {
+            let addr = url
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| e.to_string())?;
+            if addr.host().is_empty() {
+                return Err("no host".into());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The fields of [`BusConfig`] as written, before [`BusConfig::validate`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct BusConfigFields {
+    kind: BusKind,
+    url: String,
+    prefix: String,
+    history_events: usize,
+    connect_timeout_ms: u64,
+    operation_timeout_ms: u64,
+    reconnect_initial_ms: u64,
+    reconnect_max_ms: u64,
+}
+
+impl Default for BusConfigFields {
+    fn default() -> Self {
+        let d = BusConfig::default();
+        Self {
+            kind: d.kind,
+            url: d.url,
+            prefix: d.prefix,
+            history_events: d.history_events,
+            connect_timeout_ms: d.connect_timeout_ms,
+            operation_timeout_ms: d.operation_timeout_ms,
+            reconnect_initial_ms: d.reconnect_initial_ms,
+            reconnect_max_ms: d.reconnect_max_ms,
+        }
+    }
+}
+
+impl TryFrom<BusConfigFields> for BusConfig {
+    type Error = String;
+
+    fn try_from(f: BusConfigFields) -> Result<Self, String> {
+        let config = Self {
+            kind: f.kind,
+            url: f.url,
+            prefix: f.prefix,
+            history_events: f.history_events,
+            connect_timeout_ms: f.connect_timeout_ms,
+            operation_timeout_ms: f.operation_timeout_ms,
+            reconnect_initial_ms: f.reconnect_initial_ms,
+            reconnect_max_ms: f.reconnect_max_ms,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Which bus implementation to run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In-process, no external service.
+    Memory,
+    /// Redis: Streams for history, pub/sub for live delivery.
+    Redis,
+    /// NATS: one JetStream stream per topic for history and live delivery.
+    Nats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WithBus {
+        #[serde(default)]
+        bus: BusConfig,
+    }
+
+    fn source(text: &str) -> Source {
+        Source::new(Some(("demo.toml".into(), text.into())), Vec::new())
+    }
+
+    #[test]
+    fn bus_section_is_checked_at_load() {
+        let ok: WithBus = source("[bus]\nkind = \"redis\"\nprefix = \"eu-1\"\n")
+            .load("T")
+            .unwrap();
+        assert_eq!(ok.bus.broker_url(), "redis://127.0.0.1:6379");
+        assert_eq!(ok.bus.prefix, "eu-1");
+        for (text, needle) in [
+            ("[bus]\nkind = \"kafka\"\n", "kafka"),
+            ("[bus]\nkind = \"nats\"\nprefix = \"a.b\"\n", "bus.prefix"),
+            ("[bus]\nkind = \"redis\"\nurl = \"http://x\"\n", "bus.url"),
+            ("[bus]\nkind = \"nats\"\nurl = \"nats://\"\n", "bus.url"),
+            ("[bus]\nhistory = 5\n", "history"),
+        ] {
+            let err = source(text).load::<WithBus>("T").unwrap_err();
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
+    }
+}
