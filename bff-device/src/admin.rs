@@ -16,7 +16,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
@@ -27,6 +28,7 @@ use switchyard_core::server::{JsonError, rejection};
 
 use crate::poll::ConfigDoc;
 use crate::registry::{Device, RegisterError, Registry, valid_id};
+use crate::wire::{parse_body, publish_json, valid_name};
 
 /// The admin API (`[admin]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -108,12 +110,24 @@ async fn device(admin: &Admin, id: &str) -> Result<Arc<Device>, JsonError> {
         })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, JsonError> {
-    let body = body.map_err(rejection)?;
-    serde_json::from_slice(&body)
-        .map_err(|e| JsonError::bad_request("invalid_request", format!("malformed body: {e}")))
+/// The device an admin request names in its path (`/admin/devices/{id}/...`), looked up once
+/// the request is authorized: 401 without the admin token, 404 for an unknown device, 503 when
+/// the bus fails.
+struct Target(Arc<Device>);
+
+impl FromRequestParts<Arc<Admin>> for Target {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, admin: &Arc<Admin>) -> Result<Self, Response> {
+        let Path(id) = Path::<String>::from_request_parts(parts, admin)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        authorize(admin, &parts.headers).map_err(IntoResponse::into_response)?;
+        let device = device(admin, &id)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self(device))
+    }
 }
 
 fn bus_error(e: &switchyard_core::bus::BusError) -> JsonError {
@@ -147,7 +161,7 @@ async fn register(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, JsonError> {
     authorize(&admin, &headers)?;
-    let new: NewDevice = parse(body)?;
+    let new: NewDevice = parse_body(body)?;
     let key = Registry::new_key();
     let device = admin
         .registry
@@ -202,24 +216,13 @@ struct Sent<'a> {
     offset: u64,
 }
 
-/// Whether `op` is 1 to 64 of `a-z 0-9 _ . -`.
-fn valid_op(op: &str) -> bool {
-    (1..=64).contains(&op.len())
-        && op
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
-}
-
 async fn command(
     State(admin): State<Arc<Admin>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    Target(device): Target,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, JsonError> {
-    authorize(&admin, &headers)?;
-    let device = device(&admin, &id).await?;
-    let cmd: NewCommand = parse(body)?;
-    if !valid_op(&cmd.op) {
+    let cmd: NewCommand = parse_body(body)?;
+    if !valid_name(&cmd.op) {
         return Err(JsonError::bad_request(
             "invalid_op",
             "an op is 1 to 64 of a-z 0-9 _ . -",
@@ -244,15 +247,12 @@ async fn command(
         }
         None => format!("c{:016x}", rand::random::<u64>()),
     };
-    let payload = serde_json::to_vec(&CommandEvent {
+    let command = CommandEvent {
         id: &cmd_id,
         op: &cmd.op,
         args: &args,
-    })
-    .unwrap_or_else(|e| unreachable!("strings and a JSON value serialise: {e}"));
-    let event = admin
-        .bus
-        .publish(&device.topics.commands, payload.into())
+    };
+    let event = publish_json(admin.bus.as_ref(), &device.topics.commands, &command)
         .await
         .map_err(|e| bus_error(&e))?;
     Ok((
@@ -267,12 +267,9 @@ async fn command(
 
 async fn set_config(
     State(admin): State<Arc<Admin>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    Target(device): Target,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, JsonError> {
-    authorize(&admin, &headers)?;
-    let device = device(&admin, &id).await?;
     let body = body.map_err(rejection)?;
     let origin = switchyard_core::event::Position {
         epoch: 0,

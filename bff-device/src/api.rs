@@ -299,14 +299,6 @@ fn accepted(n: usize) -> Response {
     )
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, JsonError> {
-    let body = body.map_err(rejection)?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::Invalid("invalid_request", format!("malformed body: {e}")).into())
-}
-
 async fn result(
     State((api, _)): Shared,
     Path((id, cmd)): Path<(String, String)>,
@@ -321,7 +313,7 @@ async fn result(
         )
         .into());
     }
-    let r: ResultIn = parse_body(body)?;
+    let r: ResultIn = wire::parse_body(body)?;
     if r.s != "ok" && r.s != "error" {
         return Err(
             ApiError::Invalid("invalid_result", "`s` is `ok` or `error`".to_owned()).into(),
@@ -336,10 +328,7 @@ async fn result(
         status: &r.s,
         detail: r.d.as_ref(),
     };
-    let payload = serde_json::to_vec(&out)
-        .unwrap_or_else(|e| unreachable!("strings and a JSON value serialise: {e}"));
-    api.bus
-        .publish(&device.topics.results, payload.into())
+    wire::publish_json(api.bus.as_ref(), &device.topics.results, &out)
         .await
         .map_err(ApiError::from)?;
     Ok(accepted(1))
@@ -379,12 +368,6 @@ struct PointOut<'a> {
     ts: Option<u64>,
 }
 
-fn valid_metric(k: &str) -> bool {
-    (1..=64).contains(&k.len())
-        && k.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
-}
-
 async fn telemetry(
     State((api, _)): Shared,
     Path(id): Path<String>,
@@ -392,7 +375,7 @@ async fn telemetry(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
     let device = authenticate(&api, &headers, &id).await?;
-    let batch: TelemetryIn = parse_body(body)?;
+    let batch: TelemetryIn = wire::parse_body(body)?;
     let invalid = |m: String| JsonError::from(ApiError::Invalid("invalid_telemetry", m));
     if batch.p.is_empty() || batch.p.len() > api.config.max_telemetry_points {
         return Err(Refusal::Json(invalid(format!(
@@ -404,7 +387,7 @@ async fn telemetry(
         .p
         .iter()
         .enumerate()
-        .find(|(_, p)| !valid_metric(&p.k))
+        .find(|(_, p)| !wire::valid_name(&p.k))
     {
         return Err(Refusal::Json(invalid(format!(
             "point {i}: a metric name is 1 to 64 of a-z 0-9 _ . -"
@@ -426,10 +409,7 @@ async fn telemetry(
             })
             .collect(),
     };
-    let payload = serde_json::to_vec(&out)
-        .unwrap_or_else(|e| unreachable!("finite numbers and strings serialise: {e}"));
-    api.bus
-        .publish(&device.topics.telemetry, payload.into())
+    wire::publish_json(api.bus.as_ref(), &device.topics.telemetry, &out)
         .await
         .map_err(ApiError::from)?;
     Ok(accepted(batch.p.len()))

@@ -7,12 +7,20 @@
 //! `{"n", "rs", "c": [{i, o, a}], "g": {v, h} (only when changed), "r": {pair: {r, s}}}` — a v1
 //! device looking for `e` cannot read it, which is why it is a new version. The core's types
 //! are never serialised directly: every key here is chosen for the wire.
+//!
+//! Requests too: bodies (of the device and the admin API) are read as strict JSON here, and the
+//! records published on the bus for backends (command results, telemetry, commands) are written
+//! as compact JSON here.
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
-use switchyard_core::bus::BusError;
-use switchyard_core::server::JsonError;
+use switchyard_core::bus::{Bus, BusError};
+use switchyard_core::event::{Event, Topic};
+use switchyard_core::server::{JsonError, rejection};
 
 use crate::cursor::BadCursor;
 use crate::poll::{Batch, Command, ConfigDoc};
@@ -137,6 +145,36 @@ pub(crate) fn encode(batch: &Batch, version: Version) -> Vec<u8> {
     };
     // Strings, integers and JSON values read from JSON always serialise.
     out.unwrap_or_else(|e| unreachable!("a poll answer serialises: {e}"))
+}
+
+/// Reads a request body as JSON, strictly: a body that cannot be read is the rejection's answer,
+/// one that does not parse into `T` is 400 `invalid_request` saying why.
+pub(crate) fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, JsonError> {
+    let body = body.map_err(rejection)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| JsonError::bad_request("invalid_request", format!("malformed body: {e}")))
+}
+
+/// Whether `name` is 1 to 64 of `a-z 0-9 _ . -`: the names of command ops and telemetry metrics.
+pub(crate) fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+}
+
+/// Publishes `record` on `topic` as compact JSON, for backends to read.
+pub(crate) async fn publish_json(
+    bus: &dyn Bus,
+    topic: &Topic,
+    record: &impl Serialize,
+) -> Result<Event, BusError> {
+    // The records are plain structs of strings, finite numbers and JSON values read from JSON.
+    let payload = serde_json::to_vec(record)
+        .unwrap_or_else(|e| unreachable!("a record for backends serialises: {e}"));
+    bus.publish(topic, payload.into()).await
 }
 
 /// Every failure of the device API, mapped to its status and code in one place.

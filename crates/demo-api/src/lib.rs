@@ -78,19 +78,6 @@ impl UserId {
     }
 }
 
-impl TryFrom<String> for UserId {
-    type Error = Invalid;
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        Self::parse(&s)
-    }
-}
-
-impl From<UserId> for String {
-    fn from(u: UserId) -> String {
-        u.0
-    }
-}
-
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -127,19 +114,6 @@ impl Currency {
     }
 }
 
-impl TryFrom<String> for Currency {
-    type Error = Invalid;
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        Self::parse(&s)
-    }
-}
-
-impl From<Currency> for String {
-    fn from(c: Currency) -> String {
-        c.as_str().to_owned()
-    }
-}
-
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -167,28 +141,13 @@ impl Pair {
         }
         Ok(Self { base, quote })
     }
-}
 
-impl FromStr for Pair {
-    type Err = Invalid;
-    fn from_str(s: &str) -> Result<Self, Invalid> {
+    /// Validates a pair written `BASE/QUOTE` (`EUR/USD`).
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
         let (b, q) = s
             .split_once('/')
             .ok_or_else(|| invalid("invalid_pair", "a pair is written BASE/QUOTE, as EUR/USD"))?;
         Self::new(Currency::parse(b)?, Currency::parse(q)?)
-    }
-}
-
-impl TryFrom<String> for Pair {
-    type Error = Invalid;
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        s.parse()
-    }
-}
-
-impl From<Pair> for String {
-    fn from(p: Pair) -> String {
-        p.to_string()
     }
 }
 
@@ -197,6 +156,35 @@ impl fmt::Display for Pair {
         write!(f, "{}/{}", self.base, self.quote)
     }
 }
+
+/// Text forms: each type is read with its `parse` (also as [`FromStr`] and, for serde,
+/// `TryFrom<String>`) and written as it displays (`Into<String>`, for serde), so the JSON form
+/// and the validation cannot differ.
+macro_rules! text_form {
+    ($($ty:ty),* $(,)?) => {$(
+        impl FromStr for $ty {
+            type Err = Invalid;
+            fn from_str(s: &str) -> Result<Self, Invalid> {
+                Self::parse(s)
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = Invalid;
+            fn try_from(s: String) -> Result<Self, Invalid> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(value: $ty) -> String {
+                value.to_string()
+            }
+        }
+    )*};
+}
+
+text_form!(UserId, Currency, Pair);
 
 /// Parses an amount: a positive decimal string with at most [`AMOUNT_SCALE`] places, at most
 /// [`MAX_AMOUNT`].

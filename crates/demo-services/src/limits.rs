@@ -277,6 +277,10 @@ impl Limits {
 mod tests {
     use super::*;
 
+    /// Two consecutive UTC days.
+    const DAY1: Date = time::macros::date!(2025 - 03 - 01);
+    const DAY2: Date = time::macros::date!(2025 - 03 - 02);
+
     fn d(s: &str) -> Decimal {
         s.parse().unwrap()
     }
@@ -296,12 +300,10 @@ mod tests {
     #[test]
     fn usage_resets_when_the_utc_day_changes() {
         let l = limits(10);
-        let day1 = time::macros::date!(2025 - 03 - 01);
-        let day2 = time::macros::date!(2025 - 03 - 02);
-        l.consume(user("a"), d("100.00"), day1).unwrap();
-        assert!(l.consume(user("a"), d("0.01"), day1).is_err());
-        assert_eq!(l.read(user("a"), day2).used, Decimal::ZERO);
-        let after = l.consume(user("a"), d("30.00"), day2).unwrap();
+        l.consume(user("a"), d("100.00"), DAY1).unwrap();
+        assert!(l.consume(user("a"), d("0.01"), DAY1).is_err());
+        assert_eq!(l.read(user("a"), DAY2).used, Decimal::ZERO);
+        let after = l.consume(user("a"), d("30.00"), DAY2).unwrap();
         assert_eq!(after.used, d("30.00"));
         assert_eq!(after.remaining, d("70.00"));
     }
@@ -309,18 +311,16 @@ mod tests {
     #[test]
     fn a_full_table_refuses_new_users_and_sweeps_earlier_days() {
         let l = limits(2);
-        let day1 = time::macros::date!(2025 - 03 - 01);
-        let day2 = time::macros::date!(2025 - 03 - 02);
-        l.consume(user("a"), d("1"), day1).unwrap();
-        l.consume(user("b"), d("1"), day1).unwrap();
-        assert_eq!(l.consume(user("c"), d("1"), day1), Err(Refusal::Capacity));
+        l.consume(user("a"), d("1"), DAY1).unwrap();
+        l.consume(user("b"), d("1"), DAY1).unwrap();
+        assert_eq!(l.consume(user("c"), d("1"), DAY1), Err(Refusal::Capacity));
         // Known users still work, and reads do not add users.
-        l.consume(user("a"), d("1"), day1).unwrap();
-        assert_eq!(l.read(user("z"), day1).used, Decimal::ZERO);
+        l.consume(user("a"), d("1"), DAY1).unwrap();
+        assert_eq!(l.read(user("z"), DAY1).used, Decimal::ZERO);
         // The next day, yesterday's usage makes room.
-        l.consume(user("c"), d("1"), day2).unwrap();
-        l.consume(user("d"), d("1"), day2).unwrap();
-        assert_eq!(l.consume(user("e"), d("1"), day2), Err(Refusal::Capacity));
+        l.consume(user("c"), d("1"), DAY2).unwrap();
+        l.consume(user("d"), d("1"), DAY2).unwrap();
+        assert_eq!(l.consume(user("e"), d("1"), DAY2), Err(Refusal::Capacity));
     }
 
     #[test]
