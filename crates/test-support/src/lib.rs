@@ -1,11 +1,19 @@
 //! Fixtures shared by Switchyard's tests: real HTTP servers on loopback port 0, scripted
-//! backends whose behaviour a test changes while they run, and polling helpers.
+//! backends whose behaviour a test changes while they run, and polling helpers; servers run
+//! in-process with a bounded stop ([`instance`]); clients of each gateway's protocol
+//! ([`graphql_ws`], [`mobile`], [`device`]) and of plain HTTP ([`http`]).
 //!
 //! Nothing here mocks HTTP: every fixture is a real axum server on a real socket. This crate does
-//! not depend on the core, so the core's own tests can use it without a dependency cycle.
+//! not depend on the core nor on the gateways, so their own tests can use it without a dependency
+//! cycle: where a fixture needs a gateway (starting one, publishing on its bus), the caller passes
+//! it in, or a thin adapter in that crate's `tests/common` holds it.
 
+pub mod device;
 pub mod graphql_ws;
 pub mod hostile;
+pub mod http;
+pub mod instance;
+pub mod mobile;
 pub mod process;
 pub mod raw_ws;
 
@@ -235,6 +243,21 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A name no other test, in this run or another, uses: `{label}-{pid}-{time}-{n}`, for bus
+/// prefixes and scratch directories (so that runs never see each other's keys or files).
+pub fn unique_name(label: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!(
+        "{label}-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// The demo backends a quote needs, scripted: an exchange answering EUR/USD at 1.5 and a limits
