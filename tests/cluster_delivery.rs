@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use common::PATIENCE;
 use common::cluster::{
-    BROKERS, bus_client, bus_config, device_instance, http, mobile_instance, poll,
+    BROKERS, bus_client, bus_config, device_instance, http, mobile_client, mobile_instance, poll,
     publish_conversion, send_command, token, web_instance,
 };
-use mobile_client::{Client as MobileClient, Config as MobileConfig, Update};
+use mobile_client::Update;
 use serde_json::json;
 use test_support::graphql_ws::Client as GraphqlWs;
 
@@ -28,13 +28,7 @@ async fn mobile_events_published_anywhere_reach_a_client_on_another_instance() {
         let b = mobile_instance(&config).await;
 
         // Alice is connected to both instances; each socket gets every event of hers.
-        let connect = |addr: std::net::SocketAddr| async move {
-            let config = MobileConfig::new(format!("ws://{addr}/v1/ws"), token("alice"));
-            tokio::time::timeout(PATIENCE, MobileClient::connect(config))
-                .await
-                .expect("connect in time")
-                .expect("connects")
-        };
+        let connect = |addr| mobile_client(addr, "alice");
         let on_a = connect(a.addr).await;
         let on_b = connect(b.addr).await;
         let mut sub_a = on_a.subscribe("conversions").await.expect("subscribed");

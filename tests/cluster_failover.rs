@@ -10,9 +10,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{BROKERS, SECRET, bus_client, bus_config, http, token};
-use common::{PATIENCE, Running};
-use mobile_client::{Client as MobileClient, Config as MobileConfig, Update};
+use common::PATIENCE;
+use common::cluster::{
+    BROKERS, bus_client, bus_config, http, mobile_client, mobile_config, mobile_instance_with,
+    start_exchange,
+};
+use mobile_client::Update;
 use mobile_proto::Position;
 use serde_json::{Value, json};
 use switchyard_core::config::BusKind;
@@ -46,44 +49,22 @@ async fn next_rate(kind: BusKind, sub: &mut mobile_client::Subscription) -> Posi
 async fn one_upstream_watch_for_the_cluster_taken_over_when_its_holder_stops() {
     let http = http();
     for kind in BROKERS {
-        let exchange_config = demo_services::exchange::Config {
-            tick_interval_ms: 20,
-            ..Default::default()
-        };
-        let exchange = Running::start("exchange", move |l, t| {
-            demo_services::exchange::run(exchange_config, l, t)
-        })
-        .await;
+        let exchange = start_exchange().await;
         let ticks = format!("ws://{}/v1/ticks", exchange.addr);
 
         let config = bus_config(kind);
         let backend = bus_client(&config).await;
         let start = |ticks: String| {
-            let config = config.clone();
-            async move {
-                let bus = bus_client(&config).await;
-                // The gateway's own bus section: its cluster lease is built from it.
-                let mut c = bff_mobile::Config {
-                    bus: config.clone(),
-                    ..Default::default()
-                };
-                c.auth.hs256_secret = SECRET.to_owned();
-                c.server.drain_timeout_ms = 2_000;
-                let mut bridge = switchyard_core::config::BridgeConfig::new(ticks);
-                bridge.lease_ttl_ms = 600;
-                bridge.reconnect_initial_ms = 50;
-                bridge.reconnect_max_ms = 200;
-                c.bridges.insert("exchange".to_owned(), bridge);
-                Running::start("bff-mobile", move |l, t| bff_mobile::run(c, bus, l, t)).await
-            }
+            // The gateway's own bus section: its cluster lease is built from it.
+            let mut c = mobile_config(&config);
+            let mut bridge = switchyard_core::config::BridgeConfig::new(ticks);
+            bridge.lease_ttl_ms = 600;
+            bridge.reconnect_initial_ms = 50;
+            bridge.reconnect_max_ms = 200;
+            c.bridges.insert("exchange".to_owned(), bridge);
+            mobile_instance_with(&config, c)
         };
-        let connect = |addr: std::net::SocketAddr| async move {
-            let config = MobileConfig::new(format!("ws://{addr}/v1/ws"), token("carol"));
-            tokio::time::timeout(PATIENCE, MobileClient::connect(config))
-                .await
-                .expect("connect in time")
-                .expect("connects")
-        };
+        let connect = |addr| mobile_client(addr, "carol");
 
         // A first: its client's interest makes A take the lease and watch the pair upstream.
         let a = start(ticks.clone()).await;
@@ -151,14 +132,7 @@ async fn one_upstream_watch_for_the_cluster_taken_over_when_its_holder_stops() {
 async fn the_lease_of_a_holder_that_died_expires_and_a_live_instance_takes_over() {
     let http = http();
     for kind in BROKERS {
-        let exchange_config = demo_services::exchange::Config {
-            tick_interval_ms: 20,
-            ..Default::default()
-        };
-        let exchange = Running::start("exchange", move |l, t| {
-            demo_services::exchange::run(exchange_config, l, t)
-        })
-        .await;
+        let exchange = start_exchange().await;
 
         // An instance took the pair's lease and died: it never renews nor releases it.
         let config = bus_config(kind);
@@ -173,23 +147,13 @@ async fn the_lease_of_a_holder_that_died_expires_and_a_live_instance_takes_over(
 
         // A live instance with interest in the pair: its client gets ticks once the dead
         // holder's lease has expired and this instance has taken it.
-        let bus = bus_client(&config).await;
-        let mut c = bff_mobile::Config {
-            bus: config.clone(),
-            ..Default::default()
-        };
-        c.auth.hs256_secret = SECRET.to_owned();
-        c.server.drain_timeout_ms = 2_000;
+        let mut c = mobile_config(&config);
         let mut bridge =
             switchyard_core::config::BridgeConfig::new(format!("ws://{}/v1/ticks", exchange.addr));
         bridge.lease_ttl_ms = 600;
         c.bridges.insert("exchange".to_owned(), bridge);
-        let live = Running::start("bff-mobile", move |l, t| bff_mobile::run(c, bus, l, t)).await;
-        let client_config = MobileConfig::new(format!("ws://{}/v1/ws", live.addr), token("dave"));
-        let client = tokio::time::timeout(PATIENCE, MobileClient::connect(client_config))
-            .await
-            .expect("connect in time")
-            .expect("connects");
+        let live = mobile_instance_with(&config, c).await;
+        let client = mobile_client(live.addr, "dave").await;
         let mut rates = client.subscribe("rates:EUR/USD").await.expect("subscribed");
         next_rate(kind, &mut rates).await;
         next_rate(kind, &mut rates).await;

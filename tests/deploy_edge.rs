@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::deploy::shipped_config;
+use common::launcher::token;
 use common::nginx::{Nginx, NginxDir, nginx_listens};
 use common::{PATIENCE, Running};
 use serde_json::{Value as Json, json};
@@ -186,7 +187,7 @@ async fn nginx_spreads_requests_and_sockets_over_two_instances_of_each_gateway()
     // answered over the socket). Two sockets held open land on different instances: nginx
     // sends the second to the instance with fewer connections, never back to the first.
     let url = format!("ws://127.0.0.1:{web}/v1/graphql");
-    let alice = bff_web::auth::hs256_token(DEMO_SECRET, "alice", Duration::from_secs(600));
+    let alice = token("alice");
     let mut first = GraphqlWs::connect(&url, Some(&alice)).await;
     let mut second = GraphqlWs::connect(&url, None).await;
     assert_eq!(upgrades(&served), [1, 1], "one socket each");
@@ -218,7 +219,7 @@ async fn nginx_spreads_requests_and_sockets_over_two_instances_of_each_gateway()
 
     // bff-mobile: the binary protocol's WebSocket upgrade (subprotocol included) and a call.
     let mobile_url = format!("ws://127.0.0.1:{mobile_port}/v1/ws");
-    let token = bff_web::auth::hs256_token(DEMO_SECRET, "bob", Duration::from_secs(600));
+    let token = token("bob");
     let app = tokio::time::timeout(
         PATIENCE,
         mobile_client::Client::connect(mobile_client::Config::new(mobile_url, token)),

@@ -18,11 +18,7 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let backends = QuoteBackends::start().await;
     let mut config = common::config();
-    config.backends = backends
-        .urls()
-        .into_iter()
-        .map(|(name, url)| (name, BackendConfig::new(url)))
-        .collect();
+    config.backends = backends.configs(BackendConfig::new);
     Fixture {
         gateway: common::start(config, 16).await,
         backends,

@@ -30,11 +30,7 @@ async fn fixture() -> Fixture {
     let mut config = bff_web::Config::default();
     config.auth.hs256_secret = SECRET.to_owned();
     config.bridges.clear();
-    config.backends = backends
-        .urls()
-        .into_iter()
-        .map(|(name, url)| (name, BackendConfig::new(url)))
-        .collect();
+    config.backends = backends.configs(BackendConfig::new);
     let app = bff_web::app(
         &config,
         Arc::new(MemoryBus::new(10)),

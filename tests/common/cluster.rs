@@ -5,17 +5,22 @@
 //! streams or subjects. A broker that cannot be reached FAILS the tests (`scripts/services`
 //! starts both).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use mobile_client::{Client as MobileClient, Config as MobileConfig};
 
 use mobile_proto::{Encoding, Position};
 use serde_json::{Value, json};
 use switchyard_core::bus::{self, Bus};
 use switchyard_core::config::{BusConfig, BusKind};
 use switchyard_core::event::Topic;
+use switchyard_core::server::CancellationToken;
 use test_support::device::{DeviceApi, of_kind};
 use test_support::mobile::Client as RawMobile;
+use tokio::net::TcpListener;
 
 use super::{PATIENCE, Running};
 
@@ -64,34 +69,59 @@ pub fn token(user: &str) -> String {
     bff_web::auth::hs256_token(SECRET, user, Duration::from_secs(600))
 }
 
-/// A bff-mobile instance on the bus of `config`, through a bus client of its own.
-pub async fn mobile_instance(config: &BusConfig) -> Running {
+/// Starts `run` as the instance `name` over a bus client of its own for `config`.
+async fn instance<F, Fut>(config: &BusConfig, name: &'static str, run: F) -> Running
+where
+    F: FnOnce(Arc<dyn Bus>, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let bus = bus_client(config).await;
+    Running::start(name, move |l, t| run(bus, l, t)).await
+}
+
+/// bff-mobile's configuration on the bus of `config` (its own bus section: its cluster lease is
+/// built from it), signing tokens with [`SECRET`].
+pub fn mobile_config(config: &BusConfig) -> bff_mobile::Config {
     let mut c = bff_mobile::Config {
         bus: config.clone(),
         ..Default::default()
     };
     c.auth.hs256_secret = SECRET.to_owned();
     c.server.drain_timeout_ms = 2_000;
-    Running::start("bff-mobile", move |l, t| bff_mobile::run(c, bus, l, t)).await
+    c
+}
+
+/// A bff-mobile instance on the bus of `config`, through a bus client of its own.
+pub async fn mobile_instance(config: &BusConfig) -> Running {
+    mobile_instance_with(config, mobile_config(config)).await
+}
+
+/// A bff-mobile instance of configuration `c` on the bus of `config`, through a bus client of
+/// its own.
+pub async fn mobile_instance_with(config: &BusConfig, c: bff_mobile::Config) -> Running {
+    instance(config, "bff-mobile", move |bus, l, t| {
+        bff_mobile::run(c, bus, l, t)
+    })
+    .await
 }
 
 /// A bff-web instance on the bus of `config`, through a bus client of its own.
 pub async fn web_instance(config: &BusConfig) -> Running {
-    let bus = bus_client(config).await;
     let mut c = bff_web::Config {
         bus: config.clone(),
         ..Default::default()
     };
     c.auth.hs256_secret = SECRET.to_owned();
     c.server.drain_timeout_ms = 2_000;
-    Running::start("bff-web", move |l, t| bff_web::run(c, bus, l, t)).await
+    instance(config, "bff-web", move |bus, l, t| {
+        bff_web::run(c, bus, l, t)
+    })
+    .await
 }
 
 /// A bff-device instance on the bus of `config`, through a bus client of its own, knowing
 /// [`DEVICE`].
 pub async fn device_instance(config: &BusConfig) -> Running {
-    let bus = bus_client(config).await;
     let mut c = bff_device::Config {
         bus: config.clone(),
         ..Default::default()
@@ -107,7 +137,31 @@ pub async fn device_instance(config: &BusConfig) -> Running {
             settings: [("volume".to_owned(), json!(7))].into_iter().collect(),
         },
     );
-    Running::start("bff-device", move |l, t| bff_device::run(c, bus, l, t)).await
+    instance(config, "bff-device", move |bus, l, t| {
+        bff_device::run(c, bus, l, t)
+    })
+    .await
+}
+
+/// The exchange demo service, ticking every 20 ms.
+pub async fn start_exchange() -> Running {
+    let config = demo_services::exchange::Config {
+        tick_interval_ms: 20,
+        ..Default::default()
+    };
+    Running::start("exchange", move |l, t| {
+        demo_services::exchange::run(config, l, t)
+    })
+    .await
+}
+
+/// A mobile client (the `mobile-client` crate) of the instance at `addr`, signed in as `user`.
+pub async fn mobile_client(addr: SocketAddr, user: &str) -> MobileClient {
+    let config = MobileConfig::new(format!("ws://{addr}/v1/ws"), token(user));
+    tokio::time::timeout(PATIENCE, MobileClient::connect(config))
+        .await
+        .expect("connect in time")
+        .expect("connects")
 }
 
 /// The `conversions.{user}` event a backend publishes, with id `id`.

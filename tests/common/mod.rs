@@ -1,6 +1,7 @@
 //! What the end-to-end tests share: the patience every wait is bounded by, and one module per
-//! subject — the cluster fixtures (two instances of a gateway on the real brokers), the
-//! deployment files as data, and nginx run from a copy of the real configuration. The fixtures
+//! subject — the stack through the launcher, the cluster fixtures (two instances of a gateway on
+//! the real brokers), the deployment files as data, and nginx run from a copy of the real
+//! configuration. The fixtures
 //! that do not need the gateways' types live in test-support.
 
 // Each test file uses a different part of this module.
@@ -8,6 +9,7 @@
 
 pub mod cluster;
 pub mod deploy;
+pub mod launcher;
 pub mod nginx;
 
 use std::time::Duration;

@@ -147,3 +147,12 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("a VmHWM/VmRSS line")
 }
+
+/// The end of every hostile-input suite: the gateway's peak resident memory over the whole
+/// attack stayed under `bound_kib`, and it still exits 0 on SIGTERM within 15 s.
+pub fn assert_bounded_and_stops(gw: &mut crate::process::Spawned, bound_kib: u64) {
+    let peak = peak_rss_kib(gw.pid());
+    assert!(peak < bound_kib, "peak RSS {peak} KiB");
+    let status = gw.stop_with("-TERM", std::time::Duration::from_secs(15));
+    assert!(status.success(), "{status}");
+}

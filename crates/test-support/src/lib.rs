@@ -125,6 +125,13 @@ impl Scripted {
         s
     }
 
+    /// A backend answering `status` with the JSON `body` at once.
+    pub fn replying(status: u16, body: &str) -> Self {
+        let s = Self::default();
+        s.reply(Duration::ZERO, status, body);
+        s
+    }
+
     /// Changes what the next requests get.
     pub fn set(&self, script: Script) {
         *self.state.script.lock().expect("script lock") = Some(script);
@@ -275,15 +282,8 @@ pub struct QuoteBackends {
 impl QuoteBackends {
     /// Starts both on loopback ports.
     pub async fn start() -> Self {
-        let exchange = Scripted::new();
-        exchange.reply(
-            Duration::ZERO,
-            200,
-            r#"{"pair":"EUR/USD","rate":"1.5","seq":7}"#,
-        );
-        let limits = Scripted::new();
-        limits.reply(
-            Duration::ZERO,
+        let exchange = Scripted::replying(200, r#"{"pair":"EUR/USD","rate":"1.5","seq":7}"#);
+        let limits = Scripted::replying(
             200,
             r#"{"user":"bob","daily_limit":"1000","used":"10","remaining":"990"}"#,
         );
@@ -295,12 +295,17 @@ impl QuoteBackends {
         }
     }
 
-    /// The base URL of each backend by the name the operations call it.
-    pub fn urls(&self) -> [(String, String); 3] {
+    /// A configuration of each backend, by the name the operations call it, made from its base
+    /// URL by `make` (the gateway's own backend configuration type, which this crate does not
+    /// know): `config.backends = backends.configs(BackendConfig::new)`.
+    pub fn configs<T, C: FromIterator<(String, T)>>(&self, make: impl Fn(String) -> T) -> C {
         [
-            ("exchange".to_owned(), self.servers.0.url()),
-            ("limits".to_owned(), self.servers.1.url()),
-            ("conversions".to_owned(), "http://127.0.0.1:9".to_owned()),
+            ("exchange", self.servers.0.url()),
+            ("limits", self.servers.1.url()),
+            ("conversions", "http://127.0.0.1:9".to_owned()),
         ]
+        .into_iter()
+        .map(|(name, url)| (name.to_owned(), make(url)))
+        .collect()
     }
 }
