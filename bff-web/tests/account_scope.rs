@@ -64,22 +64,10 @@ fn withheld(body: &Value, code: &str, reason: &str) {
     assert_eq!(q["converted"], "150.0", "{body}");
     assert_eq!(q["remainingLimit"], Value::Null, "{body}");
     assert_eq!(q["withinLimit"], Value::Null, "{body}");
-    let errors = body["errors"].as_array().expect("errors");
-    assert_eq!(errors.len(), 1, "{body}");
-    assert_eq!(
-        errors[0]["path"],
-        json!(["quote", "remainingLimit"]),
-        "{body}"
-    );
-    assert_eq!(errors[0]["extensions"]["code"], code, "{body}");
-    assert_eq!(errors[0]["extensions"]["reason"], reason, "{body}");
-    assert!(
-        errors[0]["message"]
-            .as_str()
-            .expect("message")
-            .contains("only shown to its own user"),
-        "{body}"
-    );
+    let error = test_support::withheld_error(body);
+    assert_eq!(error["path"], json!(["quote", "remainingLimit"]), "{body}");
+    assert_eq!(error["extensions"]["code"], code, "{body}");
+    assert_eq!(error["extensions"]["reason"], reason, "{body}");
 }
 
 #[tokio::test]

@@ -309,3 +309,19 @@ impl QuoteBackends {
         .collect()
     }
 }
+
+/// The one error of a quote answer whose limit was withheld (`errors`, a list of exactly one),
+/// whose message says why in words; the caller checks the fields its wire format gives it.
+#[track_caller]
+pub fn withheld_error(body: &serde_json::Value) -> &serde_json::Value {
+    let errors = body["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{body}");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("only shown to its own user"),
+        "{body}"
+    );
+    &errors[0]
+}
