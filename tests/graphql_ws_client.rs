@@ -7,12 +7,15 @@
 //! Needs node (>= 20) and the client's dependencies: `npm ci --prefix tests/js` (scripts/test
 //! runs it). Without them this test fails, saying so; it never skips.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::launcher::{exchange_stats, stack, token, ws_url};
 use serde_json::{Value, json};
-use switchyard::{Config, DEMO_SECRET, Stack};
+use switchyard::Stack;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
@@ -120,25 +123,6 @@ async fn run_node_client(ws_url: &str, token: Option<&str>) -> Run {
     }
 }
 
-async fn exchange_stats(stack: &Stack) -> Value {
-    reqwest::get(format!("{}/v1/stats", stack.url("exchange")))
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("stats JSON")
-}
-
-async fn stack() -> Stack {
-    let mut config = Config::ephemeral();
-    config.exchange.tick_interval_ms = 50;
-    Stack::start(config).await.expect("stack starts")
-}
-
-fn ws_url(stack: &Stack) -> String {
-    format!("ws://{}/v1/graphql", stack.addr("bff-web"))
-}
-
 /// Checks a successful run's summary: the query's answer, at least 3 ticks with strictly
 /// increasing `seq`, and a normal closure.
 fn check_summary(run: &Run) {
@@ -195,7 +179,7 @@ async fn assert_upstream_watch_released(stack: &Stack) {
 #[tokio::test]
 async fn the_graphql_ws_npm_client_subscribes_to_rates_and_completes_cleanly() {
     check_node_setup().await;
-    let stack = stack().await;
+    let stack = stack(50).await;
     let run = run_node_client(&ws_url(&stack), None).await;
     check_summary(&run);
     assert_upstream_watch_released(&stack).await;
@@ -205,8 +189,8 @@ async fn the_graphql_ws_npm_client_subscribes_to_rates_and_completes_cleanly() {
 #[tokio::test]
 async fn the_npm_client_signs_in_with_connection_params_and_a_bad_token_is_refused() {
     check_node_setup().await;
-    let stack = stack().await;
-    let token = bff_web::auth::hs256_token(DEMO_SECRET, "alice", Duration::from_secs(600));
+    let stack = stack(50).await;
+    let token = token("alice");
     let run = run_node_client(&ws_url(&stack), Some(&token)).await;
     check_summary(&run);
 

@@ -1,6 +1,8 @@
 //! The whole stack through the launcher: health of every component, the quote through each
 //! gateway against the services' own answers, and a backend going down mid-flight.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -8,9 +10,7 @@ use switchyard::{COMPONENTS, Config, Stack};
 
 /// A stack whose exchange rate does not move during a test (one tick an hour).
 async fn stack() -> Stack {
-    let mut config = Config::ephemeral();
-    config.exchange.tick_interval_ms = 3_600_000;
-    Stack::start(config).await.expect("stack starts")
+    common::launcher::stack(3_600_000).await
 }
 
 fn client() -> reqwest::Client {
@@ -28,10 +28,7 @@ async fn get_json(url: &str) -> (u16, Value) {
 
 /// A demo token for `user` (the quote's limit is only given to its own user).
 fn bearer(user: &str) -> String {
-    format!(
-        "Bearer {}",
-        bff_web::auth::hs256_token(switchyard::DEMO_SECRET, user, Duration::from_secs(600))
-    )
+    format!("Bearer {}", common::launcher::token(user))
 }
 
 /// GETs `url` as `user` (`Authorization: Bearer`).

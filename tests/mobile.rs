@@ -2,24 +2,17 @@
 //! quote and convert, receive the conversion event; a user never receives another user's events;
 //! rates flow from the exchange's own WebSocket through the gateway's bridge.
 
+mod common;
+
 use std::time::Duration;
 
+use common::launcher::{stack, token};
 use mobile_client::{Client, Config as ClientConfig, Encoding, Update};
 use serde_json::{Value, json};
-use switchyard::{Config, DEMO_SECRET, Stack};
+use switchyard::Stack;
 
 /// Longest wait for anything that should come promptly (a guard against hangs, not a timing).
 const PATIENCE: Duration = Duration::from_secs(15);
-
-async fn stack(tick_interval_ms: u64) -> Stack {
-    let mut config = Config::ephemeral();
-    config.exchange.tick_interval_ms = tick_interval_ms;
-    Stack::start(config).await.expect("stack starts")
-}
-
-fn token(user: &str) -> String {
-    bff_web::auth::hs256_token(DEMO_SECRET, user, Duration::from_secs(600))
-}
 
 async fn connect(stack: &Stack, user: &str, encoding: Encoding) -> Client {
     let url = format!("ws://{}/v1/ws", stack.addr("bff-mobile"));

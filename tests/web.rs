@@ -2,21 +2,14 @@
 //! mutation delivering the conversion event to that user's subscription (and to nobody else's),
 //! and rates subscriptions sharing ONE upstream subscription at the exchange service.
 
+mod common;
+
 use std::time::Duration;
 
+use common::launcher::{exchange_stats, stack, token, ws_url};
 use serde_json::{Value, json};
-use switchyard::{Config, DEMO_SECRET, Stack};
+use switchyard::Stack;
 use test_support::graphql_ws::Client;
-
-async fn stack(tick_ms: u64) -> Stack {
-    let mut config = Config::ephemeral();
-    config.exchange.tick_interval_ms = tick_ms;
-    Stack::start(config).await.expect("stack starts")
-}
-
-fn token(user: &str) -> String {
-    bff_web::auth::hs256_token(DEMO_SECRET, user, Duration::from_secs(600))
-}
 
 async fn graphql(stack: &Stack, token: Option<&str>, query: &str) -> (u16, Value) {
     let mut req = reqwest::Client::new()
@@ -28,19 +21,6 @@ async fn graphql(stack: &Stack, token: Option<&str>, query: &str) -> (u16, Value
     let r = req.send().await.expect("request");
     let status = r.status().as_u16();
     (status, r.json().await.expect("JSON"))
-}
-
-fn ws_url(stack: &Stack) -> String {
-    format!("ws://{}/v1/graphql", stack.addr("bff-web"))
-}
-
-async fn exchange_stats(stack: &Stack) -> Value {
-    reqwest::get(format!("{}/v1/stats", stack.url("exchange")))
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("JSON")
 }
 
 #[tokio::test]

@@ -14,11 +14,7 @@ use test_support::QuoteBackends;
 async fn a_device_quote_has_no_limit_and_limits_is_not_called() {
     let backends = QuoteBackends::start().await;
     let mut config = common::config();
-    config.backends = backends
-        .urls()
-        .into_iter()
-        .map(|(name, url)| (name, BackendConfig::new(url)))
-        .collect();
+    config.backends = backends.configs(BackendConfig::new);
     let gw = common::start(config, 16).await;
     // With or without a device key, and whatever bearer token comes along: no limit.
     for headers in [

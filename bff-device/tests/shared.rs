@@ -15,14 +15,9 @@ use switchyard_core::server::CancellationToken;
 
 fn bus_config(kind: BusKind) -> BusConfig {
     BusConfig {
-        prefix: format!("t-dev-{:x}", rand_u64()),
+        prefix: test_support::unique_name("t-dev"),
         ..BusConfig::of(kind)
     }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 /// An instance of the gateway on `bus`, served like production (`server::serve`, which

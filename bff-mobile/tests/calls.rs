@@ -20,20 +20,12 @@ struct Backends {
 }
 
 async fn backends() -> (bff_mobile::Config, Backends) {
-    let exchange = Scripted::new();
-    exchange.reply(
-        Duration::ZERO,
-        200,
-        r#"{"pair":"EUR/USD","rate":"1.0842","seq":7}"#,
-    );
-    let limits = Scripted::new();
-    limits.reply(
-        Duration::ZERO,
+    let exchange = Scripted::replying(200, r#"{"pair":"EUR/USD","rate":"1.0842","seq":7}"#);
+    let limits = Scripted::replying(
         200,
         r#"{"user":"kim","daily_limit":"1000","used":"10","remaining":"990"}"#,
     );
-    let conversions = Scripted::new();
-    conversions.reply(Duration::ZERO, 200, r#"{"conversions":[]}"#);
+    let conversions = Scripted::replying(200, r#"{"conversions":[]}"#);
     let mut cfg = config();
     cfg.operations.deadline_ms = 400;
     let mut servers = Vec::new();

@@ -4,12 +4,11 @@
 //! WebSocket messages, foreign origins. Each gets its documented close code, error or status;
 //! afterwards the process is still up and its peak memory stayed bounded.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use test_support::hostile::{self, RS256_PUBLIC_PEM};
-use test_support::process::Spawned;
+use test_support::process::{self, Spawned};
 use test_support::raw_ws::{Ending, RawSocket};
 
 const SECRET: &str = "hostile-suite-secret-0123456789abcdef";
@@ -19,28 +18,15 @@ const CBOR: &str = "switchyard-mobile.v1.cbor";
 const WAIT: Duration = Duration::from_secs(5);
 
 fn start() -> Spawned {
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/bff-mobile.toml");
-    Spawned::start(
+    // Nothing answers for the backends: the attacks must not need one.
+    process::start_without_backends(
         env!("CARGO_BIN_EXE_bff-mobile"),
-        &config,
         "SWITCHYARD_MOBILE",
         &[
             ("SWITCHYARD_MOBILE__AUTH__HS256_SECRET", SECRET),
             (
                 "SWITCHYARD_MOBILE__AUTH__RS256_PUBLIC_KEY_PEM",
                 RS256_PUBLIC_PEM,
-            ),
-            (
-                "SWITCHYARD_MOBILE__BACKENDS__EXCHANGE__BASE_URL",
-                "http://127.0.0.1:9",
-            ),
-            (
-                "SWITCHYARD_MOBILE__BACKENDS__LIMITS__BASE_URL",
-                "http://127.0.0.1:9",
-            ),
-            (
-                "SWITCHYARD_MOBILE__BACKENDS__CONVERSIONS__BASE_URL",
-                "http://127.0.0.1:9",
             ),
         ],
     )
@@ -200,8 +186,5 @@ async fn bff_mobile_survives_hostile_input_with_documented_answers() {
         .await
         .expect("up");
     assert_eq!(health.status(), 200);
-    let peak = hostile::peak_rss_kib(gw.pid());
-    assert!(peak < PEAK_RSS_BOUND_KIB, "peak RSS {peak} KiB");
-    let status = gw.stop_with("-TERM", Duration::from_secs(15));
-    assert!(status.success(), "{status}");
+    hostile::assert_bounded_and_stops(&mut gw, PEAK_RSS_BOUND_KIB);
 }

@@ -18,11 +18,7 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let backends = QuoteBackends::start().await;
     let mut config = common::config();
-    config.backends = backends
-        .urls()
-        .into_iter()
-        .map(|(name, url)| (name, BackendConfig::new(url)))
-        .collect();
+    config.backends = backends.configs(BackendConfig::new);
     Fixture {
         gateway: common::start(config, 16).await,
         backends,
@@ -55,17 +51,9 @@ fn withheld(body: &Value, code: &str) {
     assert_eq!(body["converted"], "150.0", "{body}");
     assert_eq!(body["remaining_limit"], Value::Null, "{body}");
     assert_eq!(body["within_limit"], Value::Null, "{body}");
-    let errors = body["errors"].as_array().expect("errors");
-    assert_eq!(errors.len(), 1, "{body}");
-    assert_eq!(errors[0]["backend"], "limits", "{body}");
-    assert_eq!(errors[0]["code"], code, "{body}");
-    assert!(
-        errors[0]["message"]
-            .as_str()
-            .expect("message")
-            .contains("only shown to its own user"),
-        "{body}"
-    );
+    let error = test_support::withheld_error(body);
+    assert_eq!(error["backend"], "limits", "{body}");
+    assert_eq!(error["code"], code, "{body}");
 }
 
 #[tokio::test]

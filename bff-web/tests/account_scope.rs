@@ -30,11 +30,7 @@ async fn fixture() -> Fixture {
     let mut config = bff_web::Config::default();
     config.auth.hs256_secret = SECRET.to_owned();
     config.bridges.clear();
-    config.backends = backends
-        .urls()
-        .into_iter()
-        .map(|(name, url)| (name, BackendConfig::new(url)))
-        .collect();
+    config.backends = backends.configs(BackendConfig::new);
     let app = bff_web::app(
         &config,
         Arc::new(MemoryBus::new(10)),
@@ -68,22 +64,10 @@ fn withheld(body: &Value, code: &str, reason: &str) {
     assert_eq!(q["converted"], "150.0", "{body}");
     assert_eq!(q["remainingLimit"], Value::Null, "{body}");
     assert_eq!(q["withinLimit"], Value::Null, "{body}");
-    let errors = body["errors"].as_array().expect("errors");
-    assert_eq!(errors.len(), 1, "{body}");
-    assert_eq!(
-        errors[0]["path"],
-        json!(["quote", "remainingLimit"]),
-        "{body}"
-    );
-    assert_eq!(errors[0]["extensions"]["code"], code, "{body}");
-    assert_eq!(errors[0]["extensions"]["reason"], reason, "{body}");
-    assert!(
-        errors[0]["message"]
-            .as_str()
-            .expect("message")
-            .contains("only shown to its own user"),
-        "{body}"
-    );
+    let error = test_support::withheld_error(body);
+    assert_eq!(error["path"], json!(["quote", "remainingLimit"]), "{body}");
+    assert_eq!(error["extensions"]["code"], code, "{body}");
+    assert_eq!(error["extensions"]["reason"], reason, "{body}");
 }
 
 #[tokio::test]

@@ -4,12 +4,11 @@
 //! messages, foreign origins. Each gets its documented status or close code; afterwards the
 //! process is still up and answering, and its peak memory stayed bounded.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use test_support::hostile::{self, RS256_PUBLIC_PEM};
-use test_support::process::Spawned;
+use test_support::process::{self, Spawned};
 use test_support::raw_ws::{Ending, RawSocket};
 
 const SECRET: &str = "hostile-suite-secret-0123456789abcdef";
@@ -17,29 +16,15 @@ const SECRET: &str = "hostile-suite-secret-0123456789abcdef";
 const PEAK_RSS_BOUND_KIB: u64 = 256 * 1024;
 
 fn start() -> Spawned {
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/bff-web.toml");
-    Spawned::start(
+    // Nothing answers for the backends: the attacks must not need one.
+    process::start_without_backends(
         env!("CARGO_BIN_EXE_bff-web"),
-        &config,
         "SWITCHYARD_WEB",
         &[
             ("SWITCHYARD_WEB__AUTH__HS256_SECRET", SECRET),
             (
                 "SWITCHYARD_WEB__AUTH__RS256_PUBLIC_KEY_PEM",
                 RS256_PUBLIC_PEM,
-            ),
-            // Nothing answers here: the attacks must not need a backend.
-            (
-                "SWITCHYARD_WEB__BACKENDS__EXCHANGE__BASE_URL",
-                "http://127.0.0.1:9",
-            ),
-            (
-                "SWITCHYARD_WEB__BACKENDS__LIMITS__BASE_URL",
-                "http://127.0.0.1:9",
-            ),
-            (
-                "SWITCHYARD_WEB__BACKENDS__CONVERSIONS__BASE_URL",
-                "http://127.0.0.1:9",
             ),
         ],
     )
@@ -233,8 +218,5 @@ async fn bff_web_survives_hostile_input_with_documented_answers() {
         (status, &body["data"]["__typename"]),
         (200, &json!("Query"))
     );
-    let peak = hostile::peak_rss_kib(gw.pid());
-    assert!(peak < PEAK_RSS_BOUND_KIB, "peak RSS {peak} KiB");
-    let status = gw.stop_with("-TERM", Duration::from_secs(15));
-    assert!(status.success(), "{status}");
+    hostile::assert_bounded_and_stops(&mut gw, PEAK_RSS_BOUND_KIB);
 }

@@ -9,15 +9,15 @@
 //! document, publishes one conversion for every user, and checks that every conversion id a
 //! socket receives belongs to its own user — on /v1 and /v2.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::publish_conversion;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use switchyard_core::bus::Bus;
 use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::event::Topic;
 use switchyard_core::server::CancellationToken;
 use test_support::graphql_ws::Client;
 
@@ -101,16 +101,6 @@ fn ids(value: &Value, out: &mut Vec<String>) {
         Value::Array(items) => items.iter().for_each(|v| ids(v, out)),
         _ => {}
     }
-}
-
-async fn publish_conversion(bus: &MemoryBus, user: &str, id: &str) {
-    let event = json!({"type": "conversion.completed", "conversion": {
-        "id": id, "user": user, "from": "EUR", "to": "USD", "amount": "10",
-        "rate": "1.100000", "converted": "11.00", "at": "2026-11-27T00:00:00Z"}});
-    let topic = Topic::new(&format!("conversions.{user}")).expect("topic");
-    bus.publish(&topic, Bytes::from(event.to_string()))
-        .await
-        .expect("publish");
 }
 
 async fn case(items: Vec<Item>, order: Vec<usize>, version: &str) -> Result<(), TestCaseError> {

@@ -2,17 +2,18 @@
 //! every close code the gateway ships, ping/pong, complete from either side, operation ids reused
 //! after complete, auth at `connection_init`, per-user delivery, origin checks and limits.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::publish_conversion;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use switchyard_core::bus::Bus;
 use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::event::Topic;
 use switchyard_core::server::CancellationToken;
 use test_support::TestServer;
+use test_support::graphql_ws::{Ws, connect_raw, recv, send};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
@@ -52,53 +53,17 @@ async fn gateway_with(tune: impl FnOnce(&mut bff_web::Config)) -> Gateway {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect_with(g: &Gateway, protocol: Option<&str>, origin: Option<&str>) -> Ws {
-    let mut req = format!("ws://{}/v1/graphql", g.server.addr)
-        .into_client_request()
-        .expect("request");
-    if let Some(p) = protocol {
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_str(p).expect("header"),
-        );
-    }
-    if let Some(o) = origin {
-        req.headers_mut()
-            .insert("origin", HeaderValue::from_str(o).expect("header"));
-    }
-    tokio_tungstenite::connect_async(req)
-        .await
-        .expect("connect")
-        .0
+    connect_raw(
+        &format!("ws://{}/v1/graphql", g.server.addr),
+        protocol,
+        origin,
+    )
+    .await
 }
 
 async fn connect(g: &Gateway) -> Ws {
     connect_with(g, Some("graphql-transport-ws"), None).await
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into()))
-        .await
-        .expect("send");
-}
-
-/// The next protocol message (text), skipping WebSocket pings.
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("socket open")
-            .expect("no error");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
-            Message::Close(c) => panic!("closed unexpectedly: {c:?}"),
-            _ => continue,
-        }
-    }
 }
 
 /// Waits for the server to close the socket and returns the close code and reason.
@@ -133,17 +98,6 @@ fn token(user: &str) -> Value {
 
 fn subscribe(id: &str, query: &str) -> Value {
     json!({"id": id, "type": "subscribe", "payload": {"query": query}})
-}
-
-async fn publish_conversion(g: &Gateway, user: &str, id: &str) {
-    let event = json!({"type": "conversion.completed", "conversion": {
-        "id": id, "user": user, "from": "EUR", "to": "USD", "amount": "10",
-        "rate": "1.100000", "converted": "11.00", "at": "2026-11-27T00:00:00Z"}});
-    let topic = Topic::new(&format!("conversions.{user}")).expect("topic");
-    g.bus
-        .publish(&topic, Bytes::from(event.to_string()))
-        .await
-        .expect("publish");
 }
 
 const CONVERSIONS: &str = "subscription { conversions { id converted } }";
@@ -371,16 +325,16 @@ async fn complete_from_the_client_stops_delivery_and_frees_the_id() {
     send(&mut ws, subscribe("s", CONVERSIONS)).await;
     // Make sure the subscription is live before publishing.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    publish_conversion(&g, "alice", "cv-1").await;
+    publish_conversion(&g.bus, "alice", "cv-1").await;
     let next = recv(&mut ws).await;
     assert_eq!(next["payload"]["data"]["conversions"]["id"], "cv-1");
     send(&mut ws, json!({"id": "s", "type": "complete"})).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    publish_conversion(&g, "alice", "cv-2").await;
+    publish_conversion(&g.bus, "alice", "cv-2").await;
     // Reuse the id: only events after the new subscribe arrive, under the same id.
     send(&mut ws, subscribe("s", CONVERSIONS)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    publish_conversion(&g, "alice", "cv-3").await;
+    publish_conversion(&g.bus, "alice", "cv-3").await;
     let next = recv(&mut ws).await;
     assert_eq!(next["id"], "s");
     assert_eq!(
@@ -414,8 +368,8 @@ async fn users_receive_only_their_own_conversions() {
     send(&mut alice, subscribe("a", CONVERSIONS)).await;
     send(&mut bob, subscribe("b", CONVERSIONS)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    publish_conversion(&g, "alice", "for-alice").await;
-    publish_conversion(&g, "bob", "for-bob").await;
+    publish_conversion(&g.bus, "alice", "for-alice").await;
+    publish_conversion(&g.bus, "bob", "for-bob").await;
     assert_eq!(
         recv(&mut alice).await["payload"]["data"]["conversions"]["id"],
         "for-alice"
@@ -515,7 +469,7 @@ async fn identical_subscriptions_share_one_execution_per_visibility() {
         (g.app_executions)()
     );
     assert_eq!((g.active_topics)(), 2, "one hub topic per user");
-    publish_conversion(&g, "alice", "shared").await;
+    publish_conversion(&g.bus, "alice", "shared").await;
     for ws in &mut sockets[..3] {
         assert_eq!(
             recv(ws).await["payload"]["data"]["conversions"]["id"],
@@ -642,7 +596,7 @@ async fn a_client_cut_off_for_not_reading_still_gets_1013_when_it_reads_later() 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let big = "x".repeat(8 * 1024);
     for i in 0..3_000 {
-        publish_conversion(&g, "quinn", &big).await;
+        publish_conversion(&g.bus, "quinn", &big).await;
         if i % 100 == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::config::{BusConfig, BusKind};
 use switchyard_core::server::CancellationToken;
+use test_support::graphql_ws::{Ws, connect_raw, recv, send};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 struct Instance {
@@ -89,40 +89,12 @@ async fn two_instances_on_redis_share_one_request_budget_and_refuse_with_a_graph
         .await;
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect(i: &Instance) -> Ws {
-    let mut req = format!("ws://{}/v1/graphql", i.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let mut ws = tokio_tungstenite::connect_async(req).await.unwrap().0;
+    let url = format!("ws://{}/v1/graphql", i.addr);
+    let mut ws = connect_raw(&url, Some("graphql-transport-ws"), None).await;
     send(&mut ws, json!({"type": "connection_init"})).await;
     assert_eq!(recv(&mut ws).await, json!({"type": "connection_ack"}));
     ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("open")
-            .expect("no error");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(c) => panic!("closed: {c:?}"),
-            _ => {}
-        }
-    }
 }
 
 #[tokio::test]

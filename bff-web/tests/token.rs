@@ -4,20 +4,20 @@
 //! subscriptions; a re-authentication with another user's token, on an anonymous socket, or
 //! with a bad token closes with 4403. Real gateway, real WebSocket client.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use common::publish_conversion;
+use futures::StreamExt;
 use serde_json::{Value, json};
-use switchyard_core::bus::Bus;
 use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::event::Topic;
 use switchyard_core::server::CancellationToken;
 use test_support::TestServer;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use test_support::graphql_ws::{Ws, connect_raw, send};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
 
 const SECRET: &str = "token-test-secret-that-is-32-bytes!";
 const CONVERSIONS: &str = "subscription { conversions { id } }";
@@ -42,27 +42,9 @@ async fn gateway(leeway_s: u64) -> Gateway {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect(g: &Gateway) -> Ws {
-    let mut req = format!("ws://{}/v1/graphql", g.server.addr)
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static("graphql-transport-ws"),
-    );
-    tokio_tungstenite::connect_async(req)
-        .await
-        .expect("connect")
-        .0
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into()))
-        .await
-        .expect("send");
+    let url = format!("ws://{}/v1/graphql", g.server.addr);
+    connect_raw(&url, Some("graphql-transport-ws"), None).await
 }
 
 /// An HS256 token for `user` signed with `secret`, expiring `ttl_s` seconds from now.
@@ -138,22 +120,11 @@ async fn init(ws: &mut Ws, token: &str) {
     assert_eq!(recv(ws).await, json!({"type": "connection_ack"}));
 }
 
-async fn publish_conversion(g: &Gateway, user: &str, id: &str) {
-    let event = json!({"type": "conversion.completed", "conversion": {
-        "id": id, "user": user, "from": "EUR", "to": "USD", "amount": "10",
-        "rate": "1.100000", "converted": "11.00", "at": "2026-11-27T00:00:00Z"}});
-    let topic = Topic::new(&format!("conversions.{user}")).expect("topic");
-    g.bus
-        .publish(&topic, Bytes::from(event.to_string()))
-        .await
-        .expect("publish");
-}
-
 /// Publishes conversions for `user` until the socket delivers one (the subscription starts
 /// asynchronously), within 5 s; returns its id.
 async fn receive_conversion(g: &Gateway, ws: &mut Ws, user: &str, id: &str) -> String {
     for _ in 0..50 {
-        publish_conversion(g, user, id).await;
+        publish_conversion(&g.bus, user, id).await;
         match next_within(ws, Duration::from_millis(100)).await {
             Next::Msg(v) if v["type"] == "next" => {
                 return v["payload"]["data"]["conversions"]["id"]

@@ -9,14 +9,7 @@ use switchyard_core::ratelimit::{Key, RateLimitConfig, RateLimiter, Rule, Scope}
 
 fn bus(kind: BusKind) -> BusConfig {
     BusConfig {
-        prefix: format!(
-            "t-rl-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        ),
+        prefix: test_support::unique_name("t-rl"),
         ..BusConfig::of(kind)
     }
 }

@@ -1,18 +1,22 @@
-//! Shared fixtures of the device API tests: a gateway on a loopback port over a memory bus with
-//! two configured devices, and a small client.
+//! The device API tests' adapter to the shared fixtures: a gateway on a loopback port over a
+//! memory bus with two configured devices, and what needs the gateway's own types (its bus, its
+//! counters). The HTTP client is test-support's ([`test_support::device`]), reached through the
+//! gateway ([`Gateway`] dereferences to it).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bff_device::{App, Config, DeviceConfig};
-use serde_json::{Value, json};
+use serde_json::json;
 use switchyard_core::bus::Bus;
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::event::{Event, Topic};
 use switchyard_core::server::CancellationToken;
 use test_support::TestServer;
+pub use test_support::device::{DeviceApi, kinds, of_kind};
+pub use test_support::http::{Answer, answer};
 
 /// tv-1's key (rates EUR/USD and USD/JPY).
 pub const TV1_KEY: &str = "tv-1-key-0123456789";
@@ -48,13 +52,21 @@ pub fn config() -> Config {
     c
 }
 
-/// A running gateway.
+/// A running gateway, and the API client to it (`gw.poll(..)`, `gw.http`, …).
 pub struct Gateway {
     pub server: TestServer,
     pub bus: Arc<dyn Bus>,
     pub shutdown: CancellationToken,
     pub app: Arc<App>,
-    pub http: reqwest::Client,
+    pub api: DeviceApi,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = DeviceApi;
+
+    fn deref(&self) -> &DeviceApi {
+        &self.api
+    }
 }
 
 /// Starts a gateway with `config` over a memory bus keeping `history` events per topic.
@@ -67,104 +79,17 @@ pub async fn start_on(config: Config, bus: Arc<dyn Bus>) -> Gateway {
     let shutdown = CancellationToken::new();
     let app = bff_device::app(&config, bus.clone(), shutdown.clone()).expect("app builds");
     let server = test_support::serve(app.router.clone()).await;
+    let api = DeviceApi::new(server.url(), ADMIN, HANG);
     Gateway {
         server,
         bus,
         shutdown,
         app: Arc::new(app),
-        http: reqwest::Client::builder()
-            .timeout(HANG)
-            .build()
-            .expect("client"),
-    }
-}
-
-/// An answer: status, headers and body text.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-
-    pub fn code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
-    }
-}
-
-pub async fn answer(res: reqwest::Response) -> Answer {
-    Answer {
-        status: res.status().as_u16(),
-        headers: res.headers().clone(),
-        body: res.text().await.expect("body"),
+        api,
     }
 }
 
 impl Gateway {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server.url())
-    }
-
-    /// `GET /{version}/devices/{id}/events` with `key`, `cursor` and `wait`.
-    pub async fn poll_v(
-        &self,
-        version: &str,
-        id: &str,
-        key: &str,
-        cursor: Option<&str>,
-        wait: u32,
-    ) -> Answer {
-        let mut q = vec![("wait", wait.to_string())];
-        if let Some(c) = cursor {
-            q.push(("cursor", c.to_owned()));
-        }
-        let res = self
-            .http
-            .get(self.url(&format!("/{version}/devices/{id}/events")))
-            .header("x-device-key", key)
-            .query(&q)
-            .send()
-            .await
-            .expect("poll answered");
-        answer(res).await
-    }
-
-    pub async fn poll(&self, id: &str, key: &str, cursor: Option<&str>, wait: u32) -> Answer {
-        self.poll_v("v1", id, key, cursor, wait).await
-    }
-
-    pub async fn post(&self, path: &str, key: &str, body: &str) -> Answer {
-        let res = self
-            .http
-            .post(self.url(path))
-            .header("x-device-key", key)
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("answered");
-        answer(res).await
-    }
-
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Answer {
-        let res = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .expect("answered");
-        answer(res).await
-    }
-
     /// Publishes a command for `device` on the bus, as a backend does.
     pub async fn command(&self, device: &str, id: &str, op: &str) -> Event {
         let topic = Topic::new(&format!("devices.{device}.commands")).unwrap();
@@ -179,27 +104,6 @@ impl Gateway {
         self.bus.publish(&topic, payload.into()).await.unwrap()
     }
 
-    /// Polls (wait=0) until an answer satisfies `pred` (rates reach the gateway asynchronously);
-    /// panics with the last answer after [`HANG`].
-    pub async fn poll_until(
-        &self,
-        version: &str,
-        id: &str,
-        key: &str,
-        cursor: Option<&str>,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let end = tokio::time::Instant::now() + HANG;
-        loop {
-            let v = self.poll_v(version, id, key, cursor, 0).await.json();
-            if pred(&v) {
-                return v;
-            }
-            assert!(tokio::time::Instant::now() < end, "never satisfied: {v}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
     /// Waits until `n` polls are holding (their reads were empty and their wakes are open).
     pub async fn holding(&self, n: usize) {
         let app = self.app.clone();
@@ -212,25 +116,4 @@ impl Gateway {
             "{n} polls holding"
         );
     }
-}
-
-/// The kinds (`t`) of a v1 answer's events.
-pub fn kinds(v: &Value) -> Vec<String> {
-    v["e"]
-        .as_array()
-        .expect("an event list")
-        .iter()
-        .map(|e| e["t"].as_str().unwrap_or("?").to_owned())
-        .collect()
-}
-
-/// The v1 events of kind `t`.
-pub fn of_kind(v: &Value, t: &str) -> Vec<Value> {
-    v["e"]
-        .as_array()
-        .expect("an event list")
-        .iter()
-        .filter(|e| e["t"] == t)
-        .cloned()
-        .collect()
 }

@@ -1,12 +1,9 @@
 //! The conversions service with the real limits and exchange services and an in-memory bus:
 //! exact conversions, one event per conversion, none for a refusal, and upstream failures.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Running, client, json, start};
 use demo_api::{
     CONVERSION_COMPLETED, Conversion, ConversionEvent, ConversionList, Decimal, Limit, Rate,
     UserId, conversions_topic, round_money,
@@ -18,12 +15,14 @@ use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::bus::{Bus, Delivery, Read, StartAt};
 use switchyard_core::config::{BackendConfig, RetryConfig};
 use switchyard_core::event::{Position, Topic};
+use test_support::http::{client, json};
+use test_support::instance::Instance;
 
 /// The three services and the bus the conversions service publishes on.
 struct Demo {
-    limits: Option<Running>,
-    exchange: Option<Running>,
-    conversions: Running,
+    limits: Option<Instance<anyhow::Error>>,
+    exchange: Option<Instance<anyhow::Error>>,
+    conversions: Instance<anyhow::Error>,
     bus: Arc<MemoryBus>,
 }
 
@@ -48,13 +47,14 @@ async fn demo() -> Demo {
         users: [("poor".to_owned(), d("10.00"))].into(),
         ..limits::Config::default()
     };
-    let limits = start(move |l, s| limits::run(limits_config, l, s)).await;
+    let limits = Instance::start("limits", move |l, s| limits::run(limits_config, l, s)).await;
     let exchange_config = exchange::Config {
         // No tick during a test: the rate read before a conversion is the one it uses.
         tick_interval_ms: 3_600_000,
         ..exchange::Config::default()
     };
-    let exchange = start(move |l, s| exchange::run(exchange_config, l, s)).await;
+    let exchange =
+        Instance::start("exchange", move |l, s| exchange::run(exchange_config, l, s)).await;
     let bus = Arc::new(MemoryBus::new(100));
     let config = conversions::Config {
         backends: [
@@ -66,7 +66,10 @@ async fn demo() -> Demo {
         ..conversions::Config::default()
     };
     let shared: Arc<dyn Bus> = bus.clone();
-    let conversions = start(move |l, s| conversions::run(config, shared, l, s)).await;
+    let conversions = Instance::start("conversions", move |l, s| {
+        conversions::run(config, shared, l, s)
+    })
+    .await;
     Demo {
         limits: Some(limits),
         exchange: Some(exchange),

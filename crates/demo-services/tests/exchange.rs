@@ -1,18 +1,17 @@
 //! The exchange service over real HTTP and real WebSockets: rates, determinism, the ticker
 //! protocol, exact stats, size limits and shutdown.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Running, client, json, start};
 use demo_api::ticks::ServerMsg;
 use demo_api::{ExchangeStats, Rate};
 use demo_services::exchange::{self, Config};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use test_support::eventually;
+use test_support::http::{client, json};
+use test_support::instance::Instance;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,11 +22,14 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Long enough that no tick happens during a test: the rates stay at `seq` 0.
 const FROZEN_MS: u64 = 3_600_000;
 
-async fn exchange_with(config: Config) -> Running {
-    start(move |listener, stop| exchange::run(config, listener, stop)).await
+async fn exchange_with(config: Config) -> Instance<anyhow::Error> {
+    Instance::start("exchange", move |listener, stop| {
+        exchange::run(config, listener, stop)
+    })
+    .await
 }
 
-async fn exchange(tick_interval_ms: u64, seed: u64) -> Running {
+async fn exchange(tick_interval_ms: u64, seed: u64) -> Instance<anyhow::Error> {
     exchange_with(Config {
         tick_interval_ms,
         seed,
@@ -36,7 +38,7 @@ async fn exchange(tick_interval_ms: u64, seed: u64) -> Running {
     .await
 }
 
-async fn connect(svc: &Running) -> Ws {
+async fn connect(svc: &Instance<anyhow::Error>) -> Ws {
     let (ws, _) = tokio_tungstenite::connect_async(svc.ws_url("/v1/ticks"))
         .await
         .expect("WebSocket handshake");
@@ -87,7 +89,7 @@ fn reason(msg: &ServerMsg) -> &str {
     }
 }
 
-async fn rate(svc: &Running, from: &str, to: &str) -> Rate {
+async fn rate(svc: &Instance<anyhow::Error>, from: &str, to: &str) -> Rate {
     let response = client()
         .get(svc.url(&format!("/v1/rates/{from}/{to}")))
         .send()
@@ -97,7 +99,7 @@ async fn rate(svc: &Running, from: &str, to: &str) -> Rate {
     response.json().await.expect("a Rate")
 }
 
-async fn stats(svc: &Running) -> ExchangeStats {
+async fn stats(svc: &Instance<anyhow::Error>) -> ExchangeStats {
     client()
         .get(svc.url("/v1/stats"))
         .send()
@@ -169,7 +171,7 @@ async fn ticks_stream_and_match_rest_at_the_same_seq() {
 }
 
 /// Reads ticks of one pair until a tick with `seq >= upto`: seq → rate.
-async fn collect(svc: &Running, pair: &str, upto: u64) -> BTreeMap<u64, String> {
+async fn collect(svc: &Instance<anyhow::Error>, pair: &str, upto: u64) -> BTreeMap<u64, String> {
     let mut ws = connect(svc).await;
     send(&mut ws, json!({"op": "watch", "pairs": [pair]})).await;
     let mut seen = BTreeMap::new();

@@ -1,19 +1,18 @@
 //! The limits service over real HTTP: enforcement, overrides, exact decimals, validation.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{Running, client, json, start};
 use demo_api::{Decimal, Limit};
 use demo_services::limits::{self, Config};
 use serde_json::json;
+use test_support::http::{client, json};
+use test_support::instance::Instance;
 
 fn d(s: &str) -> Decimal {
     s.parse().expect("a decimal")
 }
 
-async fn limits_with(users: &[(&str, &str)]) -> Running {
+async fn limits_with(users: &[(&str, &str)]) -> Instance<anyhow::Error> {
     let config = Config {
         default_daily_limit: d("100.00"),
         users: users
@@ -22,10 +21,17 @@ async fn limits_with(users: &[(&str, &str)]) -> Running {
             .collect::<BTreeMap<_, _>>(),
         ..Config::default()
     };
-    start(move |listener, stop| limits::run(config, listener, stop)).await
+    Instance::start("limits", move |listener, stop| {
+        limits::run(config, listener, stop)
+    })
+    .await
 }
 
-async fn consume(svc: &Running, user: &str, amount: &str) -> (u16, serde_json::Value) {
+async fn consume(
+    svc: &Instance<anyhow::Error>,
+    user: &str,
+    amount: &str,
+) -> (u16, serde_json::Value) {
     let response = client()
         .post(svc.url(&format!("/v1/limits/{user}/consume")))
         .json(&json!({ "amount": amount }))
@@ -35,7 +41,7 @@ async fn consume(svc: &Running, user: &str, amount: &str) -> (u16, serde_json::V
     json(response).await
 }
 
-async fn read(svc: &Running, user: &str) -> Limit {
+async fn read(svc: &Instance<anyhow::Error>, user: &str) -> Limit {
     let response = client()
         .get(svc.url(&format!("/v1/limits/{user}")))
         .send()

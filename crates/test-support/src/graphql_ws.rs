@@ -1,5 +1,8 @@
 //! A small graphql-transport-ws client for tests: connect, `connection_init` with an optional
 //! bearer token, subscribe, read messages by operation id — every read bounded by a timeout.
+//! Beneath it, the raw socket ([`connect_raw`], [`send`], [`recv`]) for conformance tests that
+//! send what a client library would not (no subprotocol, a foreign origin, messages out of
+//! order).
 
 use std::time::Duration;
 
@@ -9,8 +12,56 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-type Ws =
+/// A raw client socket.
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a socket to `url` offering `protocol` (none: no subprotocol header) with `origin` (none:
+/// no `Origin` header), within 10 s; nothing is sent.
+pub async fn connect_raw(url: &str, protocol: Option<&str>, origin: Option<&str>) -> Ws {
+    let mut req = url.into_client_request().expect("a ws:// URL");
+    if let Some(p) = protocol {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(p).expect("header"),
+        );
+    }
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("origin", HeaderValue::from_str(o).expect("header"));
+    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("connect within 10 s")
+    .expect("connect")
+    .0
+}
+
+/// Sends `v` as a text message.
+pub async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
+}
+
+/// The next protocol message (text) within 5 s, skipping WebSocket pings; panics on a close.
+pub async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("socket open")
+            .expect("no error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+            Message::Close(c) => panic!("closed unexpectedly: {c:?}"),
+            _ => continue,
+        }
+    }
+}
 
 /// A connected, acknowledged graphql-transport-ws client.
 pub struct Client {
@@ -21,18 +72,7 @@ impl Client {
     /// Connects to `url` (`ws://host:port/v1/graphql`) and completes `connection_init` with the
     /// token, if any.
     pub async fn connect(url: &str, token: Option<&str>) -> Self {
-        let mut req = url.into_client_request().expect("a ws:// URL");
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static("graphql-transport-ws"),
-        );
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(req),
-        )
-        .await
-        .expect("connect within 10 s")
-        .expect("connect");
+        let ws = connect_raw(url, Some("graphql-transport-ws"), None).await;
         let mut client = Self { ws };
         let payload = token.map(|t| json!({"authorization": format!("Bearer {t}")}));
         client
@@ -45,10 +85,7 @@ impl Client {
 
     /// Sends one protocol message.
     pub async fn send(&mut self, message: Value) {
-        self.ws
-            .send(Message::Text(message.to_string().into()))
-            .await
-            .expect("send");
+        send(&mut self.ws, message).await;
     }
 
     /// Starts an operation.

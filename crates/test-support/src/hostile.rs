@@ -1,5 +1,5 @@
 //! Hostile inputs shared by the gateways' hostile-input suites: forged bearer tokens of every
-//! kind a verifier must refuse, and the process measurements (peak RSS from /proc) that show a
+//! kind a verifier must refuse (and the good tokens every suite signs in with), and the process measurements (peak RSS from /proc) that show a
 //! gateway stayed bounded while it was attacked.
 //!
 //! The tokens are built here by hand where a library would refuse to build them (`alg: none`,
@@ -32,9 +32,16 @@ fn hs256(secret: &[u8], claims: &Value) -> String {
 
 /// A good HS256 token for `user`, valid for an hour.
 pub fn good_hs256(secret: &str, user: &str) -> String {
+    hs256_token(secret, user, 3600)
+}
+
+/// An HS256 token for `user` signed with `secret`, expiring `ttl_s` seconds from now (negative:
+/// already expired).
+pub fn hs256_token(secret: &str, user: &str, ttl_s: i64) -> String {
+    let now = now_s();
     hs256(
         secret.as_bytes(),
-        &json!({"sub": user, "iat": now_s(), "exp": now_s() + 3600}),
+        &json!({"sub": user, "iat": now, "exp": now + ttl_s}),
     )
 }
 
@@ -139,4 +146,13 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .expect("a VmHWM/VmRSS line")
+}
+
+/// The end of every hostile-input suite: the gateway's peak resident memory over the whole
+/// attack stayed under `bound_kib`, and it still exits 0 on SIGTERM within 15 s.
+pub fn assert_bounded_and_stops(gw: &mut crate::process::Spawned, bound_kib: u64) {
+    let peak = peak_rss_kib(gw.pid());
+    assert!(peak < bound_kib, "peak RSS {peak} KiB");
+    let status = gw.stop_with("-TERM", std::time::Duration::from_secs(15));
+    assert!(status.success(), "{status}");
 }

@@ -1,11 +1,19 @@
 //! Fixtures shared by Switchyard's tests: real HTTP servers on loopback port 0, scripted
-//! backends whose behaviour a test changes while they run, and polling helpers.
+//! backends whose behaviour a test changes while they run, and polling helpers; servers run
+//! in-process with a bounded stop ([`instance`]); clients of each gateway's protocol
+//! ([`graphql_ws`], [`mobile`], [`device`]) and of plain HTTP ([`http`]).
 //!
 //! Nothing here mocks HTTP: every fixture is a real axum server on a real socket. This crate does
-//! not depend on the core, so the core's own tests can use it without a dependency cycle.
+//! not depend on the core nor on the gateways, so their own tests can use it without a dependency
+//! cycle: where a fixture needs a gateway (starting one, publishing on its bus), the caller passes
+//! it in, or a thin adapter in that crate's `tests/common` holds it.
 
+pub mod device;
 pub mod graphql_ws;
 pub mod hostile;
+pub mod http;
+pub mod instance;
+pub mod mobile;
 pub mod process;
 pub mod raw_ws;
 
@@ -114,6 +122,13 @@ impl Scripted {
             status: 200,
             body: r#"{"ok":true}"#.into(),
         });
+        s
+    }
+
+    /// A backend answering `status` with the JSON `body` at once.
+    pub fn replying(status: u16, body: &str) -> Self {
+        let s = Self::default();
+        s.reply(Duration::ZERO, status, body);
         s
     }
 
@@ -237,6 +252,21 @@ where
     }
 }
 
+/// A name no other test, in this run or another, uses: `{label}-{pid}-{time}-{n}`, for bus
+/// prefixes and scratch directories (so that runs never see each other's keys or files).
+pub fn unique_name(label: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!(
+        "{label}-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
 /// The demo backends a quote needs, scripted: an exchange answering EUR/USD at 1.5 and a limits
 /// service answering bob's limit (990 left), each counting its calls; conversions points
 /// nowhere. The servers stop when this is dropped.
@@ -252,15 +282,8 @@ pub struct QuoteBackends {
 impl QuoteBackends {
     /// Starts both on loopback ports.
     pub async fn start() -> Self {
-        let exchange = Scripted::new();
-        exchange.reply(
-            Duration::ZERO,
-            200,
-            r#"{"pair":"EUR/USD","rate":"1.5","seq":7}"#,
-        );
-        let limits = Scripted::new();
-        limits.reply(
-            Duration::ZERO,
+        let exchange = Scripted::replying(200, r#"{"pair":"EUR/USD","rate":"1.5","seq":7}"#);
+        let limits = Scripted::replying(
             200,
             r#"{"user":"bob","daily_limit":"1000","used":"10","remaining":"990"}"#,
         );
@@ -272,12 +295,33 @@ impl QuoteBackends {
         }
     }
 
-    /// The base URL of each backend by the name the operations call it.
-    pub fn urls(&self) -> [(String, String); 3] {
+    /// A configuration of each backend, by the name the operations call it, made from its base
+    /// URL by `make` (the gateway's own backend configuration type, which this crate does not
+    /// know): `config.backends = backends.configs(BackendConfig::new)`.
+    pub fn configs<T, C: FromIterator<(String, T)>>(&self, make: impl Fn(String) -> T) -> C {
         [
-            ("exchange".to_owned(), self.servers.0.url()),
-            ("limits".to_owned(), self.servers.1.url()),
-            ("conversions".to_owned(), "http://127.0.0.1:9".to_owned()),
+            ("exchange", self.servers.0.url()),
+            ("limits", self.servers.1.url()),
+            ("conversions", "http://127.0.0.1:9".to_owned()),
         ]
+        .into_iter()
+        .map(|(name, url)| (name.to_owned(), make(url)))
+        .collect()
     }
+}
+
+/// The one error of a quote answer whose limit was withheld (`errors`, a list of exactly one),
+/// whose message says why in words; the caller checks the fields its wire format gives it.
+#[track_caller]
+pub fn withheld_error(body: &serde_json::Value) -> &serde_json::Value {
+    let errors = body["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{body}");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("only shown to its own user"),
+        "{body}"
+    );
+    &errors[0]
 }

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -100,14 +100,39 @@ impl Drop for Spawned {
     }
 }
 
-/// The production shape of a gateway binary: started alone from its example config file with
+/// The example configuration file of the binary at `bin` (`deploy/config/{name}.toml`, named by
+/// the binary's file name), the one its CLI tests start it from.
+pub fn example_config(bin: &str) -> PathBuf {
+    let name = Path::new(bin)
+        .file_name()
+        .expect("a binary path")
+        .to_string_lossy();
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/config")
+        .join(format!("{name}.toml"))
+}
+
+/// Starts the gateway binary at `bin` from its [`example_config`] with `env`, and every demo
+/// backend (`exchange`, `limits`, `conversions`) pointed at a port where nothing answers: what
+/// the test does must not need a backend.
+pub fn start_without_backends(bin: &str, prefix: &str, env: &[(&str, &str)]) -> Spawned {
+    let backends: Vec<String> = ["EXCHANGE", "LIMITS", "CONVERSIONS"]
+        .iter()
+        .map(|b| format!("{prefix}__BACKENDS__{b}__BASE_URL"))
+        .collect();
+    let mut all: Vec<(&str, &str)> = env.to_vec();
+    all.extend(backends.iter().map(|k| (k.as_str(), "http://127.0.0.1:9")));
+    Spawned::start(bin, &example_config(bin), prefix, &all)
+}
+
+/// The production shape of a gateway binary: started alone from its [`example_config`] with
 /// backends that do not answer, it serves `/healthz`, reports not ready naming a backend in
 /// `/readyz`, and exits 0 on SIGTERM.
-pub async fn assert_runs_alone(bin: &str, config: &Path, prefix: &str) {
+pub async fn assert_runs_alone(bin: &str, prefix: &str) {
     let unreachable_backend = format!("{prefix}__BACKENDS__EXCHANGE__BASE_URL");
     let mut gw = Spawned::start(
         bin,
-        config,
+        &example_config(bin),
         prefix,
         &[(&unreachable_backend, "http://127.0.0.1:9")],
     );

@@ -1,8 +1,12 @@
 //! Buses for the tests that run against every implementation: the in-memory bus, and the Redis
 //! and NATS buses on the real servers of this machine (127.0.0.1:6379 and :4222, started by
-//! `scripts/services`). Each kit has a namespace of its own (a random prefix), so tests run in
-//! parallel and repeatedly without seeing each other; a test that ends normally deletes its keys
-//! and streams. A broker that is down makes the test fail, never skip.
+//! `scripts/services`). Each kit has a namespace of its own (test-support's
+//! [`test_support::unique_name`]), so tests run in parallel and repeatedly without seeing each
+//! other; a test that ends normally deletes its keys and streams. A broker that is down makes the
+//! test fail, never skip.
+//!
+//! This is the core's adapter, not a copy of a shared fixture: it builds the core's own bus
+//! types, which test-support cannot name (the core's tests depend on it).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -40,7 +44,7 @@ impl Kit {
     pub fn new(kind: Kind) -> Self {
         Self {
             kind,
-            prefix: format!("test-{:016x}", rand_u64()),
+            prefix: test_support::unique_name("test"),
             url: None,
             made: Mutex::new(Vec::new()),
         }
@@ -130,19 +134,6 @@ impl Kit {
             _ => {}
         }
     }
-}
-
-fn rand_u64() -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
 }
 
 /// Declares, for each test function `name(Kind)` given, one test per bus kind:

@@ -1,0 +1,22 @@
+//! The socket tests' adapter to the shared fixtures: what needs the gateway's bus (publishing a
+//! conversion as the conversions service does). The graphql-transport-ws client, raw or not, is
+//! test-support's ([`test_support::graphql_ws`]).
+
+#![allow(dead_code, unreachable_pub)]
+
+use bytes::Bytes;
+use serde_json::json;
+use switchyard_core::bus::Bus;
+use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::event::Topic;
+
+/// Publishes a `conversion.completed` event of `user` with conversion id `id` on `bus`.
+pub async fn publish_conversion(bus: &MemoryBus, user: &str, id: &str) {
+    let event = json!({"type": "conversion.completed", "conversion": {
+        "id": id, "user": user, "from": "EUR", "to": "USD", "amount": "10",
+        "rate": "1.100000", "converted": "11.00", "at": "2026-11-27T00:00:00Z"}});
+    let topic = Topic::new(&format!("conversions.{user}")).expect("topic");
+    bus.publish(&topic, Bytes::from(event.to_string()))
+        .await
+        .expect("publish");
+}
