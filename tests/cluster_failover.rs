@@ -18,7 +18,7 @@ use common::cluster::{
 use mobile_client::Update;
 use mobile_proto::Position;
 use serde_json::{Value, json};
-use switchyard_core::config::BusKind;
+use switchyard_core::bus::BusKind;
 use switchyard_core::event::Topic;
 
 /// The exchange's `/v1/stats`.
@@ -57,7 +57,7 @@ async fn one_upstream_watch_for_the_cluster_taken_over_when_its_holder_stops() {
         let start = |ticks: String| {
             // The gateway's own bus section: its cluster lease is built from it.
             let mut c = mobile_config(&config);
-            let mut bridge = switchyard_core::config::BridgeConfig::new(ticks);
+            let mut bridge = switchyard_core::bridge::BridgeConfig::new(ticks);
             bridge.lease_ttl_ms = 600;
             bridge.reconnect_initial_ms = 50;
             bridge.reconnect_max_ms = 200;
@@ -149,7 +149,7 @@ async fn the_lease_of_a_holder_that_died_expires_and_a_live_instance_takes_over(
         // holder's lease has expired and this instance has taken it.
         let mut c = mobile_config(&config);
         let mut bridge =
-            switchyard_core::config::BridgeConfig::new(format!("ws://{}/v1/ticks", exchange.addr));
+            switchyard_core::bridge::BridgeConfig::new(format!("ws://{}/v1/ticks", exchange.addr));
         bridge.lease_ttl_ms = 600;
         c.bridges.insert("exchange".to_owned(), bridge);
         let live = mobile_instance_with(&config, c).await;

@@ -20,7 +20,7 @@ use common::nginx::{Nginx, NginxDir, nginx_listens};
 use common::{PATIENCE, Running};
 use serde_json::{Value as Json, json};
 use switchyard::{Config as StackConfig, DEMO_SECRET, Stack};
-use switchyard_core::config::BridgeConfig;
+use switchyard_core::bridge::BridgeConfig;
 use test_support::graphql_ws::Client as GraphqlWs;
 
 /// Requests one bff-web instance has served: all of them, and WebSocket upgrades.
@@ -72,7 +72,8 @@ async fn web_instance(stack: &Stack) -> (Running, Arc<Served>) {
             },
         ));
         async move {
-            switchyard_core::server::serve(listener, router, stop, Duration::from_secs(5)).await?;
+            switchyard_server::server::serve(listener, router, stop, Duration::from_secs(5))
+                .await?;
             Ok(())
         }
     })

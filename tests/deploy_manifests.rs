@@ -13,7 +13,7 @@ use common::deploy::{
     k8s_objects, read, str_at,
 };
 use serde_yaml::Value as Yaml;
-use switchyard_core::config::Source;
+use switchyard_server::config::Source;
 
 #[test]
 fn container_configurations_load_with_the_binaries_own_types() {

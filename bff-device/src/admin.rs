@@ -24,7 +24,7 @@ use axum::routing::{post, put};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use switchyard_core::bus::Bus;
-use switchyard_core::server::{JsonError, rejection};
+use switchyard_server::errors::{JsonError, rejection};
 
 use crate::poll::ConfigDoc;
 use crate::registry::{Device, RegisterError, Registry, valid_id};

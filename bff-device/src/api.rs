@@ -24,8 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use switchyard_core::bus::{Bus, Read};
-use switchyard_core::ratelimit::{self, Key, RateLimiter, RetryAfter, Scope};
-use switchyard_core::server::{JsonError, rejection};
+use switchyard_core::ratelimit::{Key, RateLimiter, RetryAfter, Scope};
+use switchyard_server::errors::{JsonError, rejection};
+use switchyard_server::ratelimit;
 
 use crate::cursor::Cursor;
 use crate::poll::Poller;

@@ -26,14 +26,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use serde::{Deserialize, Serialize};
+use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bus::Bus;
-use switchyard_core::config::{
-    BackendConfig, BridgeConfig, BusConfig, HubConfig, LogConfig, ServerConfig,
-};
-use switchyard_core::hub::Hub;
-use switchyard_core::ratelimit::{self, RateLimitConfig, RateLimiter};
-use switchyard_core::server::{self, CancellationToken, Readiness};
-use switchyard_core::upstream::Upstreams;
+use switchyard_core::bus::{BusConfig, BusKind};
+use switchyard_core::hub::HubConfig;
+use switchyard_core::ratelimit::RateLimitConfig;
+use switchyard_core::upstream::BackendConfig;
+use switchyard_server::config::{LogConfig, ServerConfig};
+use switchyard_server::ratelimit;
+use switchyard_server::runtime::Runtime;
+use switchyard_server::server::CancellationToken;
 use tower_http::compression::CompressionLayer;
 
 pub use admin::AdminConfig;
@@ -94,21 +96,18 @@ impl Default for Config {
     }
 }
 
-impl switchyard_core::cli::ServerBinary for Config {
-    const NAME: &'static str = "bff-device";
-    const ENV_PREFIX: &'static str = ENV_PREFIX;
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+switchyard_server::gateway_config!(
+    Config,
+    "bff-device",
+    "Switchyard gateway for devices (long-poll)",
+    ENV_PREFIX
+);
 
 /// A built gateway: its router, and counters for operators and tests.
 pub struct App {
     /// The router to serve.
     pub router: Router,
+    runtime: Runtime,
     held: Arc<AtomicUsize>,
     holding: Arc<AtomicUsize>,
     api: Arc<api::Api>,
@@ -139,21 +138,14 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         "api.max_rates_per_device: at most {}",
         cursor::MAX_RATES
     );
-    let upstreams = Arc::new(Upstreams::new(&config.backends)?);
-    let ops = operations::Operations::new(upstreams.clone(), &config.operations);
-    let mut hub = Hub::new(bus.clone(), config.hub.clone());
-    if let Some(bridge) = config.bridges.get(operations::sources::EXCHANGE_BRIDGE) {
-        let lease = switchyard_core::bus::lease::from_config(&config.bus);
-        let feeder = operations::sources::exchange_feeder(bridge, bus.clone(), lease, "bff-device");
-        hub = hub.with_feeder(operations::sources::RATES_PREFIX, feeder);
-    }
+    let runtime = Runtime::new(config, bus.clone(), operations::sources::feeds, shutdown)?;
+    let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
     let registry = Arc::new(registry::Registry::new(
         config.api.max_devices,
         config.api.max_rates_per_device,
         switchyard_core::records::from_config(&config.bus, "devices"),
-        config.bus.kind != switchyard_core::config::BusKind::Memory,
+        config.bus.kind != BusKind::Memory,
     ));
-    let limiter = RateLimiter::from_config("bff-device", &config.rate_limits, &config.bus);
     for (id, d) in &config.devices {
         registry
             .register(id, &d.key, &d.rates, &d.settings)
@@ -166,17 +158,17 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         poller: poll::Poller {
             bus: bus.clone(),
             wakes: wake::Wakes::new(bus.clone()),
-            rates: wake::RateWatch::new(hub, shutdown.clone()),
+            rates: wake::RateWatch::new(runtime.hub.clone(), runtime.shutdown.clone()),
             limits: poll::PollLimits {
                 max_events: config.api.max_events_per_answer.max(1),
             },
-            shutdown,
+            shutdown: runtime.shutdown.clone(),
             holding: holding.clone(),
         },
         bus: bus.clone(),
         config: config.api.clone(),
         held: held.clone(),
-        limiter: limiter.clone(),
+        limiter: runtime.limiter.clone(),
     });
     let versions = Router::new()
         .nest(
@@ -186,17 +178,15 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         .nest("/v2", api::routes(api.clone(), wire::Version::V2))
         // Only for devices that ask (Accept-Encoding: gzip), and only bodies worth it.
         .layer(CompressionLayer::new().gzip(true));
-    let mut router = versions.merge(server::health_routes(Readiness::new(
-        Some(upstreams),
-        Some(bus.clone()),
-    )));
+    let mut routes = versions;
     if let Some(admin) = admin::routes(&config.admin, registry, bus)? {
-        router = router.merge(admin);
+        routes = routes.merge(admin);
     }
     // Per IP, before anything else; per device once authenticated (`api::authenticate`).
-    let router = ratelimit::layer(router, limiter, None, ratelimit::json_refusal);
+    let router = runtime.router(routes, None, ratelimit::json_refusal, None);
     Ok(App {
-        router: server::with_common_layers(router, &config.server),
+        router,
+        runtime,
         held,
         holding,
         api,
@@ -211,7 +201,6 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = app(&config, bus, shutdown.clone())?;
-    server::serve_with(listener, app.router, shutdown, &config.server).await?;
-    Ok(())
+    let app = app(&config, bus, shutdown)?;
+    app.runtime.serve(listener, app.router).await
 }

@@ -1,28 +1,6 @@
-//! The bff-device binary: thin — it parses arguments and hands over to the shared server main.
+//! The bff-device binary: thin — the shared server main (arguments, configuration, logs, signals,
+//! the bus of `[bus]`) hands over to the gateway's `run`.
 
-use clap::Parser;
-use switchyard_core::cli::{Args, run_server};
-
-#[derive(Parser)]
-#[command(
-    name = "bff-device",
-    version,
-    about = "Switchyard gateway for devices (long-poll)"
-)]
-struct Cli {
-    #[command(flatten)]
-    args: Args,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    run_server(
-        &cli.args,
-        |config: bff_device::Config, listener, shutdown| {
-            let bus = switchyard_core::bus::from_config(&config.bus);
-            bff_device::run(config, bus, listener, shutdown)
-        },
-    )
-    .await
+fn main() -> anyhow::Result<()> {
+    switchyard_server::cli::main(switchyard_server::cli::with_bus(bff_device::run))
 }

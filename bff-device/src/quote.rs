@@ -1,6 +1,6 @@
 //! `GET /v1/quote?user=&from=&to=&amount=`: the composed quote as compact JSON (short keys:
-//! devices are small and their links are slow), and the one place where operation errors become
-//! this gateway's JSON errors.
+//! devices are small and their links are slow); its errors in the shared HTTP error contract
+//! (`switchyard_server::errors`).
 //!
 //! Keys: `p` pair, `a` amount, `r` rate, `c` converted, `l` remaining limit, `w` within limit,
 //! `e` errors of failed optional parts (`b` backend, `k` code). A failed optional part is data:
@@ -14,12 +14,10 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::routing::get;
-use operations::{Caller, NoLimit, OpError, Operations, QuoteRequest};
+use operations::{Caller, OpError, Operations, QuoteRequest};
 use serde::{Deserialize, Serialize};
-use switchyard_core::server::{JsonError, rejection};
-use switchyard_core::upstream::{UpstreamError, UpstreamErrorKind};
+use switchyard_server::errors::{JsonError, rejection};
 
 pub(crate) fn routes(ops: Operations) -> Router {
     Router::new().route("/quote", get(quote)).with_state(ops)
@@ -56,25 +54,15 @@ async fn quote(
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<QuoteBody>, JsonError> {
     let Query(p) = params.map_err(rejection)?;
-    let req = QuoteRequest::parse(&p.user, &p.from, &p.to, &p.amount)
-        .map_err(|e| to_json_error(e.into()))?;
-    let q = ops
-        .quote(&req, Caller::Device)
-        .await
-        .map_err(to_json_error)?;
+    let req = QuoteRequest::parse(&p.user, &p.from, &p.to, &p.amount).map_err(OpError::from)?;
+    let q = ops.quote(&req, Caller::Device).await?;
     let e = q
         .remaining_limit
         .as_ref()
         .err()
-        .map(|e| match e {
-            NoLimit::Upstream(u) => PartError {
-                b: u.backend.to_string(),
-                k: u.kind.code(),
-            },
-            NoLimit::Withheld(w) => PartError {
-                b: operations::backend::LIMITS.to_owned(),
-                k: w.code(),
-            },
+        .map(|e| PartError {
+            b: e.backend().to_owned(),
+            k: e.code(),
         })
         .into_iter()
         .collect();
@@ -87,20 +75,4 @@ async fn quote(
         w: q.within_limit(),
         e,
     }))
-}
-
-fn to_json_error(e: OpError) -> JsonError {
-    match e {
-        OpError::Invalid(i) => JsonError::bad_request(i.code, i.message),
-        OpError::Upstream(u) => upstream(&u),
-    }
-}
-
-fn upstream(e: &UpstreamError) -> JsonError {
-    tracing::warn!(backend = %e.backend, error = %e, "backend call failed");
-    let (status, code) = match e.kind {
-        UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-        _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
-    };
-    JsonError::new(status, code, e.to_string()).with_backend(e.backend.to_string())
 }

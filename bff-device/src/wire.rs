@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use switchyard_core::bus::{Bus, BusError};
 use switchyard_core::event::{Event, Topic};
-use switchyard_core::server::{JsonError, rejection};
+use switchyard_server::errors::{JsonError, rejection};
 
 use crate::cursor::BadCursor;
 use crate::poll::{Batch, Command, ConfigDoc};

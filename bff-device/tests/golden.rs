@@ -178,7 +178,7 @@ async fn v1_answers_are_exactly_the_golden_ones() {
     for (name, server) in [("exchange", &_exchange), ("limits", &_limits)] {
         config.backends.insert(
             name.to_owned(),
-            switchyard_core::config::BackendConfig::new(server.url()),
+            switchyard_core::upstream::BackendConfig::new(server.url()),
         );
     }
     let gw = start(config, 100).await;

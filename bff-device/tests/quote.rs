@@ -7,7 +7,7 @@
 mod common;
 
 use serde_json::json;
-use switchyard_core::config::BackendConfig;
+use switchyard_core::upstream::BackendConfig;
 use test_support::QuoteBackends;
 
 #[tokio::test]

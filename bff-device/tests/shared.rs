@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{ADMIN, Gateway, TV1_KEY, TV2_KEY, answer, config, start_on};
 use serde_json::json;
-use switchyard_core::config::{BusConfig, BusKind};
-use switchyard_core::server::CancellationToken;
+use switchyard_core::bus::{BusConfig, BusKind};
+use switchyard_server::server::CancellationToken;
 
 fn bus_config(kind: BusKind) -> BusConfig {
     BusConfig {
@@ -43,7 +43,7 @@ async fn instance(mut c: bff_device::Config, bus: &BusConfig) -> Instance {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let s = stop.clone();
     tokio::spawn(async move {
-        switchyard_core::server::serve(listener, app.router, s, Duration::from_secs(1)).await
+        switchyard_server::server::serve(listener, app.router, s, Duration::from_secs(1)).await
     });
     Instance {
         url,

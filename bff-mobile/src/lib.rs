@@ -18,15 +18,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use serde::{Deserialize, Serialize};
+use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bus::Bus;
-use switchyard_core::config::{
-    BackendConfig, BridgeConfig, BusConfig, HubConfig, LogConfig, ServerConfig,
-};
-use switchyard_core::hub::Hub;
-use switchyard_core::ratelimit::{self, RateLimitConfig, RateLimiter};
-use switchyard_core::server::{self, CancellationToken, Readiness};
-use switchyard_core::upstream::Upstreams;
-use tokio_util::task::TaskTracker;
+use switchyard_core::bus::BusConfig;
+use switchyard_core::hub::HubConfig;
+use switchyard_core::ratelimit::RateLimitConfig;
+use switchyard_core::upstream::BackendConfig;
+use switchyard_server::config::{LogConfig, ServerConfig};
+use switchyard_server::ratelimit::{self, UserOf};
+use switchyard_server::runtime::Runtime;
+use switchyard_server::server::CancellationToken;
 
 pub use auth::AuthConfig;
 
@@ -129,52 +130,39 @@ impl Default for Config {
     }
 }
 
-impl switchyard_core::cli::ServerBinary for Config {
-    const NAME: &'static str = "bff-mobile";
-    const ENV_PREFIX: &'static str = ENV_PREFIX;
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+switchyard_server::gateway_config!(
+    Config,
+    "bff-mobile",
+    "Switchyard gateway for mobile apps (WebSocket)",
+    ENV_PREFIX
+);
 
 /// A built gateway: its router and the sockets it owns.
 pub struct App {
     /// The router to serve.
     pub router: Router,
-    sockets: TaskTracker,
-    hub: Hub,
+    runtime: Runtime,
 }
 
 impl App {
     /// Topics with local subscribers right now (each has one source subscription).
     pub fn active_topics(&self) -> usize {
-        self.hub.active_topics()
+        self.runtime.hub.active_topics()
     }
 
     /// Sockets open right now.
     pub fn open_sockets(&self) -> usize {
-        self.sockets.len()
+        self.runtime.sockets.len()
     }
 }
 
 /// Builds the gateway. `shutdown` also drains every socket (`bye`, then 1001) when cancelled.
 pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> anyhow::Result<App> {
-    let upstreams = Arc::new(Upstreams::new(&config.backends)?);
-    let ops = operations::Operations::new(upstreams.clone(), &config.operations);
-    let mut hub = Hub::new(bus.clone(), config.hub.clone());
-    if let Some(bridge) = config.bridges.get(operations::sources::EXCHANGE_BRIDGE) {
-        let lease = switchyard_core::bus::lease::from_config(&config.bus);
-        let feeder = operations::sources::exchange_feeder(bridge, bus.clone(), lease, "bff-mobile");
-        hub = hub.with_feeder(operations::sources::RATES_PREFIX, feeder);
-    }
-    let sockets = TaskTracker::new();
-    let limiter = RateLimiter::from_config("bff-mobile", &config.rate_limits, &config.bus);
+    let runtime = Runtime::new(config, bus, operations::sources::feeds, shutdown)?;
+    let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
     let verifier = auth::Verifier::new(&config.auth)?;
     let gateway = ws::Gateway::new(ws::GatewayParts {
-        hub: hub.clone(),
+        hub: runtime.hub.clone(),
         ops: ops.clone(),
         verifier: verifier.clone(),
         origins: switchyard_core::origin::OriginPolicy::new(
@@ -185,21 +173,16 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
         config: config.websocket.clone(),
         operation_deadline: std::time::Duration::from_millis(config.operations.deadline_ms),
         drain: config.server.drain_timeout(),
-        sockets: sockets.clone(),
-        shutdown,
-        limiter: limiter.clone(),
+        sockets: runtime.sockets.clone(),
+        shutdown: runtime.shutdown.clone(),
+        limiter: runtime.limiter.clone(),
     });
-    let router = Router::new()
-        .nest(
-            "/v1",
-            quote::routes(ops, verifier.clone()).merge(ws::routes(gateway)),
-        )
-        .merge(server::health_routes(Readiness::new(
-            Some(upstreams),
-            Some(bus),
-        )));
+    let routes = Router::new().nest(
+        "/v1",
+        quote::routes(ops, verifier.clone()).merge(ws::routes(gateway)),
+    );
     // Per IP for every request, and per user for one with a valid token.
-    let user_of: ratelimit::UserOf = Arc::new(move |parts| {
+    let user_of: UserOf = Arc::new(move |parts| {
         // Cached keys only: the limiter never makes a request wait on a JWKS fetch.
         verifier
             .user_of_headers(&parts.headers)
@@ -207,12 +190,8 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
             .flatten()
             .map(|u| u.to_string())
     });
-    let router = ratelimit::layer(router, limiter, Some(user_of), ratelimit::json_refusal);
-    Ok(App {
-        router: server::with_common_layers(router, &config.server),
-        sockets,
-        hub,
-    })
+    let router = runtime.router(routes, Some(user_of), ratelimit::json_refusal, None);
+    Ok(App { router, runtime })
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled; open sockets get `bye`, then
@@ -223,7 +202,6 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = app(&config, bus, shutdown.clone())?;
-    server::serve_with_sockets(listener, app.router, shutdown, &config.server, app.sockets).await?;
-    Ok(())
+    let app = app(&config, bus, shutdown)?;
+    app.runtime.serve(listener, app.router).await
 }

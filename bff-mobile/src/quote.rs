@@ -1,5 +1,5 @@
-//! `GET /v1/quote?user=&from=&to=&amount=`: the composed quote as JSON, and the one place where
-//! operation errors become this gateway's JSON errors.
+//! `GET /v1/quote?user=&from=&to=&amount=`: the composed quote as JSON (long keys), its errors
+//! in the shared HTTP error contract (`switchyard_server::errors`).
 //!
 //! A failed optional part is data: `remaining_limit` is null and `errors` lists the part's
 //! backend and code. A failed required part is a 502 (504 on timeout) naming the backend; bad
@@ -18,10 +18,9 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use operations::{Caller, NoLimit, OpError, Operations, QuoteRequest};
+use operations::{Caller, OpError, Operations, QuoteRequest};
 use serde::{Deserialize, Serialize};
-use switchyard_core::server::{JsonError, rejection};
-use switchyard_core::upstream::{UpstreamError, UpstreamErrorKind};
+use switchyard_server::errors::{JsonError, rejection};
 
 use crate::auth::Verifier;
 
@@ -60,7 +59,7 @@ struct QuoteBody {
 #[derive(Serialize)]
 struct PartError {
     backend: String,
-    code: String,
+    code: &'static str,
     message: String,
 }
 
@@ -78,28 +77,21 @@ async fn quote(
     })?;
     let Query(p) = params.map_err(|e| rejection(e).into_response())?;
     let req = QuoteRequest::parse(&p.user, &p.from, &p.to, &p.amount)
-        .map_err(|e| to_json_error(e.into()).into_response())?;
+        .map_err(|e| JsonError::from(OpError::from(e)).into_response())?;
     let caller = caller.as_ref().map_or(Caller::Anonymous, Caller::User);
     let q = state
         .ops
         .quote(&req, caller)
         .await
-        .map_err(|e| to_json_error(e).into_response())?;
+        .map_err(|e| JsonError::from(e).into_response())?;
     let errors = q
         .remaining_limit
         .as_ref()
         .err()
-        .map(|e| match e {
-            NoLimit::Upstream(u) => PartError {
-                backend: u.backend.to_string(),
-                code: u.kind.code().to_owned(),
-                message: u.to_string(),
-            },
-            NoLimit::Withheld(w) => PartError {
-                backend: operations::backend::LIMITS.to_owned(),
-                code: w.code().to_owned(),
-                message: w.to_string(),
-            },
+        .map(|e| PartError {
+            backend: e.backend().to_owned(),
+            code: e.code(),
+            message: e.to_string(),
         })
         .into_iter()
         .collect();
@@ -112,20 +104,4 @@ async fn quote(
         within_limit: q.within_limit(),
         errors,
     }))
-}
-
-fn to_json_error(e: OpError) -> JsonError {
-    match e {
-        OpError::Invalid(i) => JsonError::bad_request(i.code, i.message),
-        OpError::Upstream(u) => upstream(&u),
-    }
-}
-
-fn upstream(e: &UpstreamError) -> JsonError {
-    tracing::warn!(backend = %e.backend, error = %e, "backend call failed");
-    let (status, code) = match e.kind {
-        UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-        _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
-    };
-    JsonError::new(status, code, e.to_string()).with_backend(e.backend.to_string())
 }

@@ -50,7 +50,7 @@ async fn upgrade(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if !gw.parts.origins.allows(&headers) {
-        return switchyard_core::server::JsonError::new(
+        return switchyard_server::errors::JsonError::new(
             axum::http::StatusCode::FORBIDDEN,
             "origin_not_allowed",
             "this origin may not open a socket",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{config, start};
 use mobile_proto::{ClientMsg, Encoding, ServerMsg, close, code, data};
 use serde_json::{Value, json};
-use switchyard_core::config::BackendConfig;
+use switchyard_core::upstream::BackendConfig;
 use test_support::{Scripted, TestServer};
 
 struct Backends {

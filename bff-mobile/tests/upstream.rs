@@ -9,8 +9,9 @@ use std::time::Duration;
 use common::{config, start};
 use demo_api::ExchangeStats;
 use mobile_proto::{ClientMsg, Encoding, ServerMsg, data};
-use switchyard_core::config::{BackendConfig, BridgeConfig};
-use switchyard_core::server::CancellationToken;
+use switchyard_core::bridge::BridgeConfig;
+use switchyard_core::upstream::BackendConfig;
+use switchyard_server::server::CancellationToken;
 
 async fn stats(url: &str) -> ExchangeStats {
     reqwest::get(format!("{url}/v1/stats"))

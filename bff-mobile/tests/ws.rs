@@ -411,7 +411,7 @@ async fn running_with_a_socket(
     drain_ms: u64,
     user: &str,
 ) -> (
-    switchyard_core::server::CancellationToken,
+    switchyard_server::server::CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
     Client,
 ) {
@@ -421,7 +421,7 @@ async fn running_with_a_socket(
         std::sync::Arc::new(switchyard_core::bus::memory::MemoryBus::new(10));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let shutdown = switchyard_core::server::CancellationToken::new();
+    let shutdown = switchyard_server::server::CancellationToken::new();
     let running = tokio::spawn(bff_mobile::run(cfg, bus, listener, shutdown.clone()));
     let mut c = Client::connect(
         &format!("ws://{addr}/v1/ws"),

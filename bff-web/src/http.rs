@@ -18,6 +18,7 @@ use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use switchyard_server::ratelimit::ClientIp as _;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Principal, Verifier};

@@ -29,14 +29,16 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{HeaderMap, Method, header};
 use serde::{Deserialize, Serialize};
+use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bus::Bus;
-use switchyard_core::config::{
-    BackendConfig, BridgeConfig, BusConfig, HubConfig, LogConfig, ServerConfig,
-};
-use switchyard_core::hub::Hub;
-use switchyard_core::ratelimit::{self, RateLimitConfig, RateLimiter};
-use switchyard_core::server::{self, CancellationToken, Readiness};
-use switchyard_core::upstream::Upstreams;
+use switchyard_core::bus::BusConfig;
+use switchyard_core::hub::{Hub, HubConfig};
+use switchyard_core::ratelimit::{RateLimitConfig, RateLimiter};
+use switchyard_core::upstream::BackendConfig;
+use switchyard_server::config::{LogConfig, ServerConfig};
+use switchyard_server::ratelimit::UserOf;
+use switchyard_server::runtime::Runtime;
+use switchyard_server::server::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::AuthConfig;
@@ -98,16 +100,12 @@ impl Default for Config {
     }
 }
 
-impl switchyard_core::cli::ServerBinary for Config {
-    const NAME: &'static str = "bff-web";
-    const ENV_PREFIX: &'static str = ENV_PREFIX;
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+switchyard_server::gateway_config!(
+    Config,
+    "bff-web",
+    "Switchyard gateway for browsers (GraphQL)",
+    ENV_PREFIX
+);
 
 /// GraphQL limits and tooling.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -218,15 +216,14 @@ pub(crate) fn signed_in(
 pub struct App {
     /// The router to serve.
     pub router: Router,
-    sockets: TaskTracker,
-    hub: Hub,
+    runtime: Runtime,
     v1_fanout: Arc<fanout::Fanout<v1::Query, v1::Mutation, v1::SubscriptionRoot>>,
 }
 
 impl App {
     /// Topics with local subscribers right now (each has one source subscription).
     pub fn active_topics(&self) -> usize {
-        self.hub.active_topics()
+        self.runtime.hub.active_topics()
     }
 
     /// Subscription executions running now on /v1 (identical subscriptions share one).
@@ -237,45 +234,30 @@ impl App {
 
 /// Builds the gateway. `shutdown` also closes every socket (1001) when cancelled.
 pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> anyhow::Result<App> {
-    let upstreams = Arc::new(Upstreams::new(&config.backends)?);
-    let ops = operations::Operations::new(upstreams.clone(), &config.operations);
-    let mut hub = Hub::new(bus.clone(), config.hub.clone());
-    if let Some(bridge) = config.bridges.get(operations::sources::EXCHANGE_BRIDGE) {
-        let lease = switchyard_core::bus::lease::from_config(&config.bus);
-        let feeder = operations::sources::exchange_feeder(bridge, bus.clone(), lease, "bff-web");
-        hub = hub.with_feeder(operations::sources::RATES_PREFIX, feeder);
-    }
+    let runtime = Runtime::new(config, bus, operations::sources::feeds, shutdown)?;
+    let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
     let verifier = Arc::new(auth::Verifier::new(&config.auth)?);
-    let sockets = TaskTracker::new();
     let origins = Origins::new(&config.cors)?;
-    let limiter = RateLimiter::from_config("bff-web", &config.rate_limits, &config.bus);
-
     let shared = Shared {
         config,
         verifier,
         origins: origins.clone(),
-        sockets: sockets.clone(),
-        shutdown,
+        sockets: runtime.sockets.clone(),
+        shutdown: runtime.shutdown.clone(),
         user_sockets: switchyard_core::slots::Slots::new(config.websocket.max_sockets_per_user, 0),
-        limiter: limiter.clone(),
+        limiter: runtime.limiter.clone(),
     };
     let data = || ContextData {
         ops: ops.clone(),
-        hub: hub.clone(),
+        hub: runtime.hub.clone(),
     };
     let v1 = v1::schema(&config.graphql, data());
     let (v1_routes, v1_fanout) = shared.endpoint(v1, "/v1/graphql", v1::PUBLIC, v1::STATE);
     let v2 = v2::schema(&config.graphql, data());
     let (v2_routes, _) = shared.endpoint(v2, "/v2/graphql", v2::PUBLIC, v2::STATE);
-    let mut router = Router::new()
-        .nest("/v1", v1_routes)
-        .nest("/v2", v2_routes)
-        .merge(server::health_routes(Readiness::new(
-            Some(upstreams),
-            Some(bus),
-        )));
+    let routes = Router::new().nest("/v1", v1_routes).nest("/v2", v2_routes);
     // Per IP for every request, and per user for a request with a valid token.
-    let user_of: ratelimit::UserOf = {
+    let user_of: UserOf = {
         let verifier = shared.verifier.clone();
         Arc::new(move |parts| {
             verifier
@@ -283,14 +265,15 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
                 .map(|p| p.user.to_string())
         })
     };
-    router = ratelimit::layer(router, limiter, Some(user_of), ratelimits::refuse);
-    if let Some(cors) = origins.cors_layer() {
-        router = router.layer(cors);
-    }
+    let router = runtime.router(
+        routes,
+        Some(user_of),
+        ratelimits::refuse,
+        origins.cors_layer(),
+    );
     Ok(App {
-        router: server::with_common_layers(router, &config.server),
-        sockets,
-        hub,
+        router,
+        runtime,
         v1_fanout,
     })
 }
@@ -361,9 +344,8 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = app(&config, bus, shutdown.clone())?;
-    server::serve_with_sockets(listener, app.router, shutdown, &config.server, app.sockets).await?;
-    Ok(())
+    let app = app(&config, bus, shutdown)?;
+    app.runtime.serve(listener, app.router).await
 }
 
 /// The SDL of the served v1 schema (what `schema/v1.graphql` must stay compatible with).

@@ -4,7 +4,8 @@
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use switchyard_core::ratelimit::{RateLimiter, RetryAfter, retry_after_header};
+use switchyard_core::ratelimit::{RateLimiter, RetryAfter};
+use switchyard_server::ratelimit::retry_after_header;
 
 use crate::fanout::Frame;
 use crate::ws::transport::{Closing, close};

@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use async_graphql::{ObjectType, Schema, SubscriptionType};
 use axum::extract::ws::WebSocket;
-use switchyard_core::server::CancellationToken;
 use switchyard_core::slots::Slots;
+use switchyard_server::server::CancellationToken;
 
 use crate::auth::Verifier;
 use crate::fanout::Fanout;

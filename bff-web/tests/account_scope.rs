@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::config::BackendConfig;
-use switchyard_core::server::CancellationToken;
+use switchyard_core::upstream::BackendConfig;
+use switchyard_server::server::CancellationToken;
 use test_support::graphql_ws::Client;
 use test_support::{QuoteBackends, TestServer};
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::config::Source;
-use switchyard_core::server::CancellationToken;
+use switchyard_server::config::Source;
+use switchyard_server::server::CancellationToken;
 
 fn production() -> bff_web::Config {
     let path =

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{Value, json};
 use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::server::CancellationToken;
+use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
 
 const GQL_RESPONSE: &str = "application/graphql-response+json";

@@ -18,7 +18,7 @@ use common::publish_conversion;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::server::CancellationToken;
+use switchyard_server::server::CancellationToken;
 use test_support::graphql_ws::Client;
 
 const SECRET: &str = "isolation-test-secret";

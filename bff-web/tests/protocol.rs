@@ -11,7 +11,7 @@ use common::publish_conversion;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::server::CancellationToken;
+use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
 use test_support::graphql_ws::{Ws, connect_raw, recv, send};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

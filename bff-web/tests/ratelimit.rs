@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::config::{BusConfig, BusKind};
-use switchyard_core::server::CancellationToken;
+use switchyard_core::bus::{BusConfig, BusKind};
+use switchyard_server::server::CancellationToken;
 use test_support::graphql_ws::{Ws, connect_raw, recv, send};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -37,7 +37,7 @@ async fn instance(config: bff_web::Config) -> Instance {
     let addr = listener.local_addr().unwrap();
     let s = stop.clone();
     tokio::spawn(async move {
-        switchyard_core::server::serve(listener, app.router, s, Duration::from_secs(1)).await
+        switchyard_server::server::serve(listener, app.router, s, Duration::from_secs(1)).await
     });
     Instance { addr, stop }
 }

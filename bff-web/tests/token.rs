@@ -13,7 +13,7 @@ use common::publish_conversion;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::server::CancellationToken;
+use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
 use test_support::graphql_ws::{Ws, connect_raw, send};
 use tokio_tungstenite::tungstenite::Message;

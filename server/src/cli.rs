@@ -1,14 +1,22 @@
 //! The command line every Switchyard binary shares: `--config FILE` and `--print-config`.
 //!
-//! A binary's `main` parses [`Args`], calls [`Args::load`] with its own config type and env prefix,
-//! and hands the result to its `run`. Nothing here starts servers.
+//! A server binary's whole `main` is one call of [`main`] with its `run` (wrapped in [`with_bus`]
+//! when it takes a bus): arguments, configuration, logs, the runtime, the listener and the
+//! shutdown signals are handled here, the same for every binary. A binary with its own command
+//! line (the launcher) parses [`Args`] and calls [`Args::load`] itself.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use switchyard_core::bus::Bus;
+use switchyard_core::bus::BusConfig;
+use tokio::net::TcpListener;
 
-use crate::config::{self, ConfigError, Source};
+use crate::config::{self, ConfigError, LogConfig, ServerConfig, Source};
+use crate::server::CancellationToken;
 
 /// Arguments common to every binary.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,16 +55,57 @@ impl Args {
     }
 }
 
-/// A server binary's configuration: what [`run_server`] needs to know of it.
+/// A server binary's configuration: what [`main`] needs to know of it.
 pub trait ServerBinary: DeserializeOwned + Serialize + Default {
-    /// The binary's name, for logs.
+    /// The binary's name, for `--help` and logs.
     const NAME: &'static str;
+    /// What the binary is, one line for `--help`.
+    const ABOUT: &'static str;
     /// Prefix of the environment variables that override the configuration.
     const ENV_PREFIX: &'static str;
     /// Its listener and limits.
-    fn server(&self) -> &crate::config::ServerConfig;
+    fn server(&self) -> &ServerConfig;
     /// Its log output.
-    fn log(&self) -> &crate::config::LogConfig;
+    fn log(&self) -> &LogConfig;
+}
+
+/// A server binary that publishes or reads events: the bus it is configured with.
+pub trait WithBus {
+    /// Its `[bus]` section.
+    fn bus(&self) -> &BusConfig;
+}
+
+/// The whole `main` of a server binary: parse `--config`/`--print-config` (with `C::NAME` and
+/// `C::ABOUT` in `--help`), start the tokio runtime, and [`run_server`] with `run`.
+pub fn main<C, F, Fut>(run: F) -> anyhow::Result<()>
+where
+    C: ServerBinary,
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    use clap::{Args as _, FromArgMatches as _};
+    let command = clap::Command::new(C::NAME)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(C::ABOUT);
+    let args = Args::from_arg_matches(&Args::augment_args(command).get_matches())
+        .unwrap_or_else(|e| e.exit());
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_server(&args, run))
+}
+
+/// `run` of a binary that takes a bus, as the `run` of [`main`]: the bus is built from the
+/// binary's `[bus]` section.
+pub fn with_bus<C, F, Fut>(run: F) -> impl FnOnce(C, TcpListener, CancellationToken) -> Fut
+where
+    C: WithBus,
+    F: FnOnce(C, Arc<dyn Bus>, TcpListener, CancellationToken) -> Fut,
+{
+    move |config, listener, shutdown| {
+        let bus = switchyard_core::bus::from_config(config.bus());
+        run(config, bus, listener, shutdown)
+    }
 }
 
 /// Everything a server binary's `main` does around its `run`: load the configuration (or print
@@ -65,17 +114,17 @@ pub trait ServerBinary: DeserializeOwned + Serialize + Default {
 pub async fn run_server<C, F, Fut>(args: &Args, run: F) -> anyhow::Result<()>
 where
     C: ServerBinary,
-    F: FnOnce(C, tokio::net::TcpListener, crate::server::CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
 {
     use anyhow::Context as _;
     let Loaded::Run(config) = args.load::<C>(C::ENV_PREFIX)? else {
         return Ok(());
     };
     crate::telemetry::init(config.log());
-    crate::tls::install_default_provider();
+    switchyard_core::tls::install_default_provider();
     let listen = config.server().listen;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("{}: cannot listen on {listen}", C::NAME))?;
     tracing::info!(addr = %listener.local_addr()?, "{} listening", C::NAME);

@@ -1,5 +1,5 @@
-//! Configuration: one TOML file per deployment, environment-variable overrides on top, and the
-//! configuration sections every Switchyard binary shares.
+//! Configuration loading: one TOML file per deployment, environment-variable overrides on top,
+//! and the sections every server binary has (`[server]`, `[log]`).
 //!
 //! Loading goes through [`Source`], which tests replace with an in-memory file and environment.
 //! The binary's defaults are the bottom layer; the file and then the environment are merged over
@@ -12,10 +12,11 @@
 //! `SWITCHYARD_WEB__SERVER__LISTEN=0.0.0.0:8080` sets `server.listen`. Values are read as TOML
 //! scalars when they parse as one (`5`, `true`, `1.5`) and as strings otherwise.
 //!
-//! This module does not know any gateway's own sections; each binary composes these sections into
-//! its own config struct.
+//! This module does not know any gateway's own sections, nor the core's: each subsystem owns its
+//! section's type (`switchyard_core::upstream::BackendConfig`, `hub::HubConfig`,
+//! `bridge::BridgeConfig`, `bus::BusConfig`), and each binary composes them into its own
+//! config struct.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,7 +30,6 @@ mod names;
 pub use names::only_known;
 
 /// The `[bus]` section now lives with the bus; this path is kept until every caller has moved.
-pub use crate::bus::{BusConfig, BusKind};
 
 /// An error loading configuration. The message always names the file, variable or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -284,186 +284,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// One backend service the core may call.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    /// Base URL, such as `http://127.0.0.1:9102`; request paths are appended to it.
-    pub base_url: String,
-    /// Longest time to establish a TCP connection.
-    #[serde(default = "defaults::connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Longest time for one attempt of one call, unless the caller's deadline is sooner.
-    #[serde(default = "defaults::request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// Path probed by /readyz to decide whether this backend is reachable.
-    #[serde(default = "defaults::health_path")]
-    pub health_path: String,
-    /// Retries of idempotent calls (GET, HEAD, PUT, DELETE). POST is never retried.
-    #[serde(default)]
-    pub retry: RetryConfig,
-    /// The circuit breaker in front of this backend.
-    #[serde(default)]
-    pub circuit: CircuitConfig,
-    /// Largest answer body read from this backend; a bigger one fails the call (`too_large`,
-    /// naming the backend) without reading the rest.
-    #[serde(default = "defaults::max_response_bytes")]
-    pub max_response_bytes: u64,
-    /// TLS of an `https://` backend: extra CA roots, client certificate (mutual TLS).
-    #[serde(default)]
-    pub tls: crate::tls::TlsConfig,
-}
-
-impl BackendConfig {
-    /// A backend at `base_url` with default timeouts, retries and breaker.
-    pub fn new(base_url: impl Into<String>) -> Self {
-        Self {
-            base_url: base_url.into(),
-            connect_timeout_ms: defaults::connect_timeout_ms(),
-            request_timeout_ms: defaults::request_timeout_ms(),
-            health_path: defaults::health_path(),
-            retry: RetryConfig::default(),
-            circuit: CircuitConfig::default(),
-            max_response_bytes: defaults::max_response_bytes(),
-            tls: crate::tls::TlsConfig::default(),
-        }
-    }
-}
-
-/// Retry policy for idempotent calls: exponential backoff with full jitter.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    /// Attempts in all, the first included; 1 turns retries off.
-    pub max_attempts: u32,
-    /// Upper bound of the first backoff; each later one doubles, up to `max_backoff_ms`.
-    pub initial_backoff_ms: u64,
-    /// Largest backoff between two attempts.
-    pub max_backoff_ms: u64,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            initial_backoff_ms: 25,
-            max_backoff_ms: 400,
-        }
-    }
-}
-
-/// Circuit breaker: opens after consecutive failures, fails fast while open, then lets one probe
-/// through (half-open) and closes again when it succeeds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CircuitConfig {
-    /// Consecutive failed calls (connect errors, timeouts, 5xx) that open the circuit.
-    pub failure_threshold: u32,
-    /// How long the circuit stays open before a probe is let through.
-    pub open_ms: u64,
-}
-
-impl Default for CircuitConfig {
-    fn default() -> Self {
-        Self {
-            failure_threshold: 5,
-            open_ms: 5_000,
-        }
-    }
-}
-
-/// The topic hub: per-subscriber queue bounds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct HubConfig {
-    /// Events queued for one local subscriber of a stream topic before it is cut off as lagging.
-    pub subscriber_queue_events: usize,
-    /// Topic classes by prefix: a topic takes the class of the longest matching prefix, and is a
-    /// stream topic when none matches.
-    pub topics: BTreeMap<String, crate::event::TopicClass>,
-}
-
-impl Default for HubConfig {
-    fn default() -> Self {
-        let mut topics = BTreeMap::new();
-        topics.insert("rates.".to_owned(), crate::event::TopicClass::State);
-        Self {
-            subscriber_queue_events: 256,
-            topics,
-        }
-    }
-}
-
-/// An upstream WebSocket bridge: one connection to a backend's own WebSocket API, carrying one
-/// upstream subscription per topic that has local interest, however many clients.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BridgeConfig {
-    /// WebSocket URL of the upstream, such as `ws://127.0.0.1:9102/v1/ticks`.
-    pub url: String,
-    /// Longest time to open the upstream connection (TCP and WebSocket handshake).
-    #[serde(default = "defaults::bridge_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// First wait before reconnecting after the upstream connection is lost; doubles up to
-    /// `reconnect_max_ms`, with full jitter.
-    #[serde(default = "defaults::reconnect_initial_ms")]
-    pub reconnect_initial_ms: u64,
-    /// Longest wait between two reconnection attempts.
-    #[serde(default = "defaults::reconnect_max_ms")]
-    pub reconnect_max_ms: u64,
-    /// Time to live of the cluster-wide lease that makes one instance bridge a topic (with a
-    /// broker bus): when that instance dies, another with interest takes over within
-    /// `lease_ttl_ms × 4/3`.
-    #[serde(default = "defaults::lease_ttl_ms")]
-    pub lease_ttl_ms: u64,
-    /// TLS of a `wss://` upstream: extra CA roots, client certificate (mutual TLS).
-    #[serde(default)]
-    pub tls: crate::tls::TlsConfig,
-}
-
-impl BridgeConfig {
-    /// A bridge to `url` with the default timings.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            connect_timeout_ms: defaults::bridge_connect_timeout_ms(),
-            reconnect_initial_ms: defaults::reconnect_initial_ms(),
-            reconnect_max_ms: defaults::reconnect_max_ms(),
-            lease_ttl_ms: defaults::lease_ttl_ms(),
-            tls: crate::tls::TlsConfig::default(),
-        }
-    }
-}
-
-mod defaults {
-    pub(super) fn max_response_bytes() -> u64 {
-        1024 * 1024
-    }
-    pub(super) fn bridge_connect_timeout_ms() -> u64 {
-        2_000
-    }
-    pub(super) fn reconnect_initial_ms() -> u64 {
-        100
-    }
-    pub(super) fn reconnect_max_ms() -> u64 {
-        5_000
-    }
-    pub(super) fn lease_ttl_ms() -> u64 {
-        3_000
-    }
-    pub(super) fn connect_timeout_ms() -> u64 {
-        500
-    }
-    pub(super) fn request_timeout_ms() -> u64 {
-        2_000
-    }
-    pub(super) fn health_path() -> String {
-        "/healthz".into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use switchyard_core::bus::BusConfig;
+    use switchyard_core::upstream::{BackendConfig, RetryConfig};
+
     use super::*;
 
     #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -632,5 +459,31 @@ mod tests {
         });
         let back: Demo = source(&text, &[]).load("T").unwrap();
         assert_eq!(back, cfg);
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WithBus {
+        #[serde(default)]
+        bus: BusConfig,
+    }
+
+    #[test]
+    fn bus_section_is_checked_at_load() {
+        let ok: WithBus = source("[bus]\nkind = \"redis\"\nprefix = \"eu-1\"\n", &[])
+            .load("T")
+            .unwrap();
+        assert_eq!(ok.bus.broker_url(), "redis://127.0.0.1:6379");
+        assert_eq!(ok.bus.prefix, "eu-1");
+        for (text, needle) in [
+            ("[bus]\nkind = \"kafka\"\n", "kafka"),
+            ("[bus]\nkind = \"nats\"\nprefix = \"a.b\"\n", "bus.prefix"),
+            ("[bus]\nkind = \"redis\"\nurl = \"http://x\"\n", "bus.url"),
+            ("[bus]\nkind = \"nats\"\nurl = \"nats://\"\n", "bus.url"),
+            ("[bus]\nhistory = 5\n", "history"),
+        ] {
+            let err = source(text, &[]).load::<WithBus>("T").unwrap_err();
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Server plumbing shared by every gateway and demo service: serving with a bounded graceful
-//! drain, OS shutdown signals, `/healthz` and `/readyz`, request body limits, and the JSON error
-//! body `{"error": {"code", "message", ...}}`.
+//! drain, OS shutdown signals, `/healthz` and `/readyz`, and request body limits. The JSON error
+//! body is [`crate::errors`].
 //!
 //! Shutdown is a parameter: servers take a [`CancellationToken`] and stop accepting when it is
 //! cancelled, then give in-flight requests up to the drain timeout. Long-lived handlers (sockets,
@@ -14,16 +14,16 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpListener;
 pub use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
-use crate::bus::Bus;
+use switchyard_core::bus::Bus;
+use switchyard_core::upstream::Upstreams;
+
 use crate::config::ServerConfig;
-use crate::upstream::Upstreams;
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then drains for at most `drain`,
 /// with the default connection bounds of [`ServerConfig`] (see [`serve_with`]).
@@ -214,70 +214,4 @@ pub fn health_routes(readiness: Readiness) -> Router {
                 }
             }),
         )
-}
-
-/// A JSON error answer: `{"error": {"code": ..., "message": ..., "backend": ...}}`.
-///
-/// `code` is stable and meant for programs; `message` is for people and may change.
-#[derive(Debug, Clone)]
-pub struct JsonError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable machine-readable code, such as `invalid_amount`.
-    pub code: &'static str,
-    /// Human-readable explanation.
-    pub message: String,
-    /// The backend at fault, when the failure came from upstream.
-    pub backend: Option<String>,
-}
-
-impl JsonError {
-    /// An error without a backend.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            backend: None,
-        }
-    }
-
-    /// A 400 Bad Request.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    /// Names the backend the failure came from.
-    pub fn with_backend(mut self, backend: impl Into<String>) -> Self {
-        self.backend = Some(backend.into());
-        self
-    }
-}
-
-impl IntoResponse for JsonError {
-    fn into_response(self) -> Response {
-        let mut body = json!({"code": self.code, "message": self.message});
-        if let Some(b) = self.backend {
-            body["backend"] = json!(b);
-        }
-        (self.status, axum::Json(json!({ "error": body }))).into_response()
-    }
-}
-
-/// Turns axum's extractor rejections (bad JSON, bad query string, body too large) into
-/// [`JsonError`]s, so clients always get the JSON error shape.
-///
-/// A body that parses but does not fit the expected shape is a 400 `invalid_request` like any
-/// other malformed request (axum says 422), so that 422 stays free for business refusals such as
-/// `limit_exceeded`.
-pub fn rejection(rejection: impl IntoResponse + std::fmt::Display) -> JsonError {
-    let text = rejection.to_string();
-    let (status, code) = match rejection.into_response().status() {
-        StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-        }
-        _ => (StatusCode::BAD_REQUEST, "invalid_request"),
-    };
-    JsonError::new(status, code, text)
 }

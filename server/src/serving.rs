@@ -52,8 +52,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::config::ServerConfig;
-use crate::server::JsonError;
-use crate::slots::{Refused, Slot, Slots};
+use switchyard_core::slots::{Refused, Slot, Slots};
+
+use crate::errors::JsonError;
 
 /// How long the loop waits after an accept error that is not the client's doing.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

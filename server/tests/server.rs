@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::{get, post};
-use switchyard_core::config::ServerConfig;
-use switchyard_core::server::{self, CancellationToken, Readiness};
+use switchyard_server::config::ServerConfig;
+use switchyard_server::server::{self, CancellationToken, Readiness};
 
 async fn start(
     app: Router,
@@ -110,7 +110,7 @@ async fn readyz_reports_each_check() {
     let up = std::sync::Arc::new(
         switchyard_core::upstream::Upstreams::new(&std::collections::BTreeMap::from([(
             "gone".to_owned(),
-            switchyard_core::config::BackendConfig::new("http://127.0.0.1:9"),
+            switchyard_core::upstream::BackendConfig::new("http://127.0.0.1:9"),
         )]))
         .expect("registry"),
     );

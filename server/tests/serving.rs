@@ -9,8 +9,8 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::routing::{get, post};
-use switchyard_core::config::ServerConfig;
-use switchyard_core::server::{self, CancellationToken};
+use switchyard_server::config::ServerConfig;
+use switchyard_server::server::{self, CancellationToken};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -43,8 +43,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+mod config;
+
+pub use config::BridgeConfig;
+
 use crate::bus::Bus;
-use crate::config::BridgeConfig;
 use crate::event::Topic;
 use crate::hub::Feeder;
 

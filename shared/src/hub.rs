@@ -23,18 +23,18 @@
 //! guard it returns is held until the last local subscriber leaves. The hub does not know what a
 //! feeder talks to.
 
+use futures::StreamExt;
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+mod config;
 use crate::bus::{Bus, BusError, Delivery, Read, StartAt, Subscription};
-use crate::config::HubConfig;
 use crate::event::{Event, Position, Topic, TopicClass};
+pub use config::HubConfig;
 
 /// Events read from history per bus call while a subscriber catches up.
 const REPLAY_PAGE: usize = 256;

@@ -30,9 +30,9 @@
 //! configured trusted proxy's `X-Forwarded-For`), an authenticated user, or an authenticated
 //! device — never a value a caller chooses freely. Over-long identifiers are hashed.
 //!
-//! Not done here: deciding what a gateway answers when refused (each gateway maps a
-//! [`RetryAfter`] to its wire format), and limits across gateways (every key carries the
-//! gateway's name).
+//! Not done here: reading HTTP requests and wrapping routers (the server crate's middleware),
+//! deciding what a gateway answers when refused (each gateway maps a [`RetryAfter`] to its wire
+//! format), and limits across gateways (every key carries the gateway's name).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -40,10 +40,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::request::Parts;
-use axum::middleware::Next;
-use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use crate::bus::{Broker, BusConfig, BusError, Clients};
@@ -617,23 +613,13 @@ impl RateLimiter {
         }
     }
 
-    /// The client's IP address of a request: the peer's (from axum's
-    /// `ConnectInfo<SocketAddr>` extension), or a trusted proxy's `X-Forwarded-For`. `None`
-    /// when the server does not record peers.
-    pub fn client_ip(&self, parts: &Parts) -> Option<IpAddr> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
-        self.client_ip_from(peer, &parts.headers)
-    }
-
-    /// The client's IP address given the peer's address and the request's headers (see
-    /// [`Self::client_ip`]).
+    /// The client's IP address given the peer's address and the request's headers: the peer's,
+    /// or the right-most hop of `X-Forwarded-For` that is not a trusted proxy when the peer is
+    /// one. `None` when there is no peer address.
     pub fn client_ip_from(
         &self,
         peer: Option<SocketAddr>,
-        headers: &axum::http::HeaderMap,
+        headers: &http::HeaderMap,
     ) -> Option<IpAddr> {
         let peer = peer?.ip();
         if self.config.trusted_proxies.is_empty() || !self.config.trusted_proxies.contains(&peer) {
@@ -664,90 +650,6 @@ fn client_key(scope: Scope, user: Option<&str>, ip: Option<IpAddr>) -> Option<Ke
         (None, Some(ip)) => Some(Key::ip(scope, ip)),
         (None, None) => None,
     }
-}
-
-/// Names the authenticated user of a request, for the per-user rule of [`layer`]; `None` for
-/// an anonymous (or wrongly authenticated) caller, who is then limited by IP only.
-pub type UserOf = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
-
-/// Turns a refusal into the gateway's answer (429 with `Retry-After`, in its error shape).
-pub type Refuse = fn(RetryAfter) -> Response;
-
-#[derive(Clone)]
-struct LayerState {
-    limiter: Arc<RateLimiter>,
-    user: Option<UserOf>,
-    refuse: Refuse,
-}
-
-/// Wraps `router` in the per-request limits: per IP for every request, and per user for those
-/// `user` names. A refused request never reaches the router.
-pub fn layer<S>(
-    router: axum::Router<S>,
-    limiter: Arc<RateLimiter>,
-    user: Option<UserOf>,
-    refuse: Refuse,
-) -> axum::Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    router.layer(axum::middleware::from_fn_with_state(
-        LayerState {
-            limiter,
-            user,
-            refuse,
-        },
-        limit,
-    ))
-}
-
-async fn limit(State(s): State<LayerState>, req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
-    if let Some(ip) = s.limiter.client_ip(&parts)
-        && let Err(r) = s
-            .limiter
-            .check(&Key::ip(Scope::Request, ip), s.limiter.requests_per_ip())
-            .await
-    {
-        return (s.refuse)(r);
-    }
-    if let Some(user) = s.user.as_ref().and_then(|f| f(&parts))
-        && let Err(r) = s
-            .limiter
-            .check(
-                &Key::user(Scope::Request, &user),
-                s.limiter.requests_per_user(),
-            )
-            .await
-    {
-        return (s.refuse)(r);
-    }
-    next.run(Request::from_parts(parts, body)).await
-}
-
-/// The refusal of an HTTP request in the JSON error shape: 429, `Retry-After` (seconds), and
-/// `{"error": {"code": "rate_limited", "message", "retry_after_s"}}`.
-pub fn json_refusal(r: RetryAfter) -> Response {
-    use axum::response::IntoResponse as _;
-    let body = serde_json::json!({"error": {
-        "code": "rate_limited",
-        "message": format!("too many requests; retry after {} s", r.secs()),
-        "retry_after_s": r.secs(),
-    }});
-    (
-        axum::http::StatusCode::TOO_MANY_REQUESTS,
-        [retry_after_header(r)],
-        axum::Json(body),
-    )
-        .into_response()
-}
-
-/// The `Retry-After` header of a refusal.
-pub fn retry_after_header(r: RetryAfter) -> (axum::http::HeaderName, axum::http::HeaderValue) {
-    (
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from(r.secs()),
-    )
 }
 
 #[cfg(test)]
@@ -790,7 +692,7 @@ mod tests {
     #[test]
     fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
         let proxy: IpAddr = "10.0.0.9".parse().unwrap();
-        let mut headers = axum::http::HeaderMap::new();
+        let mut headers = http::HeaderMap::new();
         headers.insert(
             "x-forwarded-for",
             "6.6.6.6, 203.0.113.7, 10.0.0.9".parse().unwrap(),
@@ -812,7 +714,7 @@ mod tests {
         // From anyone else the header is ignored.
         let other: IpAddr = "198.51.100.1".parse().unwrap();
         assert_eq!(behind.client_ip_from(peer(other), &headers), Some(other));
-        let mut junk = axum::http::HeaderMap::new();
+        let mut junk = http::HeaderMap::new();
         junk.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
         assert_eq!(behind.client_ip_from(peer(proxy), &junk), Some(proxy));
         assert_eq!(behind.client_ip_from(None, &headers), None);

@@ -51,7 +51,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Two rustls providers are compiled in (aws-lc-rs for reqwest, ring for other dependencies), so
 /// rustls cannot pick a default by itself, and a library that asks for the default (such as
 /// async-nats for a `tls://` broker) would panic. Every server binary calls this at start
-/// (`cli::run_server`); calling it again does nothing.
+/// (the server crate's `cli::run_server`); calling it again does nothing.
 pub fn install_default_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race with another installer is fine: a provider is installed either way.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use switchyard_core::bus::{BusError, Delivery, Read, StartAt, Subscription};
-use switchyard_core::config::HubConfig;
 use switchyard_core::event::{Position, Topic};
+use switchyard_core::hub::HubConfig;
 use switchyard_core::hub::{Hub, Item};
 use tokio::time::timeout;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_core::compose::{Need, Plan};
-use switchyard_core::config::{BackendConfig, RetryConfig};
+use switchyard_core::upstream::{BackendConfig, RetryConfig};
 use switchyard_core::upstream::{UpstreamErrorKind, Upstreams};
 use test_support::{Scripted, TestServer, eventually};
 use tokio::time::Instant;

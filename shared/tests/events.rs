@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use switchyard_core::bus::{Bus, Delivery, Read, StartAt};
-use switchyard_core::config::HubConfig;
 use switchyard_core::event::{Position, Topic};
+use switchyard_core::hub::HubConfig;
 use switchyard_core::hub::{Hub, Item};
 use tokio::time::timeout;
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use switchyard_core::config::{BusConfig, BusKind};
+use switchyard_core::bus::{BusConfig, BusKind};
 use switchyard_core::ratelimit::{Key, RateLimitConfig, RateLimiter, Rule, Scope};
 
 fn bus(kind: BusKind) -> BusConfig {

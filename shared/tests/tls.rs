@@ -19,12 +19,13 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bridge::{Decoded, UpstreamBridge, UpstreamProtocol};
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::bus::{Bus, Delivery, StartAt};
-use switchyard_core::config::{BackendConfig, BridgeConfig, RetryConfig};
 use switchyard_core::event::Topic;
 use switchyard_core::tls::TlsConfig;
+use switchyard_core::upstream::{BackendConfig, RetryConfig};
 use switchyard_core::upstream::{Call, Upstreams};
 use test_support::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use switchyard_core::config::{BackendConfig, CircuitConfig, RetryConfig};
+use switchyard_core::upstream::{BackendConfig, CircuitConfig, RetryConfig};
 use switchyard_core::upstream::{Call, CircuitState, UpstreamErrorKind, Upstreams};
 use test_support::{Scripted, TestServer};
 use tokio::time::Instant;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use switchyard_core::config::BackendConfig;
+use switchyard_core::upstream::BackendConfig;
 use switchyard_core::upstream::{Call, UpstreamErrorKind, Upstreams};
 use test_support::Scripted;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize as _;
 use serde_yaml::Value as Yaml;
 use switchyard::Stack;
-use switchyard_core::config::Source;
+use switchyard_server::config::Source;
 
 /// One gateway as the deployment files name it.
 pub struct Gateway {

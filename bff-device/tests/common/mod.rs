@@ -13,7 +13,7 @@ use serde_json::json;
 use switchyard_core::bus::Bus;
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::event::{Event, Topic};
-use switchyard_core::server::CancellationToken;
+use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
 pub use test_support::device::{DeviceApi, kinds, of_kind};
 pub use test_support::http::{Answer, answer};

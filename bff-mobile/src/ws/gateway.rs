@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_core::hub::Hub;
-use switchyard_core::server::CancellationToken;
 use switchyard_core::slots::Slots;
+use switchyard_server::server::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::events::Frames;

@@ -175,7 +175,7 @@ impl Io {
         }
         let _ =
             tokio::time::timeout(CLOSE_WAIT, write_queued(&mut self.sink, &mut self.queue)).await;
-        switchyard_core::websocket::close(
+        switchyard_server::websocket::close(
             &mut self.sink,
             &mut self.stream,
             closing.code,
@@ -194,7 +194,8 @@ impl Io {
 /// The close owed to the client for a read error (1009 too big, 1007 invalid UTF-8, 1002
 /// protocol violation), or nothing when the client is gone.
 pub(super) fn read_error(e: &axum::Error) -> Option<Closing> {
-    switchyard_core::websocket::read_error_close(e).map(|(code, reason)| Closing::new(code, reason))
+    switchyard_server::websocket::read_error_close(e)
+        .map(|(code, reason)| Closing::new(code, reason))
 }
 
 /// A protocol frame as a WebSocket message (no copy).

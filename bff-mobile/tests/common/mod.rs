@@ -12,7 +12,7 @@ use mobile_proto::Encoding;
 use switchyard_core::bus::Bus;
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::event::{Event, Topic};
-use switchyard_core::server::CancellationToken;
+use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
 
 /// The HS256 secret of the test gateway.

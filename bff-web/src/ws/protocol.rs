@@ -108,7 +108,7 @@ where
                         Some(Ok(msg)) => msg,
                         Some(Err(e)) => {
                             // 1009 too big, 1007 invalid UTF-8, 1002 protocol violation.
-                            return switchyard_core::websocket::read_error_close(&e)
+                            return switchyard_server::websocket::read_error_close(&e)
                                 .map(|(code, reason)| Closing::new(code, reason));
                         }
                     };

@@ -113,6 +113,12 @@ fn envelope(id_json: &str, ty: &str, payload: &[u8]) -> String {
 /// 1013 must read what its buffers hold before the frame reaches it).
 pub(super) async fn close(socket: WebSocket, closing: Closing) {
     let (mut sink, mut stream) = socket.split();
-    switchyard_core::websocket::close(&mut sink, &mut stream, closing.0, &closing.1, CLOSE_LINGER)
-        .await;
+    switchyard_server::websocket::close(
+        &mut sink,
+        &mut stream,
+        closing.0,
+        &closing.1,
+        CLOSE_LINGER,
+    )
+    .await;
 }

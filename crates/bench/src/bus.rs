@@ -21,7 +21,7 @@ use futures::StreamExt;
 use switchyard_core::bus::nats::NatsBus;
 use switchyard_core::bus::redis::RedisBus;
 use switchyard_core::bus::{Bus, Delivery, StartAt, Subscription};
-use switchyard_core::config::{BusConfig, BusKind};
+use switchyard_core::bus::{BusConfig, BusKind};
 use switchyard_core::event::Topic;
 use tokio::sync::mpsc;
 

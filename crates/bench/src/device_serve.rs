@@ -25,7 +25,7 @@ use serde::Deserialize;
 use switchyard_core::bus::Bus;
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::event::Topic;
-use switchyard_core::server::CancellationToken;
+use switchyard_server::server::CancellationToken;
 use tokio::sync::watch;
 
 /// Arguments of `serve-device`.
@@ -63,7 +63,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         gateway(&args, shutdown.clone())?
     };
     // Thousands of devices poll from this one address.
-    let server_config = switchyard_core::config::ServerConfig {
+    let server_config = switchyard_server::config::ServerConfig {
         drain_timeout_ms: 5_000,
         max_connections_per_ip: 0,
         max_connections: 0,
@@ -71,7 +71,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     };
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
-        switchyard_core::server::serve_with(listener, router, stop, &server_config).await
+        switchyard_server::server::serve_with(listener, router, stop, &server_config).await
     });
     crate::serve::announce(&format!("http://{addr}"));
     crate::serve::until_stdin_closes().await;

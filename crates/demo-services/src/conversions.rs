@@ -35,10 +35,13 @@ use demo_api::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use switchyard_core::bus::Bus;
-use switchyard_core::config::{BackendConfig, BusConfig, LogConfig, ServerConfig};
+use switchyard_core::bus::BusConfig;
 use switchyard_core::event::Topic;
-use switchyard_core::server::{self, CancellationToken, JsonError, Readiness};
+use switchyard_core::upstream::BackendConfig;
 use switchyard_core::upstream::{UpstreamError, UpstreamErrorKind, Upstreams};
+use switchyard_server::config::{LogConfig, ServerConfig};
+use switchyard_server::errors::{JsonError, upstream_error};
+use switchyard_server::server::{self, CancellationToken, Readiness};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -94,14 +97,16 @@ impl Default for Config {
     }
 }
 
-impl switchyard_core::cli::ServerBinary for Config {
-    const NAME: &'static str = "conversions";
-    const ENV_PREFIX: &'static str = "SWITCHYARD_CONVERSIONS";
-    fn server(&self) -> &switchyard_core::config::ServerConfig {
-        &self.server
-    }
-    fn log(&self) -> &switchyard_core::config::LogConfig {
-        &self.log
+switchyard_server::server_binary!(
+    Config,
+    "conversions",
+    "Converts amounts and publishes conversion events (demo backend)",
+    "SWITCHYARD_CONVERSIONS"
+);
+
+impl switchyard_server::cli::WithBus for Config {
+    fn bus(&self) -> &BusConfig {
+        &self.bus
     }
 }
 
@@ -122,7 +127,7 @@ fn backends_over_defaults<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, BackendConfig>, D::Error> {
     let given: BTreeMap<String, BackendConfig> =
-        switchyard_core::config::only_known(d, "backend", &[EXCHANGE, LIMITS])?;
+        switchyard_server::config::only_known(d, "backend", &[EXCHANGE, LIMITS])?;
     let mut backends = default_backends();
     backends.extend(given);
     Ok(backends)
@@ -215,7 +220,7 @@ async fn create(
         .upstreams
         .get_json(EXCHANGE, path, deadline)
         .await
-        .map_err(upstream_error)?;
+        .map_err(|e| upstream_error(&e))?;
     if rate.pair != order.pair || rate.rate <= Decimal::ZERO {
         tracing::warn!(asked = %order.pair, got = %rate.pair, rate = %rate.rate, "conversions: exchange answered a wrong rate");
         return Err(JsonError::new(
@@ -339,27 +344,7 @@ fn limit_error(e: UpstreamError) -> JsonError {
                 .unwrap_or_else(|| "daily limit exceeded".to_owned()),
         );
     }
-    upstream_error(e)
-}
-
-/// Every backend failure becomes a 502 `upstream_error` or a 504 `upstream_timeout` naming the
-/// backend; the detail goes to the log, not to the client.
-fn upstream_error(e: UpstreamError) -> JsonError {
-    let backend = e.backend.to_string();
-    tracing::warn!(error = %e, "conversions: backend call failed");
-    match &e.kind {
-        UpstreamErrorKind::Timeout => JsonError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
-            format!("backend `{backend}` did not answer in time"),
-        ),
-        kind => JsonError::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream_error",
-            format!("backend `{backend}` failed ({})", kind.code()),
-        ),
-    }
-    .with_backend(backend)
+    upstream_error(&e)
 }
 
 /// Now, as RFC 3339 UTC with milliseconds: `2025-03-01T12:34:56.789Z`.
@@ -534,7 +519,7 @@ mod tests {
 
     #[test]
     fn config_backends_merge_over_defaults() {
-        let source = switchyard_core::config::Source::new(
+        let source = switchyard_server::config::Source::new(
             None,
             vec![(
                 "T__BACKENDS__EXCHANGE__BASE_URL".into(),
@@ -548,7 +533,7 @@ mod tests {
 
     #[test]
     fn config_backend_of_an_unknown_name_is_an_error_naming_it() {
-        let source = switchyard_core::config::Source::new(
+        let source = switchyard_server::config::Source::new(
             Some((
                 "conversions.toml".into(),
                 "[backends.limts]\nbase_url = \"http://10.0.0.1:1\"\n".into(),

@@ -9,8 +9,9 @@ use std::fmt::Display;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use switchyard_core::config::ServerConfig;
-use switchyard_core::server::{self, JsonError, Readiness};
+use switchyard_server::config::ServerConfig;
+use switchyard_server::errors::JsonError;
+use switchyard_server::server::{self, Readiness};
 
 /// A validation failure from [`demo_api`] as a 400 with its stable code.
 pub(crate) fn invalid(e: demo_api::Invalid) -> JsonError {
@@ -20,7 +21,7 @@ pub(crate) fn invalid(e: demo_api::Invalid) -> JsonError {
 /// An extractor rejection (bad JSON, unknown field, bad query string, oversized body) as a JSON
 /// error: 400 `invalid_request`, keeping 422 for business refusals such as `limit_exceeded`.
 pub(crate) fn bad_input(rejection: impl IntoResponse + Display) -> JsonError {
-    server::rejection(rejection)
+    switchyard_server::errors::rejection(rejection)
 }
 
 /// Adds `/healthz` and `/readyz`, JSON 404 and 405 answers, and the common layers to a service's

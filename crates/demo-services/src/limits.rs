@@ -20,8 +20,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use demo_api::{ConsumeRequest, Decimal, Limit, UserId, parse_amount};
 use serde::{Deserialize, Serialize};
-use switchyard_core::config::{LogConfig, ServerConfig};
-use switchyard_core::server::{self, CancellationToken, JsonError, Readiness};
+use switchyard_server::config::{LogConfig, ServerConfig};
+use switchyard_server::errors::JsonError;
+use switchyard_server::server::{self, CancellationToken, Readiness};
 use time::Date;
 use tokio::net::TcpListener;
 
@@ -56,16 +57,12 @@ impl Default for Config {
     }
 }
 
-impl switchyard_core::cli::ServerBinary for Config {
-    const NAME: &'static str = "limits";
-    const ENV_PREFIX: &'static str = "SWITCHYARD_LIMITS";
-    fn server(&self) -> &switchyard_core::config::ServerConfig {
-        &self.server
-    }
-    fn log(&self) -> &switchyard_core::config::LogConfig {
-        &self.log
-    }
-}
+switchyard_server::server_binary!(
+    Config,
+    "limits",
+    "Per-user daily conversion limits (demo backend)",
+    "SWITCHYARD_LIMITS"
+);
 
 /// Serves the limits service on `listener` until `shutdown` is cancelled, then drains.
 ///

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use serde_json::json;
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::bus::{Bus, Delivery, Read, StartAt};
-use switchyard_core::config::{BackendConfig, RetryConfig};
 use switchyard_core::event::{Position, Topic};
+use switchyard_core::upstream::{BackendConfig, RetryConfig};
 use test_support::http::{client, json};
 use test_support::instance::Instance;
 

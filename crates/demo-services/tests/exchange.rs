@@ -363,7 +363,7 @@ async fn an_oversized_message_closes_with_1009() {
 async fn shutdown_closes_sockets_with_1001_and_run_returns() {
     let svc = exchange_with(Config {
         tick_interval_ms: 10,
-        server: switchyard_core::config::ServerConfig {
+        server: switchyard_server::config::ServerConfig {
             drain_timeout_ms: 30_000,
             ..Default::default()
         },

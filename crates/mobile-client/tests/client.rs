@@ -12,9 +12,9 @@ use mobile_client::{CallError, Client, Config, Encoding, Error, Position, Subscr
 use serde_json::json;
 use switchyard_core::bus::Bus;
 use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::config::BackendConfig;
 use switchyard_core::event::Topic;
-use switchyard_core::server::CancellationToken;
+use switchyard_core::upstream::BackendConfig;
+use switchyard_server::server::CancellationToken;
 use test_support::{Scripted, TestServer};
 
 const SECRET: &str = "a-test-secret-that-is-32-bytes-long!";

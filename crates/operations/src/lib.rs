@@ -4,7 +4,9 @@
 //! (`exchange`, `limits`, `conversions`), runs it, and returns typed Rust results — including, for
 //! optional parts, the error that took a value's place. Gateways map these results and
 //! [`OpError`]s to their own wire formats; nothing here knows GraphQL, frames or HTTP status
-//! codes.
+//! codes. The one exception is the conversion of an [`OpError`] into the server crate's shared
+//! HTTP error contract (`switchyard_server::errors`), which bff-mobile's and bff-device's JSON
+//! quote share; the contract decides the statuses.
 //!
 //! [`sources`] holds the domain's event sources: the exchange's tick protocol, bridged onto the
 //! bus as `rates.{BASE}/{QUOTE}` state topics.
@@ -18,8 +20,9 @@ use demo_api::{
 };
 use serde::{Deserialize, Serialize};
 use switchyard_core::compose::{Need, Plan};
-use switchyard_core::config::BackendConfig;
+use switchyard_core::upstream::BackendConfig;
 use switchyard_core::upstream::{UpstreamError, Upstreams};
+use switchyard_server::errors::{JsonError, upstream_error};
 use tokio::time::Instant;
 
 pub mod sources;
@@ -42,7 +45,7 @@ pub const BACKENDS: &[&str] = &[backend::CONVERSIONS, backend::EXCHANGE, backend
 pub fn known_backends<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, BackendConfig>, D::Error> {
-    switchyard_core::config::only_known(deserializer, "backend", BACKENDS)
+    switchyard_server::config::only_known(deserializer, "backend", BACKENDS)
 }
 
 /// The default backend registry: the demo services on their default ports.
@@ -85,6 +88,15 @@ pub enum OpError {
     /// A required backend call failed (upstream's fault); the error names the backend.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+}
+
+impl From<OpError> for JsonError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::Invalid(i) => JsonError::bad_request(i.code, i.message),
+            OpError::Upstream(u) => upstream_error(&u),
+        }
+    }
 }
 
 /// A quote request, validated.
@@ -168,6 +180,24 @@ pub enum NoLimit {
     /// The limits backend failed; the error names it.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+}
+
+impl NoLimit {
+    /// The backend whose answer is missing: `limits`, withheld or failed.
+    pub fn backend(&self) -> &str {
+        match self {
+            Self::Withheld(_) => backend::LIMITS,
+            Self::Upstream(u) => &u.backend,
+        }
+    }
+
+    /// A short stable code: why it was withheld, or how the backend failed (`timeout`, …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Withheld(w) => w.code(),
+            Self::Upstream(u) => u.kind.code(),
+        }
+    }
 }
 
 /// A quote: what converting `amount` would give now, and how much of the user's limit is left.

@@ -4,9 +4,9 @@
 //! [`ExchangeTicks`] is the [`UpstreamProtocol`] of the exchange's `GET /v1/ticks` WebSocket
 //! ([`demo_api::ticks`]): it turns a topic into the watch and unwatch frames for its pair, and a
 //! tick into a [`Rate`] as JSON, the payload every gateway decodes with `demo_api` types.
-//! [`exchange_bridge`] starts the core's upstream bridge with it. This module does not connect,
-//! reconnect or count subscribers (the core's bridge and hub do), and it does not encode anything
-//! for clients.
+//! [`exchange_bridge`] starts the core's upstream bridge with it; [`feeds`] hands it to the
+//! gateway runtime. This module does not connect, reconnect or count subscribers (the core's
+//! bridge and hub do), nor lease (the runtime does), and it does not encode anything for clients.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,13 +14,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use demo_api::ticks::{ClientMsg, ServerMsg};
 use demo_api::{Decimal, Pair, Rate};
+use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bridge::{Decoded, UpstreamBridge, UpstreamProtocol};
 use switchyard_core::bus::Bus;
-use switchyard_core::bus::lease::Lease;
-use switchyard_core::config::BridgeConfig;
 use switchyard_core::event::Topic;
-use switchyard_core::hub::Feeder;
-use switchyard_core::leased::LeasedFeeder;
+use switchyard_server::runtime::Feed;
 
 /// The prefix of rate topics (`rates.EUR/USD`); the hub's default configuration makes them
 /// state topics.
@@ -51,7 +49,7 @@ pub const BRIDGES: &[&str] = &[EXCHANGE_BRIDGE];
 pub fn known_bridges<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, BridgeConfig>, D::Error> {
-    switchyard_core::config::only_known(deserializer, "bridge", BRIDGES)
+    switchyard_server::config::only_known(deserializer, "bridge", BRIDGES)
 }
 
 /// The default bridges: the exchange's ticker on its default port.
@@ -68,23 +66,20 @@ pub fn exchange_bridge(config: &BridgeConfig, bus: Arc<dyn Bus>) -> UpstreamBrid
     UpstreamBridge::start(EXCHANGE_BRIDGE, config, Arc::new(ExchangeTicks), bus)
 }
 
-/// The exchange bridge as a gateway's hub feeder for [`RATES_PREFIX`]: behind the cluster-wide
-/// `lease` (see `switchyard_core::leased`), so that among the instances on one broker only one
-/// watches a pair upstream; `gateway` names this instance's lease holder.
-pub fn exchange_feeder(
-    config: &BridgeConfig,
-    bus: Arc<dyn Bus>,
-    lease: Arc<dyn Lease>,
-    gateway: &str,
-) -> Arc<dyn Feeder> {
-    let bridge = exchange_bridge(config, bus);
-    Arc::new(LeasedFeeder::new(
-        Arc::new(bridge),
-        lease,
-        EXCHANGE_BRIDGE,
-        &LeasedFeeder::unique_holder(gateway),
-        std::time::Duration::from_millis(config.lease_ttl_ms),
-    ))
+/// The demo's hub feeds, from a gateway's `[bridges]` (the gateway runtime's
+/// `switchyard_server::runtime::Feeds`): the exchange's ticker feeding [`RATES_PREFIX`] when
+/// its bridge is configured. The runtime puts each behind the cluster-wide lease.
+pub fn feeds(bridges: &BTreeMap<String, BridgeConfig>, bus: &Arc<dyn Bus>) -> Vec<Feed> {
+    bridges
+        .get(EXCHANGE_BRIDGE)
+        .map(|config| Feed {
+            prefix: RATES_PREFIX,
+            name: EXCHANGE_BRIDGE,
+            feeder: Arc::new(exchange_bridge(config, bus.clone())),
+            lease_ttl: std::time::Duration::from_millis(config.lease_ttl_ms),
+        })
+        .into_iter()
+        .collect()
 }
 
 /// The exchange service's tick protocol ([`demo_api::ticks`]), one pair per rates topic.

@@ -13,9 +13,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use switchyard_core::bus::BusConfig;
 use switchyard_core::bus::{self, Bus};
-use switchyard_core::config::{BackendConfig, BusConfig, LogConfig};
-use switchyard_core::server::CancellationToken;
+use switchyard_core::upstream::BackendConfig;
+use switchyard_server::config::LogConfig;
+use switchyard_server::server::CancellationToken;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -215,7 +217,7 @@ impl Stack {
         for bridges in [&mut web.bridges, &mut mobile.bridges, &mut device.bridges] {
             bridges
                 .entry(operations::sources::EXCHANGE_BRIDGE.to_owned())
-                .or_insert_with(|| switchyard_core::config::BridgeConfig::new(""))
+                .or_insert_with(|| switchyard_core::bridge::BridgeConfig::new(""))
                 .url = ticks.clone();
         }
 

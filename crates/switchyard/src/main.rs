@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use switchyard::{Config, Stack};
-use switchyard_core::cli::{Args, Loaded};
+use switchyard_server::cli::{Args, Loaded};
 
 #[derive(Parser)]
 #[command(
@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    switchyard_core::telemetry::init(&config.log);
+    switchyard_server::telemetry::init(&config.log);
     switchyard_core::tls::install_default_provider();
     let demo_key = config
         .device
@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("press Ctrl-C to stop");
     stack
-        .run_until(switchyard_core::server::shutdown_signal())
+        .run_until(switchyard_server::server::shutdown_signal())
         .await?;
     println!("switchyard stopped");
     Ok(())

@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 
 use switchyard::{Config, DEMO_ADMIN_TOKEN, DEMO_DEVICE, DEMO_SECRET, ENV_PREFIX};
-use switchyard_core::config::{BackendConfig, ConfigError, Source};
+use switchyard_core::upstream::BackendConfig;
+use switchyard_server::config::{ConfigError, Source};
 
 fn env(vars: &[(&str, &str)]) -> Source {
     Source::new(

@@ -168,39 +168,3 @@ pub enum BusKind {
     /// NATS: one JetStream stream per topic for history and live delivery.
     Nats,
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Source;
-
-    #[derive(Debug, Default, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct WithBus {
-        #[serde(default)]
-        bus: BusConfig,
-    }
-
-    fn source(text: &str) -> Source {
-        Source::new(Some(("demo.toml".into(), text.into())), Vec::new())
-    }
-
-    #[test]
-    fn bus_section_is_checked_at_load() {
-        let ok: WithBus = source("[bus]\nkind = \"redis\"\nprefix = \"eu-1\"\n")
-            .load("T")
-            .unwrap();
-        assert_eq!(ok.bus.broker_url(), "redis://127.0.0.1:6379");
-        assert_eq!(ok.bus.prefix, "eu-1");
-        for (text, needle) in [
-            ("[bus]\nkind = \"kafka\"\n", "kafka"),
-            ("[bus]\nkind = \"nats\"\nprefix = \"a.b\"\n", "bus.prefix"),
-            ("[bus]\nkind = \"redis\"\nurl = \"http://x\"\n", "bus.url"),
-            ("[bus]\nkind = \"nats\"\nurl = \"nats://\"\n", "bus.url"),
-            ("[bus]\nhistory = 5\n", "history"),
-        ] {
-            let err = source(text).load::<WithBus>("T").unwrap_err();
-            assert!(err.to_string().contains(needle), "{text}: {err}");
-        }
-    }
-}

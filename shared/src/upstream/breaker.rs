@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::CircuitConfig;
+use super::CircuitConfig;
 
 /// The breaker's state, as seen from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,7 @@
 //! it moves bytes and decodes JSON for its callers.
 
 mod breaker;
+mod config;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -27,8 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 pub use breaker::{CircuitBreaker, CircuitState, Open, Permit};
-
-use crate::config::BackendConfig;
+pub use config::{BackendConfig, CircuitConfig, RetryConfig};
 
 /// A failed backend call. Always names the backend.
 #[derive(Debug, Clone, thiserror::Error)]

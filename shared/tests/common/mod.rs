@@ -16,7 +16,7 @@ use switchyard_core::bus::Bus;
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::bus::nats::NatsBus;
 use switchyard_core::bus::redis::RedisBus;
-use switchyard_core::config::{BusConfig, BusKind};
+use switchyard_core::bus::{BusConfig, BusKind};
 
 /// Which bus a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

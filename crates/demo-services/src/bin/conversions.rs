@@ -1,26 +1,8 @@
-//! The conversions demo service on its own: thin — it parses arguments and hands over to the shared
-//! server main (configuration from `--config` and `SWITCHYARD_CONVERSIONS__*`, logs, signals).
+//! The conversions demo service on its own: thin — the shared server main (configuration from
+//! `--config` and `SWITCHYARD_CONVERSIONS__*`, logs, signals) hands over to its `run`.
 
-use clap::Parser;
-use switchyard_core::cli::{Args, run_server};
-
-/// Converts amounts and publishes conversion events (demo backend).
-#[derive(Debug, Parser)]
-#[command(name = "conversions", version, about)]
-struct Cli {
-    #[command(flatten)]
-    args: Args,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    run_server(
-        &cli.args,
-        |config: demo_services::conversions::Config, listener, shutdown| {
-            let bus = switchyard_core::bus::from_config(&config.bus);
-            demo_services::conversions::run(config, bus, listener, shutdown)
-        },
-    )
-    .await
+fn main() -> anyhow::Result<()> {
+    switchyard_server::cli::main(switchyard_server::cli::with_bus(
+        demo_services::conversions::run,
+    ))
 }

@@ -26,8 +26,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use demo_api::{Currency, ExchangeStats, Pair, Rate};
 use serde::{Deserialize, Serialize};
-use switchyard_core::config::{LogConfig, ServerConfig};
-use switchyard_core::server::{self, CancellationToken, JsonError, Readiness};
+use switchyard_server::config::{LogConfig, ServerConfig};
+use switchyard_server::errors::JsonError;
+use switchyard_server::server::{self, CancellationToken, Readiness};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
@@ -70,16 +71,12 @@ impl Default for Config {
     }
 }
 
-impl switchyard_core::cli::ServerBinary for Config {
-    const NAME: &'static str = "exchange";
-    const ENV_PREFIX: &'static str = "SWITCHYARD_EXCHANGE";
-    fn server(&self) -> &switchyard_core::config::ServerConfig {
-        &self.server
-    }
-    fn log(&self) -> &switchyard_core::config::LogConfig {
-        &self.log
-    }
-}
+switchyard_server::server_binary!(
+    Config,
+    "exchange",
+    "Currency rates over REST and its own WebSocket tick protocol (demo backend)",
+    "SWITCHYARD_EXCHANGE"
+);
 
 /// Serves the exchange service on `listener` until `shutdown` is cancelled, then drains.
 ///

@@ -1,0 +1,208 @@
+//! The one gateway runtime: what every gateway builds around its own routes, written once.
+//!
+//! From a gateway's configuration ([`GatewayConfig`]: the sections every gateway has) and its bus,
+//! [`Runtime::new`] builds the backend registry, the hub with its feeds — each behind the
+//! cluster-wide lease, so that among the instances on one broker only one watches a topic
+//! upstream — and the rate limiter. [`Runtime::router`] puts `/healthz` and `/readyz` beside the
+//! gateway's routes and wraps them in the per-request rate limits and the common layers;
+//! [`Runtime::serve`] serves them with the bounded drain, waiting for the upgraded sockets the
+//! gateway tracked in [`Runtime::sockets`].
+//!
+//! What feeds the hub is not decided here: the gateway hands over a [`Feeds`] function that reads
+//! its `[bridges]` (the demo's is `operations::sources::feeds`). Routes, wire formats and each
+//! gateway's own sections stay in the gateway; so does its config struct, which implements
+//! [`GatewayConfig`] with [`gateway_config!`](crate::gateway_config).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use switchyard_core::bridge::BridgeConfig;
+use switchyard_core::bus::Bus;
+use switchyard_core::hub::{Feeder, Hub, HubConfig};
+use switchyard_core::leased::LeasedFeeder;
+use switchyard_core::ratelimit::{RateLimitConfig, RateLimiter};
+use switchyard_core::upstream::{BackendConfig, Upstreams};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::CorsLayer;
+
+use crate::cli::{ServerBinary, WithBus};
+use crate::config::ServerConfig;
+use crate::ratelimit::{Refuse, UserOf};
+use crate::server::{self, CancellationToken, Readiness};
+
+/// The sections every gateway's configuration has, besides `[server]`, `[log]` and `[bus]`.
+pub trait GatewayConfig: ServerBinary + WithBus {
+    /// `[hub]`.
+    fn hub(&self) -> &HubConfig;
+    /// `[backends.NAME]`.
+    fn backends(&self) -> &BTreeMap<String, BackendConfig>;
+    /// `[bridges.NAME]`, read by the gateway's [`Feeds`].
+    fn bridges(&self) -> &BTreeMap<String, BridgeConfig>;
+    /// `[rate_limits]`.
+    fn rate_limits(&self) -> &RateLimitConfig;
+}
+
+/// One source of events for the hub: a feeder for the topics under `prefix`, run behind the
+/// cluster-wide lease `bridge:<name>:<topic>` with a time to live of `lease_ttl`.
+pub struct Feed {
+    /// The topics it feeds (`rates.`).
+    pub prefix: &'static str,
+    /// Its name, in its leases (`exchange`).
+    pub name: &'static str,
+    /// What watches a topic upstream and publishes it on the bus (an upstream bridge).
+    pub feeder: Arc<dyn Feeder>,
+    /// Time to live of its leases.
+    pub lease_ttl: Duration,
+}
+
+/// Builds a gateway's feeds from its `[bridges]`, publishing on the bus.
+pub type Feeds = fn(&BTreeMap<String, BridgeConfig>, &Arc<dyn Bus>) -> Vec<Feed>;
+
+/// What a gateway runs on: its backends, hub, limiter, and what serving it needs.
+pub struct Runtime {
+    /// The backend registry, built from `[backends]`.
+    pub upstreams: Arc<Upstreams>,
+    /// The hub over the bus, with the gateway's feeds.
+    pub hub: Hub,
+    /// The bus the gateway was handed.
+    pub bus: Arc<dyn Bus>,
+    /// The rate limiter of `[rate_limits]`, named after the gateway.
+    pub limiter: Arc<RateLimiter>,
+    /// The upgraded sockets the gateway spawns: waited for after the HTTP drain.
+    pub sockets: TaskTracker,
+    /// Cancelled when the gateway is asked to stop.
+    pub shutdown: CancellationToken,
+    server: ServerConfig,
+}
+
+impl Runtime {
+    /// Builds the runtime of gateway `C` from its configuration, its bus and its feeds.
+    pub fn new<C: GatewayConfig>(
+        config: &C,
+        bus: Arc<dyn Bus>,
+        feeds: Feeds,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let upstreams = Arc::new(Upstreams::new(config.backends())?);
+        let mut hub = Hub::new(bus.clone(), config.hub().clone());
+        let feeds = feeds(config.bridges(), &bus);
+        if !feeds.is_empty() {
+            // The one place a gateway's lease is made: on the broker of `[bus]`.
+            let lease = switchyard_core::bus::lease::from_config(config.bus());
+            let holder = LeasedFeeder::unique_holder(C::NAME);
+            for feed in feeds {
+                let leased = LeasedFeeder::new(
+                    feed.feeder,
+                    lease.clone(),
+                    feed.name,
+                    &holder,
+                    feed.lease_ttl,
+                );
+                hub = hub.with_feeder(feed.prefix, Arc::new(leased));
+            }
+        }
+        let limiter = RateLimiter::from_config(C::NAME, config.rate_limits(), config.bus());
+        Ok(Self {
+            upstreams,
+            hub,
+            bus,
+            limiter,
+            sockets: TaskTracker::new(),
+            shutdown,
+            server: config.server().clone(),
+        })
+    }
+
+    /// The gateway's `routes` with `/healthz` and `/readyz` (its backends and bus) beside them,
+    /// limited per IP for every request and per user for those `user_of` names (a refusal is
+    /// `refuse`'s answer and never reaches the routes), then CORS when given, then the common
+    /// layers (tracing, body limit).
+    pub fn router(
+        &self,
+        routes: Router,
+        user_of: Option<UserOf>,
+        refuse: Refuse,
+        cors: Option<CorsLayer>,
+    ) -> Router {
+        let readiness = Readiness::new(Some(self.upstreams.clone()), Some(self.bus.clone()));
+        let routes = routes.merge(server::health_routes(readiness));
+        let mut router = crate::ratelimit::layer(routes, self.limiter.clone(), user_of, refuse);
+        if let Some(cors) = cors {
+            router = router.layer(cors);
+        }
+        server::with_common_layers(router, &self.server)
+    }
+
+    /// Serves `router` on `listener` until shutdown, then drains HTTP connections and the
+    /// upgraded sockets in [`Self::sockets`] within one drain timeout.
+    pub async fn serve(&self, listener: TcpListener, router: Router) -> anyhow::Result<()> {
+        server::serve_with_sockets(
+            listener,
+            router,
+            self.shutdown.clone(),
+            &self.server,
+            self.sockets.clone(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Implements [`ServerBinary`], [`WithBus`] and [`GatewayConfig`] for a gateway's config struct,
+/// whose shared sections are the fields `server`, `log`, `bus`, `hub`, `backends`, `bridges` and
+/// `rate_limits`:
+///
+/// ```text
+/// switchyard_server::gateway_config!(Config, "bff-web", "Switchyard gateway for browsers", ENV_PREFIX);
+/// ```
+#[macro_export]
+macro_rules! gateway_config {
+    ($config:ty, $name:expr, $about:expr, $env_prefix:expr) => {
+        $crate::server_binary!($config, $name, $about, $env_prefix);
+        impl $crate::cli::WithBus for $config {
+            fn bus(&self) -> &$crate::__core::bus::BusConfig {
+                &self.bus
+            }
+        }
+        impl $crate::runtime::GatewayConfig for $config {
+            fn hub(&self) -> &$crate::__core::hub::HubConfig {
+                &self.hub
+            }
+            fn backends(
+                &self,
+            ) -> &::std::collections::BTreeMap<String, $crate::__core::upstream::BackendConfig>
+            {
+                &self.backends
+            }
+            fn bridges(
+                &self,
+            ) -> &::std::collections::BTreeMap<String, $crate::__core::bridge::BridgeConfig> {
+                &self.bridges
+            }
+            fn rate_limits(&self) -> &$crate::__core::ratelimit::RateLimitConfig {
+                &self.rate_limits
+            }
+        }
+    };
+}
+
+/// Implements [`ServerBinary`] for a config struct with the fields `server` and `log`.
+#[macro_export]
+macro_rules! server_binary {
+    ($config:ty, $name:expr, $about:expr, $env_prefix:expr) => {
+        impl $crate::cli::ServerBinary for $config {
+            const NAME: &'static str = $name;
+            const ABOUT: &'static str = $about;
+            const ENV_PREFIX: &'static str = $env_prefix;
+            fn server(&self) -> &$crate::config::ServerConfig {
+                &self.server
+            }
+            fn log(&self) -> &$crate::config::LogConfig {
+                &self.log
+            }
+        }
+    };
+}
