@@ -29,8 +29,6 @@ mod names;
 
 pub use names::only_known;
 
-/// The `[bus]` section now lives with the bus; this path is kept until every caller has moved.
-
 /// An error loading configuration. The message always names the file, variable or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
