@@ -84,11 +84,11 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     use clap::{Args as _, FromArgMatches as _};
-    let command = clap::Command::new(C::NAME)
+    // `about` after the arguments: augmenting would put `Args`'s own doc comment there.
+    let command = Args::augment_args(clap::Command::new(C::NAME))
         .version(env!("CARGO_PKG_VERSION"))
         .about(C::ABOUT);
-    let args = Args::from_arg_matches(&Args::augment_args(command).get_matches())
-        .unwrap_or_else(|e| e.exit());
+    let args = Args::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
