@@ -11,9 +11,9 @@ pub use switchyard_core::auth::AuthConfig;
 
 /// Checks tokens.
 #[derive(Debug, Clone)]
-pub(crate) struct Verifier(auth::Verifier);
+pub(crate) struct Authenticator(auth::Verifier);
 
-impl Verifier {
+impl Authenticator {
     /// Builds a verifier; fails, naming the setting, when the RSA key is not valid PEM.
     pub(crate) fn new(config: &AuthConfig) -> anyhow::Result<Self> {
         auth::Verifier::new(config).map(Self)
@@ -52,8 +52,8 @@ mod tests {
 
     const SECRET: &str = "a-test-secret-that-is-32-bytes-long!";
 
-    fn verifier() -> Verifier {
-        Verifier::new(&AuthConfig {
+    fn verifier() -> Authenticator {
+        Authenticator::new(&AuthConfig {
             hs256_secret: SECRET.into(),
             ..AuthConfig::default()
         })
@@ -132,7 +132,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_keys_every_token_is_refused() {
-        let v = Verifier::new(&AuthConfig::default()).unwrap();
+        let v = Authenticator::new(&AuthConfig::default()).unwrap();
         let t = hs(&json!({"sub": "alice", "exp": now() + 60}), SECRET);
         assert_eq!(
             v.verify(&t).await.map(|v| v.subject),

@@ -160,7 +160,7 @@ impl App {
 pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> anyhow::Result<App> {
     let runtime = Runtime::new(config, bus, operations::sources::feeds, shutdown)?;
     let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
-    let verifier = auth::Verifier::new(&config.auth)?;
+    let verifier = auth::Authenticator::new(&config.auth)?;
     let gateway = ws::Gateway::new(ws::GatewayParts {
         hub: runtime.hub.clone(),
         ops: ops.clone(),

@@ -22,9 +22,9 @@ use operations::{Caller, OpError, Operations, QuoteRequest};
 use serde::{Deserialize, Serialize};
 use switchyard_server::errors::{JsonError, rejection};
 
-use crate::auth::Verifier;
+use crate::auth::Authenticator;
 
-pub(crate) fn routes(ops: Operations, verifier: Verifier) -> Router {
+pub(crate) fn routes(ops: Operations, verifier: Authenticator) -> Router {
     Router::new()
         .route("/quote", get(quote))
         .with_state(QuoteState { ops, verifier })
@@ -33,7 +33,7 @@ pub(crate) fn routes(ops: Operations, verifier: Verifier) -> Router {
 #[derive(Clone)]
 struct QuoteState {
     ops: Operations,
-    verifier: Verifier,
+    verifier: Authenticator,
 }
 
 #[derive(Deserialize)]

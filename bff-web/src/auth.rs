@@ -1,15 +1,15 @@
 //! Who is calling bff-web: a [`Principal`] from a JWT, through the core's verifier
 //! ([`switchyard_core::auth`]).
 //!
-//! Tokens come from the `Authorization` header of an HTTP request ([`Verifier::from_headers`]) or
+//! Tokens come from the `Authorization` header of an HTTP request ([`Authenticator::from_headers`]) or
 //! from the payload of a graphql-transport-ws `connection_init` message
-//! ([`Verifier::from_init_payload`]) — the part that is this gateway's own wire format. A valid
+//! ([`Authenticator::from_init_payload`]) — the part that is this gateway's own wire format. A valid
 //! token names a [`Principal`]; no token at all means an anonymous caller (`Ok(None)`), and what an
 //! anonymous caller may do is the schema's decision. A token that is present but wrong is always
 //! an error: the gateway never silently downgrades a caller to anonymous.
 //!
 //! On a socket the token also sets how long the connection may live ([`Verified::valid_until`]);
-//! a `ping` whose payload carries a token re-authenticates it ([`Verifier::from_ping_payload`]).
+//! a `ping` whose payload carries a token re-authenticates it ([`Authenticator::from_ping_payload`]).
 
 use axum::http::HeaderMap;
 use demo_api::UserId;
@@ -32,9 +32,9 @@ fn principal(sub: &str) -> Option<Principal> {
 
 /// Checks bearer tokens against the configured keys. Build once; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Verifier(auth::Verifier);
+pub struct Authenticator(auth::Verifier);
 
-impl Verifier {
+impl Authenticator {
     /// Builds a verifier; fails, naming the setting, when the RSA public key is not valid PEM.
     /// With neither key configured every token is refused with [`AuthError::AuthDisabled`].
     pub fn new(config: &AuthConfig) -> anyhow::Result<Self> {
@@ -126,8 +126,8 @@ mod tests {
     const SECRET: &str = "a-test-secret-that-is-32-bytes-long!";
     const HOUR: Duration = Duration::from_secs(3600);
 
-    fn verifier(config: &AuthConfig) -> Verifier {
-        Verifier::new(config).expect("valid config")
+    fn verifier(config: &AuthConfig) -> Authenticator {
+        Authenticator::new(config).expect("valid config")
     }
 
     fn hs_config() -> AuthConfig {
@@ -166,7 +166,7 @@ mod tests {
 
     /// The principal of an init payload, without its expiry.
     async fn init(
-        v: &Verifier,
+        v: &Authenticator,
         payload: Option<&serde_json::Value>,
     ) -> Result<Option<Principal>, AuthError> {
         v.from_init_payload(payload)

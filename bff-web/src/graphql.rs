@@ -20,7 +20,7 @@ use operations::{Caller, Operations, Quote, QuoteRequest};
 
 use crate::GraphqlConfig;
 use crate::errors::{op_error, upstream_error};
-use crate::live;
+use crate::hub_streams;
 
 /// Root subscription fields whose events are the same for everybody, in every version; every
 /// other field (`conversions`) is user-scoped and never shared across principals.
@@ -117,7 +117,7 @@ pub(crate) async fn rates(
     pairs: &[String],
 ) -> Result<impl Stream<Item = Rate> + use<>> {
     let pairs = operations::parse_pairs(pairs).map_err(|e| op_error(e.into()))?;
-    let events = live::rates(ctx, &pairs).await?;
+    let events = hub_streams::rates(ctx, &pairs).await?;
     Ok(events.filter_map(|payload| async move {
         serde_json::from_slice::<demo_api::Rate>(&payload)
             .ok()
@@ -131,7 +131,7 @@ pub(crate) async fn conversions<C: From<Conversion>>(
     ctx: &Context<'_>,
 ) -> Result<impl Stream<Item = Result<C>> + use<C>> {
     let user = crate::signed_in(ctx)?;
-    let events = live::conversions(ctx, &user).await?;
+    let events = hub_streams::conversions(ctx, &user).await?;
     Ok(events.map(|item| {
         let payload = item?;
         serde_json::from_slice::<ConversionEvent>(&payload)

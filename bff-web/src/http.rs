@@ -21,7 +21,7 @@ use axum::routing::get;
 use switchyard_server::ratelimit::ClientIp as _;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Principal, Verifier};
+use crate::auth::{Authenticator, Principal};
 use crate::request::{RequestBody, with_principal};
 use crate::ws;
 
@@ -35,7 +35,7 @@ pub(crate) struct Endpoint<Q, M, S> {
     /// Whether a browser gets GraphiQL.
     pub(crate) graphiql: bool,
     /// Checks bearer tokens.
-    pub(crate) verifier: Arc<Verifier>,
+    pub(crate) verifier: Arc<Authenticator>,
     /// The WebSocket side (it also holds the schema).
     pub(crate) socket: ws::Socket<Q, M, S>,
     /// Socket buffer and size limits.
@@ -78,7 +78,7 @@ where
 /// The principal of a request, or the HTTP answer refusing it (401 for a bad token).
 #[allow(clippy::result_large_err)]
 async fn principal(
-    verifier: &Verifier,
+    verifier: &Authenticator,
     headers: &HeaderMap,
     media: &'static str,
 ) -> Result<Option<Principal>, Response> {

@@ -14,8 +14,8 @@ mod errors;
 mod fanout;
 mod graphql;
 mod http;
+mod hub_streams;
 mod limits;
-mod live;
 mod ratelimits;
 mod request;
 mod v1;
@@ -236,9 +236,9 @@ impl App {
 pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> anyhow::Result<App> {
     let runtime = Runtime::new(config, bus, operations::sources::feeds, shutdown)?;
     let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
-    let verifier = Arc::new(auth::Verifier::new(&config.auth)?);
+    let verifier = Arc::new(auth::Authenticator::new(&config.auth)?);
     let origins = Origins::new(&config.cors)?;
-    let shared = Shared {
+    let shared = EndpointParts {
         config,
         verifier,
         origins: origins.clone(),
@@ -279,9 +279,9 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
 }
 
 /// What every schema version's endpoint shares.
-struct Shared<'a> {
+struct EndpointParts<'a> {
     config: &'a Config,
-    verifier: Arc<auth::Verifier>,
+    verifier: Arc<auth::Authenticator>,
     origins: Origins,
     sockets: TaskTracker,
     shutdown: CancellationToken,
@@ -290,7 +290,7 @@ struct Shared<'a> {
     limiter: Arc<RateLimiter>,
 }
 
-impl Shared<'_> {
+impl EndpointParts<'_> {
     /// The routes of one schema version at `path`, and its shared-execution registry.
     fn endpoint<Q, M, S>(
         &self,

@@ -37,7 +37,7 @@ use axum::extract::ws::WebSocket;
 use switchyard_core::slots::Slots;
 use switchyard_server::server::CancellationToken;
 
-use crate::auth::Verifier;
+use crate::auth::Authenticator;
 use crate::fanout::Fanout;
 use protocol::Connection;
 use transport::{Closing, close};
@@ -49,7 +49,7 @@ pub(crate) const PROTOCOL: &str = "graphql-transport-ws";
 pub(crate) struct Socket<Q, M, S> {
     pub(crate) schema: Schema<Q, M, S>,
     pub(crate) fanout: std::sync::Arc<Fanout<Q, M, S>>,
-    pub(crate) verifier: std::sync::Arc<Verifier>,
+    pub(crate) verifier: std::sync::Arc<Authenticator>,
     pub(crate) limits: Limits,
     pub(crate) shutdown: CancellationToken,
     /// Sockets open per signed-in user.

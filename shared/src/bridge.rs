@@ -111,12 +111,12 @@ pub struct UpstreamBridge {
 
 /// Owned by the handles only: dropping the last one stops the task.
 struct Handle {
-    shared: Arc<Shared>,
+    shared: Arc<BridgeState>,
     _stop: DropGuard,
 }
 
 /// What the handles, the guards and the task share.
-struct Shared {
+struct BridgeState {
     name: String,
     protocol: Arc<dyn UpstreamProtocol>,
     /// Wanted topics and how many guards want each (never zero: a topic at zero is removed).
@@ -145,7 +145,7 @@ impl UpstreamBridge {
         bus: Arc<dyn Bus>,
     ) -> Self {
         let stop = CancellationToken::new();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(BridgeState {
             name: name.to_owned(),
             protocol,
             desired: Mutex::new(HashMap::new()),
@@ -231,7 +231,7 @@ impl Feeder for UpstreamBridge {
 
 /// One caller's interest in a topic of a bridge; dropping it releases that interest.
 pub struct WatchGuard {
-    shared: Arc<Shared>,
+    shared: Arc<BridgeState>,
     topic: Topic,
 }
 

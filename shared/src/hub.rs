@@ -81,14 +81,14 @@ struct Inner {
 }
 
 struct Entry {
-    shared: Arc<Shared>,
+    shared: Arc<Subscribers>,
     refs: usize,
     pump: CancellationToken,
     /// The feeder's guard, if a feeder serves this topic: dropped with the entry.
     _feed: Option<Box<dyn Any + Send>>,
 }
 
-struct Shared {
+struct Subscribers {
     class: TopicClass,
     stream: Mutex<HashMap<u64, Slot>>,
     state: watch::Sender<Option<Event>>,
@@ -232,7 +232,7 @@ impl Hub {
         class: TopicClass,
         id: u64,
         slot: Option<Slot>,
-    ) -> Result<Arc<Shared>, BusError> {
+    ) -> Result<Arc<Subscribers>, BusError> {
         let slot = match self.join_existing(topic, id, slot) {
             Ok(shared) => return Ok(shared),
             Err(slot) => slot,
@@ -258,7 +258,7 @@ impl Hub {
             drop(feed);
             return Ok(shared);
         }
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Subscribers {
             class,
             stream: Mutex::new(slot.map(|slot| (id, slot)).into_iter().collect()),
             state: watch::channel(latest).0,
@@ -284,7 +284,7 @@ impl Hub {
         topic: &Topic,
         id: u64,
         slot: Option<Slot>,
-    ) -> Result<Arc<Shared>, Option<Slot>> {
+    ) -> Result<Arc<Subscribers>, Option<Slot>> {
         let mut topics = lock(&self.inner.topics);
         let Some(entry) = topics.get_mut(topic) else {
             return Err(slot);
@@ -331,7 +331,7 @@ impl Hub {
     }
 }
 
-async fn run_pump(shared: Arc<Shared>, mut source: Subscription, stop: CancellationToken) {
+async fn run_pump(shared: Arc<Subscribers>, mut source: Subscription, stop: CancellationToken) {
     loop {
         let delivery = tokio::select! {
             () = stop.cancelled() => return,
@@ -354,7 +354,7 @@ async fn run_pump(shared: Arc<Shared>, mut source: Subscription, stop: Cancellat
     }
 }
 
-impl Shared {
+impl Subscribers {
     /// Offers `item` to every stream subscriber; cuts off those whose queue is full.
     fn fan_out(&self, item: Item) {
         // One allocation per event, shared by every queue: a queue slot is one pointer, so a

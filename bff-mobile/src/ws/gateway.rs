@@ -13,13 +13,13 @@ use tokio_util::task::TaskTracker;
 
 use super::events::Frames;
 use crate::WebSocketConfig;
-use crate::auth::Verifier;
+use crate::auth::Authenticator;
 
 /// What the gateway's sockets share.
 pub(crate) struct GatewayParts {
     pub(crate) hub: Hub,
     pub(crate) ops: operations::Operations,
-    pub(crate) verifier: Verifier,
+    pub(crate) verifier: Authenticator,
     /// Which browser pages may open a socket.
     pub(crate) origins: switchyard_core::origin::OriginPolicy,
     pub(crate) config: WebSocketConfig,

@@ -330,7 +330,7 @@ impl Drop for Subscription {
 #[derive(Debug, Clone)]
 pub struct Client {
     commands: mpsc::Sender<task::Command>,
-    shared: Arc<task::Shared>,
+    shared: Arc<task::TaskStatus>,
     call_timeout: Duration,
     buffer: usize,
 }
@@ -343,7 +343,7 @@ impl Client {
         let conn = task::connect_once(&config).await?;
         let (commands, rx) = mpsc::channel(64);
         let (fatal_tx, fatal) = watch::channel(None);
-        let shared = Arc::new(task::Shared {
+        let shared = Arc::new(task::TaskStatus {
             connections: AtomicU64::new(1),
             fatal,
         });

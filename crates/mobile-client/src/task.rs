@@ -30,7 +30,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the handles and the task share.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct TaskStatus {
     /// Connections that reached `welcome`.
     pub(crate) connections: AtomicU64,
     /// The fatal error the task stopped on.
@@ -252,7 +252,7 @@ struct Broken;
 struct Task {
     config: Config,
     commands: mpsc::Receiver<Command>,
-    shared: std::sync::Arc<Shared>,
+    shared: std::sync::Arc<TaskStatus>,
     fatal: watch::Sender<Option<Error>>,
     subs: HashMap<String, Sub>,
     calls: HashMap<u32, oneshot::Sender<Result<Value, CallError>>>,
@@ -267,7 +267,7 @@ pub(crate) fn spawn(
     config: Config,
     conn: Conn,
     commands: mpsc::Receiver<Command>,
-    shared: std::sync::Arc<Shared>,
+    shared: std::sync::Arc<TaskStatus>,
     fatal: watch::Sender<Option<Error>>,
 ) {
     let task = Task {

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use super::{BridgeConfig, Decoded, MAX_MESSAGE_BYTES, Shared, lock};
+use super::{BridgeConfig, BridgeState, Decoded, MAX_MESSAGE_BYTES, lock};
 use crate::backoff::Backoff;
 use crate::bus::Bus;
 use crate::event::Topic;
@@ -89,7 +89,7 @@ enum End {
 /// The bridge's task: waits for interest, connects, serves the connection, and reconnects with
 /// backoff until stopped.
 pub(super) async fn run(
-    shared: Arc<Shared>,
+    shared: Arc<BridgeState>,
     url: String,
     tls: Result<Option<Connector>, String>,
     timings: Timings,
@@ -143,7 +143,7 @@ pub(super) async fn run(
 }
 
 /// Waits until some topic is wanted (true) or the bridge is stopped (false).
-async fn wait_for_interest(shared: &Shared) -> bool {
+async fn wait_for_interest(shared: &BridgeState) -> bool {
     loop {
         if shared.stop.is_cancelled() {
             return false;
@@ -202,7 +202,7 @@ async fn connect(
 
 /// Serves one open connection: keeps its watches equal to the desired set and publishes what
 /// the upstream sends for them, until the bridge stops, nothing is wanted, or the connection fails.
-async fn serve(shared: &Shared, bus: &dyn Bus, mut ws: Ws) -> End {
+async fn serve(shared: &BridgeState, bus: &dyn Bus, mut ws: Ws) -> End {
     let name = shared.name.as_str();
     // Topics asked for on this connection (a fresh connection has none: everything is re-sent).
     let mut upstream: BTreeSet<Topic> = BTreeSet::new();
