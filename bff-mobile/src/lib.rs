@@ -70,8 +70,9 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
-    /// Largest client message, in bytes; a larger one closes the socket with 1009.
-    pub max_frame_bytes: u32,
+    /// Largest client message, in bytes; a larger one closes the socket with 1009. Named
+    /// `max_frame_bytes` before (still read, with a warning: [`RENAMED_KEYS`]).
+    pub max_message_bytes: u32,
     /// Most subscriptions one socket may hold at once.
     pub max_subscriptions: u32,
     /// Most calls one socket may have in flight at once.
@@ -100,7 +101,7 @@ pub struct WebSocketConfig {
 impl Default for WebSocketConfig {
     fn default() -> Self {
         Self {
-            max_frame_bytes: 16 * 1024,
+            max_message_bytes: 16 * 1024,
             max_subscriptions: 32,
             max_calls: 16,
             send_queue_messages: 256,
@@ -130,11 +131,19 @@ impl Default for Config {
     }
 }
 
+/// Configuration keys this gateway has renamed; the old names are still read, with a warning.
+pub const RENAMED_KEYS: &[switchyard_server::config::RenamedKey] =
+    &[switchyard_server::config::RenamedKey {
+        old: "websocket.max_frame_bytes",
+        new: "websocket.max_message_bytes",
+    }];
+
 switchyard_server::gateway_config!(
     Config,
     "bff-mobile",
     "Switchyard gateway for mobile apps (WebSocket)",
-    ENV_PREFIX
+    ENV_PREFIX,
+    renamed = RENAMED_KEYS
 );
 
 /// A built gateway: its router and the sockets it owns.

@@ -68,7 +68,7 @@ async fn upgrade(
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
-    let max = gw.parts.config.max_frame_bytes as usize;
+    let max = gw.parts.config.max_message_bytes as usize;
     let mut upgrade = upgrade
         .max_message_size(max)
         .max_frame_size(max)

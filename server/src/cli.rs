@@ -15,7 +15,7 @@ use switchyard_core::bus::Bus;
 use switchyard_core::bus::BusConfig;
 use tokio::net::TcpListener;
 
-use crate::config::{self, ConfigError, LogConfig, ServerConfig, Source};
+use crate::config::{self, ConfigError, LogConfig, RenamedKey, ServerConfig, Source};
 use crate::server::CancellationToken;
 
 /// Arguments common to every binary.
@@ -46,12 +46,28 @@ impl Args {
         &self,
         env_prefix: &str,
     ) -> Result<Loaded<T>, ConfigError> {
-        let config: T = Source::from_process(self.config.as_deref())?.load(env_prefix)?;
+        self.load_renamed(env_prefix, &[])
+            .map(|(loaded, _warnings)| loaded)
+    }
+
+    /// [`Self::load`], reading the old names of `renamed` keys as their new ones; returns the
+    /// deprecation warnings of the old names used, to be logged once logging is set up (with
+    /// `--print-config`, they are written to standard error).
+    pub fn load_renamed<T: DeserializeOwned + Serialize + Default>(
+        &self,
+        env_prefix: &str,
+        renamed: &[RenamedKey],
+    ) -> Result<(Loaded<T>, Vec<String>), ConfigError> {
+        let (config, warnings): (T, _) =
+            Source::from_process(self.config.as_deref())?.load_renamed(env_prefix, renamed)?;
         if self.print_config {
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
             print!("{}", config::to_toml(&config));
-            return Ok(Loaded::Printed);
+            return Ok((Loaded::Printed, warnings));
         }
-        Ok(Loaded::Run(config))
+        Ok((Loaded::Run(config), warnings))
     }
 }
 
@@ -63,6 +79,8 @@ pub trait ServerBinary: DeserializeOwned + Serialize + Default {
     const ABOUT: &'static str;
     /// Prefix of the environment variables that override the configuration.
     const ENV_PREFIX: &'static str;
+    /// Keys the binary has renamed: their old names are still read, with a warning.
+    const RENAMED_KEYS: &'static [RenamedKey] = &[];
     /// Its listener and limits.
     fn server(&self) -> &ServerConfig;
     /// Its log output.
@@ -118,10 +136,15 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     use anyhow::Context as _;
-    let Loaded::Run(config) = args.load::<C>(C::ENV_PREFIX)? else {
+    let (Loaded::Run(config), deprecated) =
+        args.load_renamed::<C>(C::ENV_PREFIX, C::RENAMED_KEYS)?
+    else {
         return Ok(());
     };
     crate::telemetry::init(config.log());
+    for warning in deprecated {
+        tracing::warn!("{warning}");
+    }
     switchyard_core::tls::install_default_provider();
     let listen = config.server().listen;
     let listener = TcpListener::bind(listen)

@@ -26,8 +26,10 @@ use serde::{Deserialize, Serialize};
 
 mod merge;
 mod names;
+mod renamed;
 
 pub use names::only_known;
+pub use renamed::RenamedKey;
 
 /// An error loading configuration. The message always names the file, variable or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,18 @@ impl Source {
         &self,
         env_prefix: &str,
     ) -> Result<T, ConfigError> {
+        self.load_renamed(env_prefix, &[]).map(|(config, _)| config)
+    }
+
+    /// [`Self::load`], reading each old key of `renamed` (in the file or the environment) as its
+    /// new one; returns the deprecation warnings of the old keys used, for the caller to log once
+    /// logging is set up. A file, or an environment, that sets both names of a key is refused.
+    pub fn load_renamed<T: DeserializeOwned + Serialize + Default>(
+        &self,
+        env_prefix: &str,
+        renamed: &[RenamedKey],
+    ) -> Result<(T, Vec<String>), ConfigError> {
+        let mut warnings = Vec::new();
         let mut root =
             merge::defaults_table(&T::default()).map_err(|message| ConfigError::Invalid {
                 key: "(the binary's defaults)".to_owned(),
@@ -116,6 +130,14 @@ impl Source {
                     path: path.clone(),
                     message: e.to_string().trim().to_owned(),
                 })?;
+            let mut file = file;
+            renamed::rename_in_table(
+                &mut file,
+                renamed,
+                &format!("in {}", path.display()),
+                &mut warnings,
+            )
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
             merge::deep_merge(&mut root, file);
         }
         let prefix = format!("{env_prefix}__");
@@ -125,21 +147,32 @@ impl Source {
             .filter(|(k, _)| k.starts_with(&prefix))
             .collect();
         vars.sort();
+        let mut env_paths = std::collections::BTreeSet::new();
         for (var, value) in vars {
             let path: Vec<String> = var[prefix.len()..]
                 .split("__")
                 .map(str::to_ascii_lowercase)
                 .collect();
+            let path = renamed::rename_path(path, renamed, var, &mut warnings);
+            if let Some(r) = renamed.iter().find(|r| r.new == path.join("."))
+                && !env_paths.insert(r.new)
+            {
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: renamed::both(r),
+                });
+            }
             apply_override(&mut root, &path, value).map_err(|message| ConfigError::Env {
                 var: var.clone(),
                 message,
             })?;
         }
         let de = toml::Value::Table(root);
-        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
+        let config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
             key: e.path().to_string(),
             message: e.inner().to_string(),
-        })
+        })?;
+        Ok((config, warnings))
     }
 }
 
@@ -283,205 +316,4 @@ pub enum LogFormat {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use switchyard_core::bus::BusConfig;
-    use switchyard_core::upstream::{BackendConfig, RetryConfig};
-
-    use super::*;
-
-    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
-    #[serde(deny_unknown_fields)]
-    struct Demo {
-        #[serde(default)]
-        server: ServerConfig,
-        #[serde(default)]
-        backends: BTreeMap<String, BackendConfig>,
-    }
-
-    fn source(text: &str, env: &[(&str, &str)]) -> Source {
-        Source::new(
-            Some(("demo.toml".into(), text.into())),
-            env.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn unknown_key_is_an_error_naming_the_key() {
-        let text = "[backends.exchange]\nbase_url = \"http://x\"\nrequest_timeout = 5\n";
-        let err = source(text, &[]).load::<Demo>("T").unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("backends.exchange"), "{msg}");
-        assert!(msg.contains("request_timeout"), "{msg}");
-    }
-
-    #[test]
-    fn unknown_top_level_section_is_an_error() {
-        let err = source("[servr]\nlisten = \"127.0.0.1:1\"\n", &[])
-            .load::<Demo>("T")
-            .unwrap_err();
-        assert!(err.to_string().contains("servr"), "{err}");
-    }
-
-    #[test]
-    fn environment_override_wins_over_the_file() {
-        let text = "[server]\nlisten = \"127.0.0.1:1000\"\nbody_limit_bytes = 10\n";
-        let cfg: Demo = source(
-            text,
-            &[
-                ("T__SERVER__LISTEN", "127.0.0.1:2000"),
-                ("T__SERVER__BODY_LIMIT_BYTES", "20"),
-                ("OTHER__SERVER__LISTEN", "127.0.0.1:3000"),
-            ],
-        )
-        .load("T")
-        .unwrap();
-        assert_eq!(cfg.server.listen, "127.0.0.1:2000".parse().unwrap());
-        assert_eq!(cfg.server.body_limit_bytes, 20);
-    }
-
-    #[test]
-    fn environment_can_add_a_nested_table() {
-        let cfg: Demo = source("", &[("T__BACKENDS__LIMITS__BASE_URL", "http://l:1")])
-            .load("T")
-            .unwrap();
-        assert_eq!(cfg.backends["limits"].base_url, "http://l:1");
-        assert_eq!(cfg.backends["limits"].retry, RetryConfig::default());
-    }
-
-    #[test]
-    fn unknown_environment_key_is_an_error_naming_it() {
-        let err = source("", &[("T__SERVER__LISTN", "x")])
-            .load::<Demo>("T")
-            .unwrap_err();
-        assert!(err.to_string().contains("listn"), "{err}");
-    }
-
-    #[test]
-    fn wrong_type_names_the_key() {
-        let err = source("[server]\nbody_limit_bytes = \"big\"\n", &[])
-            .load::<Demo>("T")
-            .unwrap_err();
-        assert!(err.to_string().contains("server.body_limit_bytes"), "{err}");
-    }
-
-    #[test]
-    fn syntax_error_names_the_file() {
-        let err = source("[server\n", &[]).load::<Demo>("T").unwrap_err();
-        assert!(err.to_string().contains("demo.toml"), "{err}");
-    }
-
-    /// A binary whose defaults differ from its types' defaults, with named backends.
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    #[serde(deny_unknown_fields, default)]
-    struct Layered {
-        server: ServerConfig,
-        #[serde(deserialize_with = "known_backends")]
-        backends: BTreeMap<String, BackendConfig>,
-    }
-
-    impl Default for Layered {
-        fn default() -> Self {
-            let mut server = ServerConfig::on("127.0.0.1:7".parse().unwrap());
-            server.body_limit_bytes = 5;
-            Self {
-                server,
-                backends: BTreeMap::from([
-                    ("a".to_owned(), BackendConfig::new("http://a")),
-                    ("b".to_owned(), BackendConfig::new("http://b")),
-                ]),
-            }
-        }
-    }
-
-    fn known_backends<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<String, BackendConfig>, D::Error> {
-        only_known(d, "backend", &["a", "b"])
-    }
-
-    #[test]
-    fn an_override_changes_only_the_key_it_names() {
-        let mut want = Layered::default();
-        want.server.drain_timeout_ms = 9;
-        let by_env: Layered = source("", &[("T__SERVER__DRAIN_TIMEOUT_MS", "9")])
-            .load("T")
-            .unwrap();
-        assert_eq!(by_env, want);
-        let by_file: Layered = source("[server]\ndrain_timeout_ms = 9\n", &[])
-            .load("T")
-            .unwrap();
-        assert_eq!(by_file, want);
-
-        let mut want = Layered::default();
-        want.backends.get_mut("a").unwrap().base_url = "http://x".into();
-        let by_file: Layered = source("[backends.a]\nbase_url = \"http://x\"\n", &[])
-            .load("T")
-            .unwrap();
-        assert_eq!(by_file, want);
-        let by_env: Layered = source("", &[("T__BACKENDS__A__BASE_URL", "http://x")])
-            .load("T")
-            .unwrap();
-        assert_eq!(by_env, want);
-    }
-
-    #[test]
-    fn a_name_the_binary_does_not_know_is_an_error_at_its_key() {
-        for src in [
-            source("[backends.c]\nbase_url = \"http://c\"\n", &[]),
-            source("", &[("T__BACKENDS__C__BASE_URL", "http://c")]),
-        ] {
-            let err = src.load::<Layered>("T").unwrap_err().to_string();
-            assert!(err.contains("`backends.c`"), "{err}");
-            assert!(err.contains("known: a, b"), "{err}");
-        }
-    }
-
-    #[test]
-    fn defaults_round_trip_through_print_config() {
-        let cfg = Demo {
-            server: ServerConfig::default(),
-            backends: BTreeMap::from([("x".to_owned(), BackendConfig::new("http://x"))]),
-        };
-        #[derive(Serialize)]
-        struct Ser<'a> {
-            server: &'a ServerConfig,
-            backends: &'a BTreeMap<String, BackendConfig>,
-        }
-        let text = to_toml(&Ser {
-            server: &cfg.server,
-            backends: &cfg.backends,
-        });
-        let back: Demo = source(&text, &[]).load("T").unwrap();
-        assert_eq!(back, cfg);
-    }
-
-    #[derive(Debug, Default, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct WithBus {
-        #[serde(default)]
-        bus: BusConfig,
-    }
-
-    #[test]
-    fn bus_section_is_checked_at_load() {
-        let ok: WithBus = source("[bus]\nkind = \"redis\"\nprefix = \"eu-1\"\n", &[])
-            .load("T")
-            .unwrap();
-        assert_eq!(ok.bus.broker_url(), "redis://127.0.0.1:6379");
-        assert_eq!(ok.bus.prefix, "eu-1");
-        for (text, needle) in [
-            ("[bus]\nkind = \"kafka\"\n", "kafka"),
-            ("[bus]\nkind = \"nats\"\nprefix = \"a.b\"\n", "bus.prefix"),
-            ("[bus]\nkind = \"redis\"\nurl = \"http://x\"\n", "bus.url"),
-            ("[bus]\nkind = \"nats\"\nurl = \"nats://\"\n", "bus.url"),
-            ("[bus]\nhistory = 5\n", "history"),
-        ] {
-            let err = source(text, &[]).load::<WithBus>("T").unwrap_err();
-            assert!(err.to_string().contains(needle), "{text}: {err}");
-        }
-    }
-}
+mod tests;

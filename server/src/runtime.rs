@@ -160,8 +160,8 @@ impl Runtime {
 /// ```
 #[macro_export]
 macro_rules! gateway_config {
-    ($config:ty, $name:expr, $about:expr, $env_prefix:expr) => {
-        $crate::server_binary!($config, $name, $about, $env_prefix);
+    ($config:ty, $name:expr, $about:expr, $env_prefix:expr $(, renamed = $renamed:expr)?) => {
+        $crate::server_binary!($config, $name, $about, $env_prefix $(, renamed = $renamed)?);
         impl $crate::cli::WithBus for $config {
             fn bus(&self) -> &$crate::__core::bus::BusConfig {
                 &self.bus
@@ -192,11 +192,12 @@ macro_rules! gateway_config {
 /// Implements [`ServerBinary`] for a config struct with the fields `server` and `log`.
 #[macro_export]
 macro_rules! server_binary {
-    ($config:ty, $name:expr, $about:expr, $env_prefix:expr) => {
+    ($config:ty, $name:expr, $about:expr, $env_prefix:expr $(, renamed = $renamed:expr)?) => {
         impl $crate::cli::ServerBinary for $config {
             const NAME: &'static str = $name;
             const ABOUT: &'static str = $about;
             const ENV_PREFIX: &'static str = $env_prefix;
+            $(const RENAMED_KEYS: &'static [$crate::config::RenamedKey] = $renamed;)?
             fn server(&self) -> &$crate::config::ServerConfig {
                 &self.server
             }

@@ -291,7 +291,7 @@ impl Conn {
             // The WebSocket layer answers the close frame itself.
             Message::Close(_) => return Some(Closing::new(close::NORMAL, "")),
         };
-        let max = self.config().max_frame_bytes as usize;
+        let max = self.config().max_message_bytes as usize;
         let decoded = match self.enc.decode_client(kind, bytes, max) {
             Ok(m) => m,
             Err(e) => return Some(Closing::new(e.close_code(), e.to_string())),
@@ -354,7 +354,7 @@ impl Conn {
                         limits: mobile_proto::Limits {
                             max_subscriptions: c.max_subscriptions,
                             max_calls: c.max_calls,
-                            max_frame_bytes: c.max_frame_bytes,
+                            max_frame_bytes: c.max_message_bytes,
                         },
                     });
                     if current.is_none() {
