@@ -24,6 +24,14 @@ use tokio::task::JoinSet;
 /// Prefix of the environment variables that override the launcher's configuration.
 pub const ENV_PREFIX: &str = "SWITCHYARD";
 
+/// Configuration keys renamed in the stack's sections (bff-mobile's, under `mobile`); the old
+/// names are still read, with a warning.
+pub const RENAMED_KEYS: &[switchyard_server::config::RenamedKey] =
+    &[switchyard_server::config::RenamedKey {
+        old: "mobile.websocket.max_frame_bytes",
+        new: "mobile.websocket.max_message_bytes",
+    }];
+
 /// The HS256 secret the one-process demo stack signs and checks tokens with (`switchyard token`).
 /// A demo convenience only: production gateways get their keys from their own configuration.
 pub const DEMO_SECRET: &str = "switchyard-demo-secret-change-me";

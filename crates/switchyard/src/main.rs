@@ -39,7 +39,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Up { args } => (args, None),
         Command::Token { user, args } => (args, Some(user)),
     };
-    let Loaded::Run(config) = args.load::<Config>(switchyard::ENV_PREFIX)? else {
+    let (Loaded::Run(config), deprecated) =
+        args.load_renamed::<Config>(switchyard::ENV_PREFIX, switchyard::RENAMED_KEYS)?
+    else {
         return Ok(());
     };
     if let Some(user) = token_for {
@@ -52,6 +54,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     switchyard_server::telemetry::init(&config.log);
+    for warning in deprecated {
+        tracing::warn!("{warning}");
+    }
     switchyard_core::tls::install_default_provider();
     let demo_key = config
         .device

@@ -230,3 +230,39 @@ fn a_backend_table_with_only_base_url_keeps_every_other_default() {
     want.get_mut("exchange").unwrap().lease_ttl_ms = 9000;
     assert_eq!(web.bridges, want);
 }
+
+#[test]
+fn mobile_max_frame_bytes_is_still_read_as_max_message_bytes() {
+    use switchyard_server::cli::ServerBinary;
+    // bff-mobile's binary declares the rename, and reads the old key from a file and from the
+    // environment, with a warning each.
+    assert_eq!(
+        <bff_mobile::Config as ServerBinary>::RENAMED_KEYS,
+        bff_mobile::RENAMED_KEYS
+    );
+    let (mobile, warnings): (bff_mobile::Config, _) = file("[websocket]\nmax_frame_bytes = 1234\n")
+        .load_renamed(bff_mobile::ENV_PREFIX, bff_mobile::RENAMED_KEYS)
+        .expect("the old key loads");
+    assert_eq!(mobile.websocket.max_message_bytes, 1234);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let var = format!("{}__WEBSOCKET__MAX_FRAME_BYTES", bff_mobile::ENV_PREFIX);
+    let (mobile, warnings): (bff_mobile::Config, _) = env(&[(&var, "4321")])
+        .load_renamed(bff_mobile::ENV_PREFIX, bff_mobile::RENAMED_KEYS)
+        .expect("the old variable loads");
+    assert_eq!(mobile.websocket.max_message_bytes, 4321);
+    assert!(warnings[0].contains(&var), "{warnings:?}");
+    let both = file("[websocket]\nmax_frame_bytes = 1\nmax_message_bytes = 2\n")
+        .load_renamed::<bff_mobile::Config>(bff_mobile::ENV_PREFIX, bff_mobile::RENAMED_KEYS)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        both.contains("max_frame_bytes") && both.contains("max_message_bytes"),
+        "{both}"
+    );
+    // The launcher's `[mobile]` section too.
+    let (stack, _): (Config, _) = file("[mobile.websocket]\nmax_frame_bytes = 999\n")
+        .load_renamed(ENV_PREFIX, switchyard::RENAMED_KEYS)
+        .expect("the old key loads in the launcher");
+    assert_eq!(stack.mobile.websocket.max_message_bytes, 999);
+    assert_demo_defaults_kept(&stack);
+}

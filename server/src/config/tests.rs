@@ -1,3 +1,5 @@
+//! Unit tests of `config`: layering, unknown keys, overrides, named tables and renamed keys.
+
 use std::collections::BTreeMap;
 
 use switchyard_core::bus::BusConfig;

@@ -1,5 +1,7 @@
 //! Unit tests of `bridge`.
 
+use std::collections::BTreeSet;
+
 use super::*;
 
 fn topics(names: &[&str]) -> Vec<Topic> {

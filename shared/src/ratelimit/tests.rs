@@ -1,3 +1,5 @@
+//! Unit tests of `ratelimit`: GCRA pacing, keys, the in-memory store.
+
 use super::*;
 
 #[test]
