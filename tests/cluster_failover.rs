@@ -136,7 +136,7 @@ async fn the_lease_of_a_holder_that_died_expires_and_a_live_instance_takes_over(
 
         // An instance took the pair's lease and died: it never renews nor releases it.
         let config = bus_config(kind);
-        let lease = switchyard_core::bus::lease::from_config(&config);
+        let lease = switchyard_core::bus::Broker::connect(&config).lease();
         let name = Topic::new("bridge:exchange:rates.EUR/USD").expect("lease name");
         let ttl = Duration::from_millis(600);
         let taken = tokio::time::timeout(PATIENCE, lease.acquire(&name, "crashed-instance", ttl))

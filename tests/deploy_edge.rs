@@ -47,7 +47,7 @@ fn assert_bridges_the_exchange(
     );
 }
 
-/// A bff-web instance on the stack's bus, from its shipped configuration, counting what it
+/// A bff-web instance on the stack's broker, from its shipped configuration, counting what it
 /// serves.
 async fn web_instance(stack: &Stack) -> (Running, Arc<Served>) {
     let mut config: bff_web::Config = shipped_config(stack, "bff-web", bff_web::ENV_PREFIX);
@@ -56,9 +56,9 @@ async fn web_instance(stack: &Stack) -> (Running, Arc<Served>) {
     config.auth.hs256_secret = DEMO_SECRET.to_owned();
     let served = Arc::new(Served::default());
     let counter = served.clone();
-    let bus = stack.bus().clone();
+    let broker = stack.broker().clone();
     let instance = Running::start("bff-web", move |listener, stop| {
-        let app = bff_web::app(&config, bus, stop.clone()).expect("bff-web app");
+        let app = bff_web::app(&config, &broker, stop.clone()).expect("bff-web app");
         let router = app.router.layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let counter = counter.clone();
@@ -81,15 +81,18 @@ async fn web_instance(stack: &Stack) -> (Running, Arc<Served>) {
     (instance, served)
 }
 
-/// A bff-mobile instance on the stack's bus, from its shipped configuration.
+/// A bff-mobile instance on the stack's broker, from its shipped configuration.
 async fn mobile_instance(stack: &Stack) -> Running {
     let mut config: bff_mobile::Config =
         shipped_config(stack, "bff-mobile", bff_mobile::ENV_PREFIX);
     assert_bridges_the_exchange(stack, "bff-mobile", &config.bridges);
     // Compose and Kubernetes set the secret in the environment.
     config.auth.hs256_secret = DEMO_SECRET.to_owned();
-    let bus = stack.bus().clone();
-    Running::start("bff-mobile", move |l, t| bff_mobile::run(config, bus, l, t)).await
+    let broker = stack.broker().clone();
+    Running::start("bff-mobile", move |l, t| {
+        bff_mobile::run(config, broker, l, t)
+    })
+    .await
 }
 
 /// A device both bff-device instances know (the registry of an in-memory bus is per instance,
@@ -103,7 +106,7 @@ const EDGE_TV_KEY: &str = "edge-tv-key-0123456789";
 /// own exchange bridges can feed it.
 const EDGE_TV_PAIR: &str = "CHF/CAD";
 
-/// A bff-device instance on the stack's bus, from its shipped configuration, with [`EDGE_TV`].
+/// A bff-device instance on the stack's broker, from its shipped configuration, with [`EDGE_TV`].
 async fn device_instance(stack: &Stack) -> Running {
     let mut config: bff_device::Config =
         shipped_config(stack, "bff-device", bff_device::ENV_PREFIX);
@@ -116,8 +119,11 @@ async fn device_instance(stack: &Stack) -> Running {
             settings: BTreeMap::new(),
         },
     );
-    let bus = stack.bus().clone();
-    Running::start("bff-device", move |l, t| bff_device::run(config, bus, l, t)).await
+    let broker = stack.broker().clone();
+    Running::start("bff-device", move |l, t| {
+        bff_device::run(config, broker, l, t)
+    })
+    .await
 }
 
 const QUOTE: &str =

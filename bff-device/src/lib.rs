@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use switchyard_core::bridge::BridgeConfig;
-use switchyard_core::bus::Bus;
+use switchyard_core::bus::Broker;
 use switchyard_core::bus::{BusConfig, BusKind};
 use switchyard_core::hub::HubConfig;
 use switchyard_core::ratelimit::RateLimitConfig;
@@ -132,19 +132,20 @@ impl App {
 }
 
 /// Builds the gateway. Held polls answer (empty, same cursor) when `shutdown` is cancelled.
-pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> anyhow::Result<App> {
+pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> anyhow::Result<App> {
     anyhow::ensure!(
         config.api.max_rates_per_device <= cursor::MAX_RATES,
         "api.max_rates_per_device: at most {}",
         cursor::MAX_RATES
     );
-    let runtime = Runtime::new(config, bus.clone(), operations::sources::feeds, shutdown)?;
+    let runtime = Runtime::new(config, broker, operations::sources::feeds, shutdown)?;
+    let bus = broker.bus();
     let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
     let registry = Arc::new(registry::Registry::new(
         config.api.max_devices,
         config.api.max_rates_per_device,
-        switchyard_core::records::from_config(&config.bus, "devices"),
-        config.bus.kind != BusKind::Memory,
+        switchyard_core::records::on(broker, "devices"),
+        broker.kind() != BusKind::Memory,
     ));
     for (id, d) in &config.devices {
         registry
@@ -197,10 +198,10 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
 /// every request in flight is waited for, within the drain timeout.
 pub async fn run(
     config: Config,
-    bus: Arc<dyn Bus>,
+    broker: Broker,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = app(&config, bus, shutdown)?;
+    let app = app(&config, &broker, shutdown)?;
     app.runtime.serve(listener, app.router).await
 }

@@ -2,5 +2,5 @@
 //! the bus of `[bus]`) hands over to the gateway's `run`.
 
 fn main() -> anyhow::Result<()> {
-    switchyard_server::cli::main(switchyard_server::cli::with_bus(bff_device::run))
+    switchyard_server::cli::main(switchyard_server::cli::with_broker(bff_device::run))
 }

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{HANG, TV1_KEY, TV2_KEY, config, kinds, of_kind, start};
-use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::bus::Broker;
 use switchyard_server::server::CancellationToken;
 
 /// A first poll of tv-1 (whose rates have no value yet): its configuration document only.
@@ -199,7 +199,7 @@ async fn a_held_poll_is_answered_when_the_gateway_drains() {
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let config = config();
-    let app = bff_device::app(&config, Arc::new(MemoryBus::new(100)), shutdown.clone()).unwrap();
+    let app = bff_device::app(&config, &Broker::memory(100), shutdown.clone()).unwrap();
     let holding = Arc::new(app);
     let server = tokio::spawn(switchyard_server::server::serve(
         listener,

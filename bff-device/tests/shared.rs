@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ADMIN, Gateway, TV1_KEY, TV2_KEY, answer, config, start_on};
@@ -36,9 +35,10 @@ impl Drop for Instance {
 
 async fn instance(mut c: bff_device::Config, bus: &BusConfig) -> Instance {
     c.bus = bus.clone();
-    let bus = switchyard_core::bus::from_config(bus);
+    // Each instance its own broker (its own connections), as two processes would have.
+    let broker = switchyard_core::bus::Broker::connect(bus);
     let stop = CancellationToken::new();
-    let app = bff_device::app(&c, bus.clone(), stop.clone()).expect("app builds");
+    let app = bff_device::app(&c, &broker, stop.clone()).expect("app builds");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let s = stop.clone();
@@ -243,11 +243,7 @@ async fn result(gw: &Gateway, device: &str, key: &str, cmd: &str) -> common::Ans
 
 #[tokio::test]
 async fn a_result_must_name_a_command_sent_to_that_device() {
-    let gw = start_on(
-        config(),
-        Arc::new(switchyard_core::bus::memory::MemoryBus::new(100)),
-    )
-    .await;
+    let gw = start_on(config(), &switchyard_core::bus::Broker::memory(100)).await;
     gw.command("tv-1", "cmd-a", "reboot").await;
     gw.command("tv-2", "cmd-b", "reboot").await;
     assert_eq!(result(&gw, "tv-1", TV1_KEY, "cmd-a").await.status, 202);

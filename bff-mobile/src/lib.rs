@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use switchyard_core::bridge::BridgeConfig;
-use switchyard_core::bus::Bus;
+use switchyard_core::bus::Broker;
 use switchyard_core::bus::BusConfig;
 use switchyard_core::hub::HubConfig;
 use switchyard_core::ratelimit::RateLimitConfig;
@@ -166,8 +166,8 @@ impl App {
 }
 
 /// Builds the gateway. `shutdown` also drains every socket (`bye`, then 1001) when cancelled.
-pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> anyhow::Result<App> {
-    let runtime = Runtime::new(config, bus, operations::sources::feeds, shutdown)?;
+pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> anyhow::Result<App> {
+    let runtime = Runtime::new(config, broker, operations::sources::feeds, shutdown)?;
     let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
     let verifier = auth::Authenticator::new(&config.auth)?;
     let gateway = ws::Gateway::new(ws::GatewayParts {
@@ -207,10 +207,10 @@ pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> a
 /// are closed (1001) and waited for, all within the drain timeout.
 pub async fn run(
     config: Config,
-    bus: Arc<dyn Bus>,
+    broker: Broker,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = app(&config, bus, shutdown)?;
+    let app = app(&config, &broker, shutdown)?;
     app.runtime.serve(listener, app.router).await
 }

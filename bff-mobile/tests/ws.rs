@@ -417,12 +417,11 @@ async fn running_with_a_socket(
 ) {
     let mut cfg = config();
     cfg.server.drain_timeout_ms = drain_ms;
-    let bus: std::sync::Arc<dyn switchyard_core::bus::Bus> =
-        std::sync::Arc::new(switchyard_core::bus::memory::MemoryBus::new(10));
+    let broker = switchyard_core::bus::Broker::memory(10);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = switchyard_server::server::CancellationToken::new();
-    let running = tokio::spawn(bff_mobile::run(cfg, bus, listener, shutdown.clone()));
+    let running = tokio::spawn(bff_mobile::run(cfg, broker, listener, shutdown.clone()));
     let mut c = Client::connect(
         &format!("ws://{addr}/v1/ws"),
         &[mobile_proto::SUBPROTOCOL_JSON],

@@ -30,7 +30,7 @@ use axum::Router;
 use axum::http::{HeaderMap, Method, header};
 use serde::{Deserialize, Serialize};
 use switchyard_core::bridge::BridgeConfig;
-use switchyard_core::bus::Bus;
+use switchyard_core::bus::Broker;
 use switchyard_core::bus::BusConfig;
 use switchyard_core::hub::{Hub, HubConfig};
 use switchyard_core::ratelimit::{RateLimitConfig, RateLimiter};
@@ -233,8 +233,8 @@ impl App {
 }
 
 /// Builds the gateway. `shutdown` also closes every socket (1001) when cancelled.
-pub fn app(config: &Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> anyhow::Result<App> {
-    let runtime = Runtime::new(config, bus, operations::sources::feeds, shutdown)?;
+pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> anyhow::Result<App> {
+    let runtime = Runtime::new(config, broker, operations::sources::feeds, shutdown)?;
     let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
     let verifier = Arc::new(auth::Authenticator::new(&config.auth)?);
     let origins = Origins::new(&config.cors)?;
@@ -340,11 +340,11 @@ impl EndpointParts<'_> {
 /// away (1001) and waited for, all within the drain timeout.
 pub async fn run(
     config: Config,
-    bus: Arc<dyn Bus>,
+    broker: Broker,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = app(&config, bus, shutdown)?;
+    let app = app(&config, &broker, shutdown)?;
     app.runtime.serve(listener, app.router).await
 }
 

@@ -4,11 +4,10 @@
 //! `UNAUTHENTICATED` / `FORBIDDEN` error — and the limits backend is not called for them. Against
 //! the real gateway with scripted backends that count their calls, over HTTP and the socket.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::bus::Broker;
 use switchyard_core::upstream::BackendConfig;
 use switchyard_server::server::CancellationToken;
 use test_support::graphql_ws::Client;
@@ -31,12 +30,7 @@ async fn fixture() -> Fixture {
     config.auth.hs256_secret = SECRET.to_owned();
     config.bridges.clear();
     config.backends = backends.configs(BackendConfig::new);
-    let app = bff_web::app(
-        &config,
-        Arc::new(MemoryBus::new(10)),
-        CancellationToken::new(),
-    )
-    .expect("app");
+    let app = bff_web::app(&config, &Broker::memory(10), CancellationToken::new()).expect("app");
     Fixture {
         gateway: test_support::serve(app.router).await,
         backends,

@@ -1,10 +1,8 @@
 //! The shipped production example configuration: it loads, and it turns introspection and
 //! GraphiQL off — checked by asking the gateway built from it.
 
-use std::sync::Arc;
-
 use serde_json::json;
-use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::bus::Broker;
 use switchyard_server::config::Source;
 use switchyard_server::server::CancellationToken;
 
@@ -23,12 +21,8 @@ async fn the_production_example_turns_introspection_off() {
     assert!(!config.graphql.introspection);
     assert!(!config.graphql.graphiql);
     let schema_of = |config: bff_web::Config| async move {
-        let app = bff_web::app(
-            &config,
-            Arc::new(MemoryBus::new(10)),
-            CancellationToken::new(),
-        )
-        .expect("app");
+        let app =
+            bff_web::app(&config, &Broker::memory(10), CancellationToken::new()).expect("app");
         let server = test_support::serve(app.router).await;
         let body: serde_json::Value = reqwest::Client::new()
             .post(format!("{}/v1/graphql", server.url()))
@@ -49,12 +43,7 @@ async fn the_production_example_turns_introspection_off() {
         schema_of(config.clone()).await.is_null(),
         "off in production"
     );
-    let app = bff_web::app(
-        &config,
-        Arc::new(MemoryBus::new(10)),
-        CancellationToken::new(),
-    )
-    .expect("app");
+    let app = bff_web::app(&config, &Broker::memory(10), CancellationToken::new()).expect("app");
     let server = test_support::serve(app.router).await;
     let client = reqwest::Client::new();
     let page = client

@@ -1,23 +1,16 @@
 //! GraphQL over HTTP conventions and request limits, against the real gateway on a loopback
 //! port: GET and POST, media types and status codes, GraphiQL, CORS, depth and alias limits.
 
-use std::sync::Arc;
-
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{Value, json};
-use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::bus::Broker;
 use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
 
 const GQL_RESPONSE: &str = "application/graphql-response+json";
 
 async fn gateway(config: bff_web::Config) -> TestServer {
-    let app = bff_web::app(
-        &config,
-        Arc::new(MemoryBus::new(10)),
-        CancellationToken::new(),
-    )
-    .expect("app");
+    let app = bff_web::app(&config, &Broker::memory(10), CancellationToken::new()).expect("app");
     test_support::serve(app.router).await
 }
 

@@ -11,13 +11,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::publish_conversion;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::bus::Broker;
 use switchyard_server::server::CancellationToken;
 use test_support::graphql_ws::Client;
 
@@ -108,9 +107,10 @@ async fn case(items: Vec<Item>, order: Vec<usize>, version: &str) -> Result<(), 
     config.auth.hs256_secret = SECRET.into();
     // No upstream in this test: rates simply never tick.
     config.bridges.clear();
-    let bus = Arc::new(MemoryBus::new(100));
+    let broker = Broker::memory(100);
+    let bus = broker.bus();
     let shutdown = CancellationToken::new();
-    let app = bff_web::app(&config, bus.clone(), shutdown.clone()).expect("app");
+    let app = bff_web::app(&config, &broker, shutdown.clone()).expect("app");
     let server = test_support::serve(app.router.clone()).await;
     let url = format!("ws://{}/{version}/graphql", server.addr);
     let query = document(&items);
@@ -177,8 +177,9 @@ async fn rates_and_conversions_in_one_document_stay_per_user() {
     let mut config = bff_web::Config::default();
     config.auth.hs256_secret = SECRET.into();
     config.bridges.clear();
-    let bus = Arc::new(MemoryBus::new(100));
-    let app = bff_web::app(&config, bus.clone(), CancellationToken::new()).expect("app");
+    let broker = Broker::memory(100);
+    let bus = broker.bus();
+    let app = bff_web::app(&config, &broker, CancellationToken::new()).expect("app");
     let server = test_support::serve(app.router.clone()).await;
     let query = r#"subscription { rates(pairs: ["EUR/USD"]) { pair } conversions { id } }"#;
     for version in ["v1", "v2"] {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::publish_conversion;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::bus::{Broker, Bus};
 use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
 use test_support::graphql_ws::{Ws, connect_raw, recv, send};
@@ -22,7 +22,7 @@ const SECRET: &str = "protocol-test-secret";
 
 struct Gateway {
     server: TestServer,
-    bus: Arc<MemoryBus>,
+    bus: Arc<dyn Bus>,
     shutdown: CancellationToken,
     app_executions: Box<dyn Fn() -> usize>,
     active_topics: Box<dyn Fn() -> usize>,
@@ -40,9 +40,10 @@ async fn gateway_with(tune: impl FnOnce(&mut bff_web::Config)) -> Gateway {
     config.websocket.max_message_bytes = 4_096;
     config.cors.allowed_origins = vec!["https://app.example.com".into()];
     tune(&mut config);
-    let bus = Arc::new(MemoryBus::new(100));
+    let broker = Broker::memory(100);
+    let bus = broker.bus();
     let shutdown = CancellationToken::new();
-    let app = Arc::new(bff_web::app(&config, bus.clone(), shutdown.clone()).expect("app"));
+    let app = Arc::new(bff_web::app(&config, &broker, shutdown.clone()).expect("app"));
     let (a, b) = (app.clone(), app.clone());
     Gateway {
         server: test_support::serve(app.router.clone()).await,
@@ -576,8 +577,9 @@ async fn a_client_cut_off_for_not_reading_still_gets_1013_when_it_reads_later() 
     config.auth.hs256_secret = SECRET.into();
     config.bridges.clear();
     config.websocket.write_timeout_ms = 300;
-    let bus = Arc::new(MemoryBus::new(100_000));
-    let app = bff_web::app(&config, bus.clone(), CancellationToken::new()).expect("app");
+    let broker = Broker::memory(100_000);
+    let bus = broker.bus();
+    let app = bff_web::app(&config, &broker, CancellationToken::new()).expect("app");
     let server = test_support::serve(app.router.clone()).await;
     let g = Gateway {
         server,

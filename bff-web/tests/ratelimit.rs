@@ -3,13 +3,11 @@
 //! `Retry-After` and a GraphQL error; a socket message flood is closed with 1008; a `subscribe`
 //! over the subscription rate gets an `error` message and the socket stays open.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use switchyard_core::bus::memory::MemoryBus;
-use switchyard_core::bus::{BusConfig, BusKind};
+use switchyard_core::bus::{Broker, BusConfig, BusKind};
 use switchyard_server::server::CancellationToken;
 use test_support::graphql_ws::{Ws, connect_raw, recv, send};
 use tokio_tungstenite::tungstenite::Message;
@@ -27,12 +25,13 @@ impl Drop for Instance {
 }
 
 async fn instance(config: bff_web::Config) -> Instance {
-    let bus: Arc<dyn switchyard_core::bus::Bus> = match config.bus.kind {
-        BusKind::Memory => Arc::new(MemoryBus::new(100)),
-        _ => switchyard_core::bus::from_config(&config.bus),
+    // Each instance its own broker (its own connections), as two processes would have.
+    let broker = match config.bus.kind {
+        BusKind::Memory => Broker::memory(100),
+        _ => Broker::connect(&config.bus),
     };
     let stop = CancellationToken::new();
-    let app = bff_web::app(&config, bus, stop.clone()).expect("app");
+    let app = bff_web::app(&config, &broker, stop.clone()).expect("app");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let s = stop.clone();

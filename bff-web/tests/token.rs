@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::publish_conversion;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::bus::{Broker, Bus};
 use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
 use test_support::graphql_ws::{Ws, connect_raw, send};
@@ -24,7 +24,7 @@ const CONVERSIONS: &str = "subscription { conversions { id } }";
 
 struct Gateway {
     server: TestServer,
-    bus: Arc<MemoryBus>,
+    bus: Arc<dyn Bus>,
     _shutdown: CancellationToken,
 }
 
@@ -32,9 +32,10 @@ async fn gateway(leeway_s: u64) -> Gateway {
     let mut config = bff_web::Config::default();
     config.auth.hs256_secret = SECRET.into();
     config.auth.leeway_s = leeway_s;
-    let bus = Arc::new(MemoryBus::new(100));
+    let broker = Broker::memory(100);
+    let bus = broker.bus();
     let shutdown = CancellationToken::new();
-    let app = bff_web::app(&config, bus.clone(), shutdown.clone()).expect("app");
+    let app = bff_web::app(&config, &broker, shutdown.clone()).expect("app");
     Gateway {
         server: test_support::serve(app.router.clone()).await,
         bus,

@@ -1,17 +1,16 @@
 //! The command line every Switchyard binary shares: `--config FILE` and `--print-config`.
 //!
-//! A server binary's whole `main` is one call of [`main`] with its `run` (wrapped in [`with_bus`]
-//! when it takes a bus): arguments, configuration, logs, the runtime, the listener and the
+//! A server binary's whole `main` is one call of [`main`] with its `run` (wrapped in [`with_broker`]
+//! when it takes a broker): arguments, configuration, logs, the runtime, the listener and the
 //! shutdown signals are handled here, the same for every binary. A binary with its own command
 //! line (the launcher) parses [`Args`] and calls [`Args::load`] itself.
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use switchyard_core::bus::Bus;
+use switchyard_core::bus::Broker;
 use switchyard_core::bus::BusConfig;
 use tokio::net::TcpListener;
 
@@ -113,16 +112,16 @@ where
         .block_on(run_server(&args, run))
 }
 
-/// `run` of a binary that takes a bus, as the `run` of [`main`]: the bus is built from the
-/// binary's `[bus]` section.
-pub fn with_bus<C, F, Fut>(run: F) -> impl FnOnce(C, TcpListener, CancellationToken) -> Fut
+/// `run` of a binary that takes a broker, as the `run` of [`main`]: the process's one
+/// [`Broker`], connected from the binary's `[bus]` section.
+pub fn with_broker<C, F, Fut>(run: F) -> impl FnOnce(C, TcpListener, CancellationToken) -> Fut
 where
     C: WithBus,
-    F: FnOnce(C, Arc<dyn Bus>, TcpListener, CancellationToken) -> Fut,
+    F: FnOnce(C, Broker, TcpListener, CancellationToken) -> Fut,
 {
     move |config, listener, shutdown| {
-        let bus = switchyard_core::bus::from_config(config.bus());
-        run(config, bus, listener, shutdown)
+        let broker = Broker::connect(config.bus());
+        run(config, broker, listener, shutdown)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The one gateway runtime: what every gateway builds around its own routes, written once.
 //!
-//! From a gateway's configuration ([`GatewayConfig`]: the sections every gateway has) and its bus,
-//! [`Runtime::new`] builds the backend registry, the hub with its feeds — each behind the
+//! From a gateway's configuration ([`GatewayConfig`]: the sections every gateway has) and its
+//! process's [`Broker`] (its bus, leases and their shared connections), [`Runtime::new`] builds the backend registry, the hub with its feeds — each behind the
 //! cluster-wide lease, so that among the instances on one broker only one watches a topic
 //! upstream — and the rate limiter. [`Runtime::router`] puts `/healthz` and `/readyz` beside the
 //! gateway's routes and wraps them in the per-request rate limits and the common layers;
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use switchyard_core::bridge::BridgeConfig;
-use switchyard_core::bus::Bus;
+use switchyard_core::bus::{Broker, Bus};
 use switchyard_core::hub::{Feeder, Hub, HubConfig};
 use switchyard_core::leased::LeasedFeeder;
 use switchyard_core::ratelimit::{RateLimitConfig, RateLimiter};
@@ -67,7 +67,7 @@ pub struct Runtime {
     pub upstreams: Arc<Upstreams>,
     /// The hub over the bus, with the gateway's feeds.
     pub hub: Hub,
-    /// The bus the gateway was handed.
+    /// The bus of the broker the gateway was handed.
     pub bus: Arc<dyn Bus>,
     /// The rate limiter of `[rate_limits]`, named after the gateway.
     pub limiter: Arc<RateLimiter>,
@@ -79,19 +79,21 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the runtime of gateway `C` from its configuration, its bus and its feeds.
+    /// Builds the runtime of gateway `C` from its configuration, its process's broker (the bus,
+    /// the feeds' leases and the rate limiter all live on it) and its feeds.
     pub fn new<C: GatewayConfig>(
         config: &C,
-        bus: Arc<dyn Bus>,
+        broker: &Broker,
         feeds: Feeds,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let upstreams = Arc::new(Upstreams::new(config.backends())?);
+        let bus = broker.bus();
         let mut hub = Hub::new(bus.clone(), config.hub().clone());
         let feeds = feeds(config.bridges(), &bus);
         if !feeds.is_empty() {
-            // The one place a gateway's lease is made: on the broker of `[bus]`.
-            let lease = switchyard_core::bus::lease::from_config(config.bus());
+            // The one place a gateway's lease is taken: from its broker, on the bus's connections.
+            let lease = broker.lease();
             let holder = LeasedFeeder::unique_holder(C::NAME);
             for feed in feeds {
                 let leased = LeasedFeeder::new(
@@ -104,7 +106,7 @@ impl Runtime {
                 hub = hub.with_feeder(feed.prefix, Arc::new(leased));
             }
         }
-        let limiter = RateLimiter::from_config(C::NAME, config.rate_limits(), config.bus());
+        let limiter = RateLimiter::new(C::NAME, config.rate_limits(), broker);
         Ok(Self {
             upstreams,
             hub,

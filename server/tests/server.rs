@@ -114,7 +114,7 @@ async fn readyz_reports_each_check() {
         )]))
         .expect("registry"),
     );
-    let bus = switchyard_core::bus::from_config(&Default::default());
+    let bus = switchyard_core::bus::Broker::connect(&Default::default()).bus();
     let app = server::health_routes(Readiness::new(Some(up), Some(bus)));
     let (url, _stop, _task) = start(app, Duration::from_secs(1)).await;
     let r = reqwest::get(format!("{url}/readyz")).await.expect("readyz");

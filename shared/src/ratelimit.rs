@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{Broker, BusConfig, BusError, Clients};
+use crate::bus::{Broker, BusError, Clients};
 
 /// The `[rate_limits]` section of a gateway. A rate of 0 turns that limit off.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -285,12 +285,6 @@ impl RateLimiter {
             refused: AtomicU64::new(0),
             warned: Mutex::new(None),
         })
-    }
-
-    /// The limiter of `gateway` on connections of its own to the broker of `bus` ([`Self::new`]
-    /// on a new [`Broker`]); a process that has a [`Broker`] uses [`Self::new`] with it.
-    pub fn from_config(gateway: &str, config: &RateLimitConfig, bus: &BusConfig) -> Arc<Self> {
-        Self::new(gateway, config, &Broker::connect(bus))
     }
 
     /// The configuration.

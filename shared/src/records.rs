@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::bus::{Broker, BusConfig, BusError, Clients};
+use crate::bus::{Broker, BusError, Clients};
 
 /// A namespace of shared records.
 #[async_trait::async_trait]
@@ -53,12 +53,6 @@ pub fn on(broker: &Broker, namespace: &str) -> Arc<dyn Records> {
             namespace: namespace.to_owned(),
         }),
     }
-}
-
-/// Records of the bus `config` describes, on connections of their own ([`on`] a new
-/// [`Broker`]); a process that has a [`Broker`] uses [`on`] with it.
-pub fn from_config(config: &BusConfig, namespace: &str) -> Arc<dyn Records> {
-    on(&Broker::connect(config), namespace)
 }
 
 /// Records in this process.

@@ -2,7 +2,7 @@
 //! records built on it all use the same broker client. Counted on the broker's side, on a
 //! Redis and a NATS server of the test's own (so nothing else connects to them): Redis's
 //! `CLIENT LIST`, NATS's monitoring endpoint (`/connz`). A control step checks that the count
-//! sees a second client: the stand-alone `lease::from_config` opens one.
+//! sees a second client: a second [`Broker`]'s lease service opens one.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -158,8 +158,8 @@ async fn everything_shares_one_client(kind: BusKind, expected: usize) {
 
     assert_eq!(server.connections().await, expected, "{kind:?}");
 
-    // Control: a lease service built on its own is one more client, and the count sees it.
-    let own = switchyard_core::bus::lease::from_config(&config);
+    // Control: the lease service of a second broker is one more client, and the count sees it.
+    let own = Broker::connect(&config).lease();
     let other = Topic::new("rates.EUR/GBP").expect("topic");
     assert!(own.acquire(&other, "b", ttl).await.expect("acquire"));
     assert_eq!(server.connections().await, expected + 1, "{kind:?}");

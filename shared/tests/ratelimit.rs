@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use switchyard_core::bus::{BusConfig, BusKind};
+use switchyard_core::bus::{Broker, BusConfig, BusKind};
 use switchyard_core::ratelimit::{Key, RateLimitConfig, RateLimiter, Rule, Scope};
 
 fn bus(kind: BusKind) -> BusConfig {
@@ -17,8 +17,8 @@ fn bus(kind: BusKind) -> BusConfig {
 async fn shared_budget(kind: BusKind) {
     let config = RateLimitConfig::default();
     let b = bus(kind);
-    let one = RateLimiter::from_config("gw", &config, &b);
-    let two = RateLimiter::from_config("gw", &config, &b);
+    let one = RateLimiter::new("gw", &config, &Broker::connect(&b));
+    let two = RateLimiter::new("gw", &config, &Broker::connect(&b));
     let key = Key::user(Scope::Request, "alice");
     let rule = Rule::per_second(10, 10);
     let mut allowed = 0;
@@ -42,7 +42,7 @@ async fn shared_budget(kind: BusKind) {
             .await
             .is_ok()
     );
-    let other_gw = RateLimiter::from_config("other", &config, &b);
+    let other_gw = RateLimiter::new("other", &config, &Broker::connect(&b));
     assert!(other_gw.check(&key, rule).await.is_ok());
 }
 
@@ -68,7 +68,7 @@ async fn an_unreachable_broker_fails_open_to_the_local_budget() {
             operation_timeout_ms: 200,
             ..bus(kind)
         };
-        let limiter = RateLimiter::from_config("gw", &RateLimitConfig::default(), &b);
+        let limiter = RateLimiter::new("gw", &RateLimitConfig::default(), &Broker::connect(&b));
         let key = Key::ip(Scope::Request, "10.1.2.3".parse().unwrap());
         let rule = Rule::per_minute(3, 3);
         for _ in 0..3 {

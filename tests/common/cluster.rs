@@ -1,6 +1,6 @@
 //! The cluster fixtures, against the REAL brokers of this machine: Redis (127.0.0.1:6379) and
-//! NATS JetStream (127.0.0.1:4222). Two in-process instances of a gateway (A and B), each over
-//! its OWN bus client (its own connections to the broker), plus a third bus client standing for
+//! NATS JetStream (127.0.0.1:4222). Two in-process instances of a gateway (A and B), each on
+//! its OWN [`Broker`] (its own connections to the broker), plus a third bus client standing for
 //! a backend that publishes; a fresh bus `prefix` per test, so runs never see each other's keys,
 //! streams or subjects. A broker that cannot be reached FAILS the tests (`scripts/services`
 //! starts both).
@@ -14,7 +14,7 @@ use mobile_client::{Client as MobileClient, Config as MobileConfig};
 
 use mobile_proto::{Encoding, Position};
 use serde_json::{Value, json};
-use switchyard_core::bus::{self, Bus};
+use switchyard_core::bus::{Broker, Bus};
 use switchyard_core::bus::{BusConfig, BusKind};
 use switchyard_core::event::Topic;
 use switchyard_server::server::CancellationToken;
@@ -45,7 +45,14 @@ pub fn bus_config(kind: BusKind) -> BusConfig {
 /// A new bus client (its own broker connections) for `config`, once the broker answers.
 /// Panics — the test fails — when it does not answer in time.
 pub async fn bus_client(config: &BusConfig) -> Arc<dyn Bus> {
-    let bus = bus::from_config(config);
+    broker_client(config).await.bus()
+}
+
+/// A new [`Broker`] (its own connections, as another process would have) for `config`, once
+/// the broker answers. Panics — the test fails — when it does not answer in time.
+pub async fn broker_client(config: &BusConfig) -> Broker {
+    let broker = Broker::connect(config);
+    let bus = broker.bus();
     let reachable = tokio::time::timeout(PATIENCE, async {
         loop {
             if bus.check().await.is_ok() {
@@ -61,7 +68,7 @@ pub async fn bus_client(config: &BusConfig) -> Arc<dyn Bus> {
         config.kind,
         config.broker_url()
     );
-    bus
+    broker
 }
 
 /// A token of the test gateways' secret for `user`.
@@ -69,18 +76,18 @@ pub fn token(user: &str) -> String {
     bff_web::auth::hs256_token(SECRET, user, Duration::from_secs(600))
 }
 
-/// Starts `run` as the instance `name` over a bus client of its own for `config`.
+/// Starts `run` as the instance `name` on a broker client of its own for `config`.
 async fn instance<F, Fut>(config: &BusConfig, name: &'static str, run: F) -> Running
 where
-    F: FnOnce(Arc<dyn Bus>, TcpListener, CancellationToken) -> Fut,
+    F: FnOnce(Broker, TcpListener, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let bus = bus_client(config).await;
-    Running::start(name, move |l, t| run(bus, l, t)).await
+    let broker = broker_client(config).await;
+    Running::start(name, move |l, t| run(broker, l, t)).await
 }
 
-/// bff-mobile's configuration on the bus of `config` (its own bus section: its cluster lease is
-/// built from it), signing tokens with [`SECRET`].
+/// bff-mobile's configuration on the bus of `config` (its own bus section, describing the broker
+/// its instance is handed), signing tokens with [`SECRET`].
 pub fn mobile_config(config: &BusConfig) -> bff_mobile::Config {
     let mut c = bff_mobile::Config {
         bus: config.clone(),
@@ -91,21 +98,21 @@ pub fn mobile_config(config: &BusConfig) -> bff_mobile::Config {
     c
 }
 
-/// A bff-mobile instance on the bus of `config`, through a bus client of its own.
+/// A bff-mobile instance on the bus of `config`, through a broker client of its own.
 pub async fn mobile_instance(config: &BusConfig) -> Running {
     mobile_instance_with(config, mobile_config(config)).await
 }
 
-/// A bff-mobile instance of configuration `c` on the bus of `config`, through a bus client of
-/// its own.
+/// A bff-mobile instance of configuration `c` on the bus of `config`, through a broker client
+/// of its own.
 pub async fn mobile_instance_with(config: &BusConfig, c: bff_mobile::Config) -> Running {
-    instance(config, "bff-mobile", move |bus, l, t| {
-        bff_mobile::run(c, bus, l, t)
+    instance(config, "bff-mobile", move |broker, l, t| {
+        bff_mobile::run(c, broker, l, t)
     })
     .await
 }
 
-/// A bff-web instance on the bus of `config`, through a bus client of its own.
+/// A bff-web instance on the bus of `config`, through a broker client of its own.
 pub async fn web_instance(config: &BusConfig) -> Running {
     let mut c = bff_web::Config {
         bus: config.clone(),
@@ -113,13 +120,13 @@ pub async fn web_instance(config: &BusConfig) -> Running {
     };
     c.auth.hs256_secret = SECRET.to_owned();
     c.server.drain_timeout_ms = 2_000;
-    instance(config, "bff-web", move |bus, l, t| {
-        bff_web::run(c, bus, l, t)
+    instance(config, "bff-web", move |broker, l, t| {
+        bff_web::run(c, broker, l, t)
     })
     .await
 }
 
-/// A bff-device instance on the bus of `config`, through a bus client of its own, knowing
+/// A bff-device instance on the bus of `config`, through a broker client of its own, knowing
 /// [`DEVICE`].
 pub async fn device_instance(config: &BusConfig) -> Running {
     let mut c = bff_device::Config {
@@ -137,8 +144,8 @@ pub async fn device_instance(config: &BusConfig) -> Running {
             settings: [("volume".to_owned(), json!(7))].into_iter().collect(),
         },
     );
-    instance(config, "bff-device", move |bus, l, t| {
-        bff_device::run(c, bus, l, t)
+    instance(config, "bff-device", move |broker, l, t| {
+        bff_device::run(c, broker, l, t)
     })
     .await
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bff_device::{App, Config, DeviceConfig};
 use serde_json::json;
+use switchyard_core::bus::Broker;
 use switchyard_core::bus::Bus;
-use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::event::{Event, Topic};
 use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
@@ -71,13 +71,14 @@ impl std::ops::Deref for Gateway {
 
 /// Starts a gateway with `config` over a memory bus keeping `history` events per topic.
 pub async fn start(config: Config, history: usize) -> Gateway {
-    start_on(config, Arc::new(MemoryBus::new(history))).await
+    start_on(config, &Broker::memory(history)).await
 }
 
-/// Starts a gateway with `config` over `bus`.
-pub async fn start_on(config: Config, bus: Arc<dyn Bus>) -> Gateway {
+/// Starts a gateway with `config` on `broker`.
+pub async fn start_on(config: Config, broker: &Broker) -> Gateway {
+    let bus = broker.bus();
     let shutdown = CancellationToken::new();
-    let app = bff_device::app(&config, bus.clone(), shutdown.clone()).expect("app builds");
+    let app = bff_device::app(&config, broker, shutdown.clone()).expect("app builds");
     let server = test_support::serve(app.router.clone()).await;
     let api = DeviceApi::new(server.url(), ADMIN, HANG);
     Gateway {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use bff_mobile::Config;
 use bytes::Bytes;
 use mobile_proto::Encoding;
+use switchyard_core::bus::Broker;
 use switchyard_core::bus::Bus;
-use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::event::{Event, Topic};
 use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
@@ -39,9 +39,10 @@ pub fn config() -> Config {
 
 /// Starts a gateway with `config` over a memory bus keeping `history` events per topic.
 pub async fn start(config: Config, history: usize) -> Gateway {
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(history));
+    let broker = Broker::memory(history);
+    let bus = broker.bus();
     let shutdown = CancellationToken::new();
-    let app = bff_mobile::app(&config, bus.clone(), shutdown.clone()).expect("app builds");
+    let app = bff_mobile::app(&config, &broker, shutdown.clone()).expect("app builds");
     let server = test_support::serve(app.router.clone()).await;
     let app = Arc::new(app);
     Gateway {

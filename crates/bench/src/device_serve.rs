@@ -22,8 +22,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use switchyard_core::bus::Bus;
-use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::bus::{Broker, Bus};
 use switchyard_core::event::Topic;
 use switchyard_server::server::CancellationToken;
 use tokio::sync::watch;
@@ -106,8 +105,9 @@ fn gateway(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Router> {
             },
         );
     }
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(args.history));
-    let app = Arc::new(bff_device::app(&config, bus.clone(), shutdown)?);
+    let broker = Broker::memory(args.history);
+    let bus = broker.bus();
+    let app = Arc::new(bff_device::app(&config, &broker, shutdown)?);
     let commands = (0..args.devices)
         .map(|i| Topic::new(&format!("devices.dev-{i}.commands")))
         .collect::<Result<Vec<_>, _>>()?;

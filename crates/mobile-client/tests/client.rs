@@ -10,8 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mobile_client::{CallError, Client, Config, Encoding, Error, Position, Subscription, Update};
 use serde_json::json;
-use switchyard_core::bus::Bus;
-use switchyard_core::bus::memory::MemoryBus;
+use switchyard_core::bus::{Broker, Bus};
 use switchyard_core::event::Topic;
 use switchyard_core::upstream::BackendConfig;
 use switchyard_server::server::CancellationToken;
@@ -37,14 +36,11 @@ fn gateway_config() -> bff_mobile::Config {
     c
 }
 
-/// Starts a gateway over `bus`, on `addr` if given (retrying while the port is still taken).
-async fn start(
-    config: &bff_mobile::Config,
-    bus: Arc<dyn Bus>,
-    addr: Option<SocketAddr>,
-) -> Gateway {
+/// Starts a gateway on `broker`, on `addr` if given (retrying while the port is still taken).
+async fn start(config: &bff_mobile::Config, broker: &Broker, addr: Option<SocketAddr>) -> Gateway {
+    let bus = broker.bus();
     let shutdown = CancellationToken::new();
-    let app = bff_mobile::app(config, bus.clone(), shutdown.clone()).expect("app builds");
+    let app = bff_mobile::app(config, broker, shutdown.clone()).expect("app builds");
     let addr = addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let started = tokio::time::Instant::now();
     let listener = loop {
@@ -168,7 +164,7 @@ async fn quiet(sub: &mut Subscription, wait: Duration) {
 
 #[tokio::test]
 async fn subscribes_and_receives_a_published_event_in_both_encodings() {
-    let gw = start(&gateway_config(), Arc::new(MemoryBus::new(100)), None).await;
+    let gw = start(&gateway_config(), &Broker::memory(100), None).await;
     for enc in Encoding::ALL {
         let client = Client::connect(client_config(&gw, enc, "alice"))
             .await
@@ -188,8 +184,8 @@ async fn subscribes_and_receives_a_published_event_in_both_encodings() {
 #[tokio::test]
 async fn resumes_after_a_gateway_restart_with_exactly_the_missed_events_in_both_encodings() {
     let config = gateway_config();
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(100));
-    let mut gw = start(&config, bus.clone(), None).await;
+    let broker = Broker::memory(100);
+    let mut gw = start(&config, &broker, None).await;
     for enc in Encoding::ALL {
         let client = Client::connect(client_config(&gw, enc, "carol"))
             .await
@@ -207,7 +203,7 @@ async fn resumes_after_a_gateway_restart_with_exactly_the_missed_events_in_both_
         }
         // A new gateway on the same address and the same bus: the client reconnects by itself.
         let addr = gw.server.addr;
-        gw = start(&config, bus.clone(), Some(addr)).await;
+        gw = start(&config, &broker, Some(addr)).await;
         for (i, position) in missed.iter().enumerate() {
             assert_eq!(
                 event(&mut sub, &format!("{enc}-missed-{i}")).await,
@@ -229,8 +225,8 @@ async fn resumes_after_a_gateway_restart_with_exactly_the_missed_events_in_both_
 async fn history_lost_during_the_outage_is_a_gap_then_delivery_goes_on_in_both_encodings() {
     let config = gateway_config();
     // The bus keeps only 2 events per topic.
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(2));
-    let mut gw = start(&config, bus.clone(), None).await;
+    let broker = Broker::memory(2);
+    let mut gw = start(&config, &broker, None).await;
     for enc in Encoding::ALL {
         let client = Client::connect(client_config(&gw, enc, "dave"))
             .await
@@ -244,7 +240,7 @@ async fn history_lost_during_the_outage_is_a_gap_then_delivery_goes_on_in_both_e
         for i in 0..5 {
             published.push(gw.publish("dave", &format!("{enc}-lost-{i}")).await);
         }
-        gw = start(&config, bus.clone(), Some(gw.server.addr)).await;
+        gw = start(&config, &broker, Some(gw.server.addr)).await;
 
         let Update::Gap { topic, position } = next(&mut sub).await else {
             panic!("expected a gap first");
@@ -270,7 +266,7 @@ async fn history_lost_during_the_outage_is_a_gap_then_delivery_goes_on_in_both_e
 
 #[tokio::test]
 async fn a_refused_token_fails_connect_without_retrying_in_both_encodings() {
-    let gw = start(&gateway_config(), Arc::new(MemoryBus::new(10)), None).await;
+    let gw = start(&gateway_config(), &Broker::memory(10), None).await;
     for enc in Encoding::ALL {
         let mut config = client_config(&gw, enc, "eve");
         config.token = token_signed("eve", "another-secret-that-is-32-bytes-long");
@@ -300,7 +296,7 @@ async fn an_unreachable_gateway_fails_connect() {
 
 #[tokio::test]
 async fn calls_get_their_answers_and_errors_in_both_encodings() {
-    let gw = start(&gateway_config(), Arc::new(MemoryBus::new(10)), None).await;
+    let gw = start(&gateway_config(), &Broker::memory(10), None).await;
     for enc in Encoding::ALL {
         let client = Client::connect(client_config(&gw, enc, "fay"))
             .await
@@ -343,7 +339,7 @@ async fn a_call_in_flight_when_the_connection_drops_fails_and_is_not_retried() {
             .backends
             .insert(name.to_owned(), BackendConfig::new(backend.url()));
     }
-    let gw = start(&config, Arc::new(MemoryBus::new(10)), None).await;
+    let gw = start(&config, &Broker::memory(10), None).await;
     let client = Client::connect(client_config(&gw, Encoding::Cbor, "gus"))
         .await
         .expect("connects");
@@ -378,7 +374,7 @@ async fn a_call_in_flight_when_the_connection_drops_fails_and_is_not_retried() {
 async fn pings_are_answered_so_the_connection_stays() {
     let mut config = gateway_config();
     config.websocket.heartbeat_ms = 50;
-    let gw = start(&config, Arc::new(MemoryBus::new(10)), None).await;
+    let gw = start(&config, &Broker::memory(10), None).await;
     let client = Client::connect(client_config(&gw, Encoding::Json, "hal"))
         .await
         .expect("connects");
@@ -392,7 +388,7 @@ async fn pings_are_answered_so_the_connection_stays() {
 
 #[tokio::test]
 async fn close_ends_subscriptions_and_does_not_reconnect() {
-    let gw = start(&gateway_config(), Arc::new(MemoryBus::new(10)), None).await;
+    let gw = start(&gateway_config(), &Broker::memory(10), None).await;
     let client = Client::connect(client_config(&gw, Encoding::Cbor, "ivy"))
         .await
         .expect("connects");
@@ -419,8 +415,8 @@ async fn close_ends_subscriptions_and_does_not_reconnect() {
 #[tokio::test]
 async fn a_token_refused_on_reconnect_stops_the_client_with_the_error() {
     let config = gateway_config();
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(10));
-    let gw = start(&config, bus.clone(), None).await;
+    let broker = Broker::memory(10);
+    let gw = start(&config, &broker, None).await;
     let client = Client::connect(client_config(&gw, Encoding::Cbor, "jo"))
         .await
         .expect("connects");
@@ -429,7 +425,7 @@ async fn a_token_refused_on_reconnect_stops_the_client_with_the_error() {
     // The new gateway no longer accepts the token: 4401 is fatal, no reconnect loop.
     let mut rotated = config.clone();
     rotated.auth.hs256_secret = "another-secret-that-is-32-bytes-long".to_owned();
-    let gw = start(&rotated, bus, Some(gw.server.addr)).await;
+    let gw = start(&rotated, &broker, Some(gw.server.addr)).await;
     assert_eq!(tokio::time::timeout(WAIT, sub.next()).await.unwrap(), None);
     assert!(
         matches!(client.error(), Some(Error::Unauthenticated { .. })),
@@ -451,7 +447,7 @@ async fn a_token_refused_on_reconnect_stops_the_client_with_the_error() {
 
 #[tokio::test]
 async fn a_refused_subscription_is_an_error_and_the_connection_stays() {
-    let gw = start(&gateway_config(), Arc::new(MemoryBus::new(10)), None).await;
+    let gw = start(&gateway_config(), &Broker::memory(10), None).await;
     let client = Client::connect(client_config(&gw, Encoding::Json, "kim"))
         .await
         .expect("connects");
@@ -487,7 +483,7 @@ fn token_for(user: &str, ttl_s: u64) -> String {
 async fn reauthenticate_keeps_the_connection_and_its_subscriptions_past_the_first_exp() {
     let mut config = gateway_config();
     config.auth.leeway_s = 0;
-    let gw = start(&config, Arc::new(MemoryBus::new(100)), None).await;
+    let gw = start(&config, &Broker::memory(100), None).await;
     let mut cfg = client_config(&gw, Encoding::Cbor, "dana");
     cfg.token = token_for("dana", 2);
     let client = Client::connect(cfg).await.expect("connects");
@@ -507,7 +503,7 @@ async fn reauthenticate_keeps_the_connection_and_its_subscriptions_past_the_firs
 
 #[tokio::test]
 async fn reauthenticating_as_another_user_stops_the_client_with_4403() {
-    let gw = start(&gateway_config(), Arc::new(MemoryBus::new(100)), None).await;
+    let gw = start(&gateway_config(), &Broker::memory(100), None).await;
     let client = Client::connect(client_config(&gw, Encoding::Cbor, "fred"))
         .await
         .expect("connects");

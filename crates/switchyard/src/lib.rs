@@ -4,7 +4,7 @@
 //! The stack's configuration holds each component's own configuration. The launcher wires them:
 //! every gateway's (and conversions') `limits`, `exchange` and `conversions` backends, and the
 //! `exchange` tick bridge, are pointed at the services it started (so port 0 works everywhere),
-//! and all components share one bus.
+//! and all components share one broker (one bus; the gateways' leases).
 //! Each component's own `bus` and `log` sections are not used here; the stack's are.
 //! Tests use [`Stack`] directly; the `switchyard` binary wraps it with signals and printing.
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use switchyard_core::bus::BusConfig;
-use switchyard_core::bus::{self, Bus};
+use switchyard_core::bus::{Broker, Bus};
 use switchyard_core::upstream::BackendConfig;
 use switchyard_server::config::LogConfig;
 use switchyard_server::server::CancellationToken;
@@ -160,6 +160,7 @@ pub const COMPONENTS: [&str; 6] = [
 /// A running stack.
 pub struct Stack {
     addrs: HashMap<&'static str, SocketAddr>,
+    broker: Broker,
     bus: Arc<dyn Bus>,
     root: CancellationToken,
     tokens: HashMap<&'static str, CancellationToken>,
@@ -181,7 +182,8 @@ impl Stack {
             mut mobile,
             mut device,
         } = config;
-        let bus = bus::from_config(&bus_config);
+        let broker = Broker::connect(&bus_config);
+        let bus = broker.bus();
 
         let mut listeners = HashMap::new();
         let mut addrs = HashMap::new();
@@ -258,17 +260,18 @@ impl Stack {
             )
         });
         let (l, t) = take("bff-web");
-        let b = bus.clone();
+        let b = broker.clone();
         tasks.spawn(async move { ("bff-web", bff_web::run(web, b, l, t).await) });
         let (l, t) = take("bff-mobile");
-        let b = bus.clone();
+        let b = broker.clone();
         tasks.spawn(async move { ("bff-mobile", bff_mobile::run(mobile, b, l, t).await) });
         let (l, t) = take("bff-device");
-        let b = bus.clone();
+        let b = broker.clone();
         tasks.spawn(async move { ("bff-device", bff_device::run(device, b, l, t).await) });
 
         Ok(Self {
             addrs,
+            broker,
             bus,
             root,
             tokens,
@@ -290,7 +293,12 @@ impl Stack {
         format!("http://{}", self.addr(component))
     }
 
-    /// The shared bus.
+    /// The shared broker: every component's bus, and the gateways' leases.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// The shared bus (the broker's).
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.bus
     }

@@ -66,6 +66,15 @@ impl Broker {
         }
     }
 
+    /// The in-memory broker keeping the last `history_events` events of each topic:
+    /// [`Self::connect`] with the default `[bus]` but that.
+    pub fn memory(history_events: usize) -> Self {
+        Self::connect(&BusConfig {
+            history_events,
+            ..BusConfig::default()
+        })
+    }
+
     /// The event bus.
     pub fn bus(&self) -> Arc<dyn Bus> {
         self.bus.clone()

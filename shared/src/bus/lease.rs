@@ -92,11 +92,3 @@ impl Lease for MemoryLease {
         Ok(())
     }
 }
-
-/// The lease service of the bus `config` describes, on connections of its own:
-/// [`super::Broker::connect`]`(config).lease()` — process-local for the in-memory bus, the
-/// broker's for Redis and NATS. A process that also has the bus takes both from one
-/// [`super::Broker`], so that they share its connections.
-pub fn from_config(config: &super::BusConfig) -> std::sync::Arc<dyn Lease> {
-    super::Broker::connect(config).lease()
-}

@@ -35,9 +35,8 @@
 //! # }
 //! ```
 //!
-//! [`from_config`], [`lease::from_config`], `RateLimiter::from_config` and
-//! `records::from_config` each open connections of their own; they remain for callers that
-//! need only one of these.
+//! There is no other way to a broker's bus or leases: a second [`Broker`] is a second set of
+//! connections (what two instances in one test process each have).
 //!
 //! This module does not retry publishes: a publish while the broker is down fails with
 //! [`BusError::Unavailable`], and the caller decides.
@@ -144,11 +143,4 @@ pub struct BusStats {
     /// Live messages this instance received from the broker (for all its subscriptions): the
     /// measure of interest-based routing.
     pub received: u64,
-}
-
-/// The bus `config` asks for, on connections of its own: [`Broker::connect`]`(config).bus()`.
-/// A process that also needs leases, rate limits or records takes them from one [`Broker`]
-/// instead, so that they share its connections.
-pub fn from_config(config: &BusConfig) -> std::sync::Arc<dyn Bus> {
-    Broker::connect(config).bus()
 }

@@ -44,14 +44,14 @@ fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
         "6.6.6.6, 203.0.113.7, 10.0.0.9".parse().unwrap(),
     );
     let peer = |ip: IpAddr| Some(SocketAddr::new(ip, 1234));
-    let bus = BusConfig::default();
-    let plain = RateLimiter::from_config("gw", &RateLimitConfig::default(), &bus);
+    let broker = Broker::memory(16);
+    let plain = RateLimiter::new("gw", &RateLimitConfig::default(), &broker);
     assert_eq!(plain.client_ip_from(peer(proxy), &headers), Some(proxy));
     let config = RateLimitConfig {
         trusted_proxies: vec![proxy],
         ..RateLimitConfig::default()
     };
-    let behind = RateLimiter::from_config("gw", &config, &bus);
+    let behind = RateLimiter::new("gw", &config, &broker);
     // The right-most untrusted hop; what the client wrote to its left is ignored.
     assert_eq!(
         behind.client_ip_from(peer(proxy), &headers),
