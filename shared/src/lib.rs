@@ -5,6 +5,8 @@
 //! - Events flow up: [`event`] (topics, offsets, epochs), [`bus`] (where events are published and
 //!   kept), [`hub`] (local subscribers with bounded queues and shared source subscriptions) and
 //!   [`bridge`] (upstream WebSocket APIs fed onto the bus, one upstream watch per topic).
+//! - Channels: [`channels`] (the configured catalog of client channels: strict names, access
+//!   rules, the bus topic of each; not wired into the gateways yet).
 //! - Plumbing: [`backoff`] (the one retry policy; each subsystem owns its configuration section's
 //!   type, such as `bus::BusConfig`), [`auth`] (bearer tokens), [`ratelimit`] (GCRA limits,
 //!   counted on the broker), [`slots`] (connection and socket caps), [`origin`] (who may open a
@@ -19,6 +21,7 @@ pub mod auth;
 pub mod backoff;
 pub mod bridge;
 pub mod bus;
+pub mod channels;
 pub mod compose;
 pub mod event;
 pub mod hub;
