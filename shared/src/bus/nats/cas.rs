@@ -39,9 +39,7 @@ impl NatsBus {
             num_replicas: 1,
             ..Default::default()
         };
-        let stream = inner
-            .deadline("state stream lookup", js.get_or_create_stream(config))
-            .await?;
+        let stream = inner.stream_of(js, "state stream lookup", config).await?;
         Ok((stream, format!("{}.{token}.", inner.prefix)))
     }
 

@@ -111,4 +111,24 @@ impl Inner {
             Err(_) => Err(BusError::Unavailable(format!("nats: {what} timed out"))),
         }
     }
+
+    /// The stream of `config`, created if missing. Instances that first use a stream at the same
+    /// moment race to create it, and JetStream refuses all but one (`subjects overlap with an
+    /// existing stream`): a failed create is followed by one lookup of the stream by name, which
+    /// then exists.
+    pub(super) async fn stream_of(
+        &self,
+        js: &jetstream::Context,
+        what: &str,
+        config: jetstream::stream::Config,
+    ) -> Result<jetstream::stream::Stream, BusError> {
+        let name = config.name.clone();
+        match self.deadline(what, js.get_or_create_stream(config)).await {
+            Ok(stream) => Ok(stream),
+            Err(created) => match self.deadline(what, js.get_stream(&name)).await {
+                Ok(stream) => Ok(stream),
+                Err(_) => Err(created),
+            },
+        }
+    }
 }

@@ -49,9 +49,7 @@ impl Inner {
             num_replicas: 1,
             ..Default::default()
         };
-        let stream = self
-            .deadline("lease stream lookup", js.get_or_create_stream(config))
-            .await?;
+        let stream = self.stream_of(js, "lease stream lookup", config).await?;
         Ok((
             stream,
             format!("{}.lease.{ttl_ms}.{}", self.prefix, encode(name)),

@@ -43,9 +43,7 @@ impl Inner {
             ..Default::default()
         };
         let connects = connects(&self.connected().await?.0);
-        let stream = self
-            .deadline("stream lookup", js.get_or_create_stream(config))
-            .await?;
+        let stream = self.stream_of(js, "stream lookup", config).await?;
         let epoch = epoch_of(stream.cached_info());
         lock(&self.epochs).insert(topic.clone(), (epoch, connects));
         Ok(stream)
