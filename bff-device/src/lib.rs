@@ -76,6 +76,8 @@ pub struct Config {
     pub devices: BTreeMap<String, DeviceConfig>,
     /// Request rate limits per IP and per device (socket and subscription limits do not apply).
     pub rate_limits: RateLimitConfig,
+    /// The channel catalog: the channels clients may subscribe to and publishers publish on.
+    pub channels: switchyard_core::channels::ChannelsConfig,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             devices: BTreeMap::new(),
             rate_limits: RateLimitConfig::default(),
+            channels: switchyard_core::channels::ChannelsConfig::default(),
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// Request, socket message and subscription rate limits per IP and per user.
     pub rate_limits: RateLimitConfig,
+    /// The channel catalog: the channels clients may subscribe to and publishers publish on.
+    pub channels: switchyard_core::channels::ChannelsConfig,
 }
 
 /// Limits and timers of the `/v1/ws` socket (announced to clients in `welcome` where the
@@ -127,6 +129,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             websocket: WebSocketConfig::default(),
             rate_limits: RateLimitConfig::default(),
+            channels: switchyard_core::channels::ChannelsConfig::default(),
         }
     }
 }

@@ -79,6 +79,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// Request, socket message and subscription rate limits per IP and per user.
     pub rate_limits: RateLimitConfig,
+    /// The channel catalog: the channels clients may subscribe to and publishers publish on.
+    pub channels: switchyard_core::channels::ChannelsConfig,
 }
 
 impl Default for Config {
@@ -96,6 +98,7 @@ impl Default for Config {
             cors: CorsConfig::default(),
             websocket: WebSocketConfig::default(),
             rate_limits: RateLimitConfig::default(),
+            channels: switchyard_core::channels::ChannelsConfig::default(),
         }
     }
 }

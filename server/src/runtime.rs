@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bus::{Broker, Bus};
+use switchyard_core::channels::{Catalog, ChannelsConfig};
 use switchyard_core::hub::{Feeder, Hub, HubConfig};
 use switchyard_core::leased::LeasedFeeder;
 use switchyard_core::ratelimit::{RateLimitConfig, RateLimiter};
@@ -43,6 +44,8 @@ pub trait GatewayConfig: ServerBinary + WithBus {
     fn bridges(&self) -> &BTreeMap<String, BridgeConfig>;
     /// `[rate_limits]`.
     fn rate_limits(&self) -> &RateLimitConfig;
+    /// `[channels]`: the channel catalog (checked when the configuration was read).
+    fn channels(&self) -> &ChannelsConfig;
 }
 
 /// One source of events for the hub: a feeder for the topics under `prefix`, run behind the
@@ -65,8 +68,11 @@ pub type Feeds = fn(&BTreeMap<String, BridgeConfig>, &Arc<dyn Bus>) -> Vec<Feed>
 pub struct Runtime {
     /// The backend registry, built from `[backends]`.
     pub upstreams: Arc<Upstreams>,
-    /// The hub over the bus, with the gateway's feeds.
+    /// The hub over the bus, with the gateway's feeds; catalog channels take their class from
+    /// the catalog.
     pub hub: Hub,
+    /// The channel catalog of `[channels]`: which channels exist and who may use them.
+    pub catalog: Arc<Catalog>,
     /// The bus of the broker the gateway was handed.
     pub bus: Arc<dyn Bus>,
     /// The rate limiter of `[rate_limits]`, named after the gateway.
@@ -89,7 +95,8 @@ impl Runtime {
     ) -> anyhow::Result<Self> {
         let upstreams = Arc::new(Upstreams::new(config.backends())?);
         let bus = broker.bus();
-        let mut hub = Hub::new(bus.clone(), config.hub().clone());
+        let catalog = Arc::new(Catalog::new(config.channels())?);
+        let mut hub = Hub::new(bus.clone(), config.hub().clone()).with_catalog(catalog.clone());
         let feeds = feeds(config.bridges(), &bus);
         if !feeds.is_empty() {
             // The one place a gateway's lease is taken: from its broker, on the bus's connections.
@@ -110,6 +117,7 @@ impl Runtime {
         Ok(Self {
             upstreams,
             hub,
+            catalog,
             bus,
             limiter,
             sockets: TaskTracker::new(),
@@ -154,8 +162,8 @@ impl Runtime {
 }
 
 /// Implements [`ServerBinary`], [`WithBus`] and [`GatewayConfig`] for a gateway's config struct,
-/// whose shared sections are the fields `server`, `log`, `bus`, `hub`, `backends`, `bridges` and
-/// `rate_limits`:
+/// whose shared sections are the fields `server`, `log`, `bus`, `hub`, `backends`, `bridges`,
+/// `rate_limits` and `channels`:
 ///
 /// ```text
 /// switchyard_server::gateway_config!(Config, "bff-web", "Switchyard gateway for browsers", ENV_PREFIX);
@@ -186,6 +194,9 @@ macro_rules! gateway_config {
             }
             fn rate_limits(&self) -> &$crate::__core::ratelimit::RateLimitConfig {
                 &self.rate_limits
+            }
+            fn channels(&self) -> &$crate::__core::channels::ChannelsConfig {
+                &self.channels
             }
         }
     };

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 mod config;
 use crate::bus::{Bus, BusError, Delivery, Read, StartAt, Subscription};
+use crate::channels::Catalog;
 use crate::event::{Event, Position, Topic, TopicClass};
 pub use config::HubConfig;
 
@@ -77,6 +78,8 @@ struct Inner {
     topics: Mutex<HashMap<Topic, Entry>>,
     /// Feeders by topic prefix; the longest matching prefix wins.
     feeders: Mutex<Vec<(String, Arc<dyn Feeder>)>>,
+    /// The channel catalog, for the class of channels' topics.
+    catalog: std::sync::OnceLock<Arc<Catalog>>,
     next_id: AtomicU64,
 }
 
@@ -111,6 +114,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 bus,
                 config,
+                catalog: std::sync::OnceLock::new(),
                 topics: Mutex::new(HashMap::new()),
                 feeders: Mutex::new(Vec::new()),
                 next_id: AtomicU64::new(1),
@@ -123,6 +127,14 @@ impl Hub {
     /// feeders before the hub is used.
     pub fn with_feeder(self, prefix: &str, feeder: Arc<dyn Feeder>) -> Self {
         lock(&self.inner.feeders).push((prefix.to_owned(), feeder));
+        self
+    }
+
+    /// Takes the class of catalog channels' topics (`ch:`…) from `catalog`; set it before the
+    /// hub is used. Without one, those topics are classed by prefix like any other.
+    pub fn with_catalog(self, catalog: Arc<Catalog>) -> Self {
+        // A second call keeps the first catalog: the hub is configured once, at build.
+        let _ = self.inner.catalog.set(catalog);
         self
     }
 
@@ -140,8 +152,17 @@ impl Hub {
         &self.inner.bus
     }
 
-    /// The class of `topic`: that of the longest configured prefix it starts with, else stream.
+    /// The class of `topic`: a catalog channel's from its entry; otherwise that of the longest
+    /// configured prefix it starts with, else stream.
     pub fn class_of(&self, topic: &Topic) -> TopicClass {
+        if let Some(entry) = self
+            .inner
+            .catalog
+            .get()
+            .and_then(|c| c.entry_of_topic(topic))
+        {
+            return entry.class();
+        }
         self.inner
             .config
             .topics

@@ -6,7 +6,7 @@
 //!   kept), [`hub`] (local subscribers with bounded queues and shared source subscriptions) and
 //!   [`bridge`] (upstream WebSocket APIs fed onto the bus, one upstream watch per topic).
 //! - Channels: [`channels`] (the configured catalog of client channels: strict names, access
-//!   rules, the bus topic of each; not wired into the gateways yet).
+//!   rules, the bus topic of each; read by every gateway's runtime and the hub).
 //! - Plumbing: [`backoff`] (the one retry policy; each subsystem owns its configuration section's
 //!   type, such as `bus::BusConfig`), [`auth`] (bearer tokens), [`ratelimit`] (GCRA limits,
 //!   counted on the broker), [`slots`] (connection and socket caps), [`origin`] (who may open a

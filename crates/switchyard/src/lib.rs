@@ -5,7 +5,7 @@
 //! every gateway's (and conversions') `limits`, `exchange` and `conversions` backends, and the
 //! `exchange` tick bridge, are pointed at the services it started (so port 0 works everywhere),
 //! and all components share one broker (one bus; the gateways' leases).
-//! Each component's own `bus` and `log` sections are not used here; the stack's are.
+//! Each component's own `bus`, `log` and `channels` sections are not used here; the stack's are.
 //! Tests use [`Stack`] directly; the `switchyard` binary wraps it with signals and printing.
 
 use std::collections::HashMap;
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use switchyard_core::bus::BusConfig;
 use switchyard_core::bus::{Broker, Bus};
+use switchyard_core::channels::ChannelsConfig;
 use switchyard_core::upstream::BackendConfig;
 use switchyard_server::config::LogConfig;
 use switchyard_server::server::CancellationToken;
@@ -54,6 +55,9 @@ pub struct Config {
     pub log: LogConfig,
     /// The one bus every component shares (in-memory for the one-process stack).
     pub bus: BusConfig,
+    /// The one channel catalog every gateway of the stack serves (the gateways' own `channels`
+    /// sections are not used here).
+    pub channels: ChannelsConfig,
     /// The limits service.
     pub limits: demo_services::limits::Config,
     /// The exchange service.
@@ -89,6 +93,7 @@ impl Default for Config {
         Self {
             log: LogConfig::default(),
             bus: BusConfig::default(),
+            channels: ChannelsConfig::default(),
             limits: Default::default(),
             exchange: Default::default(),
             conversions: Default::default(),
@@ -175,6 +180,7 @@ impl Stack {
         let Config {
             log: _,
             bus: bus_config,
+            channels,
             limits,
             exchange,
             conversions,
@@ -183,6 +189,9 @@ impl Stack {
             mut device,
         } = config;
         let broker = Broker::connect(&bus_config);
+        web.channels = channels.clone();
+        mobile.channels = channels.clone();
+        device.channels = channels;
         let bus = broker.bus();
 
         let mut listeners = HashMap::new();

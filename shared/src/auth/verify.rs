@@ -41,6 +41,9 @@ pub struct Verified<T> {
     /// `exp` plus the configured leeway: from then on the token is refused, and a socket
     /// authenticated with it must end (or have re-authenticated).
     pub valid_until: SystemTime,
+    /// The token's other claims (all but `sub` and `exp`), as signed: what the channel catalog's
+    /// claim rules read (`channels::Subscriber::User`). Bounded by the token's size.
+    pub claims: std::sync::Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl<T> Verified<T> {
@@ -89,6 +92,9 @@ struct Claims {
     /// Read as a number of either kind; `jsonwebtoken` has already checked it.
     #[serde(default)]
     exp: Option<f64>,
+    /// Every other claim, for the channel catalog's claim rules.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Verifier {
@@ -259,6 +265,7 @@ impl Verifier {
             subject,
             expires_at,
             valid_until: expires_at + self.leeway.min(Duration::from_secs(86_400 * 365)),
+            claims: std::sync::Arc::new(claims.other),
         })
     }
 

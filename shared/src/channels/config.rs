@@ -9,11 +9,33 @@ use crate::event::TopicClass;
 
 /// The channel catalog: every channel a client may subscribe to and a publisher may publish on.
 /// A name that matches no entry is refused; adding a channel is adding an entry.
+///
+/// The section is checked as a whole when it is read ([`Catalog::new`](super::Catalog::new)), so
+/// a bad entry fails the configuration load, naming the entry, not the start.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, try_from = "ChannelsFields")]
 pub struct ChannelsConfig {
     /// The entries. No two patterns may match the same channel name.
     pub catalog: Vec<ChannelConfig>,
+}
+
+/// [`ChannelsConfig`] as written, before [`Catalog::new`](super::Catalog::new) checks it.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ChannelsFields {
+    catalog: Vec<ChannelConfig>,
+}
+
+impl TryFrom<ChannelsFields> for ChannelsConfig {
+    type Error = super::CatalogError;
+
+    fn try_from(fields: ChannelsFields) -> Result<Self, Self::Error> {
+        let config = Self {
+            catalog: fields.catalog,
+        };
+        super::Catalog::new(&config)?;
+        Ok(config)
+    }
 }
 
 /// One entry of the catalog: a family of channels named by a pattern.

@@ -15,7 +15,7 @@
 //!
 //! It decides; it does not serve. Verifying tokens and device keys is the gateways' (with
 //! [`auth`](crate::auth)); subscribing and publishing go through the hub and the bus as for any
-//! topic. Not wired into any gateway yet.
+//! topic.
 
 mod access;
 mod config;
@@ -195,6 +195,21 @@ impl Catalog {
     pub fn resolve(&self, name: &str) -> Result<Resolved, ChannelError> {
         let name = ChannelName::parse(name)?;
         self.resolve_name(name)
+    }
+
+    /// The entry of the channel a bus topic carries (`ch:` + a name the catalog matches), for
+    /// the hub and the bus: the class and history of that channel.
+    pub fn entry_of_topic(&self, topic: &Topic) -> Option<&Entry> {
+        let name = ChannelName::from_topic(topic)?;
+        self.entries
+            .iter()
+            .find(|e| e.pattern.matches(&name).is_some())
+            .map(|e| &**e)
+    }
+
+    /// Whether the catalog has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// Finds the entry of an already checked name.

@@ -11,7 +11,8 @@ pub struct HubConfig {
     /// Events queued for one local subscriber of a stream topic before it is cut off as lagging.
     pub subscriber_queue_events: usize,
     /// Topic classes by prefix: a topic takes the class of the longest matching prefix, and is a
-    /// stream topic when none matches.
+    /// stream topic when none matches. A catalog channel's topic (`ch:`…) takes its class from
+    /// its catalog entry instead (`[channels]`).
     pub topics: BTreeMap<String, crate::event::TopicClass>,
 }
 
