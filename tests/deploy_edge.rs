@@ -117,6 +117,7 @@ async fn device_instance(stack: &Stack) -> Running {
             key: EDGE_TV_KEY.to_owned(),
             rates: vec![EDGE_TV_PAIR.to_owned()],
             settings: BTreeMap::new(),
+            channels: Vec::new(),
         },
     );
     let broker = stack.broker().clone();

@@ -1,8 +1,9 @@
 //! The admin API, for operators and backends, protected by its own bearer token
 //! (`[admin] token`; the routes are not mounted at all while it is empty):
 //!
-//! - `POST /admin/devices` `{"id", "rates"?, "settings"?}` — registers a device and issues its
-//!   credential (201 `{"id", "key"}`; the key is shown once, only its hash is kept);
+//! - `POST /admin/devices` `{"id", "rates"?, "settings"?, "channels"?}` — registers a device and
+//!   issues its credential (201 `{"id", "key"}`; the key is shown once, only its hash is kept);
+//!   its channels are checked against the catalog for this device, as configured ones are;
 //! - `POST /admin/devices/{id}/commands` `{"op", "args"?, "id"?}` — publishes a command on
 //!   `devices.{id}.commands` (202 `{"id", "offset"}`); backends may publish there directly;
 //! - `PUT /admin/devices/{id}/config` `{...}` — publishes a new configuration document on
@@ -27,7 +28,7 @@ use switchyard_core::bus::Bus;
 use switchyard_server::errors::{JsonError, rejection};
 
 use crate::poll::ConfigDoc;
-use crate::registry::{Device, RegisterError, Registry, valid_id};
+use crate::registry::{Device, DeviceConfig, RegisterError, Registry, valid_id};
 use crate::wire::{parse_body, publish_json, valid_name};
 
 /// The admin API (`[admin]`).
@@ -147,6 +148,8 @@ struct NewDevice {
     rates: Vec<String>,
     #[serde(default)]
     settings: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    channels: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -163,9 +166,15 @@ async fn register(
     authorize(&admin, &headers)?;
     let new: NewDevice = parse_body(body)?;
     let key = Registry::new_key();
+    let config = DeviceConfig {
+        key: key.clone(),
+        rates: new.rates,
+        settings: new.settings,
+        channels: new.channels,
+    };
     let device = admin
         .registry
-        .issue(&new.id, &key, &new.rates, &new.settings)
+        .issue(&new.id, &config)
         .await
         .map_err(|e| match e {
             RegisterError::Unavailable(b) => bus_error(&b),

@@ -51,6 +51,8 @@ pub struct ApiConfig {
     pub max_devices: usize,
     /// Rate pairs one device may be configured for (at most 32).
     pub max_rates_per_device: usize,
+    /// Catalog channels one device may follow (at most 32, the cursor's bound).
+    pub max_channels_per_device: usize,
 }
 
 impl Default for ApiConfig {
@@ -63,6 +65,7 @@ impl Default for ApiConfig {
             max_held_polls_per_device: 2,
             max_devices: 100_000,
             max_rates_per_device: 8,
+            max_channels_per_device: 16,
         }
     }
 }

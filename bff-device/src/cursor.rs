@@ -1,17 +1,27 @@
 //! The poll cursor: where a device is in each of its topics, opaque to the device.
 //!
 //! A cursor holds the position (epoch and offset) of the last command delivered, of the
-//! configuration document delivered, and of the latest rate delivered per pair. On the wire it is
-//! the base64url (no padding) of a compact binary form:
+//! configuration document delivered, of the latest rate delivered per pair, and per catalog
+//! channel the device follows, of the last event delivered (a stream) or the value delivered (a
+//! state channel). On the wire it is the base64url (no padding) of a compact binary form:
 //!
 //! ```text
-//! 0x01                                  format version
+//! 0x01 or 0x02                          format version (0x02: with channels)
 //! varint epoch, varint offset           commands
 //! varint epoch, varint offset           configuration
 //! u8 n (<= MAX_RATES)                   rate pairs, then n times:
 //!   6 ASCII bytes BASEQUOTE, varint epoch, varint offset
+//! version 0x02 only:
+//! u8 m (1..=MAX_CHANNELS)               channels, then m times:
+//!   8 bytes SHA-256(name)[..8], varint epoch, varint offset
 //! 4 bytes                               check: SHA-256(device id, 0x00, everything above)[..4]
 //! ```
+//!
+//! A cursor without channel positions is written as version 1, byte for byte what it was before
+//! channels existed, so devices without channels (and their golden answers) see no change, and
+//! every version 1 cursor still decodes. A channel is named by 8 bytes of the SHA-256 of its name,
+//! so a cursor stays short (at most [`MAX_LEN`] characters) and a reordered channel list keeps
+//! every position; positions of channels the device no longer follows are ignored.
 //!
 //! Varints are LEB128 (7 bits a byte, at most 10 bytes, no redundant trailing zero groups). Decoding
 //! is strict: anything but exactly this — a wrong version, a truncated or overlong varint,
@@ -21,18 +31,37 @@
 use base64::Engine as _;
 use demo_api::Pair;
 use sha2::{Digest, Sha256};
+use switchyard_core::channels::ChannelName;
 use switchyard_core::event::Position;
 
 use crate::registry::DeviceId;
 
-/// Format version of the binary form.
+/// Format version of the binary form without channels.
 const VERSION: u8 = 1;
+
+/// Format version of the binary form with channels.
+const VERSION_CHANNELS: u8 = 2;
 
 /// Most rate pairs a cursor may carry.
 pub const MAX_RATES: usize = 32;
 
-/// Longest cursor accepted on the wire, in characters.
-pub const MAX_LEN: usize = 1024;
+/// Most channel positions a cursor may carry.
+pub const MAX_CHANNELS: usize = 32;
+
+/// Longest cursor accepted on the wire, in characters: the longest a cursor can be (every
+/// position at its largest, [`MAX_RATES`] pairs and [`MAX_CHANNELS`] channels) fits.
+pub const MAX_LEN: usize = 2400;
+
+/// What names a channel in a cursor: the first 8 bytes of the SHA-256 of its name.
+pub type ChannelKey = [u8; 8];
+
+/// The cursor key of channel `name`.
+pub fn channel_key(name: &ChannelName) -> ChannelKey {
+    let d = Sha256::digest(name.as_str().as_bytes());
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&d[..8]);
+    key
+}
 
 /// Bytes of the check.
 const CHECK: usize = 4;
@@ -53,6 +82,8 @@ pub struct Cursor {
     pub config: Position,
     /// The latest rate delivered, per pair.
     pub rates: Vec<(Pair, Position)>,
+    /// Per channel followed: the last event delivered (stream) or the value delivered (state).
+    pub channels: Vec<(ChannelKey, Position)>,
 }
 
 /// A cursor that is not exactly a cursor of this device.
@@ -69,10 +100,23 @@ impl Cursor {
             .map(|(_, pos)| *pos)
     }
 
+    /// The position of the channel with cursor key `key`, if the cursor has one.
+    pub fn channel(&self, key: &ChannelKey) -> Option<Position> {
+        self.channels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, pos)| *pos)
+    }
+
     /// The wire form for `device`.
     pub fn encode(&self, device: &DeviceId) -> String {
-        let mut b = Vec::with_capacity(32 + self.rates.len() * 16);
-        b.push(VERSION);
+        let mut b = Vec::with_capacity(32 + self.rates.len() * 16 + self.channels.len() * 24);
+        let channels = &self.channels[..self.channels.len().min(MAX_CHANNELS)];
+        b.push(if channels.is_empty() {
+            VERSION
+        } else {
+            VERSION_CHANNELS
+        });
         for p in [self.commands, self.config] {
             varint(&mut b, p.epoch);
             varint(&mut b, p.offset);
@@ -84,6 +128,14 @@ impl Cursor {
             b.extend_from_slice(pair.quote.as_str().as_bytes());
             varint(&mut b, p.epoch);
             varint(&mut b, p.offset);
+        }
+        if !channels.is_empty() {
+            b.push(channels.len() as u8);
+            for (key, p) in channels {
+                b.extend_from_slice(key);
+                varint(&mut b, p.epoch);
+                varint(&mut b, p.offset);
+            }
         }
         let check = check(device, &b);
         b.extend_from_slice(&check);
@@ -106,7 +158,8 @@ impl Cursor {
             return Err(BadCursor("check failed"));
         }
         let mut r = Reader(body);
-        if r.byte()? != VERSION {
+        let version = r.byte()?;
+        if version != VERSION && version != VERSION_CHANNELS {
             return Err(BadCursor("unknown version"));
         }
         let commands = r.position()?;
@@ -132,6 +185,11 @@ impl Cursor {
             }
             rates.push((pair, pos));
         }
+        let channels = if version == VERSION_CHANNELS {
+            r.channels()?
+        } else {
+            Vec::new()
+        };
         if !r.0.is_empty() {
             return Err(BadCursor("trailing bytes"));
         }
@@ -139,6 +197,7 @@ impl Cursor {
             commands,
             config,
             rates,
+            channels,
         })
     }
 }
@@ -207,6 +266,26 @@ impl<'a> Reader<'a> {
             offset: self.varint()?,
         })
     }
+
+    /// The channel positions of a version 2 cursor: at least one (a cursor without any is
+    /// version 1), at most [`MAX_CHANNELS`], no key twice.
+    fn channels(&mut self) -> Result<Vec<(ChannelKey, Position)>, BadCursor> {
+        let m = usize::from(self.byte()?);
+        if m == 0 || m > MAX_CHANNELS {
+            return Err(BadCursor("channel count"));
+        }
+        let mut channels: Vec<(ChannelKey, Position)> = Vec::with_capacity(m);
+        for _ in 0..m {
+            let mut key = [0u8; 8];
+            key.copy_from_slice(self.take(8)?);
+            let pos = self.position()?;
+            if channels.iter().any(|(k, _)| *k == key) {
+                return Err(BadCursor("duplicate channel"));
+            }
+            channels.push((key, pos));
+        }
+        Ok(channels)
+    }
 }
 
 #[cfg(test)]
@@ -234,7 +313,149 @@ mod tests {
                     offset: u64::MAX,
                 },
             )],
+            channels: Vec::new(),
         }
+    }
+
+    fn with_channels() -> Cursor {
+        let key = |n: &str| channel_key(&ChannelName::parse(n).unwrap());
+        Cursor {
+            channels: vec![
+                (
+                    key("announcements"),
+                    Position {
+                        epoch: 7,
+                        offset: 42,
+                    },
+                ),
+                (
+                    key("devices.tv-1.firmware"),
+                    Position {
+                        epoch: u64::MAX,
+                        offset: 0,
+                    },
+                ),
+            ],
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn a_cursor_without_channels_is_version_1_byte_for_byte() {
+        // Made by the encoder before channels existed (version 1), for `tv-1`: it must still
+        // decode, and the same cursor must encode to exactly it.
+        let before = "Af__________fxEAAAFFVVJVU0QD____________AVd9824";
+        let c = sample();
+        assert_eq!(c.encode(&id("tv-1")), before);
+        assert_eq!(Cursor::decode(before, &id("tv-1")), Ok(c));
+    }
+
+    #[test]
+    fn channel_positions_round_trip_as_version_2() {
+        let c = with_channels();
+        let s = c.encode(&id("tv-1"));
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&s)
+            .unwrap();
+        assert_eq!(raw[0], VERSION_CHANNELS);
+        assert_eq!(Cursor::decode(&s, &id("tv-1")), Ok(c.clone()));
+        assert_eq!(
+            c.channel(&channel_key(&ChannelName::parse("announcements").unwrap())),
+            Some(Position {
+                epoch: 7,
+                offset: 42
+            })
+        );
+        // Every truncation and every single-byte change is refused.
+        let enc = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        for n in 0..raw.len() {
+            assert!(Cursor::decode(&enc(&raw[..n]), &id("tv-1")).is_err());
+            let mut changed = raw.clone();
+            changed[n] ^= 0x5a;
+            assert!(Cursor::decode(&enc(&changed), &id("tv-1")).is_err());
+        }
+    }
+
+    /// A body with a valid check for `tv-1`.
+    fn signed(body: &[u8]) -> String {
+        let mut b = body.to_vec();
+        b.extend_from_slice(&check(&id("tv-1"), body));
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    #[test]
+    fn bad_channel_sections_are_refused_even_when_signed() {
+        let head = [VERSION_CHANNELS, 0, 0, 0, 0, 0];
+        let entry = |k: u8| {
+            let mut e = vec![k; 8];
+            e.extend_from_slice(&[1, 1]);
+            e
+        };
+        let zero = [&head[..], &[0]].concat();
+        assert_eq!(
+            Cursor::decode(&signed(&zero), &id("tv-1")),
+            Err(BadCursor("channel count"))
+        );
+        let mut many = [&head[..], &[33]].concat();
+        for k in 0..33 {
+            many.extend(entry(k));
+        }
+        assert_eq!(
+            Cursor::decode(&signed(&many), &id("tv-1")),
+            Err(BadCursor("channel count"))
+        );
+        let twice = [&head[..], &[2], &entry(9), &entry(9)].concat();
+        assert_eq!(
+            Cursor::decode(&signed(&twice), &id("tv-1")),
+            Err(BadCursor("duplicate channel"))
+        );
+        let one = [&head[..], &[1], &entry(9)].concat();
+        assert!(Cursor::decode(&signed(&one), &id("tv-1")).is_ok());
+        // Version 1 with a channel section is trailing bytes.
+        let mut v1 = one.clone();
+        v1[0] = VERSION;
+        assert_eq!(
+            Cursor::decode(&signed(&v1), &id("tv-1")),
+            Err(BadCursor("trailing bytes"))
+        );
+    }
+
+    #[test]
+    fn the_longest_cursor_fits_the_bound() {
+        let top = Position {
+            epoch: u64::MAX,
+            offset: u64::MAX,
+        };
+        // By arithmetic: every varint at 10 bytes, MAX_RATES pairs, MAX_CHANNELS channels.
+        let worst = 1 + 2 * 20 + 1 + MAX_RATES * (6 + 20) + 1 + MAX_CHANNELS * (8 + 20) + CHECK;
+        assert!(worst.div_ceil(3) * 4 <= MAX_LEN, "{worst} bytes");
+        // And by encoding every pair there is (fewer than MAX_RATES) and MAX_CHANNELS channels.
+        let currencies = demo_api::CURRENCIES;
+        let mut rates = Vec::new();
+        for a in currencies {
+            for b in currencies {
+                if a != b {
+                    rates.push((format!("{a}/{b}").parse().unwrap(), top));
+                }
+            }
+        }
+        let channels = (0..MAX_CHANNELS)
+            .map(|i| {
+                (
+                    channel_key(&ChannelName::parse(&format!("c{i}")).unwrap()),
+                    top,
+                )
+            })
+            .collect();
+        let c = Cursor {
+            commands: top,
+            config: top,
+            rates,
+            channels,
+        };
+        let s = c.encode(&id(&"d".repeat(64)));
+        assert!(s.len() <= MAX_LEN, "{}", s.len());
+        assert_eq!(Cursor::decode(&s, &id(&"d".repeat(64))), Ok(c));
     }
 
     #[test]

@@ -1,18 +1,21 @@
 //! bff-device: the gateway for devices that are never updated (TVs, set-top boxes, kiosks).
 //!
 //! Devices poll over plain HTTP (`docs/protocol/device-v1.md`): a long-poll with an opaque
-//! cursor brings their commands, configuration changes and the rates they are configured for;
+//! cursor brings their commands, configuration changes, the rates they are configured for and
+//! the events of the catalog channels they follow;
 //! they post command results and telemetry, which are published on the bus for backends.
 //! `/v1` is frozen (golden files in `tests/golden/v1` check every answer); `/v2` sits beside it.
 //!
 //! Modules: [`registry`] devices and credentials; [`cursor`] the opaque cursor; `wake` one
-//! shared wake per topic for held polls; `poll` the long-poll itself; `wire` the v1/v2
+//! shared wake per topic for held polls; `poll` the long-poll itself, `follow` its catalog
+//! channels; `wire` the v1/v2
 //! encodings and the one error mapping; `api` the device endpoints; `admin` the admin API;
 //! `quote` the composed quote as compact JSON. This crate owns its wire format; the core does not.
 
 mod admin;
 mod api;
 pub mod cursor;
+mod follow;
 mod poll;
 mod quote;
 pub mod registry;
@@ -141,18 +144,27 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
         "api.max_rates_per_device: at most {}",
         cursor::MAX_RATES
     );
+    anyhow::ensure!(
+        config.api.max_channels_per_device <= cursor::MAX_CHANNELS,
+        "api.max_channels_per_device: at most {}",
+        cursor::MAX_CHANNELS
+    );
     let runtime = Runtime::new(config, broker, operations::sources::feeds, shutdown)?;
     let bus = broker.bus();
     let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
     let registry = Arc::new(registry::Registry::new(
-        config.api.max_devices,
-        config.api.max_rates_per_device,
+        registry::Limits {
+            max_devices: config.api.max_devices,
+            max_rates: config.api.max_rates_per_device,
+            max_channels: config.api.max_channels_per_device,
+        },
+        runtime.catalog.clone(),
         switchyard_core::records::on(broker, "devices"),
         broker.kind() != BusKind::Memory,
     ));
     for (id, d) in &config.devices {
         registry
-            .register(id, &d.key, &d.rates, &d.settings)
+            .register(id, d)
             .map_err(|e| anyhow::anyhow!("devices.{id}: {e}"))?;
     }
     let held = Arc::new(AtomicUsize::new(0));

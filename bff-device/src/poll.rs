@@ -13,6 +13,11 @@
 //! retained commands from the oldest, the configuration, every rate) with a fresh cursor. The configuration and rates
 //! are conflated (only the newest counts), so they never need a reset: a changed epoch just
 //! delivers the newest again. This module returns a typed [`Batch`]; encoding is [`crate::wire`]'s.
+//!
+//! The catalog channels the device follows come in the same answer ([`crate::follow`] reads
+//! them); a held poll also waits on their wakes. A reset of the commands leaves the stream
+//! channels' positions alone (each has its own gap signal) and delivers state channels again,
+//! like rates.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +32,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cursor::Cursor;
+use crate::follow::{self, ChannelItem};
 use crate::registry::Device;
 use crate::wake::{RateRx, RateValue, RateWatch, Wakes};
 
@@ -94,11 +100,16 @@ pub(crate) struct Batch {
     pub(crate) config: Option<ConfigDoc>,
     /// The newest rate of each configured pair that changed.
     pub(crate) rates: Vec<Arc<RateValue>>,
+    /// What is new on the catalog channels the device follows (events and gaps).
+    pub(crate) channels: Vec<ChannelItem>,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.commands.is_empty() && self.config.is_none() && self.rates.is_empty()
+        self.commands.is_empty()
+            && self.config.is_none()
+            && self.rates.is_empty()
+            && self.channels.is_empty()
     }
 }
 
@@ -160,10 +171,20 @@ impl Poller {
         let deadline = tokio::time::Instant::now() + wait;
         let (_commands, mut commands_rx) = self.wakes.get(&device.topics.commands).await?;
         let (_config, mut config_rx) = self.wakes.get(&device.topics.config).await?;
+        let mut channel_wakes = Vec::with_capacity(device.channels.len());
+        let mut channel_rxs = Vec::with_capacity(device.channels.len());
+        for channel in &device.channels {
+            let (wake, rx) = self.wakes.get(&channel.topic).await?;
+            channel_wakes.push(wake);
+            channel_rxs.push(rx);
+        }
         let mut holding = None;
         loop {
             commands_rx.borrow_and_update();
             config_rx.borrow_and_update();
+            for rx in &mut channel_rxs {
+                rx.borrow_and_update();
+            }
             let mut batch = self.collect(device, cursor.as_ref(), &mut rates).await?;
             if !batch.is_empty() || batch.reset {
                 return Ok(batch);
@@ -175,6 +196,7 @@ impl Poller {
                 r = commands_rx.changed() => r.is_ok(),
                 r = config_rx.changed() => r.is_ok(),
                 r = any_changed(&mut rates) => r,
+                r = any_woken(&mut channel_rxs) => r,
             };
             if !woken {
                 // Empty, with the cursor the device sent (the computed one when it sent none).
@@ -222,10 +244,12 @@ impl Poller {
             // Trimmed again between the two reads: answer the reset alone, from the head.
             Read::Gap { .. } => {
                 let head = self.bus.head(&topics.commands).await?;
+                // The channels keep their positions: nothing of theirs was delivered.
                 let next = Cursor {
                     commands: head,
                     config: crate::cursor::UNSEEN,
                     rates: Vec::new(),
+                    channels: cursor.map(|c| c.channels.clone()).unwrap_or_default(),
                 };
                 return Ok(Batch {
                     next: next.encode(&device.id),
@@ -233,9 +257,12 @@ impl Poller {
                     commands: Vec::new(),
                     config: None,
                     rates: Vec::new(),
+                    channels: Vec::new(),
                 });
             }
         };
+        // Stream channels have positions of their own, untouched by a reset of the commands.
+        let streams = cursor;
         // After a reset everything is delivered again, whatever the cursor said.
         let cursor = if reset { None } else { cursor };
         let mut commands = Vec::with_capacity(events.len());
@@ -275,10 +302,19 @@ impl Poller {
                 }
             }
         }
+        let followed = follow::collect(
+            self.bus.as_ref(),
+            device,
+            streams,
+            cursor,
+            self.limits.max_events,
+        )
+        .await?;
         let next = Cursor {
             commands: commands_next,
             config: config_next,
             rates: rates_next,
+            channels: followed.next,
         };
         Ok(Batch {
             next: next.encode(&device.id),
@@ -286,6 +322,7 @@ impl Poller {
             commands,
             config,
             rates: changed,
+            channels: followed.items,
         })
     }
 }
@@ -334,6 +371,15 @@ async fn any_changed(rates: &mut [(Pair, RateRx)]) -> bool {
     if waits.is_empty() {
         return std::future::pending().await;
     }
+    futures::future::select_all(waits).await.0
+}
+
+/// Resolves `true` when any of the channel wakes is bumped; never when there are none.
+async fn any_woken(wakes: &mut [watch::Receiver<u64>]) -> bool {
+    if wakes.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits: Vec<_> = wakes.iter_mut().map(|rx| Box::pin(changed(rx))).collect();
     futures::future::select_all(waits).await.0
 }
 

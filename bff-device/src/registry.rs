@@ -15,15 +15,17 @@
 //! bounds.
 
 //!
-//! What a device is ([`Device`], its id, topics and held-poll count) is in `device.rs`; this
-//! module is the registry: validation, the cache, issuing, lookups and authentication.
+//! What a device is ([`Device`], its id, topics, channels and held-poll count) is in
+//! `device.rs`; this module is the registry: validation (rates, settings, and the catalog
+//! channels a device follows, checked against the catalog's subscribe rules for this device),
+//! the cache, issuing, lookups and authentication.
 
 mod credentials;
 mod device;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
@@ -31,11 +33,14 @@ use std::sync::{Arc, RwLock};
 use axum::http::HeaderMap;
 use demo_api::Pair;
 use switchyard_core::bus::BusError;
+use switchyard_core::channels::Catalog;
 use switchyard_core::records::Records;
 
 use credentials::{Created, MAX_KEY_BYTES, Store, ct_eq, hash};
 pub use credentials::{KEY_HEADER, MIN_KEY_BYTES};
-pub use device::{Device, DeviceConfig, DeviceId, DeviceTopics, HeldGuard, valid_id};
+pub use device::{
+    Device, DeviceChannel, DeviceConfig, DeviceId, DeviceTopics, HeldGuard, valid_id,
+};
 
 /// Why a device was refused.
 #[derive(Debug, Clone)]
@@ -51,7 +56,7 @@ pub enum AuthError {
 /// Why a device could not be registered.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
-    /// A bad identifier, credential, pair or settings document.
+    /// A bad identifier, credential, pair, channel or settings document.
     #[error("{1}")]
     Invalid(&'static str, String),
     /// The identifier is taken.
@@ -68,11 +73,22 @@ pub enum RegisterError {
     Unavailable(#[from] BusError),
 }
 
+/// The bounds of a registry.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Devices cached at most (configured and issued).
+    pub max_devices: usize,
+    /// Rate pairs per device at most.
+    pub max_rates: usize,
+    /// Catalog channels per device at most.
+    pub max_channels: usize,
+}
+
 /// The device registry.
 pub struct Registry {
     inner: RwLock<Inner>,
-    max_devices: usize,
-    max_rates: usize,
+    limits: Limits,
+    catalog: Arc<Catalog>,
     store: Store,
     /// Whether the records are shared (a broker): then a cached issued device may be evicted
     /// and read again; otherwise the cache is the bound of what can be issued.
@@ -94,18 +110,18 @@ struct Inner {
 }
 
 impl Registry {
-    /// An empty registry caching at most `max_devices` devices with at most `max_rates` pairs
-    /// each, issuing devices into `records` (`shared` when they are a broker's).
+    /// An empty registry within `limits`, checking channels against `catalog`, issuing
+    /// devices into `records` (`shared` when they are a broker's).
     pub fn new(
-        max_devices: usize,
-        max_rates: usize,
+        limits: Limits,
+        catalog: Arc<Catalog>,
         records: Arc<dyn Records>,
         shared: bool,
     ) -> Self {
         Self {
             inner: RwLock::new(Inner::default()),
-            max_devices,
-            max_rates,
+            limits,
+            catalog,
             store: Store::new(records),
             shared,
         }
@@ -124,11 +140,10 @@ impl Registry {
     fn build(
         &self,
         id: &str,
-        key: &str,
-        rates: &[String],
-        settings: &BTreeMap<String, serde_json::Value>,
+        d: &DeviceConfig,
         issued: bool,
     ) -> Result<Arc<Device>, RegisterError> {
+        let key = d.key.as_str();
         let id = DeviceId::parse(id).ok_or_else(|| {
             RegisterError::Invalid(
                 "invalid_device_id",
@@ -141,21 +156,25 @@ impl Registry {
                 format!("device `{id}`: a key is {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes"),
             ));
         }
-        self.make(id, hash(key.as_bytes()), rates, settings, issued)
+        let key = hash(key.as_bytes());
+        self.make(id, key, d, issued)
     }
 
     fn make(
         &self,
         id: DeviceId,
         key: [u8; 32],
-        rates: &[String],
-        settings: &BTreeMap<String, serde_json::Value>,
+        d: &DeviceConfig,
         issued: bool,
     ) -> Result<Arc<Device>, RegisterError> {
-        if rates.len() > self.max_rates {
+        let (rates, settings) = (&d.rates, &d.settings);
+        if rates.len() > self.limits.max_rates {
             return Err(RegisterError::Invalid(
                 "too_many_rates",
-                format!("device `{id}`: at most {} rate pairs", self.max_rates),
+                format!(
+                    "device `{id}`: at most {} rate pairs",
+                    self.limits.max_rates
+                ),
             ));
         }
         let mut pairs: Vec<Pair> = Vec::with_capacity(rates.len());
@@ -167,12 +186,14 @@ impl Registry {
                 pairs.push(pair);
             }
         }
+        let channels = device::follow(&self.catalog, &id, &d.channels, self.limits.max_channels)?;
         let settings = serde_json::to_vec(settings)
             .map_err(|e| RegisterError::Invalid("invalid_settings", e.to_string()))?;
         Ok(Arc::new(Device {
             topics: DeviceTopics::of(&id),
             id,
             rates: pairs,
+            channels,
             settings: settings.into(),
             held: AtomicUsize::new(0),
             key,
@@ -190,7 +211,7 @@ impl Registry {
         if inner.by_key.contains_key(&device.key) {
             return Err(RegisterError::KeyTaken);
         }
-        if inner.devices.len() >= self.max_devices {
+        if inner.devices.len() >= self.limits.max_devices {
             let victim = self
                 .shared
                 .then(|| inner.devices.values().find(|d| d.issued).cloned())
@@ -204,42 +225,35 @@ impl Registry {
         Ok(())
     }
 
-    /// Registers a configured device with `key`, in this instance only.
-    pub fn register(
-        &self,
-        id: &str,
-        key: &str,
-        rates: &[String],
-        settings: &BTreeMap<String, serde_json::Value>,
-    ) -> Result<Arc<Device>, RegisterError> {
-        let device = self.build(id, key, rates, settings, false)?;
+    /// Registers a configured device (`[devices.<id>]`), in this instance only.
+    pub fn register(&self, id: &str, config: &DeviceConfig) -> Result<Arc<Device>, RegisterError> {
+        let device = self.build(id, config, false)?;
         self.insert(&device)?;
         Ok(device)
     }
 
-    /// Issues a device with `key`: written to the shared records (so every instance knows it,
-    /// and it outlives this process), then cached here.
+    /// Issues a device as `config` says (its key included): written to the shared records (so
+    /// every instance knows it, and it outlives this process), then cached here.
     pub async fn issue(
         &self,
         id: &str,
-        key: &str,
-        rates: &[String],
-        settings: &BTreeMap<String, serde_json::Value>,
+        config: &DeviceConfig,
     ) -> Result<Arc<Device>, RegisterError> {
-        let device = self.build(id, key, rates, settings, true)?;
+        let device = self.build(id, config, true)?;
         {
             let inner = self.read();
             if inner.devices.contains_key(&device.id) {
                 return Err(RegisterError::Exists(device.id.to_string()));
             }
-            if !self.shared && inner.devices.len() >= self.max_devices {
+            if !self.shared && inner.devices.len() >= self.limits.max_devices {
                 return Err(RegisterError::Full);
             }
         }
         let record = credentials::encode(
             &device.key,
             device.rates.iter().map(ToString::to_string).collect(),
-            settings,
+            device.channels.iter().map(|c| c.name.to_string()).collect(),
+            &config.settings,
         )
         .map_err(|e| RegisterError::Invalid("invalid_settings", e.to_string()))?;
         match self.store.create(&device.id, &device.key, record).await? {
@@ -261,8 +275,13 @@ impl Registry {
             return Ok(None);
         };
         let Some(device) = credentials::decode(&raw).and_then(|r| {
-            self.make(id.clone(), r.key, &r.rates, &r.settings, true)
-                .ok()
+            let config = DeviceConfig {
+                key: String::new(),
+                rates: r.rates,
+                settings: r.settings,
+                channels: self.still_followable(id, r.channels),
+            };
+            self.make(id.clone(), r.key, &config, true).ok()
         }) else {
             tracing::error!(device = %id, "unreadable device record");
             return Ok(None);
@@ -274,6 +293,24 @@ impl Registry {
             }
         }
         Ok(Some(device))
+    }
+
+    /// The channels of an issued device's record that it may still follow: the catalog is this
+    /// instance's configuration, which may have changed since the device was issued; a channel
+    /// it no longer admits is dropped (with a warning) rather than locking the device out.
+    fn still_followable(&self, id: &DeviceId, channels: Vec<String>) -> Vec<String> {
+        let mut kept: Vec<String> = channels
+            .into_iter()
+            .filter(|name| match device::followable(&self.catalog, id, name) {
+                Ok(_) => true,
+                Err((_, why)) => {
+                    tracing::warn!(device = %id, channel = %name, %why, "issued device's channel dropped; fix the catalog or reissue the device");
+                    false
+                }
+            })
+            .collect();
+        kept.truncate(self.limits.max_channels);
+        kept
     }
 
     /// A new random credential (32 random bytes, base64url: 43 characters).

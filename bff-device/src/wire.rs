@@ -8,6 +8,12 @@
 //! device looking for `e` cannot read it, which is why it is a new version. The core's types
 //! are never serialised directly: every key here is chosen for the wire.
 //!
+//! Both versions carry the events of the catalog channels a device follows in one more key,
+//! `"channels": [{"channel", "epoch", "offset", "data"}]` (a gap: `"gap": true` and no `data`),
+//! with positions as decimal strings (epochs are u64, beyond what a JSON number holds exactly).
+//! The key is left out when there is nothing, so a device without channels gets exactly the
+//! answers it always got.
+//!
 //! Requests too: bodies (of the device and the admin API) are read as strict JSON here, and the
 //! records published on the bus for backends (command results, telemetry, commands) are written
 //! as compact JSON here.
@@ -23,6 +29,7 @@ use switchyard_core::event::{Event, Topic};
 use switchyard_server::errors::{JsonError, rejection};
 
 use crate::cursor::BadCursor;
+use crate::follow::ChannelItem;
 use crate::poll::{Batch, Command, ConfigDoc};
 use crate::registry::AuthError;
 
@@ -68,6 +75,29 @@ impl<'a> From<&'a ConfigDoc> for ConfigOut<'a> {
 }
 
 #[derive(Serialize)]
+struct ChannelOut<'a> {
+    channel: &'a str,
+    epoch: String,
+    offset: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    gap: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> From<&'a ChannelItem> for ChannelOut<'a> {
+    fn from(c: &'a ChannelItem) -> Self {
+        Self {
+            channel: c.channel.as_str(),
+            epoch: c.position.epoch.to_string(),
+            offset: c.position.offset.to_string(),
+            gap: c.data.is_none(),
+            data: c.data.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
 #[serde(tag = "t")]
 enum EventV1<'a> {
     #[serde(rename = "c")]
@@ -84,6 +114,8 @@ struct AnswerV1<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     rs: bool,
     e: Vec<EventV1<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    channels: Vec<ChannelOut<'a>>,
 }
 
 #[derive(Serialize)]
@@ -100,6 +132,8 @@ struct AnswerV2<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     g: Option<ConfigOut<'a>>,
     r: std::collections::BTreeMap<String, RateV2>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    channels: Vec<ChannelOut<'a>>,
 }
 
 /// Encodes a poll answer.
@@ -121,6 +155,7 @@ pub(crate) fn encode(batch: &Batch, version: Version) -> Vec<u8> {
                 n: &batch.next,
                 rs: batch.reset,
                 e,
+                channels: batch.channels.iter().map(Into::into).collect(),
             })
         }
         Version::V2 => serde_json::to_vec(&AnswerV2 {
@@ -141,6 +176,7 @@ pub(crate) fn encode(batch: &Batch, version: Version) -> Vec<u8> {
                     )
                 })
                 .collect(),
+            channels: batch.channels.iter().map(Into::into).collect(),
         }),
     };
     // Strings, integers and JSON values read from JSON always serialise.

@@ -142,6 +142,7 @@ pub async fn device_instance(config: &BusConfig) -> Running {
             key: DEVICE_KEY.to_owned(),
             rates: Vec::new(),
             settings: [("volume".to_owned(), json!(7))].into_iter().collect(),
+            channels: Vec::new(),
         },
     );
     instance(config, "bff-device", move |broker, l, t| {

@@ -2,7 +2,7 @@
 //! compared (in constant time), new keys, and the store of issued devices on the shared records
 //! of the bus ([`Store`]).
 //!
-//! Two records per issued device: `d:{id}` (the key's SHA-256, rates and settings, JSON) and
+//! Two records per issued device: `d:{id}` (the key's SHA-256, rates, settings and channels, JSON) and
 //! `k:{sha256 hex}` (the id), each written once (create-if-absent). This module keeps no cache
 //! and decides nothing about devices: [`super::Registry`] validates, caches and authenticates.
 
@@ -71,6 +71,10 @@ struct Record {
     r: Vec<String>,
     /// Its settings.
     s: BTreeMap<String, serde_json::Value>,
+    /// The catalog channels it follows (left out when none, as records written before channels
+    /// existed are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    c: Vec<String>,
 }
 
 /// An issued device read back from the records (not validated yet).
@@ -81,18 +85,22 @@ pub(super) struct Issued {
     pub(super) rates: Vec<String>,
     /// Its settings.
     pub(super) settings: BTreeMap<String, serde_json::Value>,
+    /// The catalog channels it follows.
+    pub(super) channels: Vec<String>,
 }
 
 /// The record of an issued device.
 pub(super) fn encode(
     key: &[u8; 32],
     rates: Vec<String>,
+    channels: Vec<String>,
     settings: &BTreeMap<String, serde_json::Value>,
 ) -> serde_json::Result<Vec<u8>> {
     serde_json::to_vec(&Record {
         k: hex(key),
         r: rates,
         s: settings.clone(),
+        c: channels,
     })
 }
 
@@ -103,6 +111,7 @@ pub(super) fn decode(raw: &[u8]) -> Option<Issued> {
         key: unhex(&r.k)?,
         rates: r.r,
         settings: r.s,
+        channels: r.c,
     })
 }
 

@@ -1,5 +1,6 @@
 //! What a device is: its configuration (`[devices.<id>]`), its identifier, its bus topics, the
-//! registered [`Device`] and the count of its held polls ([`HeldGuard`]). Plain data and
+//! catalog channels it follows ([`DeviceChannel`], checked against the catalog by [`follow`]),
+//! the registered [`Device`] and the count of its held polls ([`HeldGuard`]). Plain data and
 //! validation: no credential checks ([`super::credentials`]) and no registry
 //! ([`super::Registry`]).
 
@@ -10,7 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use demo_api::Pair;
 use serde::{Deserialize, Serialize};
-use switchyard_core::event::Topic;
+use switchyard_core::channels::{Catalog, ChannelName, Subscriber};
+use switchyard_core::event::{Topic, TopicClass};
+
+use super::RegisterError;
+use crate::cursor::{ChannelKey, channel_key};
 
 /// One configured device (`[devices.<id>]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -23,6 +28,12 @@ pub struct DeviceConfig {
     pub rates: Vec<String>,
     /// The device's configuration document until the admin API sets one (a JSON object).
     pub settings: BTreeMap<String, serde_json::Value>,
+    /// Catalog channels the device follows (`announcements`, `devices.tv-1.firmware`), at most
+    /// `api.max_channels_per_device`. Each must be in the catalog and its subscribe rule must
+    /// admit this device (a `device` rule only for its own id); their events come in its polls
+    /// under `channels`. Left out when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
 }
 
 /// A device identifier: 1 to 64 of `A-Z a-z 0-9 _ -`.
@@ -89,6 +100,87 @@ impl DeviceTopics {
     }
 }
 
+/// A catalog channel a device follows, resolved once when the device is registered.
+#[derive(Debug, Clone)]
+pub struct DeviceChannel {
+    /// Its name.
+    pub name: ChannelName,
+    /// Its bus topic (`ch:` + the name).
+    pub topic: Topic,
+    /// Stream (every event after the cursor) or state (the newest value only).
+    pub class: TopicClass,
+    /// What identifies it in a cursor.
+    pub key: ChannelKey,
+}
+
+/// Checks the channels `names` a device `id` is to follow against `catalog`: at most `max`,
+/// each in the catalog and admitted for this device by its subscribe rule (a device never
+/// follows another device's channel, nor a user's). Duplicates count once; configured order is
+/// kept. Errors name the device and the channel.
+pub(super) fn follow(
+    catalog: &Catalog,
+    id: &DeviceId,
+    names: &[String],
+    max: usize,
+) -> Result<Vec<DeviceChannel>, RegisterError> {
+    if names.len() > max {
+        return Err(RegisterError::Invalid(
+            "too_many_channels",
+            format!("device `{id}`: at most {max} channels"),
+        ));
+    }
+    let mut out: Vec<DeviceChannel> = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let channel = followable(catalog, id, name).map_err(|(code, why)| {
+            RegisterError::Invalid(code, format!("device `{id}`: channels[{i}]: {why}"))
+        })?;
+        if out.iter().any(|c| c.name == channel.name) {
+            continue;
+        }
+        if out.iter().any(|c| c.key == channel.key) {
+            // Eight bytes of SHA-256 do not collide by chance; refuse rather than mix positions.
+            return Err(RegisterError::Invalid(
+                "invalid_channel",
+                format!(
+                    "device `{id}`: channels[{i}]: `{}` cannot be told apart from another channel in a cursor",
+                    channel.name
+                ),
+            ));
+        }
+        out.push(channel);
+    }
+    Ok(out)
+}
+
+/// The channel `name` if device `id` may follow it, or an error code and why not.
+pub(super) fn followable(
+    catalog: &Catalog,
+    id: &DeviceId,
+    name: &str,
+) -> Result<DeviceChannel, (&'static str, String)> {
+    let resolved = catalog
+        .resolve(name)
+        .map_err(|e| ("invalid_channel", e.to_string()))?;
+    let who = Subscriber::Device {
+        id: id.as_str().to_owned(),
+    };
+    if !resolved.may_subscribe(&who) {
+        return Err((
+            "channel_not_allowed",
+            format!(
+                "may not follow channel `{}`: its subscribe rule does not admit this device",
+                resolved.name()
+            ),
+        ));
+    }
+    Ok(DeviceChannel {
+        topic: resolved.topic(),
+        class: resolved.entry().class(),
+        key: channel_key(resolved.name()),
+        name: resolved.name().clone(),
+    })
+}
+
 /// A registered device.
 #[derive(Debug)]
 pub struct Device {
@@ -96,6 +188,8 @@ pub struct Device {
     pub id: DeviceId,
     /// The rate pairs it receives, in configured order, without duplicates.
     pub rates: Vec<Pair>,
+    /// The catalog channels it follows, in configured order, without duplicates.
+    pub channels: Vec<DeviceChannel>,
     /// Its configuration document until one is set through the admin API (compact JSON object).
     pub settings: bytes::Bytes,
     /// Its bus topics.

@@ -15,7 +15,7 @@ use switchyard_core::bus::Bus;
 use switchyard_core::event::{Event, Topic};
 use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
-pub use test_support::device::{DeviceApi, kinds, of_kind};
+pub use test_support::device::{DeviceApi, channel_data, channel_items, kinds, of_kind};
 pub use test_support::http::{Answer, answer};
 
 /// tv-1's key (rates EUR/USD and USD/JPY).
@@ -40,6 +40,7 @@ pub fn config() -> Config {
             key: TV1_KEY.to_owned(),
             rates: vec!["EUR/USD".to_owned(), "USD/JPY".to_owned()],
             settings: [("volume".to_owned(), json!(7))].into_iter().collect(),
+            channels: Vec::new(),
         },
     );
     c.devices.insert(
@@ -116,5 +117,29 @@ impl Gateway {
             .await,
             "{n} polls holding"
         );
+    }
+}
+
+/// A catalog: the public stream `announcements`, each device's own stream
+/// `devices.{device}.firmware`, the public state channel `status`, and a user's `orders.{user}`.
+pub fn catalog() -> switchyard_core::channels::ChannelsConfig {
+    serde_json::from_value(json!({"catalog": [
+        {"pattern": "announcements", "subscribe": {"rule": "public"}},
+        {"pattern": "devices.{device}.firmware", "subscribe": {"rule": "device"}},
+        {"pattern": "status", "class": "state", "subscribe": {"rule": "public"}},
+        {"pattern": "orders.{user}", "subscribe": {"rule": "user"}},
+    ]}))
+    .expect("a valid catalog")
+}
+
+impl Gateway {
+    /// Publishes `data` on catalog channel `channel` (bus topic `ch:<channel>`), as the publish
+    /// API does: its compact JSON.
+    pub async fn publish_channel(&self, channel: &str, data: serde_json::Value) -> Event {
+        let topic = Topic::new(&format!("ch:{channel}")).unwrap();
+        self.bus
+            .publish(&topic, data.to_string().into())
+            .await
+            .unwrap()
     }
 }

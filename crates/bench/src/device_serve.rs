@@ -102,6 +102,7 @@ fn gateway(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Router> {
                 key: key(i),
                 rates: vec!["EUR/USD".to_owned()],
                 settings: Default::default(),
+                channels: Vec::new(),
             },
         );
     }

@@ -88,6 +88,7 @@ impl Default for Config {
                 settings: [("greeting".to_owned(), "hello".into())]
                     .into_iter()
                     .collect(),
+                channels: Vec::new(),
             },
         );
         Self {

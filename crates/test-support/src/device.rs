@@ -147,3 +147,24 @@ pub fn of_kind(v: &Value, t: &str) -> Vec<Value> {
         .cloned()
         .collect()
 }
+
+/// The items of an answer's `channels` (v1 and v2 alike) on `channel`, in order; none when the
+/// key is left out.
+pub fn channel_items(v: &Value, channel: &str) -> Vec<Value> {
+    v.get("channels")
+        .map(|c| c.as_array().expect("`channels` is a list"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e["channel"] == channel)
+        .cloned()
+        .collect()
+}
+
+/// The `data` of an answer's events on `channel` (gaps left out), in order.
+pub fn channel_data(v: &Value, channel: &str) -> Vec<Value> {
+    channel_items(v, channel)
+        .into_iter()
+        .filter(|e| e.get("gap").is_none())
+        .map(|e| e["data"].clone())
+        .collect()
+}
