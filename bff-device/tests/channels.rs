@@ -251,3 +251,59 @@ async fn the_admin_api_issues_devices_with_their_own_channels_only() {
         "{v}"
     );
 }
+
+/// Two instances on one real broker: a device's cursor taken on one continues on the other,
+/// each event once, and a held poll on one wakes for an event published through the other.
+async fn across_instances(kind: switchyard_core::bus::BusKind) {
+    let bus = switchyard_core::bus::BusConfig {
+        prefix: test_support::unique_name("t-devch"),
+        ..switchyard_core::bus::BusConfig::of(kind)
+    };
+    let mut c = channels_config();
+    c.bus = bus.clone();
+    let a = common::start_on(c.clone(), &Broker::connect(&bus)).await;
+    let b = Arc::new(common::start_on(c, &Broker::connect(&bus)).await);
+    let c0 = cursor(&a.poll("box-1", BOX_KEY, None, 0).await.json());
+    a.publish_channel("announcements", json!(1)).await;
+    let v = a
+        .poll_until("v1", "box-1", BOX_KEY, Some(&c0), |v| {
+            v.get("channels").is_some()
+        })
+        .await;
+    assert_eq!(channel_data(&v, "announcements"), [json!(1)], "{v}");
+    let c1 = cursor(&v);
+    a.publish_channel("announcements", json!(2)).await;
+    let v = b
+        .poll_until("v1", "box-1", BOX_KEY, Some(&c1), |v| {
+            v.get("channels").is_some()
+        })
+        .await;
+    assert_eq!(channel_data(&v, "announcements"), [json!(2)], "{v}");
+    let c2 = cursor(&v);
+    let g = b.clone();
+    let held = tokio::spawn(async move { g.poll("box-1", BOX_KEY, Some(&c2), 30).await });
+    b.holding(1).await;
+    a.publish_channel("devices.box-1.firmware", json!({"version": "9"}))
+        .await;
+    let v = tokio::time::timeout(HANG, held)
+        .await
+        .unwrap()
+        .unwrap()
+        .json();
+    assert_eq!(
+        channel_data(&v, "devices.box-1.firmware"),
+        [json!({"version": "9"})],
+        "{v}"
+    );
+    assert!(channel_items(&v, "announcements").is_empty(), "{v}");
+}
+
+#[tokio::test]
+async fn a_cursor_continues_on_another_instance_on_redis() {
+    across_instances(switchyard_core::bus::BusKind::Redis).await;
+}
+
+#[tokio::test]
+async fn a_cursor_continues_on_another_instance_on_nats() {
+    across_instances(switchyard_core::bus::BusKind::Nats).await;
+}
