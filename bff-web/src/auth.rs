@@ -11,23 +11,57 @@
 //! On a socket the token also sets how long the connection may live ([`Verified::valid_until`]);
 //! a `ping` whose payload carries a token re-authenticates it ([`Authenticator::from_ping_payload`]).
 
+use std::sync::Arc;
+
 use axum::http::HeaderMap;
 use demo_api::UserId;
+use serde_json::{Map, Value};
 use switchyard_core::auth;
 pub use switchyard_core::auth::{AuthConfig, AuthError, Verified, hs256_token};
+use switchyard_core::channels::Subscriber;
 
 /// The keys of a `connection_init` payload that may carry a token, in order of precedence.
 const INIT_PAYLOAD_KEYS: [&str; 3] = ["authorization", "Authorization", "token"];
 
 /// The authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The user the token was issued to (its `sub` claim).
     pub user: UserId,
+    /// The token's other claims, as verified (what the channel catalog's claim rules read).
+    pub claims: Arc<Map<String, Value>>,
 }
 
-fn principal(sub: &str) -> Option<Principal> {
-    UserId::parse(sub).ok().map(|user| Principal { user })
+impl Principal {
+    /// The caller as the channel catalog judges it.
+    pub fn subscriber(&self) -> Subscriber {
+        Subscriber::User {
+            subject: self.user.to_string(),
+            claims: (*self.claims).clone(),
+        }
+    }
+}
+
+/// The channel catalog's view of a caller that may be anonymous.
+pub fn subscriber_of(principal: Option<&Principal>) -> Subscriber {
+    principal.map_or(Subscriber::Anonymous, Principal::subscriber)
+}
+
+fn user_id(sub: &str) -> Option<UserId> {
+    UserId::parse(sub).ok()
+}
+
+/// A verified token's user, with its claims kept beside it.
+fn with_claims(v: Verified<UserId>) -> Verified<Principal> {
+    Verified {
+        subject: Principal {
+            user: v.subject,
+            claims: v.claims.clone(),
+        },
+        expires_at: v.expires_at,
+        valid_until: v.valid_until,
+        claims: v.claims,
+    }
 }
 
 /// Checks bearer tokens against the configured keys. Build once; cheap to clone.
@@ -49,13 +83,13 @@ impl Authenticator {
     /// Checks a token (without its `Bearer ` prefix) and names its user and its expiry; waits
     /// (bounded) for a JWKS refresh when the token names an unknown key.
     pub async fn verify(&self, token: &str) -> Result<Verified<Principal>, AuthError> {
-        self.0.verify_async(token, principal).await
+        self.0.verify_async(token, user_id).await.map(with_claims)
     }
 
     /// The caller of an HTTP request from cached keys only (never waits for a JWKS fetch): for
     /// the rate limiter, which must not make a request wait on the issuer before it is counted.
-    pub fn cached_user_of_headers(&self, headers: &HeaderMap) -> Option<Principal> {
-        self.0.from_headers(headers, principal).ok().flatten()
+    pub fn cached_user_of_headers(&self, headers: &HeaderMap) -> Option<UserId> {
+        self.0.from_headers(headers, user_id).ok().flatten()
     }
 
     /// The caller of an HTTP request (see [`auth::header_token`]).
@@ -137,10 +171,8 @@ mod tests {
         }
     }
 
-    fn alice() -> Principal {
-        Principal {
-            user: UserId::parse("alice").unwrap(),
-        }
+    fn alice() -> UserId {
+        UserId::parse("alice").unwrap()
     }
 
     #[tokio::test]
@@ -149,14 +181,14 @@ mod tests {
         assert_eq!(
             v.verify(&hs256_token(SECRET, "alice", HOUR))
                 .await
-                .map(|v| v.subject),
+                .map(|v| v.subject.user),
             Ok(alice())
         );
         for bad in ["not a user!", ""] {
             assert_eq!(
                 v.verify(&hs256_token(SECRET, bad, HOUR))
                     .await
-                    .map(|v| v.subject),
+                    .map(|v| v.subject.user),
                 Err(AuthError::InvalidToken(
                     "the `sub` claim is not a valid user id"
                 ))
@@ -168,10 +200,10 @@ mod tests {
     async fn init(
         v: &Authenticator,
         payload: Option<&serde_json::Value>,
-    ) -> Result<Option<Principal>, AuthError> {
+    ) -> Result<Option<UserId>, AuthError> {
         v.from_init_payload(payload)
             .await
-            .map(|o| o.map(|v| v.subject))
+            .map(|o| o.map(|v| v.subject.user))
     }
 
     #[tokio::test]
@@ -182,7 +214,7 @@ mod tests {
         assert!(v.from_ping_payload(Some(&json!("hello"))).await.is_none());
         assert!(v.from_ping_payload(Some(&json!({"t": 1}))).await.is_none());
         let ok = v.from_ping_payload(Some(&json!({ "token": token }))).await;
-        assert_eq!(ok.unwrap().map(|v| v.subject), Ok(alice()));
+        assert_eq!(ok.unwrap().map(|v| v.subject.user), Ok(alice()));
         let empty = v.from_ping_payload(Some(&json!({ "token": "" }))).await;
         assert_eq!(empty.unwrap().unwrap_err(), AuthError::MissingToken);
         let junk = v.from_ping_payload(Some(&json!({ "token": "junk" }))).await;

@@ -5,7 +5,10 @@
 //! Visibility decides what "identical" means: a subscription whose root selection reaches only
 //! public fields (rates) is shared by everybody and executed with no principal at all; any other
 //! is keyed by its principal as well (the signed-in user, or "anonymous"), so two principals never
-//! share an execution, whatever the document's shape (see `ws::ops::root_fields`). A state subscription (rates) also remembers its
+//! share an execution, whatever the document's shape (see `ws::sharing`); a `channel`
+//! subscription is public only when its catalog entry is, is keyed by the token's claims as well
+//! (claim rules), and is never shared when it starts after a position. A state subscription
+//! (rates, state channels) also remembers its
 //! latest result, so a socket joining an execution that is already running starts with the
 //! current value instead of waiting for the next change.
 //!
@@ -40,8 +43,24 @@ pub(crate) enum Visibility {
     Public,
     /// Only for sockets that sent no token.
     Anonymous,
-    /// Only for this user.
-    User(String),
+    /// Only for this user; with `claims` (the token's claims as JSON) only for tokens with
+    /// exactly these claims.
+    User {
+        /// The user.
+        subject: String,
+        /// The token's claims, when the subscription's results may depend on them.
+        claims: Option<String>,
+    },
+    /// Never shared: one execution per subscription.
+    Own(u64),
+}
+
+impl Visibility {
+    /// A visibility no other subscription has.
+    pub(crate) fn own() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self::Own(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

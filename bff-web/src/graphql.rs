@@ -45,6 +45,7 @@ where
     let mut builder = Schema::build(query, mutation, subscription)
         .data(data.ops)
         .data(data.hub)
+        .data(data.catalog)
         .limit_depth(config.max_depth)
         .limit_complexity(config.max_complexity)
         .extension(crate::limits::DocumentLimits {

@@ -1,6 +1,7 @@
 //! Event streams for subscriptions, read from the process's topic hub — never from a backend
 //! connection per client. The hub shares one source subscription per topic (and, for rates, one
-//! upstream subscription at the exchange through the core's bridge).
+//! upstream subscription at the exchange through the core's bridge). Catalog channels are read
+//! here too ([`channel`]), their meaning given in [`crate::channel`].
 
 use async_graphql::{Context, ErrorExtensions, Result};
 use bytes::Bytes;
@@ -67,4 +68,16 @@ pub(crate) async fn conversions(
         )
         .extend_with(|_, ext| ext.set("code", "EVENTS_LOST"))),
     }))
+}
+
+/// The items of a catalog channel's bus `topic` from `start`: events in order, and gaps (the
+/// caller decides what a gap means for its channel's class).
+pub(crate) async fn channel(
+    ctx: &Context<'_>,
+    topic: &Topic,
+    start: StartAt,
+) -> Result<futures::stream::BoxStream<'static, Item>> {
+    let hub = ctx.data::<Hub>()?;
+    let sub = hub.subscribe(topic, start).await.map_err(unavailable)?;
+    Ok(items(sub))
 }

@@ -9,6 +9,7 @@
 //! GraphQL errors ([`errors`]).
 
 pub mod auth;
+mod channel;
 pub mod contract;
 mod errors;
 mod fanout;
@@ -201,6 +202,7 @@ impl Default for WebSocketConfig {
 pub(crate) struct ContextData {
     pub(crate) ops: operations::Operations,
     pub(crate) hub: Hub,
+    pub(crate) catalog: Arc<switchyard_core::channels::Catalog>,
 }
 
 /// The signed-in user, or an `UNAUTHENTICATED` error.
@@ -250,10 +252,12 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
         shutdown: runtime.shutdown.clone(),
         user_sockets: switchyard_core::slots::Slots::new(config.websocket.max_sockets_per_user, 0),
         limiter: runtime.limiter.clone(),
+        catalog: runtime.catalog.clone(),
     };
     let data = || ContextData {
         ops: ops.clone(),
         hub: runtime.hub.clone(),
+        catalog: runtime.catalog.clone(),
     };
     let v1 = v1::schema(&config.graphql, data());
     let (v1_routes, v1_fanout) = shared.endpoint(v1, "/v1/graphql", v1::PUBLIC, v1::STATE);
@@ -266,7 +270,7 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
         Arc::new(move |parts| {
             verifier
                 .cached_user_of_headers(&parts.headers)
-                .map(|p| p.user.to_string())
+                .map(|user| user.to_string())
         })
     };
     let router = runtime.router(
@@ -292,6 +296,7 @@ struct EndpointParts<'a> {
     /// Sockets open per signed-in user, both versions together.
     user_sockets: switchyard_core::slots::Slots<String>,
     limiter: Arc<RateLimiter>,
+    catalog: Arc<switchyard_core::channels::Catalog>,
 }
 
 impl EndpointParts<'_> {
@@ -331,6 +336,7 @@ impl EndpointParts<'_> {
                 shutdown: self.shutdown.clone(),
                 user_sockets: self.user_sockets.clone(),
                 limiter: self.limiter.clone(),
+                catalog: self.catalog.clone(),
             },
             websocket: ws_config.clone(),
             origins: self.origins.clone(),

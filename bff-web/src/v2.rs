@@ -13,6 +13,7 @@ use futures::Stream;
 use operations::Caller;
 
 use crate::GraphqlConfig;
+use crate::channel::{ChannelEvent, ChannelPosition};
 use crate::errors::no_limit_error;
 use crate::graphql::{self, Dashboard, Rate};
 
@@ -119,6 +120,22 @@ impl SubscriptionRoot {
         ctx: &Context<'_>,
     ) -> Result<impl Stream<Item = Result<ConversionV2>> + use<>> {
         graphql::conversions(ctx).await
+    }
+
+    /// The events of catalog channel `name` (as `announcements`, `orders.alice`): live, or every
+    /// event after `after` (the `epoch` and `offset` of the last event received), then live.
+    /// A stream channel delivers every event in order; a state channel its newest value. An
+    /// invalid name or one the catalog lacks is refused with `CHANNEL_NOT_FOUND`, a channel the
+    /// caller may not read with `FORBIDDEN`; a gap in a stream channel (history no longer covers
+    /// the position) ends the subscription with `HISTORY_GAP` and `extensions.resume`, the
+    /// position to continue from.
+    async fn channel(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        after: Option<ChannelPosition>,
+    ) -> Result<impl Stream<Item = Result<ChannelEvent>> + use<>> {
+        crate::channel::channel(ctx, &name, after).await
     }
 }
 

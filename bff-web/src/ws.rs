@@ -4,7 +4,8 @@
 //!
 //! By concern: [`transport`] the close codes, bounded writes and the lingering close;
 //! [`protocol`] the graphql-transport-ws state machine of one socket; [`ops`] the operations
-//! running on it (shared subscription executions, single results). This file holds what the
+//! running on it (shared subscription executions, single results); [`sharing`] which executions
+//! a subscription may share (by its root fields and its channels' catalog entries). This file holds what the
 //! gateway hands a socket ([`Socket`], [`Limits`]) and [`serve`], the socket task.
 //!
 //! Close codes: 4400 invalid message, 4401 subscribe before `connection_ack`, 4403 forbidden
@@ -28,6 +29,7 @@
 
 mod ops;
 mod protocol;
+mod sharing;
 pub(crate) mod transport;
 
 use std::time::Duration;
@@ -56,6 +58,8 @@ pub(crate) struct Socket<Q, M, S> {
     pub(crate) user_sockets: Slots<String>,
     /// Socket message and subscription rate limits ([`crate::ratelimits`]).
     pub(crate) limiter: std::sync::Arc<switchyard_core::ratelimit::RateLimiter>,
+    /// The channel catalog, for what `channel` subscriptions may share ([`sharing`]).
+    pub(crate) catalog: std::sync::Arc<switchyard_core::channels::Catalog>,
 }
 
 impl<Q, M, S> Clone for Socket<Q, M, S> {
@@ -68,6 +72,7 @@ impl<Q, M, S> Clone for Socket<Q, M, S> {
             shutdown: self.shutdown.clone(),
             user_sockets: self.user_sockets.clone(),
             limiter: self.limiter.clone(),
+            catalog: self.catalog.clone(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The operations running on one socket: subscriptions joined to shared executions
 //! ([`crate::fanout`]) and single-result operations (queries, mutations) run on the socket's
 //! task, each under the id its client gave it. Which executions a subscription may share is
-//! decided here, from the root fields its document can reach ([`root_fields`]). The protocol
+//! decided in [`super::sharing`], from what its document can reach. The protocol
 //! ([`super::protocol`]) decides when an operation starts and what its frames become on the
 //! wire; nothing here reads or writes the socket.
 
@@ -11,9 +11,11 @@ use async_graphql::{ObjectType, SubscriptionType};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
+use switchyard_core::channels::{Catalog, Subscriber};
 use tokio_stream::StreamMap;
 
 use super::Socket;
+use super::sharing::{Root, Share, root_fields};
 use crate::auth::Principal;
 use crate::fanout::{Frame, Visibility};
 use crate::request::{RequestBody, with_principal};
@@ -37,6 +39,8 @@ pub(super) struct Streams {
 struct Active {
     /// Whether it is a state subscription (conflated rather than cut off when the client lags).
     state: bool,
+    /// The names of the channels it reads (`None`: a name not known before running).
+    channels: Vec<Option<String>>,
 }
 
 /// A socket's single-result operations, by id.
@@ -83,27 +87,36 @@ impl Running {
         S: SubscriptionType + 'static,
     {
         let variables = payload.variables.clone().unwrap_or(Value::Null);
-        let root = root_fields(&payload.query, payload.operation_name.as_deref());
+        let root = root_fields(
+            &payload.query,
+            payload.operation_name.as_deref(),
+            &variables,
+        );
         let query = payload.query.clone();
         let operation_name = payload.operation_name.clone();
         match root {
-            Some(Root::Subscription(fields)) => {
-                let limits = &ctx.limits;
-                let public = fields
-                    .iter()
-                    .all(|f| f == "__typename" || limits.public.contains(&f.as_str()));
-                let state = fields.iter().all(|f| limits.state.contains(&f.as_str()));
+            Some(Root::Subscription(reach)) => {
+                let share = reach.share(&ctx.limits, &ctx.catalog);
+                let state = reach.is_state(&ctx.limits, &ctx.catalog);
                 // A public execution runs with no principal at all, so nothing user-scoped can
                 // ever end up in results shared across principals; anything else is keyed by
-                // the principal (anonymous sockets share only with anonymous ones).
-                let (visibility, principal) = if public {
-                    (Visibility::Public, None)
-                } else {
-                    let visibility = match &principal {
-                        Some(p) => Visibility::User(p.user.to_string()),
-                        None => Visibility::Anonymous,
-                    };
-                    (visibility, principal)
+                // the principal (anonymous sockets share only with anonymous ones), and by the
+                // token's claims too when a channel's rule may read them.
+                let (visibility, principal) = match share {
+                    Share::Public => (Visibility::Public, None),
+                    Share::Own => (Visibility::own(), principal),
+                    Share::Principal => {
+                        let visibility = match &principal {
+                            Some(p) => Visibility::User {
+                                subject: p.user.to_string(),
+                                claims: reach
+                                    .has_channel()
+                                    .then(|| serde_json::to_string(&*p.claims).unwrap_or_default()),
+                            },
+                            None => Visibility::Anonymous,
+                        };
+                        (visibility, principal)
+                    }
                 };
                 let make_request = move || with_principal(payload.into_request(), principal);
                 let sub = ctx.fanout.subscribe(
@@ -120,7 +133,8 @@ impl Running {
                     _execution: sub.execution,
                 };
                 self.streams.streams.insert(id.clone(), stream);
-                self.streams.active.insert(id, Active { state });
+                let channels = reach.channel_names();
+                self.streams.active.insert(id, Active { state, channels });
             }
             // Queries, mutations and anything unparsable: one result (syntax errors included).
             _ => {
@@ -140,6 +154,27 @@ impl Running {
 }
 
 impl Streams {
+    /// Ends every subscription reading a channel `who` may no longer subscribe to (or one whose
+    /// name was not known before running), returning their ids: after a re-authentication
+    /// whose token has other claims.
+    pub(super) fn recheck(&mut self, catalog: &Catalog, who: &Subscriber) -> Vec<String> {
+        let admitted = |name: &Option<String>| {
+            name.as_deref()
+                .is_some_and(|n| catalog.resolve(n).is_ok_and(|r| r.may_subscribe(who)))
+        };
+        let refused: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(_, a)| !a.channels.iter().all(admitted))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &refused {
+            self.streams.remove(id);
+            self.active.remove(id);
+        }
+        refused
+    }
+
     /// Whether no subscription is active.
     pub(super) fn is_empty(&self) -> bool {
         self.streams.is_empty()
@@ -213,63 +248,4 @@ impl futures::Stream for SubStream {
             })
         })
     }
-}
-
-pub(super) enum Root {
-    /// A subscription, with every root field name its selection can reach.
-    Subscription(Vec<String>),
-    Other,
-}
-
-/// The most root field names collected from one subscription; a selection with more is
-/// classified as user-scoped (never shared across principals) without looking further.
-const MAX_ROOT_FIELDS: usize = 64;
-
-/// The operation to run, and when it is a subscription every root field its selection can
-/// reach: fields of the root selection set, of inline fragments in it and of fragments spread
-/// into it (recursively), whatever their directives say. Over-approximating is the safe side:
-/// a field listed here but skipped at run time can only make an execution less shared.
-pub(super) fn root_fields(query: &str, operation_name: Option<&str>) -> Option<Root> {
-    use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
-    let doc = async_graphql::parser::parse_query(query).ok()?;
-    let op = match (&doc.operations, operation_name) {
-        (DocumentOperations::Single(op), _) => op,
-        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name)?,
-        (DocumentOperations::Multiple(_), None) => return None,
-    };
-    if op.node.ty != OperationType::Subscription {
-        return Some(Root::Other);
-    }
-    let mut fields = Vec::new();
-    let mut pending = vec![&op.node.selection_set];
-    let mut spread = std::collections::HashSet::new();
-    while let Some(set) = pending.pop() {
-        for item in &set.node.items {
-            match &item.node {
-                Selection::Field(f) => {
-                    let name = f.node.name.node.as_str();
-                    if !fields.iter().any(|n: &String| n == name) {
-                        fields.push(name.to_owned());
-                    }
-                }
-                Selection::InlineFragment(i) => pending.push(&i.node.selection_set),
-                Selection::FragmentSpread(s) => {
-                    let name = &s.node.fragment_name.node;
-                    // Each fragment once: cycles and repeated spreads end here.
-                    if spread.insert(name.clone()) {
-                        match doc.fragments.get(name) {
-                            Some(fragment) => pending.push(&fragment.node.selection_set),
-                            // An unknown fragment fails validation; never share it.
-                            None => fields.push(format!("...{name}")),
-                        }
-                    }
-                }
-            }
-            if fields.len() > MAX_ROOT_FIELDS {
-                fields.push("...".to_owned());
-                return Some(Root::Subscription(fields));
-            }
-        }
-    }
-    Some(Root::Subscription(fields))
 }

@@ -1,5 +1,6 @@
 //! The graphql-transport-ws state machine of one socket: the handshake (`connection_init`,
-//! its timeout, the user's socket slot), authentication and re-authentication by `ping`, the
+//! its timeout, the user's socket slot), authentication and re-authentication by `ping` (the same
+//! user only; new claims apply at once, ending channel subscriptions they no longer admit), the
 //! token's expiry, the message rate, and every client message in turn. Operations are started
 //! and completed in [`super::ops`]; bytes reach the client through [`super::transport`].
 
@@ -220,7 +221,7 @@ where
                         self.ctx.verifier.from_ping_payload(payload.as_ref()).await
                 {
                     let verified = match checked {
-                        Ok(v) if current.as_ref() == Some(&v.subject) => v,
+                        Ok(v) if current.as_ref().is_some_and(|p| p.user == v.subject.user) => v,
                         Ok(_) => {
                             return Some(Closing::new(
                                 close::FORBIDDEN,
@@ -232,6 +233,27 @@ where
                         }
                     };
                     self.token_valid_until = Some(verified.deadline());
+                    // The new token's claims count from now on: for new operations, and for
+                    // the channels already subscribed, which must still admit them.
+                    let claims_changed =
+                        current.as_ref().map(|p| &p.claims) != Some(&verified.subject.claims);
+                    if claims_changed {
+                        let who = verified.subject.subscriber();
+                        let refused = self.ops.streams.recheck(&self.ctx.catalog, &who);
+                        self.init = Init::Acked(Some(verified.subject.clone()));
+                        for id in refused {
+                            if let Err(closing) = send_frame(
+                                socket,
+                                &id,
+                                &refused_frame(),
+                                self.ctx.limits.write_timeout,
+                            )
+                            .await
+                            {
+                                return closing;
+                            }
+                        }
+                    }
                     let exp = verified
                         .expires_at
                         .duration_since(std::time::UNIX_EPOCH)
@@ -306,6 +328,16 @@ where
             _ => None,
         }
     }
+}
+
+/// The `error` a channel subscription ends with when a re-authentication's claims no longer
+/// admit it.
+fn refused_frame() -> Frame {
+    let errors = serde_json::json!([{
+        "message": "the re-authenticated token may not subscribe to this channel",
+        "extensions": {"code": "FORBIDDEN"}
+    }]);
+    Frame::Error(errors.to_string().into())
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
