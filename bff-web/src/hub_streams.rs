@@ -10,6 +10,7 @@ use futures::Stream;
 use futures::stream::{self, StreamExt};
 use switchyard_core::bus::StartAt;
 use switchyard_core::hub::{Hub, Item, Subscriber};
+use switchyard_core::event::Topic;
 
 fn items(sub: Subscriber) -> futures::stream::BoxStream<'static, Item> {
     stream::unfold(
