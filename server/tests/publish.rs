@@ -184,6 +184,23 @@ async fn every_refusal_has_its_status_and_code_and_publishes_nothing() {
             assert_eq!(a.headers["www-authenticate"], "Bearer", "{what}");
         }
     }
+    let a = test_support::http::answer(
+        gw.client
+            .post(gw.url("/v1/publish"))
+            .bearer_auth(KEY_ORDERS)
+            .header("idempotency-key", "order-7")
+            .body(ok("orders.bob").to_string())
+            .send()
+            .await
+            .expect("POST"),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (400, "bad_request"),
+        "{}",
+        a.body
+    );
     // The 64-byte limit counts the compact text: 62 x's and two quotes is exactly it.
     let a = gw
         .post(
