@@ -130,6 +130,7 @@ impl Recent {
     }
 
     /// How many keys are remembered.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
