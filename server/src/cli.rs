@@ -10,8 +10,11 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use switchyard_core::bus::Broker;
+use std::sync::Arc;
+
 use switchyard_core::bus::BusConfig;
+use switchyard_core::bus::{Broker, Retention};
+use switchyard_core::channels::{Catalog, ChannelsConfig};
 use tokio::net::TcpListener;
 
 use crate::config::{self, ConfigError, LogConfig, RenamedKey, ServerConfig, Source};
@@ -90,6 +93,12 @@ pub trait ServerBinary: DeserializeOwned + Serialize + Default {
 pub trait WithBus {
     /// Its `[bus]` section.
     fn bus(&self) -> &BusConfig;
+
+    /// Its channel catalog (`[channels]`), if it has one: the bus keeps each catalog channel's
+    /// own `history_events`.
+    fn channel_catalog(&self) -> Option<&ChannelsConfig> {
+        None
+    }
 }
 
 /// The whole `main` of a server binary: parse `--config`/`--print-config` (with `C::NAME` and
@@ -113,14 +122,22 @@ where
 }
 
 /// `run` of a binary that takes a broker, as the `run` of [`main`]: the process's one
-/// [`Broker`], connected from the binary's `[bus]` section.
+/// [`Broker`], connected from the binary's `[bus]` section, keeping the history its channel
+/// catalog gives each catalog channel ([`WithBus::channel_catalog`]).
 pub fn with_broker<C, F, Fut>(run: F) -> impl FnOnce(C, TcpListener, CancellationToken) -> Fut
 where
     C: WithBus,
     F: FnOnce(C, Broker, TcpListener, CancellationToken) -> Fut,
 {
     move |config, listener, shutdown| {
-        let broker = Broker::connect(config.bus());
+        // The catalog was checked when the configuration was read (a gateway's runtime builds
+        // it again and fails its start if that ever changed), so this cannot fail in practice.
+        let catalog = config
+            .channel_catalog()
+            .and_then(|channels| Catalog::new(channels).ok())
+            .map(Arc::new);
+        let retention = Retention::new(config.bus().history_events, catalog);
+        let broker = Broker::connect_with(config.bus(), retention);
         run(config, broker, listener, shutdown)
     }
 }

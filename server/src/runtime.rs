@@ -219,6 +219,9 @@ macro_rules! gateway_config {
             fn bus(&self) -> &$crate::__core::bus::BusConfig {
                 &self.bus
             }
+            fn channel_catalog(&self) -> Option<&$crate::__core::channels::ChannelsConfig> {
+                Some(&self.channels)
+            }
         }
         impl $crate::runtime::GatewayConfig for $config {
             fn hub(&self) -> &$crate::__core::hub::HubConfig {

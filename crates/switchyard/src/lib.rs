@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use switchyard_core::bus::BusConfig;
-use switchyard_core::bus::{Broker, Bus};
+use switchyard_core::bus::{Broker, Bus, Retention};
 use switchyard_core::channels::{Catalog, ChannelsConfig};
 use switchyard_core::keyhash;
 use switchyard_core::upstream::BackendConfig;
@@ -214,8 +214,10 @@ impl Stack {
             mut mobile,
             mut device,
         } = config;
-        let broker = Broker::connect(&bus_config);
+        // Every catalog channel keeps its own history on the stack's bus.
         let catalog = Arc::new(Catalog::new(&channels)?);
+        let retention = Retention::new(bus_config.history_events, Some(catalog.clone()));
+        let broker = Broker::connect_with(&bus_config, retention);
         web.channels = channels.clone();
         mobile.channels = channels.clone();
         device.channels = channels;

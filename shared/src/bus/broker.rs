@@ -14,7 +14,7 @@ use super::lease::{Lease, MemoryLease};
 use super::memory::MemoryBus;
 use super::nats::NatsBus;
 use super::redis::RedisBus;
-use super::{Bus, BusConfig, BusKind};
+use super::{Bus, BusConfig, BusKind, Retention};
 
 /// A process's broker: its bus, its lease service and their shared connections. Cheap to clone
 /// (clones share everything).
@@ -40,15 +40,23 @@ impl Broker {
     /// The broker `config` describes: the in-memory bus and process-local leases, or a Redis or
     /// NATS bus that is also the lease service. Connects lazily (see the module docs). An
     /// invalid URL is rejected when the configuration is loaded ([`BusConfig::validate`]).
+    /// Every topic keeps `config.history_events` events; [`Self::connect_with`] gives catalog
+    /// channels their own.
     pub fn connect(config: &BusConfig) -> Self {
+        Self::connect_with(config, Retention::new(config.history_events, None))
+    }
+
+    /// [`Self::connect`], keeping what `retention` says per topic (a catalog channel's own
+    /// `history_events`) instead of `config.history_events` for all.
+    pub fn connect_with(config: &BusConfig, retention: Retention) -> Self {
         match config.kind {
             BusKind::Memory => Self {
-                bus: Arc::new(MemoryBus::new(config.history_events)),
+                bus: Arc::new(MemoryBus::with(retention, config.idempotency_window())),
                 lease: Arc::new(MemoryLease::new()),
                 clients: Clients::Memory,
             },
             BusKind::Redis => {
-                let redis = Arc::new(RedisBus::new(config));
+                let redis = Arc::new(RedisBus::with(config, retention));
                 Self {
                     bus: redis.clone(),
                     lease: redis.clone(),
@@ -56,7 +64,7 @@ impl Broker {
                 }
             }
             BusKind::Nats => {
-                let nats = Arc::new(NatsBus::new(config));
+                let nats = Arc::new(NatsBus::with(config, retention));
                 Self {
                     bus: nats.clone(),
                     lease: nats.clone(),

@@ -7,6 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Longest idempotency window: a day (brokers keep every key of the window).
+const MAX_IDEMPOTENCY_WINDOW_MS: u64 = 86_400_000;
+
 /// The event bus a process uses.
 ///
 /// `memory` keeps history in this process only; `redis` and `nats` share it through a broker, so
@@ -35,6 +38,9 @@ pub struct BusConfig {
     pub reconnect_initial_ms: u64,
     /// Longest wait between two reconnection attempts.
     pub reconnect_max_ms: u64,
+    /// How long an idempotent publish's key is remembered ([`super::Bus::publish_once`]): a
+    /// publish repeating a key within this window publishes nothing. 1 to 86_400_000 (a day).
+    pub idempotency_window_ms: u64,
 }
 
 impl Default for BusConfig {
@@ -48,6 +54,7 @@ impl Default for BusConfig {
             operation_timeout_ms: 2_000,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 5_000,
+            idempotency_window_ms: 120_000,
         }
     }
 }
@@ -71,8 +78,20 @@ impl BusConfig {
         }
     }
 
-    /// Checks what deserialisation cannot: the prefix's characters and the URL's syntax.
+    /// [`Self::idempotency_window_ms`] as a duration.
+    pub fn idempotency_window(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.idempotency_window_ms.max(1))
+    }
+
+    /// Checks what deserialisation cannot: the prefix's characters, the URL's syntax and the
+    /// idempotency window's range.
     pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_IDEMPOTENCY_WINDOW_MS).contains(&self.idempotency_window_ms) {
+            return Err(format!(
+                "bus.idempotency_window_ms {}: use 1 to {MAX_IDEMPOTENCY_WINDOW_MS}",
+                self.idempotency_window_ms
+            ));
+        }
         let prefix_ok = !self.prefix.is_empty()
             && self.prefix.len() <= 64
             && self
@@ -120,6 +139,7 @@ struct BusConfigFields {
     operation_timeout_ms: u64,
     reconnect_initial_ms: u64,
     reconnect_max_ms: u64,
+    idempotency_window_ms: u64,
 }
 
 impl Default for BusConfigFields {
@@ -134,6 +154,7 @@ impl Default for BusConfigFields {
             operation_timeout_ms: d.operation_timeout_ms,
             reconnect_initial_ms: d.reconnect_initial_ms,
             reconnect_max_ms: d.reconnect_max_ms,
+            idempotency_window_ms: d.idempotency_window_ms,
         }
     }
 }
@@ -151,6 +172,7 @@ impl TryFrom<BusConfigFields> for BusConfig {
             operation_timeout_ms: f.operation_timeout_ms,
             reconnect_initial_ms: f.reconnect_initial_ms,
             reconnect_max_ms: f.reconnect_max_ms,
+            idempotency_window_ms: f.idempotency_window_ms,
         };
         config.validate()?;
         Ok(config)

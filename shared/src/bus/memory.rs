@@ -5,15 +5,23 @@
 //! and a reader that falls more than the ring's size behind gets a gap. The epoch is random per
 //! bus, so positions from a previous process are recognised as lost history.
 //!
-//! Topics are created on first use and kept for the life of the process.
+//! Topics are created on first use and kept for the life of the process; a topic's ring size is
+//! its retention's answer then ([`Retention`]). Idempotent publishes are remembered per topic and
+//! key for the idempotency window, at most [`MAX_REMEMBERED_KEYS`] at once (the oldest forgotten
+//! first), so no caller can grow the record without limit.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{Bus, BusError, Delivery, Read, StartAt, Subscription};
+use super::idempotency::Recent;
+use super::{
+    Bus, BusConfig, BusError, Delivery, IdempotencyKey, MAX_REMEMBERED_KEYS, Published, Read,
+    Retention, StartAt, Subscription,
+};
 use crate::event::{Event, Position, Topic};
 
 /// Events handed to a subscriber per lock of the ring.
@@ -23,13 +31,17 @@ const BATCH: usize = 128;
 #[derive(Debug)]
 pub struct MemoryBus {
     epoch: u64,
-    history: usize,
+    retention: Retention,
     topics: Mutex<HashMap<Topic, Arc<TopicLog>>>,
+    /// Idempotent publishes' keys; held while such a publish appends, so a key publishes once.
+    recent: Mutex<Recent>,
 }
 
 #[derive(Debug)]
 struct TopicLog {
     ring: Mutex<Ring>,
+    /// Events the ring keeps.
+    history: usize,
     head: watch::Sender<u64>,
 }
 
@@ -58,12 +70,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MemoryBus {
-    /// A bus keeping `history` events per topic (at least 1).
+    /// A bus keeping `history` events per topic (at least 1), remembering idempotency keys for
+    /// the default window.
     pub fn new(history: usize) -> Self {
+        let window = BusConfig::default().idempotency_window();
+        Self::with(Retention::new(history, None), window)
+    }
+
+    /// A bus keeping what `retention` says per topic, remembering idempotency keys for
+    /// `idempotency_window`.
+    pub fn with(retention: Retention, idempotency_window: Duration) -> Self {
         Self {
             epoch: rand::random::<u64>() >> 1,
-            history: history.max(1),
+            retention,
             topics: Mutex::new(HashMap::new()),
+            recent: Mutex::new(Recent::new(idempotency_window, MAX_REMEMBERED_KEYS)),
         }
     }
 
@@ -81,16 +102,15 @@ impl MemoryBus {
                         events: VecDeque::new(),
                         next: 1,
                     }),
+                    history: self.retention.history_of(topic),
                     head: watch::channel(0).0,
                 })
             })
             .clone()
     }
-}
 
-#[async_trait::async_trait]
-impl Bus for MemoryBus {
-    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<Event, BusError> {
+    /// Appends an event to the topic's ring and wakes its readers.
+    fn append(&self, topic: &Topic, payload: Bytes) -> Event {
         let log = self.log(topic);
         let event = {
             let mut ring = lock(&log.ring);
@@ -102,13 +122,42 @@ impl Bus for MemoryBus {
             };
             ring.next += 1;
             ring.events.push_back(event.clone());
-            if ring.events.len() > self.history {
+            if ring.events.len() > log.history {
                 ring.events.pop_front();
             }
             event
         };
         log.head.send_replace(event.offset);
-        Ok(event)
+        event
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<Event, BusError> {
+        Ok(self.append(topic, payload))
+    }
+
+    async fn publish_once(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        key: &IdempotencyKey,
+    ) -> Result<Published, BusError> {
+        // Lock order: keys, then topics and rings (`append`); nothing takes them the other way.
+        let mut recent = lock(&self.recent);
+        if let Some(position) = recent.get(topic, key) {
+            return Ok(Published {
+                position,
+                duplicate: true,
+            });
+        }
+        let position = self.append(topic, payload).position();
+        recent.insert(topic, key, position);
+        Ok(Published {
+            position,
+            duplicate: false,
+        })
     }
 
     async fn read(&self, topic: &Topic, after: Position, max: usize) -> Result<Read, BusError> {

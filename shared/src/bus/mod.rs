@@ -38,20 +38,37 @@
 //! There is no other way to a broker's bus or leases: a second [`Broker`] is a second set of
 //! connections (what two instances in one test process each have).
 //!
+//! Each topic keeps `bus.history_events` events, but a catalog channel's topic keeps its entry's
+//! `history_events` ([`Retention`], given to [`Broker::connect_with`]).
+//!
+//! # Idempotent publishing
+//!
+//! [`Bus::publish_once`] publishes once per caller's key ([`IdempotencyKey`]) and topic within
+//! `bus.idempotency_window_ms`: a repeat publishes nothing and answers with the first publish's
+//! position ([`Published`]). The memory bus remembers at most [`MAX_REMEMBERED_KEYS`] keys (the
+//! oldest forgotten first), the Redis bus one key with that time to live per publish, the NATS
+//! bus uses JetStream's de-duplication (`Nats-Msg-Id`, the stream's `duplicate_window`).
+//!
 //! This module does not retry publishes: a publish while the broker is down fails with
 //! [`BusError::Unavailable`], and the caller decides.
 
 mod broker;
 mod config;
+mod idempotency;
 pub mod lease;
 mod live;
 pub mod memory;
 pub mod nats;
 pub mod redis;
+mod retention;
 
 pub use broker::Broker;
 pub(crate) use broker::Clients;
 pub use config::{BusConfig, BusKind};
+pub use idempotency::{
+    IdempotencyKey, InvalidIdempotencyKey, MAX_KEY_BYTES, MAX_REMEMBERED_KEYS, Published,
+};
+pub use retention::Retention;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -120,6 +137,18 @@ pub type Subscription = BoxStream<'static, Delivery>;
 pub trait Bus: Send + Sync + 'static {
     /// Publishes `payload` on `topic`; the returned event carries its assigned offset.
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<Event, BusError>;
+
+    /// Publishes `payload` on `topic` once per `key` within the bus's de-duplication window
+    /// (`bus.idempotency_window_ms`): a publish repeating a key already published on that topic
+    /// in the window publishes nothing and returns the first publish's position with
+    /// `duplicate: true` (whatever its payload). A publish that fails is not remembered: it
+    /// published nothing, and repeating it with the same key publishes.
+    async fn publish_once(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        key: &IdempotencyKey,
+    ) -> Result<Published, BusError>;
 
     /// Reads up to `max` retained events after `after`.
     async fn read(&self, topic: &Topic, after: Position, max: usize) -> Result<Read, BusError>;

@@ -10,13 +10,17 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+mod own_broker;
+
 use std::sync::{Arc, Mutex};
 
 use switchyard_core::bus::Bus;
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::bus::nats::NatsBus;
 use switchyard_core::bus::redis::RedisBus;
-use switchyard_core::bus::{BusConfig, BusKind};
+use switchyard_core::bus::{BusConfig, BusKind, Retention};
+
+pub use own_broker::OwnBroker;
 
 /// Which bus a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +76,30 @@ impl Kit {
             operation_timeout_ms: 2_000,
             reconnect_initial_ms: 20,
             reconnect_max_ms: 200,
+            idempotency_window_ms: 120_000,
+        }
+    }
+
+    /// A new bus instance of `config` (from [`Self::config`]) keeping what `retention` says.
+    pub fn configured(&self, config: &BusConfig, retention: Retention) -> Arc<dyn Bus> {
+        match self.kind {
+            Kind::Memory => {
+                self.made.lock().expect("kit").push(Made::Memory);
+                Arc::new(MemoryBus::with(retention, config.idempotency_window()))
+            }
+            Kind::Redis => {
+                let bus = Arc::new(RedisBus::with(config, retention));
+                self.made
+                    .lock()
+                    .expect("kit")
+                    .push(Made::Redis(bus.clone()));
+                bus
+            }
+            Kind::Nats => {
+                let bus = Arc::new(NatsBus::with(config, retention));
+                self.made.lock().expect("kit").push(Made::Nats(bus.clone()));
+                bus
+            }
         }
     }
 

@@ -8,8 +8,14 @@
 //! `:` `_c`, `/` `_s` (unambiguous, and the prefix has no `_`). An encoding longer than 200
 //! characters is cut at 150 and given a 64-bit hash of the whole name.
 //!
-//! - stream `P_E`, subject `P.t.E`, file storage, `max_msgs` = `history_events` (oldest
-//!   discarded), created on first use of the topic by any instance (idempotently).
+//! - stream `P_E`, subject `P.t.E`, file storage, `max_msgs` = the topic's retention (a catalog
+//!   channel's `history_events`, else `history_events` of `[bus]`; oldest discarded),
+//!   `duplicate_window` = `idempotency_window_ms`, created on first use of the topic by any
+//!   instance (idempotently). Both limits are set when the stream is created: a stream that
+//!   exists keeps the ones it was created with.
+//! - An idempotent publish carries its key as `Nats-Msg-Id`: JetStream remembers the ids of the
+//!   stream's window, and acknowledges a repeat as a duplicate with the first one's sequence
+//!   (so the key is scoped by topic, one stream per topic).
 //! - The epoch is the stream's creation time (nanoseconds): a stream that is deleted and created
 //!   again, or lost by the server, is a new history, and positions of the old one get a gap.
 //!   The epoch of each stream is cached and forgotten whenever the connection drops (a server
@@ -60,7 +66,10 @@ use bytes::Bytes;
 use tokio::sync::{OnceCell, watch};
 
 use super::live::{self, Backoff};
-use super::{Bus, BusConfig, BusError, BusStats, Read, StartAt, Subscription};
+use super::{
+    Bus, BusConfig, BusError, BusStats, IdempotencyKey, Published, Read, Retention, StartAt,
+    Subscription,
+};
 use crate::event::{Event, Position, Topic};
 
 /// The NATS JetStream bus.
@@ -71,7 +80,9 @@ pub struct NatsBus {
 struct Inner {
     url: String,
     prefix: String,
-    history: usize,
+    retention: Retention,
+    /// The streams' de-duplication window.
+    idempotency_window: Duration,
     connect_timeout: Duration,
     op_timeout: Duration,
     reconnect: (Duration, Duration),
@@ -95,9 +106,15 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 }
 
 impl NatsBus {
-    /// A bus on the NATS server at `config.broker_url()`. Connects lazily, in the background: a
-    /// bus whose server is down is built all the same and reports unavailable until it answers.
+    /// A bus on the NATS server at `config.broker_url()`, every topic keeping `history_events`.
+    /// Connects lazily, in the background: a bus whose server is down is built all the same and
+    /// reports unavailable until it answers.
     pub fn new(config: &BusConfig) -> Self {
+        Self::with(config, Retention::new(config.history_events, None))
+    }
+
+    /// [`Self::new`], each topic's stream keeping what `retention` says.
+    pub fn with(config: &BusConfig, retention: Retention) -> Self {
         let reconnect = (
             Duration::from_millis(config.reconnect_initial_ms.max(1)),
             Duration::from_millis(config.reconnect_max_ms.max(1)),
@@ -106,7 +123,8 @@ impl NatsBus {
             inner: Arc::new(Inner {
                 url: config.broker_url().to_owned(),
                 prefix: config.prefix.clone(),
-                history: config.history_events.max(1),
+                retention,
+                idempotency_window: config.idempotency_window(),
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms.max(1)),
                 op_timeout: Duration::from_millis(config.operation_timeout_ms.max(1)),
                 reconnect,
@@ -141,6 +159,29 @@ impl NatsBus {
     }
 }
 
+impl Inner {
+    /// Publishes (with `key` as message id when given), retrying once if the stream is gone.
+    async fn publish(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(Event, bool), BusError> {
+        match self.publish_attempt(topic, payload.clone(), key).await {
+            Ok(published) => Ok(published),
+            Err(first) => {
+                // The stream may be gone (deleted, or lost by the server): learn it afresh,
+                // recreating it, and try once more. A publish with no stream reaches nobody.
+                // The retry needs a connected client (`stream` fails otherwise). With a key, a
+                // first attempt that did land (its answer lost) makes this one its duplicate.
+                lock(&self.epochs).remove(topic);
+                self.stream(topic).await.map_err(|_| first)?;
+                self.publish_attempt(topic, payload, key).await
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for NatsBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsBus")
@@ -153,16 +194,20 @@ impl std::fmt::Debug for NatsBus {
 #[async_trait::async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<Event, BusError> {
-        match self.inner.publish_once(topic, payload.clone()).await {
-            Ok(event) => Ok(event),
-            Err(first) => {
-                // The stream may be gone (deleted, or lost by the server): learn it afresh,
-                // recreating it, and try once more. A publish with no stream reaches nobody.
-                lock(&self.inner.epochs).remove(topic);
-                self.inner.stream(topic).await.map_err(|_| first)?;
-                self.inner.publish_once(topic, payload).await
-            }
-        }
+        Ok(self.inner.publish(topic, payload, None).await?.0)
+    }
+
+    async fn publish_once(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        key: &IdempotencyKey,
+    ) -> Result<Published, BusError> {
+        let (event, duplicate) = self.inner.publish(topic, payload, Some(key)).await?;
+        Ok(Published {
+            position: event.position(),
+            duplicate,
+        })
     }
 
     async fn read(&self, topic: &Topic, after: Position, max: usize) -> Result<Read, BusError> {

@@ -1,15 +1,14 @@
 //! The topics' JetStream streams: created on first use (idempotently), their epochs (the
 //! creation time, cached per connection), their heads, single-message reads, and publishing.
 
-use std::time::Duration;
-
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream;
 use bytes::Bytes;
 use futures::StreamExt;
 
 use super::connection::connects;
 use super::{Inner, lock, unavailable};
-use crate::bus::BusError;
+use crate::bus::{BusError, IdempotencyKey};
 use crate::event::{Event, Topic};
 
 /// The epoch of a stream: its creation time in nanoseconds (63 bits).
@@ -35,11 +34,13 @@ impl Inner {
             name: self.stream_name(topic),
             subjects: vec![self.subject(topic)],
             description: Some(format!("switchyard topic {topic}")),
-            max_messages: i64::try_from(self.history).unwrap_or(i64::MAX),
+            max_messages: i64::try_from(self.retention.history_of(topic)).unwrap_or(i64::MAX),
             discard: stream::DiscardPolicy::Old,
             storage: stream::StorageType::File,
             num_replicas: 1,
-            duplicate_window: Duration::from_secs(1),
+            // Only idempotent publishes carry a message id; the server remembers those ids for
+            // the window, so a repeat within it is acknowledged as a duplicate of the first.
+            duplicate_window: self.idempotency_window,
             ..Default::default()
         };
         let connects = connects(&self.connected().await?.0);
@@ -95,27 +96,32 @@ impl Inner {
         })
     }
 
-    /// Publishes once, with the cached epoch.
-    pub(super) async fn publish_once(
+    /// One publish attempt, with the cached epoch; with a key, as message id (the answer then
+    /// says whether the server found it a duplicate, and the offset is the original's).
+    pub(super) async fn publish_attempt(
         &self,
         topic: &Topic,
         payload: Bytes,
-    ) -> Result<Event, BusError> {
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(Event, bool), BusError> {
         let epoch = self.epoch(topic).await?;
         let (_, js) = self.connected().await?;
+        let mut message = PublishMessage::build().payload(payload.clone());
+        if let Some(key) = key {
+            message = message.message_id(key.as_str());
+        }
         let ack = self
             .deadline("publish", async {
-                js.publish(self.subject(topic), payload.clone())
-                    .await?
-                    .await
+                js.send_publish(self.subject(topic), message).await?.await
             })
             .await?;
-        Ok(Event {
+        let event = Event {
             topic: topic.clone(),
             epoch,
             offset: ack.sequence,
             payload,
-        })
+        };
+        Ok((event, ack.duplicate))
     }
 
     /// The names of the streams starting with `start`.

@@ -4,15 +4,24 @@
 //! # Layout (every key and channel starts with the configured prefix `P`)
 //!
 //! - `P:t:{topic}` — a stream; an event with offset `n` is the entry `0-n` with one field `p`
-//!   (the payload). Trimmed to `history_events` entries (exact `MAXLEN`) at every publish.
+//!   (the payload). Trimmed to the topic's retention (exact `MAXLEN`) at every publish.
 //! - `P:m:{topic}` — a hash: `epoch` (decimal u64, random) and `seq` (the last offset assigned).
 //! - `P:c:{topic}` — the pub/sub channel; each message is `{epoch}:{offset}:{payload}`.
+//! - `P:i:{topic}#{key}` — an idempotent publish's key (`#` is in no topic name, so topic and
+//!   key cannot be confused): `{epoch}:{offset}` of its publish, expiring after
+//!   `idempotency_window_ms`. One key per idempotent publish, so their number is the publish rate
+//!   times the window.
+//!
+//! A topic's stream keeps what the bus's [`Retention`] says: a catalog channel's
+//! `history_events`, else `history_events` of `[bus]`.
 //!
 //! Publishing is one Lua script, so offsets are assigned once, atomically, in the shared history:
 //! it creates the epoch if the hash is missing (a fresh topic, or a broker that lost its data —
 //! flushed, or restarted without persistence; any leftover stream is deleted with it, so a new
 //! epoch always starts at offset 1), increments `seq`, adds the entry, trims, and publishes the
-//! event on the channel. Reads are one script too (epoch, head, oldest retained, entries), and
+//! event on the channel. An idempotent publish is a sibling script that first looks for its key
+//! (a duplicate: answer with the stored position, publish nothing), and otherwise publishes the
+//! same way and sets the key, in the same atomic step. Reads are one script too (epoch, head, oldest retained, entries), and
 //! create the epoch the same way, so a position handed out before anything was published stays
 //! valid. A position of another epoch gets a gap.
 //!
@@ -63,7 +72,10 @@ use self::connection::Commands;
 use self::dispatcher::Ctl;
 use self::scripts::{as_u64, new_epoch};
 use super::live::{self, Backoff};
-use super::{Bus, BusConfig, BusError, BusStats, Read, StartAt, Subscription};
+use super::{
+    Bus, BusConfig, BusError, BusStats, IdempotencyKey, Published, Read, Retention, StartAt,
+    Subscription,
+};
 use crate::event::{Event, Position, Topic};
 
 /// The Redis bus. Cheap to share: clone the `Arc` it is usually held in.
@@ -74,11 +86,14 @@ pub struct RedisBus {
 struct Inner {
     client: Result<redis::Client, String>,
     prefix: String,
-    history: usize,
+    retention: Retention,
+    /// How long an idempotent publish's key is kept, in milliseconds.
+    window_ms: u64,
     connect_timeout: Duration,
     op_timeout: Duration,
     backoff: Backoff,
     publish: redis::Script,
+    publish_once: redis::Script,
     read: redis::Script,
     lease_scripts: [redis::Script; 3],
     commands: tokio::sync::Mutex<Commands>,
@@ -105,9 +120,15 @@ fn connection_lost(e: &redis::RedisError) -> bool {
 }
 
 impl RedisBus {
-    /// A bus on the Redis at `config.broker_url()`. Connects lazily: a bus whose broker is down
-    /// is built all the same and reports unavailable until the broker answers.
+    /// A bus on the Redis at `config.broker_url()`, every topic keeping `history_events`.
+    /// Connects lazily: a bus whose broker is down is built all the same and reports
+    /// unavailable until the broker answers.
     pub fn new(config: &BusConfig) -> Self {
+        Self::with(config, Retention::new(config.history_events, None))
+    }
+
+    /// [`Self::new`], each topic keeping what `retention` says.
+    pub fn with(config: &BusConfig, retention: Retention) -> Self {
         let client = redis::Client::open(config.broker_url()).map_err(|e| e.to_string());
         if let Err(e) = &client {
             tracing::error!(url = %config.broker_url(), error = %e, "invalid redis bus URL");
@@ -120,11 +141,13 @@ impl RedisBus {
             inner: Arc::new(Inner {
                 client,
                 prefix: config.prefix.clone(),
-                history: config.history_events.max(1),
+                retention,
+                window_ms: config.idempotency_window_ms.max(1),
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms.max(1)),
                 op_timeout: Duration::from_millis(config.operation_timeout_ms.max(1)),
                 backoff: backoff.clone(),
                 publish: redis::Script::new(scripts::PUBLISH),
+                publish_once: redis::Script::new(scripts::PUBLISH_ONCE),
                 read: redis::Script::new(scripts::READ),
                 lease_scripts: lease::scripts(),
                 commands: tokio::sync::Mutex::new(Commands::new(backoff)),
@@ -196,6 +219,10 @@ impl Inner {
         format!("{}:c:{topic}", self.prefix)
     }
 
+    fn idempotency_key(&self, topic: &Topic, key: &IdempotencyKey) -> String {
+        format!("{}:i:{topic}#{key}", self.prefix)
+    }
+
     fn client(&self) -> Result<&redis::Client, BusError> {
         self.client
             .as_ref()
@@ -211,7 +238,7 @@ impl Bus for RedisBus {
         inv.key(inner.stream_key(topic))
             .key(inner.meta_key(topic))
             .arg(payload.as_ref())
-            .arg(inner.history)
+            .arg(inner.retention.history_of(topic))
             .arg(new_epoch().to_string())
             .arg(inner.channel(topic));
         let v = inner.run(inv).await?;
@@ -226,6 +253,40 @@ impl Bus for RedisBus {
             epoch,
             offset,
             payload,
+        })
+    }
+
+    async fn publish_once(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        key: &IdempotencyKey,
+    ) -> Result<Published, BusError> {
+        let inner = &self.inner;
+        let mut inv = inner.publish_once.prepare_invoke();
+        inv.key(inner.stream_key(topic))
+            .key(inner.meta_key(topic))
+            .key(inner.idempotency_key(topic, key))
+            .arg(payload.as_ref())
+            .arg(inner.retention.history_of(topic))
+            .arg(new_epoch().to_string())
+            .arg(inner.channel(topic))
+            .arg(inner.window_ms);
+        let v = inner.run(inv).await?;
+        let parsed = match &v {
+            Value::Array(parts) if parts.len() == 3 => {
+                match (as_u64(&parts[0]), as_u64(&parts[1]), as_u64(&parts[2])) {
+                    (Some(epoch), Some(offset), Some(dup)) => Some((epoch, offset, dup == 1)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let (epoch, offset, duplicate) =
+            parsed.ok_or_else(|| unavailable("unexpected reply to the publish-once script"))?;
+        Ok(Published {
+            position: Position { epoch, offset },
+            duplicate,
         })
     }
 

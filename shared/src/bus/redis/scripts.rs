@@ -9,8 +9,11 @@ use crate::bus::live;
 use crate::bus::{BusError, Read};
 use crate::event::{Event, Position, Topic};
 
-/// Assigns the next offset, appends, trims and publishes, creating the epoch when missing.
-pub(super) const PUBLISH: &str = r"
+/// The body shared by the publish scripts: assigns the next offset, appends, trims and
+/// publishes, creating the epoch when missing; leaves `epoch` and `seq` set.
+macro_rules! publish_body {
+    () => {
+        r"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[3]
@@ -21,8 +24,29 @@ local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 local id = string.format('0-%d', seq)
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, 'p', ARGV[1])
 redis.call('PUBLISH', ARGV[4], epoch .. ':' .. string.format('%d', seq) .. ':' .. ARGV[1])
-return {epoch, seq}
-";
+"
+    };
+}
+
+/// Assigns the next offset, appends, trims and publishes, creating the epoch when missing.
+pub(super) const PUBLISH: &str = concat!(publish_body!(), "return {epoch, seq}\n");
+
+/// [`PUBLISH`] once per key (`KEYS[3]`, kept `ARGV[5]` milliseconds, holding `epoch:offset`):
+/// a key already there answers with its position and `1` (a duplicate), publishing nothing.
+pub(super) const PUBLISH_ONCE: &str = concat!(
+    r"
+local seen = redis.call('GET', KEYS[3])
+if seen then
+  local sep = string.find(seen, ':', 1, true)
+  return {string.sub(seen, 1, sep - 1), string.sub(seen, sep + 1), 1}
+end
+",
+    publish_body!(),
+    r"
+redis.call('SET', KEYS[3], epoch .. ':' .. string.format('%d', seq), 'PX', ARGV[5])
+return {epoch, seq, 0}
+"
+);
 
 /// Epoch, head, oldest retained entry, entries after a position, and the last entry.
 pub(super) const READ: &str = r"
