@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::launcher::token;
-use mobile_proto::{Encoding, Position, ServerMsg};
+use mobile_proto::{Encoding, Position};
 use serde_json::{Value, json};
 use switchyard::{Config, DEMO_DEVICE, DEMO_DEVICE_KEY, DEMO_PUBLISHER_KEY, Stack};
 use test_support::device::{DeviceApi, channel_data};
-use test_support::mobile::MobileClient;
+use test_support::mobile::Client as MobileClient;
 use tokio::process::Command;
 
 /// Longest wait for anything that should come promptly (a guard against hangs, not a timing).
@@ -74,7 +74,10 @@ fn position(answer: &Value) -> Position {
 #[tokio::test]
 async fn python_and_node_publishers_reach_every_kind_of_client_exactly_once() {
     for package in ["graphql-ws", "ws"] {
-        let manifest = dir("js").join("node_modules").join(package).join("package.json");
+        let manifest = dir("js")
+            .join("node_modules")
+            .join(package)
+            .join("package.json");
         assert!(
             manifest.is_file(),
             "{} is missing: run `npm ci --prefix tests/js` (scripts/test does)",
@@ -126,14 +129,9 @@ async fn python_and_node_publishers_reach_every_kind_of_client_exactly_once() {
 
     // A mobile client (CBOR), signed in, resuming after it.
     let mobile_url = format!("ws://{}/v1/ws", stack.addr("bff-mobile"));
-    let mut mobile = MobileClient::signed_in(
-        &mobile_url,
-        Encoding::Cbor,
-        token("alice"),
-        "alice",
-    )
-    .await
-    .skipping_pings();
+    let mut mobile = MobileClient::signed_in(&mobile_url, Encoding::Cbor, token("alice"), "alice")
+        .await
+        .skipping_pings();
     let subbed = mobile.subbed(CHANNEL, Some(first)).await;
     assert_eq!((subbed.epoch, subbed.offset), (first.epoch, first.offset));
 

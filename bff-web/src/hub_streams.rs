@@ -9,8 +9,8 @@ use demo_api::{Pair, UserId};
 use futures::Stream;
 use futures::stream::{self, StreamExt};
 use switchyard_core::bus::StartAt;
-use switchyard_core::hub::{Hub, Item, Subscriber};
 use switchyard_core::event::Topic;
+use switchyard_core::hub::{Hub, Item, Subscriber};
 
 fn items(sub: Subscriber) -> futures::stream::BoxStream<'static, Item> {
     stream::unfold(

@@ -188,7 +188,7 @@ async fn every_refusal_has_its_status_and_code_and_publishes_nothing() {
         gw.client
             .post(gw.url("/v1/publish"))
             .bearer_auth(KEY_ORDERS)
-            .header("idempotency-key", "order-7")
+            .header("idempotency-key", "two words")
             .body(ok("orders.bob").to_string())
             .send()
             .await

@@ -178,7 +178,7 @@ async fn a_key_publishes_again_after_the_window(kind: Kind) {
     kit.cleanup().await;
 }
 
-common::for_every_bus!(
+for_every_bus!(
     a_channel_keeps_its_own_history_and_other_topics_the_default,
     a_key_publishes_once_per_topic,
     a_key_publishes_again_after_the_window,

@@ -13,22 +13,73 @@ use axum::extract::{FromRequest, Request, State};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
-use switchyard_core::bus::BusError;
+use switchyard_core::bus::{Bus, BusError, IdempotencyKey};
 use switchyard_core::channels::Resolved;
 use switchyard_core::event::Topic;
 
 use super::PublishApi;
 use super::wire::{Batch, BatchLanded, Landed, Publish, Refusal, compact};
 
-/// Refuses `Idempotency-Key` until the bus can honour it (`Bus::publish_once`, coming): a
-/// publisher that asks for exactly-once must not silently get at-least-once.
-fn refuse_idempotency_key(request: &Request) -> Result<(), Refusal> {
-    if request.headers().contains_key("idempotency-key") {
+/// Longest `Idempotency-Key` header value accepted (the bus key is `publisher:key`, at most 200
+/// bytes, and a publisher name is at most 64).
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
+/// The request's `Idempotency-Key`, scoped by its publisher (`publisher:key`), so that two
+/// publishers' keys never collide; `None` without the header. One header, 1 to 128 bytes of
+/// visible ASCII, else 400.
+fn idempotency_key(request: &Request, publisher: &str) -> Result<Option<String>, Refusal> {
+    let mut values = request.headers().get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
         return Err(Refusal::bad_request(
-            "Idempotency-Key is not supported by this build yet; publish without it",
+            "send one Idempotency-Key header, not several",
         ));
     }
-    Ok(())
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            (1..=MAX_IDEMPOTENCY_KEY_BYTES).contains(&k.len())
+                && k.bytes().all(|b| (0x21..=0x7e).contains(&b))
+        })
+        .ok_or_else(|| {
+            Refusal::bad_request(format!(
+                "Idempotency-Key: use 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters \
+                 (no spaces)"
+            ))
+        })?;
+    Ok(Some(format!("{publisher}:{key}")))
+}
+
+/// The bus key of one event: `scoped` as is for a single publish, `scoped:i` for batch item `i`.
+fn bus_key(scoped: &str, index: Option<usize>) -> Result<IdempotencyKey, Refusal> {
+    let key = match index {
+        Some(i) => IdempotencyKey::new(&format!("{scoped}:{i}")),
+        None => IdempotencyKey::new(scoped),
+    };
+    key.map_err(|e| Refusal::bad_request(format!("Idempotency-Key: {e}")))
+}
+
+/// Publishes one checked event, once per key when there is one.
+async fn land(
+    bus: &Arc<dyn Bus>,
+    item: Checked,
+    key: Option<IdempotencyKey>,
+) -> Result<Landed, (BusError, String)> {
+    match key {
+        None => bus
+            .publish(&item.topic, item.payload)
+            .await
+            .map(|event| Landed::new(&item.channel, &event))
+            .map_err(|e| (e, item.channel)),
+        Some(key) => bus
+            .publish_once(&item.topic, item.payload, &key)
+            .await
+            .map(|published| Landed::once(&item.channel, &published))
+            .map_err(|e| (e, item.channel)),
+    }
 }
 
 /// An event checked and ready for the bus.
@@ -48,16 +99,16 @@ pub(super) async fn publish(
         .keys
         .publisher_of(request.headers())
         .ok_or_else(Refusal::unauthorized)?;
-    refuse_idempotency_key(&request)?;
+    let scoped = idempotency_key(&request, &publisher)?;
+    let key = scoped.as_deref().map(|k| bus_key(k, None)).transpose()?;
     let body = read_body(request).await?;
     let item: Publish = parse(&body)?;
     let checked = check(&api, &publisher, item)?;
     let bus = api.bus.clone();
     let published = tokio::spawn(async move {
-        bus.publish(&checked.topic, checked.payload)
+        land(&bus, checked, key)
             .await
-            .map(|event| Landed::new(&checked.channel, &event))
-            .map_err(|e| Refusal::bus(&e, &checked.channel))
+            .map_err(|(e, channel)| Refusal::bus(&e, &channel))
     })
     .await
     .map_err(|e| Refusal::bus(&BusError::Unavailable(e.to_string()), ""))??;
@@ -75,7 +126,7 @@ pub(super) async fn batch(
         .keys
         .publisher_of(request.headers())
         .ok_or_else(Refusal::unauthorized)?;
-    refuse_idempotency_key(&request)?;
+    let scoped = idempotency_key(&request, &publisher)?;
     let body = read_body(request).await?;
     let batch: Batch = parse(&body)?;
     let count = batch.events.len();
@@ -96,14 +147,17 @@ pub(super) async fn batch(
         .enumerate()
         .map(|(i, item)| check(&api, &publisher, item).map_err(|r| r.at(i)))
         .collect::<Result<Vec<_>, _>>()?;
+    let keys = (0..checked.len())
+        .map(|i| scoped.as_deref().map(|k| bus_key(k, Some(i))).transpose())
+        .collect::<Result<Vec<_>, _>>()?;
     let bus = api.bus.clone();
     let done = tokio::spawn(async move {
         let mut results = Vec::with_capacity(checked.len());
-        for (i, item) in checked.into_iter().enumerate() {
-            match bus.publish(&item.topic, item.payload).await {
-                Ok(event) => results.push(Landed::new(&item.channel, &event)),
-                Err(e) => {
-                    return Err(Refusal::bus(&e, &item.channel).at(i).with_results(results));
+        for (i, (item, key)) in checked.into_iter().zip(keys).enumerate() {
+            match land(&bus, item, key).await {
+                Ok(landed) => results.push(landed),
+                Err((e, channel)) => {
+                    return Err(Refusal::bus(&e, &channel).at(i).with_results(results));
                 }
             }
         }

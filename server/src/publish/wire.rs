@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 use switchyard_core::bus::BusError;
+use switchyard_core::bus::Published;
 use switchyard_core::channels::{ChannelError, PayloadTooLarge};
 use switchyard_core::event::Event;
 
@@ -42,6 +43,10 @@ pub(super) struct Landed {
     channel: String,
     epoch: String,
     offset: String,
+    /// With an `Idempotency-Key` only: whether the key had already landed (this answer then
+    /// names the first publish's position, and nothing was published again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
 }
 
 impl Landed {
@@ -50,6 +55,17 @@ impl Landed {
             channel: channel.to_owned(),
             epoch: event.epoch.to_string(),
             offset: event.offset.to_string(),
+            duplicate: None,
+        }
+    }
+
+    /// A publish with an idempotency key, as the bus answered it.
+    pub(super) fn once(channel: &str, published: &Published) -> Self {
+        Self {
+            channel: channel.to_owned(),
+            epoch: published.position.epoch.to_string(),
+            offset: published.position.offset.to_string(),
+            duplicate: Some(published.duplicate),
         }
     }
 }
