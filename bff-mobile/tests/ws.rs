@@ -238,12 +238,19 @@ async fn subscription_refusals_are_errors_and_the_socket_stays() {
     cfg.websocket.max_subscriptions = 2;
     let gw = start(cfg, 100).await;
     let mut c = gw.signed_in(Encoding::Json, "frank").await;
-    for bad in ["rates:EUR/XYZ", "nope", "rates:", "conversions.bob"] {
+    // `conversions.bob` is a catalog channel (the demo catalog's `conversions.{user}`) that
+    // frank may not read: forbidden, where the others do not exist at all.
+    for (bad, want) in [
+        ("rates:EUR/XYZ", code::UNKNOWN_TOPIC),
+        ("nope", code::UNKNOWN_TOPIC),
+        ("rates:", code::UNKNOWN_TOPIC),
+        ("conversions.bob", code::FORBIDDEN),
+    ] {
         c.sub(bad, None).await;
         let ServerMsg::Error(e) = c.recv().await else {
             panic!("expected an error")
         };
-        assert_eq!(e.code, code::UNKNOWN_TOPIC);
+        assert_eq!(e.code, want, "{bad}");
         assert_eq!(e.topic.as_deref(), Some(bad));
     }
     c.subbed("conversions", None).await;

@@ -3,6 +3,8 @@
 //! publish's position; another key, another publisher or another channel publishes again; a
 //! batch retried with its key lands each event once; a bad key is 400 and publishes nothing.
 
+// The fixture is shared with `publish.rs`, which uses the helpers this file does not.
+#[allow(dead_code)]
 #[path = "publish/gateway.rs"]
 mod gateway;
 

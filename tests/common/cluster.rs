@@ -112,14 +112,25 @@ pub async fn mobile_instance_with(config: &BusConfig, c: bff_mobile::Config) -> 
     .await
 }
 
-/// A bff-web instance on the bus of `config`, through a broker client of its own.
-pub async fn web_instance(config: &BusConfig) -> Running {
+/// bff-web's configuration on the bus of `config`, signing tokens with [`SECRET`].
+pub fn web_config(config: &BusConfig) -> bff_web::Config {
     let mut c = bff_web::Config {
         bus: config.clone(),
         ..Default::default()
     };
     c.auth.hs256_secret = SECRET.to_owned();
     c.server.drain_timeout_ms = 2_000;
+    c
+}
+
+/// A bff-web instance on the bus of `config`, through a broker client of its own.
+pub async fn web_instance(config: &BusConfig) -> Running {
+    web_instance_with(config, web_config(config)).await
+}
+
+/// A bff-web instance of configuration `c` on the bus of `config`, through a broker client of
+/// its own.
+pub async fn web_instance_with(config: &BusConfig, c: bff_web::Config) -> Running {
     instance(config, "bff-web", move |broker, l, t| {
         bff_web::run(c, broker, l, t)
     })
