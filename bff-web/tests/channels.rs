@@ -279,10 +279,11 @@ async fn a_gap_ends_with_history_gap_and_a_resume_position_that_works() {
         // Resuming there gets what history still has, in order, up to the last event.
         sub(&mut carol, "2", &channel, Some(resume)).await;
         let mut seen = Vec::new();
+        let last_offset = last.offset.to_string();
         loop {
             let e = event(&mut carol, "2").await;
             seen.push(e["data"]["n"].as_u64().expect("n"));
-            if e["offset"] == last.offset.to_string() {
+            if e["offset"] == last_offset {
                 break;
             }
         }

@@ -20,6 +20,8 @@ use switchyard_core::bus::nats::NatsBus;
 use switchyard_core::bus::redis::RedisBus;
 use switchyard_core::bus::{BusConfig, BusKind, Retention};
 
+// Not every test file that includes this module stops a broker of its own.
+#[allow(unused_imports)]
 pub use own_broker::OwnBroker;
 
 /// Which bus a test runs against.
