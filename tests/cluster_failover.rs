@@ -106,7 +106,8 @@ async fn one_upstream_watch_for_the_cluster_taken_over_when_its_holder_stops() {
             exchange_stats(&http, exchange.addr).await
         );
         // From now on only B publishes the pair: its client gets ticks newer than the head.
-        let topic = Topic::new("rates.EUR/USD").expect("topic");
+        // The bus topic of the catalog channel `rates.EUR-USD`.
+        let topic = Topic::new("ch:rates.EUR-USD").expect("topic");
         let head = backend.head(&topic).await.expect("head");
         let newer = tokio::time::timeout(PATIENCE, async {
             loop {
@@ -137,7 +138,7 @@ async fn the_lease_of_a_holder_that_died_expires_and_a_live_instance_takes_over(
         // An instance took the pair's lease and died: it never renews nor releases it.
         let config = bus_config(kind);
         let lease = switchyard_core::bus::Broker::connect(&config).lease();
-        let name = Topic::new("bridge:exchange:rates.EUR/USD").expect("lease name");
+        let name = Topic::new("bridge:exchange:ch:rates.EUR-USD").expect("lease name");
         let ttl = Duration::from_millis(600);
         let taken = tokio::time::timeout(PATIENCE, lease.acquire(&name, "crashed-instance", ttl))
             .await

@@ -76,7 +76,8 @@ pub struct Config {
     pub devices: BTreeMap<String, DeviceConfig>,
     /// Request rate limits per IP and per device (socket and subscription limits do not apply).
     pub rate_limits: RateLimitConfig,
-    /// The channel catalog: the channels clients may subscribe to and publishers publish on.
+    /// The channel catalog: the channels clients may subscribe to and publishers publish on
+    /// (the demo catalog, `operations::channels::demo`, by default).
     pub channels: switchyard_core::channels::ChannelsConfig,
 }
 
@@ -94,7 +95,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             devices: BTreeMap::new(),
             rate_limits: RateLimitConfig::default(),
-            channels: switchyard_core::channels::ChannelsConfig::default(),
+            channels: operations::channels::demo(),
         }
     }
 }

@@ -63,7 +63,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// Request, socket message and subscription rate limits per IP and per user.
     pub rate_limits: RateLimitConfig,
-    /// The channel catalog: the channels clients may subscribe to and publishers publish on.
+    /// The channel catalog: the channels clients may subscribe to and publishers publish on
+    /// (the demo catalog, `operations::channels::demo`, by default).
     pub channels: switchyard_core::channels::ChannelsConfig,
 }
 
@@ -129,7 +130,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             websocket: WebSocketConfig::default(),
             rate_limits: RateLimitConfig::default(),
-            channels: switchyard_core::channels::ChannelsConfig::default(),
+            channels: operations::channels::demo(),
         }
     }
 }

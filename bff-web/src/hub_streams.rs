@@ -8,7 +8,6 @@ use demo_api::{Pair, UserId};
 use futures::Stream;
 use futures::stream::{self, StreamExt};
 use switchyard_core::bus::StartAt;
-use switchyard_core::event::Topic;
 use switchyard_core::hub::{Hub, Item, Subscriber};
 
 fn items(sub: Subscriber) -> futures::stream::BoxStream<'static, Item> {
@@ -56,7 +55,7 @@ pub(crate) async fn conversions(
     user: &UserId,
 ) -> Result<impl Stream<Item = Result<Bytes>> + use<>> {
     let hub = ctx.data::<Hub>()?;
-    let topic = Topic::new(&demo_api::conversions_topic(user)).map_err(unavailable)?;
+    let topic = operations::channels::conversions_topic(user);
     let sub = hub
         .subscribe(&topic, StartAt::Live)
         .await

@@ -79,7 +79,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// Request, socket message and subscription rate limits per IP and per user.
     pub rate_limits: RateLimitConfig,
-    /// The channel catalog: the channels clients may subscribe to and publishers publish on.
+    /// The channel catalog: the channels clients may subscribe to and publishers publish on
+    /// (the demo catalog, `operations::channels::demo`, by default).
     pub channels: switchyard_core::channels::ChannelsConfig,
 }
 
@@ -98,7 +99,7 @@ impl Default for Config {
             cors: CorsConfig::default(),
             websocket: WebSocketConfig::default(),
             rate_limits: RateLimitConfig::default(),
-            channels: switchyard_core::channels::ChannelsConfig::default(),
+            channels: operations::channels::demo(),
         }
     }
 }

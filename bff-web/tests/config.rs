@@ -1,5 +1,5 @@
-//! The shipped production example configuration: it loads, and it turns introspection and
-//! GraphiQL off — checked by asking the gateway built from it.
+//! The shipped production example configuration: it loads, it serves the demo channel catalog,
+//! and it turns introspection and GraphiQL off — checked by asking the gateway built from it.
 
 use serde_json::json;
 use switchyard_core::bus::Broker;
@@ -13,6 +13,14 @@ fn production() -> bff_web::Config {
     Source::new(Some((path, text)), vec![])
         .load(bff_web::ENV_PREFIX)
         .expect("the example config loads")
+}
+
+#[test]
+fn the_production_example_serves_the_demo_catalog_and_no_prefix_classes() {
+    let config = production();
+    assert_eq!(config.channels, operations::channels::demo());
+    assert_eq!(config.channels, bff_web::Config::default().channels);
+    assert!(config.hub.topics.is_empty(), "{:?}", config.hub.topics);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use switchyard_core::bus::{BusError, Delivery, Read, StartAt, Subscription};
-use switchyard_core::event::{Position, Topic};
+use switchyard_core::event::{Position, Topic, TopicClass};
 use switchyard_core::hub::HubConfig;
 use switchyard_core::hub::{Hub, Item};
 use tokio::time::timeout;
@@ -79,7 +79,11 @@ async fn every_instance_shares_offsets_history_and_latest(kind: Kind) {
         .expect("publish");
     let latest = b.latest(&rates).await.expect("latest").expect("a value");
     assert_eq!(latest.payload, Bytes::from("1.08"));
-    let hub_b = Hub::new(b.clone(), HubConfig::default());
+    let state = HubConfig {
+        topics: [("rates.".to_owned(), TopicClass::State)].into(),
+        ..HubConfig::default()
+    };
+    let hub_b = Hub::new(b.clone(), state);
     let mut sub = hub_b.subscribe(&rates, StartAt::Live).await.expect("hub");
     match timeout(Duration::from_secs(5), sub.next()).await {
         Ok(Some(Item::Event(e))) => assert_eq!(e.payload, Bytes::from("1.08")),

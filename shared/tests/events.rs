@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use switchyard_core::bus::{Bus, Delivery, Read, StartAt};
-use switchyard_core::event::{Position, Topic};
+use switchyard_core::event::{Position, Topic, TopicClass};
 use switchyard_core::hub::HubConfig;
 use switchyard_core::hub::{Hub, Item};
 use tokio::time::timeout;
@@ -33,12 +33,14 @@ async fn publish_n(bus: &dyn Bus, t: &Topic, n: usize) -> Vec<u64> {
     offsets
 }
 
+/// A hub whose `rates.` topics are state topics (by prefix, as `[hub.topics]` configures topics
+/// outside the channel catalog); every other topic is a stream.
 fn hub(bus: Arc<dyn Bus>, queue: usize) -> Hub {
     Hub::new(
         bus,
         HubConfig {
             subscriber_queue_events: queue,
-            ..HubConfig::default()
+            topics: [("rates.".to_owned(), TopicClass::State)].into(),
         },
     )
 }
@@ -384,9 +386,14 @@ async fn state_topics_are_conflated_to_the_latest_value(kind: Kind) {
 async fn topic_classes_come_from_prefix_rules(kind: Kind) {
     let kit = Kit::new(kind);
     let hub = hub(kit.bus(1), 1);
-    use switchyard_core::event::TopicClass;
     assert_eq!(hub.class_of(&topic("rates.EUR/USD")), TopicClass::State);
     assert_eq!(hub.class_of(&topic("conversions.bob")), TopicClass::Stream);
+    // With no prefix rule (the default), every topic outside the catalog is a stream.
+    let default = Hub::new(kit.bus(1), HubConfig::default());
+    assert_eq!(
+        default.class_of(&topic("rates.EUR/USD")),
+        TopicClass::Stream
+    );
     kit.cleanup().await;
 }
 

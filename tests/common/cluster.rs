@@ -171,7 +171,7 @@ pub async fn mobile_client(addr: SocketAddr, user: &str) -> MobileClient {
         .expect("connects")
 }
 
-/// The `conversions.{user}` event a backend publishes, with id `id`.
+/// The event a backend publishes on channel `conversions.{user}`, with id `id`.
 pub fn conversion_payload(user: &str, id: &str) -> Vec<u8> {
     let event = json!({
         "type": demo_api::CONVERSION_COMPLETED,

@@ -100,7 +100,7 @@ impl Gateway {
 
     /// Publishes a rate tick.
     pub async fn rate(&self, pair: &str, rate: &str, seq: u64) -> Event {
-        let topic = Topic::new(&format!("rates.{pair}")).unwrap();
+        let topic = operations::sources::rates_topic(&pair.parse().expect("a pair"));
         let payload = json!({"pair": pair, "rate": rate, "seq": seq}).to_string();
         self.bus.publish(&topic, payload.into()).await.unwrap()
     }

@@ -194,17 +194,21 @@ mod tests {
 
     use super::*;
 
+    fn eur_usd() -> Topic {
+        operations::sources::rates_topic(&"EUR/USD".parse().unwrap())
+    }
+
     fn rates_route() -> Route {
         Route {
             name: "rates:EUR/USD".to_owned(),
-            hub: Topic::new("rates.EUR/USD").unwrap(),
+            hub: eur_usd(),
             payload: Payload::Rate,
         }
     }
 
     fn rate_event(offset: u64) -> Event {
         Event {
-            topic: Topic::new("rates.EUR/USD").unwrap(),
+            topic: eur_usd(),
             epoch: 7,
             offset,
             payload: bytes::Bytes::from_static(br#"{"pair":"EUR/USD","rate":"1.0842","seq":3}"#),

@@ -1,7 +1,8 @@
 //! Demo topic routing: which hub topic a client topic of v1 stands for, for the signed-in user,
 //! and which demo type its payloads hold. This is the only place in the socket layer that knows
-//! the demo's topics: `conversions` (the user's own `conversions.{user}`, conversion events) and
-//! `rates:{BASE/QUOTE}` (`rates.{BASE/QUOTE}`, rates fed by the exchange bridge).
+//! the demo's client topics: `conversions` (the user's own catalog channel `conversions.{user}`,
+//! conversion events) and `rates:{BASE/QUOTE}` (channel `rates.{BASE}-{QUOTE}`, rates fed by the
+//! exchange bridge). Their hub topics come from `operations`, which defines the demo catalog.
 //!
 //! A route is decided once, when a subscription starts; events are then read by its
 //! [`Payload`] without looking at names again. This module neither reads payloads
@@ -35,7 +36,7 @@ pub(super) struct Route {
 pub(super) fn route(user: &UserId, name: &str) -> Option<Route> {
     let (hub, payload) = if name == topic::CONVERSIONS {
         (
-            Topic::new(&demo_api::conversions_topic(user)).ok()?,
+            operations::channels::conversions_topic(user),
             Payload::Conversion,
         )
     } else {
@@ -59,12 +60,12 @@ mod tests {
         let c = route(&alice, "conversions").unwrap();
         assert_eq!(
             (c.hub.as_str(), c.payload),
-            ("conversions.alice", Payload::Conversion)
+            ("ch:conversions.alice", Payload::Conversion)
         );
         let r = route(&alice, "rates:EUR/USD").unwrap();
         assert_eq!(
             (r.hub.as_str(), r.payload),
-            ("rates.EUR/USD", Payload::Rate)
+            ("ch:rates.EUR-USD", Payload::Rate)
         );
         assert_eq!(r.name, "rates:EUR/USD");
         for unknown in [
@@ -72,6 +73,9 @@ mod tests {
             "rates:EUR/XXX",
             "rates:EUR/EUR",
             "rates.EUR/USD",
+            "rates.EUR-USD",
+            "ch:rates.EUR-USD",
+            "conversions.alice",
             "nope",
         ] {
             assert!(route(&alice, unknown).is_none(), "{unknown}");

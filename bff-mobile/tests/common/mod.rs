@@ -11,7 +11,7 @@ use bytes::Bytes;
 use mobile_proto::Encoding;
 use switchyard_core::bus::Broker;
 use switchyard_core::bus::Bus;
-use switchyard_core::event::{Event, Topic};
+use switchyard_core::event::Event;
 use switchyard_server::server::CancellationToken;
 use test_support::TestServer;
 
@@ -65,7 +65,7 @@ impl Gateway {
 
     /// Publishes a conversion event for `user` with conversion id `id`.
     pub async fn publish_conversion(&self, user: &str, id: &str) -> Event {
-        let topic = Topic::new(&format!("conversions.{user}")).unwrap();
+        let topic = operations::channels::conversions_topic(&user.parse().expect("a user id"));
         let payload = serde_json::json!({
             "type": "conversion.completed",
             "conversion": {
@@ -81,7 +81,7 @@ impl Gateway {
 
     /// Publishes a rate tick of `pair` with tick number `seq`.
     pub async fn publish_rate(&self, pair: &str, seq: u64) -> Event {
-        let topic = Topic::new(&format!("rates.{pair}")).unwrap();
+        let topic = operations::sources::rates_topic(&pair.parse().expect("a pair"));
         let payload = serde_json::json!({"pair": pair, "rate": format!("1.{seq:04}"), "seq": seq});
         self.bus
             .publish(&topic, Bytes::from(payload.to_string()))

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::json;
 use switchyard_core::bus::Bus;
-use switchyard_core::event::Topic;
 
 /// Publishes a `conversion.completed` event of `user` with conversion id `id` on `bus`.
 pub async fn publish_conversion(bus: &Arc<dyn Bus>, user: &str, id: &str) {
     let event = json!({"type": "conversion.completed", "conversion": {
         "id": id, "user": user, "from": "EUR", "to": "USD", "amount": "10",
         "rate": "1.100000", "converted": "11.00", "at": "2026-11-27T00:00:00Z"}});
-    let topic = Topic::new(&format!("conversions.{user}")).expect("topic");
+    let topic = operations::channels::conversions_topic(&user.parse().expect("a user id"));
     bus.publish(&topic, Bytes::from(event.to_string()))
         .await
         .expect("publish");

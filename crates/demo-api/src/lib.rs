@@ -15,7 +15,8 @@
 //!   `GET /v1/stats` → [`ExchangeStats`].
 //! - conversions: `POST /v1/conversions` with [`ConversionRequest`] → 201 [`Conversion`];
 //!   `GET /v1/conversions?user=U&limit=N` → [`ConversionList`]. Each completed conversion is
-//!   published on topic `conversions.{user}` as a [`ConversionEvent`].
+//!   published on bus topic `ch:conversions.{user}` (channel `conversions.{user}`) as a
+//!   [`ConversionEvent`].
 //!
 //! Errors from every service: a 4xx/5xx status with [`ErrorBody`].
 
@@ -316,7 +317,7 @@ pub struct ConversionList {
     pub conversions: Vec<Conversion>,
 }
 
-/// The payload published on `conversions.{user}` after a conversion completes.
+/// The payload published on channel `conversions.{user}` after a conversion completes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversionEvent {
     /// Always `conversion.completed`.
@@ -329,9 +330,10 @@ pub struct ConversionEvent {
 /// The event type name of [`ConversionEvent`].
 pub const CONVERSION_COMPLETED: &str = "conversion.completed";
 
-/// The topic a user's conversion events are published on.
+/// The bus topic a user's conversion events are published on: `ch:conversions.{user}`, the topic
+/// of the channel catalog's `conversions.{user}` channel (a channel's topic is `ch:` + its name).
 pub fn conversions_topic(user: &UserId) -> String {
-    format!("conversions.{user}")
+    format!("ch:conversions.{user}")
 }
 
 /// Rounds a converted amount the way the demo does: half away from zero, 2 places.

@@ -3,7 +3,8 @@
 //! `POST /v1/conversions` validates the request, reads the rate from the exchange service, consumes
 //! the amount from the user's limit at the limits service (both through the core's upstream
 //! client, under one deadline), records the conversion and publishes a [`ConversionEvent`] on
-//! `conversions.{user}` on the bus before answering 201. A refused limit is a 422
+//! the bus topic `ch:conversions.{user}` (the catalog channel `conversions.{user}`) before
+//! answering 201. A refused limit is a 422
 //! `limit_exceeded` and publishes nothing. `GET /v1/conversions?user=U&limit=N` lists a user's
 //! recent conversions, most recent first.
 //!

@@ -84,7 +84,8 @@ impl Gateway {
 
     /// Publishes a conversion (JSON of `demo_api::ConversionEvent`) for `user` on the bus.
     async fn publish(&self, user: &str, id: &str) -> Position {
-        let topic = Topic::new(&format!("conversions.{user}")).unwrap();
+        // The topic of the user's catalog channel `conversions.{user}`.
+        let topic = Topic::new(&format!("ch:conversions.{user}")).unwrap();
         let payload = json!({
             "type": "conversion.completed",
             "conversion": {

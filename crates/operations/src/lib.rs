@@ -8,8 +8,10 @@
 //! HTTP error contract (`switchyard_server::errors`), which bff-mobile's and bff-device's JSON
 //! quote share; the contract decides the statuses.
 //!
+//! [`channels`] is the demo's channel catalog (`rates.{pair}`, `conversions.{user}`,
+//! `announcements`), the default `[channels]` of every gateway, and names the demo's bus topics;
 //! [`sources`] holds the domain's event sources: the exchange's tick protocol, bridged onto the
-//! bus as `rates.{BASE}/{QUOTE}` state topics.
+//! bus as the `rates.{pair}` channels' topics (`ch:rates.EUR-USD`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use switchyard_core::upstream::{UpstreamError, Upstreams};
 use switchyard_server::errors::{JsonError, upstream_error};
 use tokio::time::Instant;
 
+pub mod channels;
 pub mod sources;
 
 /// Backend names the operations call; a gateway's registry must configure them.

@@ -1,5 +1,6 @@
 //! The demo domain's event sources: the exchange service's own tick protocol, bridged onto the
-//! bus as state topics `rates.{BASE}/{QUOTE}`.
+//! bus as the topics of the catalog's `rates.{pair}` state channels (`ch:rates.EUR-USD`, see
+//! [`crate::channels`]).
 //!
 //! [`ExchangeTicks`] is the [`UpstreamProtocol`] of the exchange's `GET /v1/ticks` WebSocket
 //! ([`demo_api::ticks`]): it turns a topic into the watch and unwatch frames for its pair, and a
@@ -13,16 +14,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use demo_api::ticks::{ClientMsg, ServerMsg};
-use demo_api::{Decimal, Pair, Rate};
+use demo_api::{Currency, Decimal, Pair, Rate};
 use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bridge::{Decoded, UpstreamBridge, UpstreamProtocol};
 use switchyard_core::bus::Bus;
 use switchyard_core::event::Topic;
 use switchyard_server::runtime::Feed;
 
-/// The prefix of rate topics (`rates.EUR/USD`); the hub's default configuration makes them
-/// state topics.
-pub const RATES_PREFIX: &str = "rates.";
+use crate::channels;
+
+/// The prefix of the rates channels' bus topics (`ch:rates.EUR-USD`), which the exchange bridge
+/// feeds; the catalog's `rates.{pair}` entry makes them state topics.
+pub const RATES_PREFIX: &str = "ch:rates.";
 
 /// The name of the bridge to the exchange's ticker.
 pub const EXCHANGE_BRIDGE: &str = "exchange";
@@ -30,15 +33,16 @@ pub const EXCHANGE_BRIDGE: &str = "exchange";
 /// Characters of an unreadable frame's detail kept in an error.
 const SHOWN_CHARS: usize = 64;
 
-/// The topic of a pair's rates: `rates.{BASE}/{QUOTE}`.
+/// The bus topic of a pair's rates: the topic of its channel `rates.{BASE}-{QUOTE}`
+/// ([`channels::rates_channel`]), `ch:rates.EUR-USD`.
 pub fn rates_topic(pair: &Pair) -> Topic {
-    Topic::new(&format!("{RATES_PREFIX}{pair}"))
-        .expect("`rates.` and a pair of two known currency codes make a valid topic")
+    channels::rates_channel(pair).topic()
 }
 
-/// The pair of a rates topic, if `topic` is one.
-fn pair_of(topic: &Topic) -> Option<Pair> {
-    topic.as_str().strip_prefix(RATES_PREFIX)?.parse().ok()
+/// The pair of a rates topic (`ch:rates.EUR-USD`), if `topic` is one.
+pub fn pair_of(topic: &Topic) -> Option<Pair> {
+    let (base, quote) = topic.as_str().strip_prefix(RATES_PREFIX)?.split_once('-')?;
+    Pair::new(Currency::parse(base).ok()?, Currency::parse(quote).ok()?).ok()
 }
 
 /// Every bridge name a gateway uses.
@@ -149,7 +153,7 @@ mod tests {
 
     #[test]
     fn topics_name_pairs() {
-        assert_eq!(rates_topic(&eur_usd()).as_str(), "rates.EUR/USD");
+        assert_eq!(rates_topic(&eur_usd()).as_str(), "ch:rates.EUR-USD");
         assert_eq!(pair_of(&rates_topic(&eur_usd())), Some(eur_usd()));
         assert_eq!(
             default_bridges()[EXCHANGE_BRIDGE].url,
@@ -177,12 +181,17 @@ mod tests {
             }
         );
         for other in [
-            "conversions.alice",
-            "rates.EURUSD",
-            "rates.EUR/EUR",
-            "rates.eur/usd",
-            "rates.",
-            "ratesEUR/USD",
+            "ch:conversions.alice",
+            "ch:rates.EURUSD",
+            "ch:rates.EUR-EUR",
+            "ch:rates.eur-usd",
+            "ch:rates.EUR-USD-GBP",
+            "ch:rates.EUR/USD",
+            "ch:rates.-USD",
+            "ch:rates.",
+            "ch:ratesEUR-USD",
+            "rates.EUR-USD",
+            "rates.EUR/USD",
         ] {
             let t = Topic::new(other).unwrap();
             assert_eq!(ExchangeTicks.watch(&t), None, "{other} is not served");

@@ -9,9 +9,10 @@ use std::time::Duration;
 use demo_api::{ExchangeStats, Pair, Rate};
 use demo_services::exchange;
 use operations::sources::{RATES_PREFIX, exchange_bridge, rates_topic};
-use switchyard_core::bridge::BridgeConfig;
+use switchyard_core::bridge::{BridgeConfig, UpstreamBridge};
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::bus::{Bus, StartAt};
+use switchyard_core::channels::Catalog;
 use switchyard_core::event::Event;
 use switchyard_core::hub::HubConfig;
 use switchyard_core::hub::{Hub, Item, Subscriber};
@@ -149,13 +150,21 @@ async fn subscribe_n(hub: &Hub, pair: Pair, n: usize) -> Vec<Subscriber> {
     subs
 }
 
+/// A hub as a gateway builds it with the demo catalog (which makes the rates channels state
+/// topics), fed for the rates topics by `bridge`.
+fn demo_hub(bus: Arc<MemoryBus>, bridge: &UpstreamBridge) -> Hub {
+    let catalog = Catalog::new(&operations::channels::demo()).expect("the demo catalog");
+    Hub::new(bus, HubConfig::default())
+        .with_catalog(Arc::new(catalog))
+        .with_feeder(RATES_PREFIX, Arc::new(bridge.clone()))
+}
+
 #[tokio::test]
 async fn many_subscribers_share_one_upstream_watch_released_with_the_last() {
     let exchange = Exchange::start(SocketAddr::from(([127, 0, 0, 1], 0))).await;
     let bus = Arc::new(MemoryBus::new(64));
     let bridge = exchange_bridge(&bridge_config(&exchange), bus.clone());
-    let hub =
-        Hub::new(bus, HubConfig::default()).with_feeder(RATES_PREFIX, Arc::new(bridge.clone()));
+    let hub = demo_hub(bus, &bridge);
     let (eur, gbp) = (pair("EUR/USD"), pair("GBP/USD"));
 
     let mut eur_subs = subscribe_n(&hub, eur, 200).await;
@@ -200,8 +209,7 @@ async fn a_restarted_exchange_is_reconnected_and_rewatched_by_itself() {
     let addr = exchange.addr;
     let bus = Arc::new(MemoryBus::new(64));
     let bridge = exchange_bridge(&bridge_config(&exchange), bus.clone());
-    let hub = Hub::new(bus.clone(), HubConfig::default())
-        .with_feeder(RATES_PREFIX, Arc::new(bridge.clone()));
+    let hub = demo_hub(bus.clone(), &bridge);
     let eur = pair("EUR/USD");
     let topic = rates_topic(&eur);
     let mut sub = hub.subscribe(&topic, StartAt::Live).await.unwrap();

@@ -55,7 +55,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The one bus every component shares (in-memory for the one-process stack).
     pub bus: BusConfig,
-    /// The one channel catalog every gateway of the stack serves (the gateways' own `channels`
+    /// The one channel catalog every gateway of the stack serves (the demo catalog,
+    /// `operations::channels::demo`, by default; the gateways' own `channels`
     /// sections are not used here).
     pub channels: ChannelsConfig,
     /// The limits service.
@@ -93,7 +94,7 @@ impl Default for Config {
         Self {
             log: LogConfig::default(),
             bus: BusConfig::default(),
-            channels: ChannelsConfig::default(),
+            channels: operations::channels::demo(),
             limits: Default::default(),
             exchange: Default::default(),
             conversions: Default::default(),

@@ -10,19 +10,18 @@ use serde::{Deserialize, Serialize};
 pub struct HubConfig {
     /// Events queued for one local subscriber of a stream topic before it is cut off as lagging.
     pub subscriber_queue_events: usize,
-    /// Topic classes by prefix: a topic takes the class of the longest matching prefix, and is a
-    /// stream topic when none matches. A catalog channel's topic (`ch:`…) takes its class from
-    /// its catalog entry instead (`[channels]`).
+    /// Topic classes by prefix, for topics outside the channel catalog: a topic takes the class
+    /// of the longest matching prefix, and is a stream topic when none matches. Empty by
+    /// default. A catalog channel's topic (`ch:`…) takes its class from its catalog entry instead
+    /// (`[channels]`).
     pub topics: BTreeMap<String, crate::event::TopicClass>,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        let mut topics = BTreeMap::new();
-        topics.insert("rates.".to_owned(), crate::event::TopicClass::State);
         Self {
             subscriber_queue_events: 256,
-            topics,
+            topics: BTreeMap::new(),
         }
     }
 }
