@@ -176,6 +176,7 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
     let verifier = auth::Authenticator::new(&config.auth)?;
     let gateway = ws::Gateway::new(ws::GatewayParts {
         hub: runtime.hub.clone(),
+        catalog: runtime.catalog.clone(),
         ops: ops.clone(),
         verifier: verifier.clone(),
         origins: switchyard_core::origin::OriginPolicy::new(

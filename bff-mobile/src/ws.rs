@@ -8,6 +8,8 @@
 //!   drain with `bye`, every close code), on top of
 //! - [`subscriptions`]: a socket's subscription table and starting one through the hub;
 //! - [`topics`]: demo topic routing (client topic → hub topic and payload type);
+//! - [`channels`]: catalog channel routing (a channel name → its bus topic, judged by its
+//!   entry's subscribe rule for the user's token);
 //! - [`events`]: payload translation and the encode-once frames, shared per route;
 //! - [`transport`]: the bounded send queue, cancel-safe writes, the close;
 //! - [`gateway`]: what every socket shares.
@@ -16,6 +18,7 @@
 //! [`crate::shapes`], which both calls and events use. Tokens are verified in
 //! [`crate::auth`]; messages are defined by `mobile_proto`.
 
+mod channels;
 mod conn;
 mod events;
 mod gateway;

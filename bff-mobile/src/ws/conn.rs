@@ -12,7 +12,11 @@
 //! The event path runs one way: hub → [`super::subscriptions`] → here → the route's frames
 //! ([`super::events`], encoded once for all sockets) → the queue. This module does not verify
 //! tokens ([`crate::auth`]), run operations ([`crate::calls`]), know the demo's topics
-//! ([`super::topics`]), read payloads, or define the messages (`mobile_proto`).
+//! ([`super::topics`]) or the channel catalog ([`super::channels`]), read payloads, or define
+//! the messages (`mobile_proto`). Handling `sub` — routing, refusals, starting — and judging
+//! channel subscriptions again on re-authentication is in [`subscribe`].
+
+mod subscribe;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,9 +34,9 @@ use switchyard_core::hub::Item;
 use switchyard_core::slots::Slot;
 use tokio::time::Instant;
 
+use super::channels::Claims;
 use super::gateway::Gateway;
-use super::subscriptions::{self, Subscriptions};
-use super::topics;
+use super::subscriptions::Subscriptions;
 use super::transport::{Closing, Io, Kind, message, read_error, write_queued};
 use crate::WebSocketConfig;
 use crate::calls::{self, CallError};
@@ -50,6 +54,8 @@ pub(super) struct Conn {
     enc: Encoding,
     /// The signed-in user; `None` while awaiting auth.
     user: Option<UserId>,
+    /// The claims of the user's latest accepted token (what catalog claim rules read).
+    claims: Claims,
     /// The client's IP address (rate limits before `auth`).
     peer: Option<std::net::IpAddr>,
     subs: Subscriptions,
@@ -75,6 +81,7 @@ impl Conn {
             gw,
             enc,
             user: None,
+            claims: Claims::default(),
             peer,
             subs: Subscriptions::default(),
             calls: FuturesUnordered::new(),
@@ -346,6 +353,7 @@ impl Conn {
                         }
                     }
                     self.token_valid_until = Some(v.deadline());
+                    self.claims = v.claims;
                     let user = v.subject;
                     let c = self.config();
                     let welcome = ServerMsg::Welcome(mobile_proto::Welcome {
@@ -360,8 +368,12 @@ impl Conn {
                     if current.is_none() {
                         self.next_ping = Instant::now() + self.heartbeat();
                     }
-                    self.user = Some(user);
                     self.reply(io, &welcome);
+                    if current.is_some() {
+                        // Other claims may no longer admit a channel: its subscription ends.
+                        self.recheck_channels(io, &user);
+                    }
+                    self.user = Some(user);
                 }
                 Err(why) => {
                     return Some(Closing::new(
@@ -420,67 +432,5 @@ impl Conn {
             (id, outcome)
         }));
         None
-    }
-
-    async fn subscribe(&mut self, io: &mut Io, user: &UserId, sub: mobile_proto::Sub) {
-        let name = sub.topic;
-        let Some(route) = topics::route(user, &name) else {
-            let msg = ServerMsg::topic_error(&name, code::UNKNOWN_TOPIC, "no such topic");
-            return self.reply(io, &msg);
-        };
-        if sub
-            .resume
-            .as_ref()
-            .is_some_and(|p| p.epoch > i64::MAX as u64 || p.offset > i64::MAX as u64)
-        {
-            // Positions the server hands out are always below 2^63 (the spec promises it, so
-            // they fit a Kotlin Long); one above is not ours, and is never echoed back.
-            let msg = ServerMsg::topic_error(
-                &name,
-                code::INVALID_ARGS,
-                "`resume` is not a position this server gave: positions are below 2^63",
-            );
-            return self.reply(io, &msg);
-        }
-        if self.subs.contains(&name) {
-            let msg = ServerMsg::topic_error(&name, code::ALREADY_SUBSCRIBED, "already subscribed");
-            return self.reply(io, &msg);
-        }
-        if self.subs.len() >= self.config().max_subscriptions as usize {
-            let msg = ServerMsg::topic_error(
-                &name,
-                code::TOO_MANY_SUBSCRIPTIONS,
-                format!("at most {} subscriptions", self.config().max_subscriptions),
-            );
-            return self.reply(io, &msg);
-        }
-        let limiter = &self.gw.parts.limiter;
-        if let Err(r) = limiter
-            .check_subscription(Some(user.as_str()), self.peer)
-            .await
-        {
-            let retry = u32::try_from(r.millis()).unwrap_or(u32::MAX);
-            return self.reply(io, &ServerMsg::rate_limited(None, Some(&name), retry));
-        }
-        let Some(started) = subscriptions::start(&self.gw.parts.hub, &route.hub, sub.resume).await
-        else {
-            let msg = ServerMsg::topic_error(
-                &name,
-                code::EVENTS_UNAVAILABLE,
-                "the topic's event source is unavailable; retry later",
-            );
-            return self.reply(io, &msg);
-        };
-        let position = started.position;
-        self.reply(
-            io,
-            &ServerMsg::Subbed(mobile_proto::Subbed {
-                topic: name,
-                epoch: position.epoch,
-                offset: position.offset,
-            }),
-        );
-        let frames = self.gw.frames.of(&route);
-        self.subs.add(frames, started);
     }
 }

@@ -1,7 +1,9 @@
 //! Event frames: a hub event as the protocol's `event` message, its payload (JSON of a
 //! `demo_api` type, as its [`Route`] says) translated to the protocol's shape
-//! ([`crate::shapes`]) and encoded ONCE per event and encoding, the bytes shared by every
-//! socket subscribed to its topic.
+//! ([`crate::shapes`]) — or, on a catalog channel, the published JSON value as is (on CBOR the
+//! equivalent CBOR value) — and encoded ONCE per event and encoding, the bytes shared by every
+//! socket subscribed to its route. Routes are keyed by client topic AND hub topic, so bytes
+//! never cross from one channel (or one user's `conversions`) to another.
 //!
 //! # Why it is shaped this way
 //!
@@ -177,6 +179,20 @@ fn encode_event(enc: Encoding, route: &Route, position: Position, event: &Event)
                 enc.encode_event(name, position, &shapes::rate(&r))
                     .map_err(|e| e.to_string())
             }),
+        Payload::Json => serde_json::from_slice::<serde_json::Value>(&event.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                // The protocol's data model bounds nesting (the message's map is level 1): a
+                // deeper payload would be refused by every client, so it is skipped here.
+                if depth(&v) >= mobile_proto::MAX_DEPTH {
+                    return Err(format!(
+                        "nested deeper than the protocol's {} levels",
+                        mobile_proto::MAX_DEPTH
+                    ));
+                }
+                enc.encode_event(name, position, &v)
+                    .map_err(|e| e.to_string())
+            }),
     };
     match encoded {
         Ok(f) => Some(f),
@@ -184,6 +200,16 @@ fn encode_event(enc: Encoding, route: &Route, position: Position, event: &Event)
             tracing::warn!(topic = %event.topic, offset = event.offset, error = %e, "unreadable event payload skipped");
             None
         }
+    }
+}
+
+/// The nesting of arrays and maps in `v` (a scalar is 0). Recursion is bounded by
+/// serde_json's parser, which refuses input nested deeper than 128.
+fn depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -277,6 +303,83 @@ mod tests {
         assert!(frames.frame(Encoding::Json, &e).is_none());
         // The next event of the topic is read again.
         assert!(frames.frame(Encoding::Json, &rate_event(2)).is_some());
+    }
+
+    fn channel(name: &str) -> Route {
+        Route {
+            name: name.to_owned(),
+            hub: Topic::new(&format!("ch:{name}")).unwrap(),
+            payload: Payload::Json,
+        }
+    }
+
+    fn published(name: &str, offset: u64, json: &serde_json::Value) -> Event {
+        Event {
+            topic: Topic::new(&format!("ch:{name}")).unwrap(),
+            epoch: 7,
+            offset,
+            payload: bytes::Bytes::from(json.to_string()),
+        }
+    }
+
+    fn decoded(enc: Encoding, m: Message) -> mobile_proto::Event {
+        let (kind, bytes) = match m {
+            Message::Binary(b) => (FrameKind::Binary, b.to_vec()),
+            Message::Text(t) => (FrameKind::Text, t.as_str().as_bytes().to_vec()),
+            other => panic!("{other:?}"),
+        };
+        match enc.decode_server(kind, &bytes, 1 << 20).unwrap() {
+            ServerMsg::Event(ev) => ev,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_channel_event_carries_the_published_json_and_never_another_channels() {
+        let frames = Frames::default();
+        let (alice, bob) = (
+            frames.of(&channel("orders.alice")),
+            frames.of(&channel("orders.bob")),
+        );
+        assert!(!Arc::ptr_eq(&alice, &bob));
+        let a = serde_json::json!({"for": "alice", "n": [1, -2, 2.5, null, true, {}]});
+        let b = serde_json::json!({"for": "bob"});
+        for enc in Encoding::ALL {
+            // The same position on both channels: each gets its own bytes.
+            let ev = decoded(
+                enc,
+                alice.frame(enc, &published("orders.alice", 1, &a)).unwrap(),
+            );
+            assert_eq!((ev.topic.as_str(), &ev.data), ("orders.alice", &a));
+            let ev = decoded(
+                enc,
+                bob.frame(enc, &published("orders.bob", 1, &b)).unwrap(),
+            );
+            assert_eq!((ev.topic.as_str(), &ev.data), ("orders.bob", &b));
+        }
+    }
+
+    #[test]
+    fn a_channel_payload_nested_beyond_the_protocol_is_skipped() {
+        let frames = Frames::default().of(&channel("deep"));
+        let nested =
+            |levels: usize| (0..levels).fold(serde_json::json!(1), |v, _| serde_json::json!([v]));
+        let deepest = nested(mobile_proto::MAX_DEPTH - 1);
+        for enc in Encoding::ALL {
+            let ev = decoded(
+                enc,
+                frames.frame(enc, &published("deep", 1, &deepest)).unwrap(),
+            );
+            assert_eq!(ev.data, deepest);
+            assert!(
+                frames
+                    .frame(enc, &published("deep", 2, &nested(mobile_proto::MAX_DEPTH)))
+                    .is_none()
+            );
+            let mut e = published("deep", 3, &deepest);
+            e.payload = bytes::Bytes::from_static(b"{\"unterminated\": ");
+            assert!(frames.frame(enc, &e).is_none());
+        }
     }
 
     #[test]

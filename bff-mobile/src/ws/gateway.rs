@@ -1,4 +1,4 @@
-//! What every socket of the gateway shares: the hub, the operations, the token verifier, the
+//! What every socket of the gateway shares: the hub, the channel catalog, the operations, the token verifier, the
 //! configuration, the drain, the rate limiter, the sockets per user and the encoded-once event
 //! frames ([`Frames`]). Built once by the gateway's `app`, read by every socket; it holds no
 //! per-socket state and runs nothing itself.
@@ -18,6 +18,8 @@ use crate::auth::Authenticator;
 /// What the gateway's sockets share.
 pub(crate) struct GatewayParts {
     pub(crate) hub: Hub,
+    /// The channel catalog: the channels a `sub` may name beside the demo's topics.
+    pub(crate) catalog: Arc<switchyard_core::channels::Catalog>,
     pub(crate) ops: operations::Operations,
     pub(crate) verifier: Authenticator,
     /// Which browser pages may open a socket.

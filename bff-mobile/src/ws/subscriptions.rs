@@ -16,6 +16,7 @@ use switchyard_core::event::{Position, Topic, TopicClass};
 use switchyard_core::hub::{Hub, Item, Subscriber};
 use tokio_stream::StreamMap;
 
+use super::channels::Access;
 use super::events::TopicFrames;
 
 /// Longest wait for the bus when a subscription starts (its head, and the hub joining it).
@@ -29,6 +30,9 @@ pub(super) struct Sub {
     /// The frames of its route (its client topic, hub topic and payload type).
     pub(super) frames: Arc<TopicFrames>,
     pub(super) class: TopicClass,
+    /// A catalog channel's access, judged again on re-authentication; `None` for the demo's
+    /// topics (their access depends on the user alone, who never changes on a socket).
+    pub(super) access: Option<Access>,
 }
 
 impl Sub {
@@ -133,8 +137,28 @@ impl Subscriptions {
         Some(self.subs.swap_remove(index).1)
     }
 
+    /// Ends every subscription whose access `keep` refuses; returns their client topics.
+    pub(super) fn retain_access(&mut self, keep: impl Fn(&Access) -> bool) -> Vec<String> {
+        let mut ended = Vec::new();
+        let streams = &mut self.streams;
+        self.subs.retain(|(id, sub)| {
+            let kept = sub.access.as_ref().is_none_or(&keep);
+            if !kept {
+                streams.remove(id);
+                ended.push(sub.name().to_owned());
+            }
+            kept
+        });
+        ended
+    }
+
     /// Adds a started subscription, its items read through `frames`.
-    pub(super) fn add(&mut self, frames: Arc<TopicFrames>, started: Started) {
+    pub(super) fn add(
+        &mut self,
+        frames: Arc<TopicFrames>,
+        access: Option<Access>,
+        started: Started,
+    ) {
         let stream = futures::stream::unfold(Some(started.subscriber), |s| async move {
             let mut s = s?;
             match s.next().await {
@@ -152,6 +176,7 @@ impl Subscriptions {
             Sub {
                 frames,
                 class: started.class,
+                access,
             },
         ));
     }

@@ -3,6 +3,8 @@
 //! the demo's client topics: `conversions` (the user's own catalog channel `conversions.{user}`,
 //! conversion events) and `rates:{BASE/QUOTE}` (channel `rates.{BASE}-{QUOTE}`, rates fed by the
 //! exchange bridge). Their hub topics come from `operations`, which defines the demo catalog.
+//! Every other client topic is a catalog channel ([`super::channels`]), whose routes carry
+//! [`Payload::Json`].
 //!
 //! A route is decided once, when a subscription starts; events are then read by its
 //! [`Payload`] without looking at names again. This module neither reads payloads
@@ -12,13 +14,16 @@ use demo_api::UserId;
 use mobile_proto::topic;
 use switchyard_core::event::Topic;
 
-/// The demo type the hub payloads of a topic hold (JSON of `demo_api` types).
+/// What the hub payloads of a topic hold: JSON of a `demo_api` type, or (a catalog channel)
+/// any JSON, delivered as published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Payload {
     /// `demo_api::ConversionEvent`.
     Conversion,
     /// `demo_api::Rate`.
     Rate,
+    /// Any JSON value, as a publisher sent it (a catalog channel).
+    Json,
 }
 
 /// Where a client topic leads.

@@ -72,6 +72,12 @@ pub fn rate() -> Rate {
     }
 }
 
+/// The example catalog channel event's data: JSON as a backend published it on channel
+/// `announcements`, delivered as is.
+pub fn channel_data() -> Value {
+    sorted(json!({"level": "info", "text": "Maintenance tonight at 22:00 UTC"}))
+}
+
 /// Every example, in the document's order.
 pub fn all() -> Vec<Example> {
     use Message::{Client, Server};
@@ -146,6 +152,15 @@ pub fn all() -> Vec<Example> {
                 epoch: EPOCH,
                 offset: 42,
                 data: value(&conversion()),
+            })),
+        ),
+        ex(
+            "event-channel",
+            Server(ServerMsg::Event(Event {
+                topic: "announcements".into(),
+                epoch: EPOCH,
+                offset: 7,
+                data: channel_data(),
             })),
         ),
         ex(

@@ -93,6 +93,7 @@ fn example_payloads_read_as_their_shapes() {
         event("event-conversion").data_as::<Conversion>().unwrap(),
         examples::conversion()
     );
+    assert_eq!(event("event-channel").data, examples::channel_data());
     let quote: Quote = result("result-quote").data_as().unwrap();
     assert_eq!(quote.converted, "1084.20");
     let dashboard: Dashboard = result("result-dashboard").data_as().unwrap();

@@ -45,6 +45,20 @@ pub fn hs256_token(secret: &str, user: &str, ttl_s: i64) -> String {
     )
 }
 
+/// An HS256 token for `user` signed with `secret`, valid for an hour, carrying the extra claims
+/// of `extra` (a JSON map: `{"roles": ["ops"]}`) beside `sub`, `iat` and `exp`, for the channel
+/// catalog's claim rules.
+pub fn hs256_token_with_claims(secret: &str, user: &str, extra: &Value) -> String {
+    let now = now_s();
+    let mut claims = json!({"sub": user, "iat": now, "exp": now + 3600});
+    if let (Some(all), Some(more)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in more {
+            all.insert(k.clone(), v.clone());
+        }
+    }
+    hs256(secret.as_bytes(), &claims)
+}
+
 /// A good RS256 token for `user`, signed with [`RS256_PRIVATE_PEM`].
 pub fn good_rs256(user: &str) -> String {
     jsonwebtoken::encode(
