@@ -24,15 +24,12 @@
 //! time (utime + stime from `/proc/<pid>/stat`) per publish. One unmeasured warm-up round first;
 //! medians of `--runs` rounds.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use anyhow::{Context, bail};
 
-use crate::publish_serve::{CHANNEL, LOAD_CHANNEL, now_us, payload};
+use crate::publish_serve::{CHANNEL, LOAD_CHANNEL, Server, clock_ticks, now_us, own_cpus, payload};
 use crate::publish_subs::Subscribers;
 use crate::stats::median;
 
@@ -119,7 +116,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .build()?;
-    let bench = Bench {
+    let mut bench = Bench {
         args: &args,
         http,
         publish_url: server.publish_url.clone(),
@@ -146,7 +143,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         },
         own_cpus()
     );
-    let mut bench = bench;
     let warmup = (args.events / 4).max(1);
     for mode in [Mode::InProcess, Mode::Http] {
         let r = bench
@@ -210,12 +206,13 @@ impl Bench<'_> {
             }
             Mode::Http => self.paced(run, events).await,
         };
-        let cpu = (server.cpu_ticks()? - cpu) / self.clk_tck * 1e6 / events as f64;
         match answers {
             Err(e) => println!("  {} latency run INVALID: {e:#}", mode.name()),
             Ok(mut answers) => match subscribers.finish(&phase, DRAIN_TIMEOUT).await {
                 Err(why) => println!("  {} latency run INVALID: {why}", mode.name()),
                 Ok(samples) => {
+                    // Until every delivery is made: the fan-out is the server's too.
+                    let cpu = (server.cpu_ticks()? - cpu) / self.clk_tck * 1e6 / events as f64;
                     r.p50_us = Some(percentile(&samples, 0.5));
                     r.p99_us = Some(percentile(&samples, 0.99));
                     r.paced_cpu_us = Some(cpu);
@@ -260,7 +257,14 @@ impl Bench<'_> {
             let at = start + Duration::from_secs_f64(k as f64 / self.args.rate as f64);
             tokio::time::sleep_until(at).await;
             let sent = Instant::now();
-            post(&self.http, url, &self.key, CHANNEL, &payload(run, k, now_us())).await?;
+            post(
+                &self.http,
+                url,
+                &self.key,
+                CHANNEL,
+                &payload(run, k, now_us()),
+            )
+            .await?;
             answers.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
         }
         Ok(answers)
@@ -291,7 +295,6 @@ impl Bench<'_> {
         }
         Ok(total)
     }
-
 }
 
 /// POSTs one event (`data`, JSON) to the publish API and checks the answer.
@@ -322,137 +325,6 @@ async fn post(
         bail!("unexpected answer: {text}");
     }
     Ok(())
-}
-
-/// The server child and its command channel.
-struct Server {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    pid: u32,
-    mobile_url: String,
-    publish_url: String,
-}
-
-impl Server {
-    /// Spawns `serve-publish` (under `taskset -c cpus` unless `cpus` is empty) and reads its
-    /// `ready` line.
-    async fn spawn(cpus: &str) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe()?;
-        let mut command = if cpus.is_empty() {
-            Command::new(exe)
-        } else {
-            let mut c = Command::new("taskset");
-            c.args(["-c", cpus]).arg(exe);
-            c
-        };
-        let mut child = command
-            .arg("serve-publish")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning the server (serve-publish)")?;
-        let pid = child.id().ok_or_else(|| anyhow!("the server exited at once"))?;
-        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin pipe"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout pipe"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .map_err(|_| anyhow!("the server was not ready within 60 s"))??
-            .ok_or_else(|| anyhow!("the server exited before it was ready"))?;
-        let mut words = line.split_whitespace();
-        let (Some("ready"), Some(mobile), Some(publish), None) =
-            (words.next(), words.next(), words.next(), words.next())
-        else {
-            bail!("unexpected line from the server: {line}");
-        };
-        Ok(Self {
-            pid,
-            mobile_url: mobile.to_owned(),
-            publish_url: publish.to_owned(),
-            child,
-            stdin,
-            lines,
-        })
-    }
-
-    /// Sends one command and returns the rest of its `ok` line.
-    async fn command(&mut self, line: &str) -> anyhow::Result<String> {
-        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
-        self.stdin.flush().await?;
-        let answer = tokio::time::timeout(Duration::from_secs(600), self.lines.next_line())
-            .await
-            .map_err(|_| anyhow!("no answer to `{line}` within 600 s"))??
-            .ok_or_else(|| anyhow!("the server exited during `{line}`"))?;
-        if let Some(err) = answer.strip_prefix("err ") {
-            bail!("the server failed `{line}`: {err}");
-        }
-        match answer.strip_prefix("ok") {
-            Some(rest) => Ok(rest.trim().to_owned()),
-            None => bail!("unexpected answer to `{line}`: {answer}"),
-        }
-    }
-
-    /// The server's CPU time so far (user + system), in clock ticks.
-    fn cpu_ticks(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .with_context(|| format!("reading /proc/{}/stat", self.pid))?;
-        // Fields after the command name (which may hold spaces): state is field 3, utime 14,
-        // stime 15.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .ok_or_else(|| anyhow!("unexpected /proc/{}/stat: {stat}", self.pid))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let tick = |i: usize| -> anyhow::Result<f64> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .map(|t| t as f64)
-                .ok_or_else(|| anyhow!("unexpected /proc/{}/stat: {stat}", self.pid))
-        };
-        Ok(tick(11)? + tick(12)?)
-    }
-
-    /// Closes the child's standard input (it stops) and waits for it, killing it after 10 s.
-    async fn stop(mut self) {
-        drop(self.stdin);
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            eprintln!("warning: the server did not exit within 10 s; killing it");
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-/// The kernel's clock ticks per second (`getconf CLK_TCK`), the unit of `/proc/<pid>/stat`.
-fn clock_ticks() -> anyhow::Result<f64> {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .context("running `getconf CLK_TCK`")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|t| *t > 0.0)
-        .ok_or_else(|| anyhow!("`getconf CLK_TCK` printed {text:?}"))
-}
-
-/// The CPUs this process may run on (`Cpus_allowed_list` of /proc/self/status).
-fn own_cpus() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// The `p` quantile of sorted µs samples, as f64.
@@ -507,12 +379,17 @@ fn summary(args: &Args, rounds: &[[Round; 2]]) {
         "mode", "p50 ms", "p99 ms", "answer p50", "CPU µs paced"
     );
     for p in &args.publishers {
-        header += &format!(" {:>12} {:>11}", format!("pub/s @{p}"), format!("CPU µs @{p}"));
+        header += &format!(
+            " {:>12} {:>11}",
+            format!("pub/s @{p}"),
+            format!("CPU µs @{p}")
+        );
     }
     println!("medians of {} rounds:", rounds.len());
     println!("{header}");
     for mode in [Mode::InProcess, Mode::Http] {
-        let of = |f: &dyn Fn(&Round) -> Option<f64>| med(rounds.iter().map(|r| f(&r[mode as usize])));
+        let of =
+            |f: &dyn Fn(&Round) -> Option<f64>| med(rounds.iter().map(|r| f(&r[mode as usize])));
         let mut line = format!(
             "{:<11} {:>9} {:>9} {:>11} {:>13}",
             mode.name(),
@@ -532,9 +409,9 @@ fn summary(args: &Args, rounds: &[[Round; 2]]) {
         println!("{line}");
     }
     let p50 = |m: Mode| med(rounds.iter().map(|r| r[m as usize].p50_us));
-    let paired = med(rounds.iter().map(|r| {
-        Some(r[Mode::Http as usize].p50_us? - r[Mode::InProcess as usize].p50_us?)
-    }));
+    let paired = med(rounds
+        .iter()
+        .map(|r| Some(r[Mode::Http as usize].p50_us? - r[Mode::InProcess as usize].p50_us?)));
     match (p50(Mode::Http), p50(Mode::InProcess)) {
         (Some(h), Some(i)) => println!(
             "http − in-process at p50: {:.3} ms (median of per-round differences {}); target ≤ \

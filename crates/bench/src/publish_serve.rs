@@ -14,8 +14,10 @@
 //!   nobody subscribes to) as fast as they can for `millis` ms, each yielding to the runtime after
 //!   every publish as a request handler would; answers `ok <publishes>`.
 //!
-//! It stops when its standard input closes, so it never outlives the bench.
+//! It stops when its standard input closes, so it never outlives the bench. [`Server`] is the
+//! bench's end: it spawns the child, sends the commands and reads the child's CPU time.
 
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
@@ -23,7 +25,8 @@ use bytes::Bytes;
 use switchyard_core::bus::Bus;
 use switchyard_core::channels::{Catalog, ChannelConfig, ChannelsConfig, SubscribeRule};
 use switchyard_core::event::{Topic, TopicClass};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::client::Protocol;
 
@@ -130,8 +133,11 @@ async fn command(
 ) -> anyhow::Result<String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let number = |i: usize| -> anyhow::Result<u64> {
-        let word = words.get(i).ok_or_else(|| anyhow!("missing argument {i}"))?;
-        word.parse().with_context(|| format!("argument {i}: {word}"))
+        let word = words
+            .get(i)
+            .ok_or_else(|| anyhow!("missing argument {i}"))?;
+        word.parse()
+            .with_context(|| format!("argument {i}: {word}"))
     };
     match words.first().copied() {
         Some("paced") => {
@@ -198,4 +204,140 @@ async fn burst(
         total += task.await.context("a publisher task panicked")??;
     }
     Ok(total)
+}
+
+/// The bench's handle on the server child and its command channel.
+pub(crate) struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    pub(crate) pid: u32,
+    pub(crate) mobile_url: String,
+    pub(crate) publish_url: String,
+}
+
+impl Server {
+    /// Spawns `serve-publish` (under `taskset -c cpus` unless `cpus` is empty) and reads its
+    /// `ready` line.
+    pub(crate) async fn spawn(cpus: &str) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut command = if cpus.is_empty() {
+            Command::new(exe)
+        } else {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(exe);
+            c
+        };
+        let mut child = command
+            .arg("serve-publish")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning the server (serve-publish)")?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("the server exited at once"))?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin pipe"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no stdout pipe"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .map_err(|_| anyhow!("the server was not ready within 60 s"))??
+            .ok_or_else(|| anyhow!("the server exited before it was ready"))?;
+        let mut words = line.split_whitespace();
+        let (Some("ready"), Some(mobile), Some(publish), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            bail!("unexpected line from the server: {line}");
+        };
+        Ok(Self {
+            pid,
+            mobile_url: mobile.to_owned(),
+            publish_url: publish.to_owned(),
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    /// Sends one command and returns the rest of its `ok` line.
+    pub(crate) async fn command(&mut self, line: &str) -> anyhow::Result<String> {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        let answer = tokio::time::timeout(Duration::from_secs(600), self.lines.next_line())
+            .await
+            .map_err(|_| anyhow!("no answer to `{line}` within 600 s"))??
+            .ok_or_else(|| anyhow!("the server exited during `{line}`"))?;
+        if let Some(err) = answer.strip_prefix("err ") {
+            bail!("the server failed `{line}`: {err}");
+        }
+        match answer.strip_prefix("ok") {
+            Some(rest) => Ok(rest.trim().to_owned()),
+            None => bail!("unexpected answer to `{line}`: {answer}"),
+        }
+    }
+
+    /// The server's CPU time so far (user + system), in clock ticks.
+    pub(crate) fn cpu_ticks(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .with_context(|| format!("reading /proc/{}/stat", self.pid))?;
+        // Fields after the command name (which may hold spaces): state is field 3, utime 14,
+        // stime 15.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| anyhow!("unexpected /proc/{}/stat: {stat}", self.pid))?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| -> anyhow::Result<f64> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .map(|t| t as f64)
+                .ok_or_else(|| anyhow!("unexpected /proc/{}/stat: {stat}", self.pid))
+        };
+        Ok(tick(11)? + tick(12)?)
+    }
+
+    /// Closes the child's standard input (it stops) and waits for it, killing it after 10 s.
+    pub(crate) async fn stop(mut self) {
+        drop(self.stdin);
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("warning: the server did not exit within 10 s; killing it");
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`), the unit of `/proc/<pid>/stat`.
+pub(crate) fn clock_ticks() -> anyhow::Result<f64> {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("running `getconf CLK_TCK`")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|t| *t > 0.0)
+        .ok_or_else(|| anyhow!("`getconf CLK_TCK` printed {text:?}"))
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list` of /proc/self/status).
+pub(crate) fn own_cpus() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".to_owned())
 }
