@@ -78,6 +78,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// The channel catalog: the channels clients may subscribe to and publishers publish on.
     pub channels: switchyard_core::channels::ChannelsConfig,
+    /// The publish API for backends, on a listener of its own (none by default).
+    pub publish: switchyard_server::publish::PublishConfig,
 }
 
 impl Default for Config {
@@ -95,6 +97,7 @@ impl Default for Config {
             devices: BTreeMap::new(),
             rate_limits: RateLimitConfig::default(),
             channels: switchyard_core::channels::ChannelsConfig::default(),
+            publish: switchyard_server::publish::PublishConfig::default(),
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// The channel catalog: the channels clients may subscribe to and publishers publish on.
     pub channels: switchyard_core::channels::ChannelsConfig,
+    /// The publish API for backends, on a listener of its own (none by default).
+    pub publish: switchyard_server::publish::PublishConfig,
 }
 
 /// Limits and timers of the `/v1/ws` socket (announced to clients in `welcome` where the
@@ -130,6 +132,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             rate_limits: RateLimitConfig::default(),
             channels: switchyard_core::channels::ChannelsConfig::default(),
+            publish: switchyard_server::publish::PublishConfig::default(),
         }
     }
 }
