@@ -82,6 +82,8 @@ pub struct Config {
     /// The channel catalog: the channels clients may subscribe to and publishers publish on
     /// (the demo catalog, `operations::channels::demo`, by default).
     pub channels: switchyard_core::channels::ChannelsConfig,
+    /// The publish API for backends, on a listener of its own (none by default).
+    pub publish: switchyard_server::publish::PublishConfig,
 }
 
 impl Default for Config {
@@ -100,6 +102,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             rate_limits: RateLimitConfig::default(),
             channels: operations::channels::demo(),
+            publish: switchyard_server::publish::PublishConfig::default(),
         }
     }
 }

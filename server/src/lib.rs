@@ -7,6 +7,7 @@
 //! - Serving: [`server`] (the bounded accept loop, the drain, signals, `/healthz` and `/readyz`,
 //!   body limits), [`websocket`] (closing sockets per RFC 6455), [`ratelimit`] (the core's rate
 //!   limits as axum middleware).
+//! - [`publish`]: the publish API for backends (`POST /v1/publish`), on an internal listener.
 //! - [`errors`]: the shared HTTP error contract, the JSON error body of bff-mobile, bff-device
 //!   and the demo services.
 //! - [`runtime`]: the one gateway runtime — upstreams, the hub with its leased feeds, the
@@ -17,6 +18,7 @@
 pub mod cli;
 pub mod config;
 pub mod errors;
+pub mod publish;
 pub mod ratelimit;
 pub mod runtime;
 pub mod server;

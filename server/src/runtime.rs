@@ -6,7 +6,8 @@
 //! upstream — and the rate limiter. [`Runtime::router`] puts `/healthz` and `/readyz` beside the
 //! gateway's routes and wraps them in the per-request rate limits and the common layers;
 //! [`Runtime::serve`] serves them with the bounded drain, waiting for the upgraded sockets the
-//! gateway tracked in [`Runtime::sockets`].
+//! gateway tracked in [`Runtime::sockets`], and the publish API (`crate::publish`) on its own
+//! listener when `[publish].listen` is set.
 //!
 //! What feeds the hub is not decided here: the gateway hands over a [`Feeds`] function that reads
 //! its `[bridges]` (the demo's is `operations::sources::feeds`). Routes, wire formats and each
@@ -31,6 +32,7 @@ use tower_http::cors::CorsLayer;
 
 use crate::cli::{ServerBinary, WithBus};
 use crate::config::ServerConfig;
+use crate::publish::{PublishApi, PublishConfig};
 use crate::ratelimit::{Refuse, UserOf};
 use crate::server::{self, CancellationToken, Readiness};
 
@@ -46,6 +48,8 @@ pub trait GatewayConfig: ServerBinary + WithBus {
     fn rate_limits(&self) -> &RateLimitConfig;
     /// `[channels]`: the channel catalog (checked when the configuration was read).
     fn channels(&self) -> &ChannelsConfig;
+    /// `[publish]`: the publish API for backends, on a listener of its own when `listen` is set.
+    fn publish(&self) -> &PublishConfig;
 }
 
 /// One source of events for the hub: a feeder for the topics under `prefix`, run behind the
@@ -82,6 +86,7 @@ pub struct Runtime {
     /// Cancelled when the gateway is asked to stop.
     pub shutdown: CancellationToken,
     server: ServerConfig,
+    publish: PublishConfig,
 }
 
 impl Runtime {
@@ -123,6 +128,7 @@ impl Runtime {
             sockets: TaskTracker::new(),
             shutdown,
             server: config.server().clone(),
+            publish: config.publish().clone(),
         })
     }
 
@@ -147,23 +153,60 @@ impl Runtime {
     }
 
     /// Serves `router` on `listener` until shutdown, then drains HTTP connections and the
-    /// upgraded sockets in [`Self::sockets`] within one drain timeout.
+    /// upgraded sockets in [`Self::sockets`] within one drain timeout; with `publish.listen`
+    /// set, serves the publish API there too ([`Self::bind_publish`], then
+    /// [`Self::serve_with_publish`]).
     pub async fn serve(&self, listener: TcpListener, router: Router) -> anyhow::Result<()> {
-        server::serve_with_sockets(
+        let publish = self.bind_publish().await?;
+        self.serve_with_publish(listener, router, publish).await
+    }
+
+    /// Binds the publish API's listener of `publish.listen` (logged as `publish_addr`), or
+    /// `None` when it is empty. A failure names the key: the gateway does not start.
+    pub async fn bind_publish(&self) -> anyhow::Result<Option<TcpListener>> {
+        crate::publish::bind(&self.publish).await
+    }
+
+    /// The publish API on this gateway's catalog and bus, with its `[publish]` keys and limits.
+    pub fn publish_api(&self) -> PublishApi {
+        PublishApi::new(&self.publish, self.catalog.clone(), self.bus.clone())
+    }
+
+    /// [`Self::serve`] with the publish API's listener already bound (or none): both stop
+    /// accepting when the gateway is asked to stop, and drain within the same timeout.
+    pub async fn serve_with_publish(
+        &self,
+        listener: TcpListener,
+        router: Router,
+        publish: Option<TcpListener>,
+    ) -> anyhow::Result<()> {
+        let main = server::serve_with_sockets(
             listener,
             router,
             self.shutdown.clone(),
             &self.server,
             self.sockets.clone(),
-        )
-        .await?;
+        );
+        let publish = async {
+            match publish {
+                Some(listener) => {
+                    self.publish_api()
+                        .serve(listener, self.shutdown.clone(), &self.server)
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        let (main, publish) = tokio::join!(main, publish);
+        main?;
+        publish.map_err(|e| anyhow::anyhow!("the publish API: {e}"))?;
         Ok(())
     }
 }
 
 /// Implements [`ServerBinary`], [`WithBus`] and [`GatewayConfig`] for a gateway's config struct,
 /// whose shared sections are the fields `server`, `log`, `bus`, `hub`, `backends`, `bridges`,
-/// `rate_limits` and `channels`:
+/// `rate_limits`, `channels` and `publish`:
 ///
 /// ```text
 /// switchyard_server::gateway_config!(Config, "bff-web", "Switchyard gateway for browsers", ENV_PREFIX);
@@ -197,6 +240,9 @@ macro_rules! gateway_config {
             }
             fn channels(&self) -> &$crate::__core::channels::ChannelsConfig {
                 &self.channels
+            }
+            fn publish(&self) -> &$crate::publish::PublishConfig {
+                &self.publish
             }
         }
     };

@@ -8,7 +8,8 @@
 //! - Channels: [`channels`] (the configured catalog of client channels: strict names, access
 //!   rules, the bus topic of each; read by every gateway's runtime and the hub).
 //! - Plumbing: [`backoff`] (the one retry policy; each subsystem owns its configuration section's
-//!   type, such as `bus::BusConfig`), [`auth`] (bearer tokens), [`ratelimit`] (GCRA limits,
+//!   type, such as `bus::BusConfig`), [`auth`] (bearer tokens), [`keyhash`] (keys kept as
+//!   SHA-256, compared in constant time), [`ratelimit`] (GCRA limits,
 //!   counted on the broker), [`slots`] (connection and socket caps), [`origin`] (who may open a
 //!   socket), [`tls`], [`leased`] and [`records`].
 //!
@@ -25,6 +26,7 @@ pub mod channels;
 pub mod compose;
 pub mod event;
 pub mod hub;
+pub mod keyhash;
 pub mod leased;
 pub mod origin;
 pub mod ratelimit;

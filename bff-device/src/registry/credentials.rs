@@ -1,6 +1,6 @@
 //! Credentials: how a device key is bounded, hashed (SHA-256, the only form ever kept) and
-//! compared (in constant time), new keys, and the store of issued devices on the shared records
-//! of the bus ([`Store`]).
+//! compared (in constant time), both with the core's `keyhash`; new keys; and the store of
+//! issued devices on the shared records of the bus ([`Store`]).
 //!
 //! Two records per issued device: `d:{id}` (the key's SHA-256, rates and settings, JSON) and
 //! `k:{sha256 hex}` (the id), each written once (create-if-absent). This module keeps no cache
@@ -12,11 +12,14 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use switchyard_core::bus::BusError;
+use switchyard_core::keyhash::{from_hex as unhex, to_hex as hex};
 use switchyard_core::records::Records;
 
 use super::DeviceId;
+
+/// A credential's SHA-256, and two compared in constant time.
+pub(super) use switchyard_core::keyhash::{ct_eq, sha256 as hash};
 
 /// The header a device sends its credential in.
 pub const KEY_HEADER: &str = "x-device-key";
@@ -27,39 +30,9 @@ pub(super) const MAX_KEY_BYTES: usize = 256;
 /// Shortest credential accepted from configuration, in bytes.
 pub const MIN_KEY_BYTES: usize = 16;
 
-/// The SHA-256 of a credential.
-pub(super) fn hash(key: &[u8]) -> [u8; 32] {
-    Sha256::digest(key).into()
-}
-
-/// Whether two hashes are equal, in time independent of where they differ.
-pub(super) fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 /// A new random credential (32 random bytes, base64url: 43 characters).
 pub(super) fn new_key() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// An issued device as the shared records keep it.

@@ -5,7 +5,9 @@
 //! every gateway's (and conversions') `limits`, `exchange` and `conversions` backends, and the
 //! `exchange` tick bridge, are pointed at the services it started (so port 0 works everywhere),
 //! and all components share one broker (one bus; the gateways' leases).
-//! Each component's own `bus`, `log` and `channels` sections are not used here; the stack's are.
+//! Each component's own `bus`, `log`, `channels` and `publish` sections are not used here; the
+//! stack's are: one publish API for the whole stack (`publish`, on 127.0.0.1:8090 with the demo
+//! publisher's key), on its bus and catalog.
 //! Tests use [`Stack`] directly; the `switchyard` binary wraps it with signals and printing.
 
 use std::collections::HashMap;
@@ -15,9 +17,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use switchyard_core::bus::BusConfig;
 use switchyard_core::bus::{Broker, Bus};
-use switchyard_core::channels::ChannelsConfig;
+use switchyard_core::channels::{Catalog, ChannelsConfig};
+use switchyard_core::keyhash;
 use switchyard_core::upstream::BackendConfig;
-use switchyard_server::config::LogConfig;
+use switchyard_server::config::{LogConfig, ServerConfig};
+use switchyard_server::publish::{PublishApi, PublishConfig, PublisherKey};
 use switchyard_server::server::CancellationToken;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -47,6 +51,13 @@ pub const DEMO_DEVICE_KEY: &str = "demo-tv-key-change-me";
 /// The bearer token of bff-device's admin API in the one-process stack.
 pub const DEMO_ADMIN_TOKEN: &str = "switchyard-demo-admin-token-change-me";
 
+/// The publisher the one-process stack's publish API knows ([`DEMO_PUBLISHER_KEY`] is its key).
+pub const DEMO_PUBLISHER: &str = "demo";
+
+/// The API key of [`DEMO_PUBLISHER`] (sent as `Authorization: Bearer`); the configuration
+/// holds only its SHA-256. A demo convenience only, like [`DEMO_SECRET`].
+pub const DEMO_PUBLISHER_KEY: &str = "switchyard-demo-publisher-key-change-me";
+
 /// The whole stack's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -59,6 +70,9 @@ pub struct Config {
     /// `operations::channels::demo`, by default; the gateways' own `channels`
     /// sections are not used here).
     pub channels: ChannelsConfig,
+    /// The one publish API of the stack, on its bus and catalog (the gateways' own `publish`
+    /// sections are not used here); `listen` empty serves none.
+    pub publish: PublishConfig,
     /// The limits service.
     pub limits: demo_services::limits::Config,
     /// The exchange service.
@@ -95,6 +109,14 @@ impl Default for Config {
             log: LogConfig::default(),
             bus: BusConfig::default(),
             channels: operations::channels::demo(),
+            publish: PublishConfig {
+                listen: "127.0.0.1:8090".to_owned(),
+                keys: vec![PublisherKey {
+                    publisher: DEMO_PUBLISHER.to_owned(),
+                    sha256: keyhash::to_hex(&keyhash::sha256(DEMO_PUBLISHER_KEY.as_bytes())),
+                }],
+                ..PublishConfig::default()
+            },
             limits: Default::default(),
             exchange: Default::default(),
             conversions: Default::default(),
@@ -116,6 +138,7 @@ impl Config {
         c.web.server.listen = any;
         c.mobile.server.listen = any;
         c.device.server.listen = any;
+        c.publish.listen = any.to_string();
         c
     }
 
@@ -182,6 +205,7 @@ impl Stack {
             log: _,
             bus: bus_config,
             channels,
+            publish,
             limits,
             exchange,
             conversions,
@@ -190,9 +214,14 @@ impl Stack {
             mut device,
         } = config;
         let broker = Broker::connect(&bus_config);
+        let catalog = Arc::new(Catalog::new(&channels)?);
         web.channels = channels.clone();
         mobile.channels = channels.clone();
         device.channels = channels;
+        // The stack serves one publish API itself; the gateways' own are not used.
+        web.publish = PublishConfig::default();
+        mobile.publish = PublishConfig::default();
+        device.publish = PublishConfig::default();
         let bus = broker.bus();
 
         let mut listeners = HashMap::new();
@@ -210,6 +239,10 @@ impl Stack {
                 .map_err(|e| anyhow::anyhow!("{name}: cannot listen on {addr}: {e}"))?;
             addrs.insert(name, listener.local_addr()?);
             listeners.insert(name, listener);
+        }
+        let publish_listener = switchyard_server::publish::bind(&publish).await?;
+        if let Some(listener) = &publish_listener {
+            addrs.insert("publish", listener.local_addr()?);
         }
 
         let service_url = |name: &str| format!("http://{}", addrs[name]);
@@ -278,6 +311,17 @@ impl Stack {
         let (l, t) = take("bff-device");
         let b = broker.clone();
         tasks.spawn(async move { ("bff-device", bff_device::run(device, b, l, t).await) });
+        if let Some(listener) = publish_listener {
+            // Its callers are the stack's backends: no cap per client address.
+            let server = ServerConfig::backend(listener.local_addr()?);
+            let api = PublishApi::new(&publish, catalog, bus.clone());
+            let token = root.child_token();
+            tokens.insert("publish", token.clone());
+            tasks.spawn(async move {
+                let served = api.serve(listener, token, &server).await;
+                ("publish", served.map_err(anyhow::Error::from))
+            });
+        }
 
         Ok(Self {
             addrs,
@@ -290,12 +334,18 @@ impl Stack {
     }
 
     /// The address a component listens on (`limits`, `exchange`, `conversions`, `bff-web`,
-    /// `bff-mobile`, `bff-device`).
+    /// `bff-mobile`, `bff-device`), or the stack's publish API (`publish`, when
+    /// `publish.listen` is set).
     pub fn addr(&self, component: &str) -> SocketAddr {
         self.addrs
             .get(component)
             .copied()
             .unwrap_or_else(|| panic!("no component named {component}; see COMPONENTS"))
+    }
+
+    /// The address of the stack's publish API, when it serves one (`publish.listen` set).
+    pub fn publish_addr(&self) -> Option<SocketAddr> {
+        self.addrs.get("publish").copied()
     }
 
     /// `http://{addr}` of a component.

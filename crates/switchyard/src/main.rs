@@ -64,6 +64,19 @@ async fn main() -> anyhow::Result<()> {
         .get(switchyard::DEMO_DEVICE)
         .map(|d| d.key.clone());
     let admin_token = config.device.admin.token.clone();
+    // The demo key is printed only while the configuration still holds its hash.
+    let demo_publisher_key = config
+        .publish
+        .keys
+        .iter()
+        .any(|k| {
+            k.publisher == switchyard::DEMO_PUBLISHER
+                && switchyard_core::keyhash::from_hex(&k.sha256)
+                    == Some(switchyard_core::keyhash::sha256(
+                        switchyard::DEMO_PUBLISHER_KEY.as_bytes(),
+                    ))
+        })
+        .then_some(switchyard::DEMO_PUBLISHER_KEY);
     let stack = Stack::start(config).await?;
     let url = |c: &str| stack.url(c);
     println!("switchyard is up (in-memory bus)");
@@ -89,6 +102,15 @@ async fn main() -> anyhow::Result<()> {
         stack.addr("exchange")
     );
     println!("  conversions  {}/v1/conversions", url("conversions"));
+    if let Some(addr) = stack.publish_addr() {
+        println!("  publish      http://{addr}/v1/publish");
+        if let Some(key) = demo_publisher_key {
+            println!(
+                "    publisher `{}`: Authorization: Bearer {key}",
+                switchyard::DEMO_PUBLISHER
+            );
+        }
+    }
     println!(
         "try: curl '{}/v1/quote?user=alice&from=EUR&to=USD&amount=100'",
         url("bff-mobile")

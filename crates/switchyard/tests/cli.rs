@@ -24,6 +24,7 @@ fn up() -> Command {
             "127.0.0.1:0",
         );
     }
+    cmd.env("SWITCHYARD__PUBLISH__LISTEN", "127.0.0.1:0");
     cmd.env("SWITCHYARD__LOG__FILTER", "warn");
     cmd
 }
@@ -202,7 +203,32 @@ async fn up_with_every_listen_overridden_keeps_the_demo_secret_device_and_admin_
         text.contains(&format!("Bearer {}", switchyard::DEMO_ADMIN_TOKEN)),
         "{text}"
     );
+    assert!(
+        text.contains(&format!(
+            "publisher `demo`: Authorization: Bearer {}",
+            switchyard::DEMO_PUBLISHER_KEY
+        )),
+        "{text}"
+    );
     let client = reqwest::Client::new();
+    // The publish API it printed knows the demo key (and refuses a channel of no catalog).
+    let publish = format!("{}/v1/publish", base_url(&lines, "publish"));
+    let refused = |key: &str| {
+        client
+            .post(&publish)
+            .bearer_auth(key)
+            .json(&serde_json::json!({"channel": "not-a-catalog-channel", "data": 1}))
+            .send()
+    };
+    let r = refused("not-the-key").await.expect("publish");
+    assert_eq!(r.status(), 401);
+    let r = refused(switchyard::DEMO_PUBLISHER_KEY)
+        .await
+        .expect("publish");
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.expect("JSON");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "not_in_catalog", "{body}");
     let quote = format!(
         "{}/v1/quote?user=alice&from=EUR&to=USD&amount=10",
         base_url(&lines, "bff-mobile")

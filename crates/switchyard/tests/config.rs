@@ -266,3 +266,27 @@ fn mobile_max_frame_bytes_is_still_read_as_max_message_bytes() {
     assert_eq!(stack.mobile.websocket.max_message_bytes, 999);
     assert_demo_defaults_kept(&stack);
 }
+
+#[test]
+fn the_publish_api_keeps_the_demo_key_when_its_address_moves_and_refuses_a_key_for_a_hash() {
+    let c = launcher(&env(&[("SWITCHYARD__PUBLISH__LISTEN", "127.0.0.1:0")]));
+    assert_eq!(c.publish.listen, "127.0.0.1:0");
+    assert_eq!(c.publish.keys.len(), 1);
+    assert_eq!(c.publish.keys[0].publisher, switchyard::DEMO_PUBLISHER);
+    let demo = switchyard_core::keyhash::sha256(switchyard::DEMO_PUBLISHER_KEY.as_bytes());
+    assert_eq!(
+        switchyard_core::keyhash::from_hex(&c.publish.keys[0].sha256),
+        Some(demo)
+    );
+    assert_eq!(Config::default().publish.listen, "127.0.0.1:8090");
+    // The key itself where its hash belongs is an error naming the key at fault.
+    let err = file(&format!(
+        "[publish]\nkeys = [{{ publisher = \"orders\", sha256 = \"{}\" }}]\n",
+        switchyard::DEMO_PUBLISHER_KEY
+    ))
+    .load::<Config>(ENV_PREFIX)
+    .expect_err("a key is not a hash")
+    .to_string();
+    assert!(err.contains("publish"), "{err}");
+    assert!(err.contains("keys[0].sha256"), "{err}");
+}

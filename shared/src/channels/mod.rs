@@ -333,7 +333,9 @@ fn check_entry(entry: &ChannelConfig) -> Result<Entry, CatalogProblem> {
     })
 }
 
-fn is_publisher_name(name: &str) -> bool {
+/// Whether `name` is a valid publisher name: 1 to 64 of `A-Z a-z 0-9 - _ .` (the names of an
+/// entry's `publishers`, and of the publish API's keys).
+pub fn is_publisher_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_PUBLISHER_BYTES
         && name
