@@ -97,7 +97,10 @@ pub(crate) async fn run(_args: Args) -> anyhow::Result<()> {
     let (channel, load) = (topic(CHANNEL)?, topic(LOAD_CHANNEL)?);
     let stack = switchyard::Stack::start(config).await?;
     let mobile = crate::fanout::gateway_url(&stack, Protocol::Mobile);
-    let publish = format!("http://{}/v1/publish", stack.addr("publish"));
+    let publish = stack
+        .publish_addr()
+        .ok_or_else(|| anyhow!("the stack serves no publish API (publish.listen is empty)"))?;
+    let publish = format!("http://{publish}/v1/publish");
     reply(&format!("ready {mobile} {publish}"));
 
     let bus = stack.bus().clone();
