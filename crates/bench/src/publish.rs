@@ -281,7 +281,7 @@ impl Bench<'_> {
                 tokio::spawn(async move {
                     let mut n = 0u64;
                     while Instant::now() < end {
-                        let data = payload(run, p << 32 | n, now_us());
+                        let data = payload(run, (p << 32) | n, now_us());
                         post(&http, &url, &key, LOAD_CHANNEL, &data).await?;
                         n += 1;
                     }

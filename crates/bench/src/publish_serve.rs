@@ -193,7 +193,7 @@ async fn burst(
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while tokio::time::Instant::now() < end {
-                    let data = payload(run, p << 32 | n, now_us());
+                    let data = payload(run, (p << 32) | n, now_us());
                     bus.publish(&topic, Bytes::from(data)).await?;
                     n += 1;
                     tokio::task::yield_now().await;
