@@ -40,10 +40,11 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1_000)]
     clients: usize,
     /// Events per latency run, each delivered to every subscriber.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 300)]
     events: usize,
-    /// Publishes per second in the latency runs (one at a time: unsaturated).
-    #[arg(long, default_value_t = 200)]
+    /// Publishes per second in the latency runs (one at a time: unsaturated; 200/s saturates
+    /// one server core fanning out to 1,000 subscribers).
+    #[arg(long, default_value_t = 20)]
     rate: u64,
     /// Concurrent publishers of the throughput runs.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
