@@ -161,6 +161,16 @@ pub(crate) async fn subscribe(ws: &mut Ws, protocol: Protocol) -> anyhow::Result
     expect(ws, "pong").await
 }
 
+/// Subscribes a mobile-protocol socket to `topic` (any gateway topic or catalog channel) and
+/// waits for `subbed`.
+pub(crate) async fn subscribe_topic(ws: &mut Ws, topic: &str) -> anyhow::Result<()> {
+    let sub = mobile_proto::ClientMsg::Sub(mobile_proto::Sub {
+        topic: topic.to_owned(),
+        resume: None,
+    });
+    mobile_step(ws, sub, "subbed").await
+}
+
 async fn send(ws: &mut Ws, text: String) -> anyhow::Result<()> {
     tokio::time::timeout(STEP_TIMEOUT, ws.send(Message::Text(Utf8Bytes::from(text))))
         .await

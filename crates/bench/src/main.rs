@@ -9,12 +9,13 @@
 //! cargo run --release -p bench -- bus-latency
 //! cargo run --release -p bench -- device-hold
 //! cargo run --release -p bench -- device-soak
+//! taskset -c 1 target/release/switchyard-bench publish
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run, because the machine is
-//! shared and noisy: compare ratios, not absolute numbers. `serve-gateway`, `serve-baseline` and
-//! `serve-device` are hidden: the memory benchmarks run each server in a child process through
-//! them.
+//! shared and noisy: compare ratios, not absolute numbers. `serve-gateway`, `serve-baseline`,
+//! `serve-device` and `serve-publish` are hidden: the memory benchmarks and `publish` run each
+//! server in a child process through them.
 
 mod baseline;
 mod bus;
@@ -24,6 +25,9 @@ mod device;
 mod device_serve;
 mod fanout;
 mod memory;
+mod publish;
+mod publish_serve;
+mod publish_subs;
 mod serve;
 mod stats;
 
@@ -69,6 +73,13 @@ enum Bench {
     /// Device soak: 1,000 devices polling in a loop while every device gets 100 commands a
     /// second for a minute; every device must receive every command.
     DeviceSoak(device::SoakArgs),
+    /// The publish API (`POST /v1/publish`) against publishing in-process on the same stack:
+    /// publishes/s and server CPU per publish at 1 and 16 publishers, and publish→delivery
+    /// p50/p99 to 1,000 mobile subscribers at a paced rate (server in a child process, pinned).
+    Publish(publish::Args),
+    /// Runs the stack and the in-process publisher for `publish`.
+    #[command(hide = true)]
+    ServePublish(publish_serve::Args),
     /// Runs bff-device (or the minimal long-poll baseline) in this process for `device-hold`.
     #[command(hide = true)]
     ServeDevice(device_serve::Args),
@@ -85,7 +96,10 @@ async fn main() -> anyhow::Result<()> {
     let bench = Cli::parse().bench;
     let is_child = matches!(
         bench,
-        Bench::ServeGateway(_) | Bench::ServeBaseline(_) | Bench::ServeDevice(_)
+        Bench::ServeGateway(_)
+            | Bench::ServeBaseline(_)
+            | Bench::ServeDevice(_)
+            | Bench::ServePublish(_)
     );
     if cfg!(debug_assertions) && !is_child {
         eprintln!("warning: a debug build; run benchmarks with --release");
@@ -99,6 +113,8 @@ async fn main() -> anyhow::Result<()> {
         Bench::BusLatency(args) => bus::run(args).await,
         Bench::DeviceHold(args) => device::hold(args).await,
         Bench::DeviceSoak(args) => device::soak(args).await,
+        Bench::Publish(args) => publish::run(args).await,
+        Bench::ServePublish(args) => publish_serve::run(args).await,
         Bench::ServeDevice(args) => device_serve::run(args).await,
         Bench::ServeGateway(args) => serve::gateway(args).await,
         Bench::ServeBaseline(args) => serve::baseline(args).await,
