@@ -8,7 +8,7 @@
 //! core. The bench process holds 1,000 bff-mobile subscribers (CBOR) of `announcements`
 //! ([`crate::publish_subs`]) and the HTTP publishers.
 //!
-//! Each round runs both modes, alternating which goes first:
+//! Each round has one *latency* run, interleaving the two modes, and *throughput* runs of each:
 //!
 //! - **in-process**: the server child publishes on its own bus on the bench's command (what the
 //!   API does once a request is checked);
@@ -16,13 +16,17 @@
 //!   connections (one per concurrent publisher) and checks every answer (200, the channel, an
 //!   epoch and offset).
 //!
-//! For each mode: *latency*, `--events` events published one at a time at `--rate` per second
-//! (unsaturated), each carrying its publish time (µs, system clock, taken just before the bus
-//! publish or the POST), subtracted by every subscriber on receipt — p50/p99 over all deliveries;
-//! and *throughput*, `publishers` publishers (`--publishers 1,16`) publishing as fast as they can
-//! for `--burst-ms` on a catalog channel nobody subscribes to — publishes/s, and the server's CPU
-//! time (utime + stime from `/proc/<pid>/stat`) per publish. One unmeasured warm-up round first;
-//! medians of `--runs` rounds.
+//! *Latency*: `--events` events published one at a time at `--rate` per second (unsaturated),
+//! alternately in-process and through the API (which of the two publishes the even events swaps
+//! every round), each carrying its publish time (µs, system clock, taken just before the bus
+//! publish or the POST), subtracted by every subscriber on receipt — p50/p99 over all deliveries
+//! of each mode's events. Interleaving puts both modes under the same conditions: on a shared
+//! machine, the fan-out's speed drifts by 10–20 % between runs seconds apart, which moved
+//! separate runs' p50 by more than the difference measured. *Throughput*: `publishers`
+//! publishers (`--publishers 1,16`) publishing as fast as they can for `--burst-ms` on a catalog
+//! channel nobody subscribes to — publishes/s, and the server's CPU time (utime + stime from
+//! `/proc/<pid>/stat`) per publish. One unmeasured warm-up round first; medians of `--runs`
+//! rounds.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,8 +94,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 struct Round {
     p50_us: Option<f64>,
     p99_us: Option<f64>,
-    /// Server CPU µs per publish during the latency run (fan-out to every subscriber included).
-    paced_cpu_us: Option<f64>,
     /// The POST round trip's p50 (http only), µs.
     answer_p50_us: Option<f64>,
     /// Per entry of `--publishers`: publishes/s and server CPU µs per publish.
@@ -144,29 +146,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         },
         own_cpus()
     );
-    let warmup = (args.events / 4).max(1);
-    for mode in [Mode::InProcess, Mode::Http] {
-        let r = bench
-            .round(&mut server, &subscribers, mode, warmup, args.burst_ms / 4)
-            .await?;
-        println!("warm-up {:<10} {}", mode.name(), describe(&r, &args));
-    }
+    let warmup = (args.events / 4).max(2);
+    let r = bench
+        .round(&mut server, &subscribers, 0, warmup, args.burst_ms / 4)
+        .await?;
+    describe("warm-up", &r, &args);
     let mut rounds: Vec<[Round; 2]> = Vec::new();
     for round in 1..=args.runs {
-        let order = if round % 2 == 1 {
-            [Mode::InProcess, Mode::Http]
-        } else {
-            [Mode::Http, Mode::InProcess]
-        };
-        let mut results = [Round::default(), Round::default()];
-        for mode in order {
-            let r = bench
-                .round(&mut server, &subscribers, mode, args.events, args.burst_ms)
-                .await?;
-            println!("run {round} {:<10} {}", mode.name(), describe(&r, &args));
-            results[mode as usize] = r;
-        }
-        rounds.push(results);
+        let r = bench
+            .round(&mut server, &subscribers, round, args.events, args.burst_ms)
+            .await?;
+        describe(&format!("run {round}"), &r, &args);
+        rounds.push(r);
     }
     drop(subscribers);
     server.stop().await;
@@ -186,87 +177,118 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    /// One mode's latency run and throughput runs.
+    /// One round: an interleaved latency run, then each mode's throughput runs (in-process
+    /// first in odd rounds, http first in even ones). Indexed by [`Mode`].
     async fn round(
         &mut self,
         server: &mut Server,
         subscribers: &Subscribers,
-        mode: Mode,
+        round: usize,
         events: usize,
         burst_ms: u64,
-    ) -> anyhow::Result<Round> {
-        let mut r = Round::default();
+    ) -> anyhow::Result<[Round; 2]> {
+        let mut r = [Round::default(), Round::default()];
         self.next_run += 1;
         let run = self.next_run;
-        let phase = subscribers.begin(run, events);
-        let cpu = server.cpu_ticks()?;
-        let answers = match mode {
-            Mode::InProcess => {
-                let command = format!("paced {run} {events} {}", self.args.rate);
-                server.command(&command).await.map(|_| Vec::new())
-            }
-            Mode::Http => self.paced(run, events).await,
+        // Which mode publishes the even events: swapped every round.
+        let even = if round % 2 == 1 {
+            Mode::InProcess
+        } else {
+            Mode::Http
         };
-        match answers {
-            Err(e) => println!("  {} latency run INVALID: {e:#}", mode.name()),
+        let phase = subscribers.begin(run, events);
+        match self.interleaved(server, run, events, even).await {
+            Err(e) => println!("  latency run INVALID: {e:#}"),
             Ok(mut answers) => match subscribers.finish(&phase, DRAIN_TIMEOUT).await {
-                Err(why) => println!("  {} latency run INVALID: {why}", mode.name()),
-                Ok(samples) => {
-                    // Until every delivery is made: the fan-out is the server's too.
-                    let cpu = (server.cpu_ticks()? - cpu) / self.clk_tck * 1e6 / events as f64;
-                    r.p50_us = Some(percentile(&samples, 0.5));
-                    r.p99_us = Some(percentile(&samples, 0.99));
-                    r.paced_cpu_us = Some(cpu);
+                Err(why) => println!("  latency run INVALID: {why}"),
+                Ok([even_samples, odd_samples]) => {
+                    let (http, in_process) = match even {
+                        Mode::Http => (even_samples, odd_samples),
+                        Mode::InProcess => (odd_samples, even_samples),
+                    };
+                    for (mode, samples) in [(Mode::InProcess, in_process), (Mode::Http, http)] {
+                        r[mode as usize].p50_us = Some(percentile(&samples, 0.5));
+                        r[mode as usize].p99_us = Some(percentile(&samples, 0.99));
+                    }
                     answers.sort_unstable();
-                    r.answer_p50_us = (!answers.is_empty()).then(|| percentile(&answers, 0.5));
+                    r[Mode::Http as usize].answer_p50_us = Some(percentile(&answers, 0.5));
                 }
             },
         }
-        for &publishers in &self.args.publishers {
-            self.next_run += 1;
-            let run = self.next_run;
-            let cpu = server.cpu_ticks()?;
-            let started = Instant::now();
-            let count = match mode {
-                Mode::InProcess => server
-                    .command(&format!("burst {run} {publishers} {burst_ms}"))
-                    .await
-                    .and_then(|n| n.parse::<u64>().context("the burst's count")),
-                Mode::Http => self.burst(run, publishers, burst_ms).await,
-            };
-            let elapsed = started.elapsed().as_secs_f64();
-            let cpu = server.cpu_ticks()? - cpu;
-            r.bursts.push(match count {
-                Ok(n) if n > 0 => Some((n as f64 / elapsed, cpu / self.clk_tck * 1e6 / n as f64)),
-                Ok(_) => None,
-                Err(e) => {
-                    println!("  {} burst of {publishers} INVALID: {e:#}", mode.name());
-                    None
-                }
-            });
+        let order = if round % 2 == 1 {
+            [Mode::InProcess, Mode::Http]
+        } else {
+            [Mode::Http, Mode::InProcess]
+        };
+        for mode in order {
+            for &publishers in &self.args.publishers {
+                self.next_run += 1;
+                let run = self.next_run;
+                let cpu = server.cpu_ticks()?;
+                let started = Instant::now();
+                let count = match mode {
+                    Mode::InProcess => server
+                        .command(&format!("burst {run} {publishers} {burst_ms}"))
+                        .await
+                        .and_then(|n| n.parse::<u64>().context("the burst's count")),
+                    Mode::Http => self.burst(run, publishers, burst_ms).await,
+                };
+                let elapsed = started.elapsed().as_secs_f64();
+                let cpu = server.cpu_ticks()? - cpu;
+                r[mode as usize].bursts.push(match count {
+                    Ok(n) if n > 0 => {
+                        Some((n as f64 / elapsed, cpu / self.clk_tck * 1e6 / n as f64))
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        println!("  {} burst of {publishers} INVALID: {e:#}", mode.name());
+                        None
+                    }
+                });
+            }
         }
         Ok(r)
     }
 
-    /// The http latency run: one POST at a time at `--rate`; returns each answer's round trip
+    /// The latency run: `events` events one at a time at `--rate`, event `k` published by
+    /// `even` when `k` is even and by the other mode when odd; returns each POST's round trip
     /// in µs.
-    async fn paced(&self, run: u64, events: usize) -> anyhow::Result<Vec<u32>> {
+    async fn interleaved(
+        &self,
+        server: &mut Server,
+        run: u64,
+        events: usize,
+        even: Mode,
+    ) -> anyhow::Result<Vec<u32>> {
         let url = &self.publish_url;
         let start = tokio::time::Instant::now();
-        let mut answers = Vec::with_capacity(events);
+        let mut answers = Vec::with_capacity(events / 2 + 1);
         for k in 0..events as u64 {
             let at = start + Duration::from_secs_f64(k as f64 / self.args.rate as f64);
             tokio::time::sleep_until(at).await;
-            let sent = Instant::now();
-            post(
-                &self.http,
-                url,
-                &self.key,
-                CHANNEL,
-                &payload(run, k, now_us()),
-            )
-            .await?;
-            answers.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            let mode = match (k % 2 == 0, even) {
+                (true, mode) => mode,
+                (false, Mode::Http) => Mode::InProcess,
+                (false, Mode::InProcess) => Mode::Http,
+            };
+            match mode {
+                // The child stamps the event itself, just before its publish.
+                Mode::InProcess => {
+                    server.command(&format!("one {run} {k}")).await?;
+                }
+                Mode::Http => {
+                    let sent = Instant::now();
+                    post(
+                        &self.http,
+                        url,
+                        &self.key,
+                        CHANNEL,
+                        &payload(run, k, now_us()),
+                    )
+                    .await?;
+                    answers.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                }
+            }
         }
         Ok(answers)
     }
@@ -345,25 +367,28 @@ fn one(x: Option<f64>, decimals: usize) -> String {
     x.map_or("-".to_owned(), |x| format!("{x:.decimals$}"))
 }
 
-/// One round of one mode on a line.
-fn describe(r: &Round, args: &Args) -> String {
-    let mut line = format!(
-        "p50 {} ms  p99 {} ms  CPU {} µs/publish paced",
-        ms(r.p50_us),
-        ms(r.p99_us),
-        one(r.paced_cpu_us, 1)
-    );
-    if r.answer_p50_us.is_some() {
-        line += &format!("  answer p50 {} ms", ms(r.answer_p50_us));
-    }
-    for (p, b) in args.publishers.iter().zip(&r.bursts) {
-        line += &format!(
-            "  | {p} publishers: {} /s, {} µs/publish",
-            one(b.map(|b| b.0), 0),
-            one(b.map(|b| b.1), 1)
+/// One round's figures, a line per mode.
+fn describe(label: &str, r: &[Round; 2], args: &Args) {
+    for mode in [Mode::InProcess, Mode::Http] {
+        let r = &r[mode as usize];
+        let mut line = format!(
+            "{label} {:<10} p50 {} ms  p99 {} ms",
+            mode.name(),
+            ms(r.p50_us),
+            ms(r.p99_us)
         );
+        if r.answer_p50_us.is_some() {
+            line += &format!("  answer p50 {} ms", ms(r.answer_p50_us));
+        }
+        for (p, b) in args.publishers.iter().zip(&r.bursts) {
+            line += &format!(
+                "  | {p} publishers: {} /s, {} µs/publish",
+                one(b.map(|b| b.0), 0),
+                one(b.map(|b| b.1), 1)
+            );
+        }
+        println!("{line}");
     }
-    line
 }
 
 /// The median of the valid values.
@@ -376,8 +401,8 @@ fn med(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
 fn summary(args: &Args, rounds: &[[Round; 2]]) {
     println!();
     let mut header = format!(
-        "{:<11} {:>9} {:>9} {:>11} {:>13}",
-        "mode", "p50 ms", "p99 ms", "answer p50", "CPU µs paced"
+        "{:<11} {:>9} {:>9} {:>11}",
+        "mode", "p50 ms", "p99 ms", "answer p50"
     );
     for p in &args.publishers {
         header += &format!(
@@ -392,12 +417,11 @@ fn summary(args: &Args, rounds: &[[Round; 2]]) {
         let of =
             |f: &dyn Fn(&Round) -> Option<f64>| med(rounds.iter().map(|r| f(&r[mode as usize])));
         let mut line = format!(
-            "{:<11} {:>9} {:>9} {:>11} {:>13}",
+            "{:<11} {:>9} {:>9} {:>11}",
             mode.name(),
             ms(of(&|r| r.p50_us)),
             ms(of(&|r| r.p99_us)),
-            ms(of(&|r| r.answer_p50_us)),
-            one(of(&|r| r.paced_cpu_us), 1)
+            ms(of(&|r| r.answer_p50_us))
         );
         for i in 0..args.publishers.len() {
             let b = |r: &Round| r.bursts.get(i).copied().flatten();

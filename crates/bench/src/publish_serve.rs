@@ -7,9 +7,9 @@
 //! reads commands from its standard input, one per line, and answers each on standard output
 //! with `ok <result>` or `err <why>`:
 //!
-//! - `paced <run> <events> <rate>`: publishes `events` events on `announcements` at `rate` per
-//!   second, each with its publish time in it ([`payload`]), straight on the stack's bus — what the
-//!   publish API does after checking a request; answers `ok`.
+//! - `one <run> <k>`: publishes event `k` of run `run` on `announcements` at once, stamped just
+//!   before its publish: the in-process half of an interleaved latency run; answers `ok` once the
+//!   bus has it.
 //! - `burst <run> <publishers> <millis>`: `publishers` tasks publish on [`LOAD_CHANNEL`] (which
 //!   nobody subscribes to) as fast as they can for `millis` ms, each yielding to the runtime after
 //!   every publish as a request handler would; answers `ok <publishes>`.
@@ -143,12 +143,10 @@ async fn command(
             .with_context(|| format!("argument {i}: {word}"))
     };
     match words.first().copied() {
-        Some("paced") => {
-            let (run, events, rate) = (number(1)?, number(2)?, number(3)?);
-            if rate == 0 {
-                bail!("rate must be above 0");
-            }
-            paced(bus, channel, run, events, rate).await?;
+        Some("one") => {
+            let (run, k) = (number(1)?, number(2)?);
+            let data = payload(run, k, now_us());
+            bus.publish(channel, Bytes::from(data)).await?;
             Ok(String::new())
         }
         Some("burst") => {
@@ -158,23 +156,6 @@ async fn command(
         }
         _ => bail!("unknown command: {line}"),
     }
-}
-
-/// Publishes `events` events at `rate` per second, each stamped just before its publish.
-async fn paced(
-    bus: &std::sync::Arc<dyn Bus>,
-    topic: &Topic,
-    run: u64,
-    events: u64,
-    rate: u64,
-) -> anyhow::Result<()> {
-    let start = tokio::time::Instant::now();
-    for k in 0..events {
-        tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate as f64)).await;
-        let data = payload(run, k, now_us());
-        bus.publish(topic, Bytes::from(data)).await?;
-    }
-    Ok(())
 }
 
 /// `publishers` tasks publish as fast as they can until `millis` ms have passed; returns how

@@ -3,7 +3,8 @@
 //!
 //! Every event's data is the publisher's JSON `{"r": run, "k": k, "us": publish time}` as CBOR.
 //! A client takes its receive time as soon as it has decoded the frame and records the
-//! difference for the current [`Phase`] (one latency run). Within a phase each client must get
+//! difference for the current [`Phase`] (one latency run), apart for even and odd events (an
+//! interleaved run publishes them in two ways). Within a phase each client must get
 //! events 0, 1, … in order, each once; a lost, repeated or reordered event, an event of another
 //! run, a close or a socket error makes the phase (and, for a close, every later one) invalid.
 
@@ -27,7 +28,9 @@ pub(crate) struct Phase {
     /// Deliveries so far (every client, every event).
     received: AtomicUsize,
     /// Each client's latencies in µs, in event order.
-    samples: Vec<Mutex<Vec<u32>>>,
+    /// Per client, the latencies of the run's even events and of its odd ones (the two ways of
+    /// publishing an interleaved run), in µs.
+    samples: Vec<Mutex<[Vec<u32>; 2]>>,
     failure: Mutex<Option<String>>,
 }
 
@@ -98,7 +101,12 @@ impl Subscribers {
             events,
             received: AtomicUsize::new(0),
             samples: (0..self.tasks.len())
-                .map(|_| Mutex::new(Vec::with_capacity(events)))
+                .map(|_| {
+                    Mutex::new([
+                        Vec::with_capacity(events / 2 + 1),
+                        Vec::with_capacity(events / 2 + 1),
+                    ])
+                })
                 .collect(),
             failure: Mutex::new(None),
         });
@@ -111,12 +119,13 @@ impl Subscribers {
     }
 
     /// Waits until every client has every event of `phase` (or `timeout` passes, or the phase
-    /// fails); returns every latency in µs, sorted, or why the phase is invalid.
+    /// fails); returns the latencies in µs of the even events and of the odd ones, each sorted,
+    /// or why the phase is invalid.
     pub(crate) async fn finish(
         &self,
         phase: &Phase,
         timeout: Duration,
-    ) -> Result<Vec<u32>, String> {
+    ) -> Result<[Vec<u32>; 2], String> {
         let expected = self.tasks.len() * phase.events;
         let end = tokio::time::Instant::now() + timeout;
         loop {
@@ -137,11 +146,19 @@ impl Subscribers {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let mut all = Vec::with_capacity(expected);
+        let mut all = [
+            Vec::with_capacity(expected / 2 + 1),
+            Vec::with_capacity(expected / 2 + 1),
+        ];
         for samples in &phase.samples {
-            all.append(&mut lock(samples));
+            let mut samples = lock(samples);
+            for (all, mine) in all.iter_mut().zip(samples.iter_mut()) {
+                all.append(mine);
+            }
         }
-        all.sort_unstable();
+        for all in &mut all {
+            all.sort_unstable();
+        }
         Ok(all)
     }
 }
@@ -226,7 +243,7 @@ async fn receive(mut ws: Ws, index: usize, shared: Arc<Shared>) {
                 }
                 next += 1;
                 let latency = now.saturating_sub(stamp.us).min(u64::from(u32::MAX)) as u32;
-                lock(&phase.samples[index]).push(latency);
+                lock(&phase.samples[index])[(stamp.k % 2) as usize].push(latency);
                 phase.received.fetch_add(1, Ordering::AcqRel);
             }
             ("ping", _, Some(n)) => {
