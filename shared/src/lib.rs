@@ -6,7 +6,9 @@
 //!   kept), [`hub`] (local subscribers with bounded queues and shared source subscriptions) and
 //!   [`bridge`] (upstream WebSocket APIs fed onto the bus, one upstream watch per topic).
 //! - Channels: [`channels`] (the configured catalog of client channels: strict names, access
-//!   rules, the bus topic of each; read by every gateway's runtime and the hub).
+//!   rules, the bus topic of each; read by every gateway's runtime and the hub) and [`sources`]
+//!   (upstream services that push events — JSON WebSocket, Socket.IO, SSE, Redis pub/sub —
+//!   feeding catalog channels by configuration).
 //! - Plumbing: [`backoff`] (the one retry policy; each subsystem owns its configuration section's
 //!   type, such as `bus::BusConfig`), [`auth`] (bearer tokens), [`keyhash`] (keys kept as
 //!   SHA-256, compared in constant time), [`ratelimit`] (GCRA limits,
@@ -32,5 +34,6 @@ pub mod origin;
 pub mod ratelimit;
 pub mod records;
 pub mod slots;
+pub mod sources;
 pub mod tls;
 pub mod upstream;
