@@ -57,11 +57,11 @@ async fn one_upstream_watch_for_the_cluster_taken_over_when_its_holder_stops() {
         let start = |ticks: String| {
             // The gateway's own bus section: its cluster lease is built from it.
             let mut c = mobile_config(&config);
-            let mut bridge = switchyard_core::bridge::BridgeConfig::new(ticks);
-            bridge.lease_ttl_ms = 600;
-            bridge.reconnect_initial_ms = 50;
-            bridge.reconnect_max_ms = 200;
-            c.bridges.insert("exchange".to_owned(), bridge);
+            let mut source = operations::sources::exchange_source(&ticks);
+            source.lease_ttl_ms = 600;
+            source.reconnect_initial_ms = 50;
+            source.reconnect_max_ms = 200;
+            c.sources.insert("exchange".to_owned(), source);
             mobile_instance_with(&config, c)
         };
         let connect = |addr| mobile_client(addr, "carol");
@@ -149,10 +149,10 @@ async fn the_lease_of_a_holder_that_died_expires_and_a_live_instance_takes_over(
         // A live instance with interest in the pair: its client gets ticks once the dead
         // holder's lease has expired and this instance has taken it.
         let mut c = mobile_config(&config);
-        let mut bridge =
-            switchyard_core::bridge::BridgeConfig::new(format!("ws://{}/v1/ticks", exchange.addr));
-        bridge.lease_ttl_ms = 600;
-        c.bridges.insert("exchange".to_owned(), bridge);
+        let mut source =
+            operations::sources::exchange_source(&format!("ws://{}/v1/ticks", exchange.addr));
+        source.lease_ttl_ms = 600;
+        c.sources.insert("exchange".to_owned(), source);
         let live = mobile_instance_with(&config, c).await;
         let client = mobile_client(live.addr, "dave").await;
         let mut rates = client.subscribe("rates:EUR/USD").await.expect("subscribed");

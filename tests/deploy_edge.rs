@@ -20,7 +20,7 @@ use common::nginx::{Nginx, NginxDir, nginx_listens};
 use common::{PATIENCE, Running};
 use serde_json::{Value as Json, json};
 use switchyard::{Config as StackConfig, DEMO_SECRET, Stack};
-use switchyard_core::bridge::BridgeConfig;
+use switchyard_core::sources::SourceConfig;
 use test_support::graphql_ws::Client as GraphqlWs;
 
 /// Requests one bff-web instance has served: all of them, and WebSocket upgrades.
@@ -30,20 +30,20 @@ struct Served {
     upgrades: AtomicUsize,
 }
 
-/// Asserts that a gateway's shipped configuration bridges the stack's exchange ticker (the
-/// `rates.` topics are fed from it): a container configuration without `[bridges.exchange]`
+/// Asserts that a gateway's shipped configuration has the stack's exchange ticker as a source
+/// (the `rates.` channels are fed from it): a container configuration without `[sources.exchange]`
 /// keeps the default, the exchange on the container's own loopback, and its clients get no
 /// rates.
-fn assert_bridges_the_exchange(
+fn assert_sources_the_exchange(
     stack: &Stack,
     gateway: &str,
-    bridges: &BTreeMap<String, BridgeConfig>,
+    sources: &BTreeMap<String, SourceConfig>,
 ) {
     let ticks = format!("ws://{}/v1/ticks", stack.addr("exchange"));
     assert_eq!(
-        bridges.get("exchange").map(|b| b.url.as_str()),
+        sources.get("exchange").map(|b| b.url.as_str()),
         Some(ticks.as_str()),
-        "deploy/k8s/config/{gateway}.toml: [bridges.exchange] must name the exchange service"
+        "deploy/k8s/config/{gateway}.toml: [sources.exchange] must name the exchange service"
     );
 }
 
@@ -51,7 +51,7 @@ fn assert_bridges_the_exchange(
 /// serves.
 async fn web_instance(stack: &Stack) -> (Running, Arc<Served>) {
     let mut config: bff_web::Config = shipped_config(stack, "bff-web", bff_web::ENV_PREFIX);
-    assert_bridges_the_exchange(stack, "bff-web", &config.bridges);
+    assert_sources_the_exchange(stack, "bff-web", &config.sources);
     // Compose and Kubernetes set the secret in the environment.
     config.auth.hs256_secret = DEMO_SECRET.to_owned();
     let served = Arc::new(Served::default());
@@ -85,7 +85,7 @@ async fn web_instance(stack: &Stack) -> (Running, Arc<Served>) {
 async fn mobile_instance(stack: &Stack) -> Running {
     let mut config: bff_mobile::Config =
         shipped_config(stack, "bff-mobile", bff_mobile::ENV_PREFIX);
-    assert_bridges_the_exchange(stack, "bff-mobile", &config.bridges);
+    assert_sources_the_exchange(stack, "bff-mobile", &config.sources);
     // Compose and Kubernetes set the secret in the environment.
     config.auth.hs256_secret = DEMO_SECRET.to_owned();
     let broker = stack.broker().clone();
@@ -103,14 +103,14 @@ const EDGE_TV: &str = "edge-tv";
 const EDGE_TV_KEY: &str = "edge-tv-key-0123456789";
 
 /// The pair it watches: one nothing else in the test watches, so only the device instances'
-/// own exchange bridges can feed it.
+/// own exchange sources can feed it.
 const EDGE_TV_PAIR: &str = "CHF/CAD";
 
 /// A bff-device instance on the stack's broker, from its shipped configuration, with [`EDGE_TV`].
 async fn device_instance(stack: &Stack) -> Running {
     let mut config: bff_device::Config =
         shipped_config(stack, "bff-device", bff_device::ENV_PREFIX);
-    assert_bridges_the_exchange(stack, "bff-device", &config.bridges);
+    assert_sources_the_exchange(stack, "bff-device", &config.sources);
     config.devices.insert(
         EDGE_TV.to_owned(),
         bff_device::DeviceConfig {

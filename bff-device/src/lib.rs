@@ -29,11 +29,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bus::Broker;
 use switchyard_core::bus::{BusConfig, BusKind};
 use switchyard_core::hub::HubConfig;
 use switchyard_core::ratelimit::RateLimitConfig;
+use switchyard_core::sources::SourceConfig;
 use switchyard_core::upstream::BackendConfig;
 use switchyard_server::config::{LogConfig, ServerConfig};
 use switchyard_server::ratelimit;
@@ -65,10 +65,10 @@ pub struct Config {
     /// defaults.
     #[serde(deserialize_with = "operations::known_backends")]
     pub backends: BTreeMap<String, BackendConfig>,
-    /// Upstream WebSocket bridges by name: `exchange` feeds the `rates.` topics; any other name
-    /// is a config error. A table changes the keys it names, the rest keep their defaults.
-    #[serde(deserialize_with = "operations::sources::known_bridges")]
-    pub bridges: BTreeMap<String, BridgeConfig>,
+    /// Upstream sources by name (`[sources.NAME]`, docs/sources.md): services that push events
+    /// onto catalog channels. The demo's `exchange` (a `json-ws` source) feeds `rates.{pair}`; a
+    /// table changes the keys it names, the rest keep their defaults.
+    pub sources: BTreeMap<String, SourceConfig>,
     /// Deadlines of the composed operations.
     pub operations: operations::Config,
     /// Limits of the device API.
@@ -94,7 +94,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             hub: HubConfig::default(),
             backends: operations::default_backends(),
-            bridges: operations::sources::default_bridges(),
+            sources: operations::sources::default_sources(),
             operations: operations::Config::default(),
             api: ApiConfig::default(),
             admin: AdminConfig::default(),
@@ -153,7 +153,7 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
         "api.max_channels_per_device: at most {}",
         cursor::MAX_CHANNELS
     );
-    let runtime = Runtime::new(config, broker, operations::sources::feeds, shutdown)?;
+    let runtime = Runtime::new(config, broker, shutdown)?;
     let bus = broker.bus();
     let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
     let registry = Arc::new(registry::Registry::new(

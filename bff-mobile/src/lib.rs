@@ -18,11 +18,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bus::Broker;
 use switchyard_core::bus::BusConfig;
 use switchyard_core::hub::HubConfig;
 use switchyard_core::ratelimit::RateLimitConfig;
+use switchyard_core::sources::SourceConfig;
 use switchyard_core::upstream::BackendConfig;
 use switchyard_server::config::{LogConfig, ServerConfig};
 use switchyard_server::ratelimit::{self, UserOf};
@@ -51,10 +51,10 @@ pub struct Config {
     /// defaults.
     #[serde(deserialize_with = "operations::known_backends")]
     pub backends: BTreeMap<String, BackendConfig>,
-    /// Upstream WebSocket bridges by name: `exchange` feeds the `rates.` topics; any other name
-    /// is a config error. A table changes the keys it names, the rest keep their defaults.
-    #[serde(deserialize_with = "operations::sources::known_bridges")]
-    pub bridges: BTreeMap<String, BridgeConfig>,
+    /// Upstream sources by name (`[sources.NAME]`, docs/sources.md): services that push events
+    /// onto catalog channels. The demo's `exchange` (a `json-ws` source) feeds `rates.{pair}`; a
+    /// table changes the keys it names, the rest keep their defaults.
+    pub sources: BTreeMap<String, SourceConfig>,
     /// Deadlines of the composed operations.
     pub operations: operations::Config,
     /// JWT verification for the socket's `auth` message.
@@ -127,7 +127,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             hub: HubConfig::default(),
             backends: operations::default_backends(),
-            bridges: operations::sources::default_bridges(),
+            sources: operations::sources::default_sources(),
             operations: operations::Config::default(),
             auth: AuthConfig::default(),
             websocket: WebSocketConfig::default(),
@@ -174,7 +174,7 @@ impl App {
 
 /// Builds the gateway. `shutdown` also drains every socket (`bye`, then 1001) when cancelled.
 pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> anyhow::Result<App> {
-    let runtime = Runtime::new(config, broker, operations::sources::feeds, shutdown)?;
+    let runtime = Runtime::new(config, broker, shutdown)?;
     let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
     let verifier = auth::Authenticator::new(&config.auth)?;
     let gateway = ws::Gateway::new(ws::GatewayParts {

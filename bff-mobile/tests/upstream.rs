@@ -1,5 +1,5 @@
 //! Rates through the real exchange service's ticker: many mobile subscribers of one pair share
-//! ONE upstream subscription (the hub's feeder and the core's bridge), released when the last
+//! ONE upstream subscription (the hub's feeder and the exchange's json-ws source), released when the last
 //! one leaves; and a `quote` call against the real exchange.
 
 mod common;
@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::{config, start};
 use demo_api::ExchangeStats;
 use mobile_proto::{ClientMsg, Encoding, ServerMsg, data};
-use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::upstream::BackendConfig;
 use switchyard_server::server::CancellationToken;
 
@@ -34,9 +33,9 @@ async fn many_subscribers_of_a_pair_share_one_upstream_subscription() {
     )
     .await;
     let mut cfg = config();
-    cfg.bridges.insert(
-        operations::sources::EXCHANGE_BRIDGE.to_owned(),
-        BridgeConfig::new(format!("ws://{}/v1/ticks", exchange.addr)),
+    cfg.sources.insert(
+        operations::sources::EXCHANGE_SOURCE.to_owned(),
+        operations::sources::exchange_source(&format!("ws://{}/v1/ticks", exchange.addr)),
     );
     cfg.backends
         .insert("exchange".to_owned(), BackendConfig::new(exchange.url()));

@@ -30,11 +30,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{HeaderMap, Method, header};
 use serde::{Deserialize, Serialize};
-use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bus::Broker;
 use switchyard_core::bus::BusConfig;
 use switchyard_core::hub::{Hub, HubConfig};
 use switchyard_core::ratelimit::{RateLimitConfig, RateLimiter};
+use switchyard_core::sources::SourceConfig;
 use switchyard_core::upstream::BackendConfig;
 use switchyard_server::config::{LogConfig, ServerConfig};
 use switchyard_server::ratelimit::UserOf;
@@ -64,10 +64,10 @@ pub struct Config {
     /// defaults.
     #[serde(deserialize_with = "operations::known_backends")]
     pub backends: BTreeMap<String, BackendConfig>,
-    /// Upstream WebSocket bridges by name: `exchange` feeds the `rates.` topics; any other name
-    /// is a config error. A table changes the keys it names, the rest keep their defaults.
-    #[serde(deserialize_with = "operations::sources::known_bridges")]
-    pub bridges: BTreeMap<String, BridgeConfig>,
+    /// Upstream sources by name (`[sources.NAME]`, docs/sources.md): services that push events
+    /// onto catalog channels. The demo's `exchange` (a `json-ws` source) feeds `rates.{pair}`; a
+    /// table changes the keys it names, the rest keep their defaults.
+    pub sources: BTreeMap<String, SourceConfig>,
     /// Deadlines of the composed operations.
     pub operations: operations::Config,
     /// GraphQL limits and tooling.
@@ -95,7 +95,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             hub: HubConfig::default(),
             backends: operations::default_backends(),
-            bridges: operations::sources::default_bridges(),
+            sources: operations::sources::default_sources(),
             operations: operations::Config::default(),
             graphql: GraphqlConfig::default(),
             auth: AuthConfig::default(),
@@ -243,7 +243,7 @@ impl App {
 
 /// Builds the gateway. `shutdown` also closes every socket (1001) when cancelled.
 pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> anyhow::Result<App> {
-    let runtime = Runtime::new(config, broker, operations::sources::feeds, shutdown)?;
+    let runtime = Runtime::new(config, broker, shutdown)?;
     let ops = operations::Operations::new(runtime.upstreams.clone(), &config.operations);
     let verifier = Arc::new(auth::Authenticator::new(&config.auth)?);
     let origins = Origins::new(&config.cors)?;

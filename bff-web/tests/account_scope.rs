@@ -28,7 +28,7 @@ async fn fixture() -> Fixture {
     let backends = QuoteBackends::start().await;
     let mut config = bff_web::Config::default();
     config.auth.hs256_secret = SECRET.to_owned();
-    config.bridges.clear();
+    config.sources.clear();
     config.backends = backends.configs(BackendConfig::new);
     let app = bff_web::app(&config, &Broker::memory(10), CancellationToken::new()).expect("app");
     Fixture {

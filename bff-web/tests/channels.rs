@@ -55,7 +55,7 @@ impl Gateway {
     async fn start(history: usize) -> Self {
         let mut config = bff_web::Config::default();
         config.auth.hs256_secret = SECRET.into();
-        config.bridges.clear();
+        config.sources.clear();
         config.channels = ChannelsConfig {
             catalog: vec![
                 entry("announcements", TopicClass::Stream, SubscribeRule::Public),

@@ -106,7 +106,7 @@ async fn case(items: Vec<Item>, order: Vec<usize>, version: &str) -> Result<(), 
     let mut config = bff_web::Config::default();
     config.auth.hs256_secret = SECRET.into();
     // No upstream in this test: rates simply never tick.
-    config.bridges.clear();
+    config.sources.clear();
     let broker = Broker::memory(100);
     let bus = broker.bus();
     let shutdown = CancellationToken::new();
@@ -176,7 +176,7 @@ proptest! {
 async fn rates_and_conversions_in_one_document_stay_per_user() {
     let mut config = bff_web::Config::default();
     config.auth.hs256_secret = SECRET.into();
-    config.bridges.clear();
+    config.sources.clear();
     let broker = Broker::memory(100);
     let bus = broker.bus();
     let app = bff_web::app(&config, &broker, CancellationToken::new()).expect("app");

@@ -575,7 +575,7 @@ async fn websocket_protocol_violations_get_their_rfc_6455_close_codes() {
 async fn a_client_cut_off_for_not_reading_still_gets_1013_when_it_reads_later() {
     let mut config = bff_web::Config::default();
     config.auth.hs256_secret = SECRET.into();
-    config.bridges.clear();
+    config.sources.clear();
     config.websocket.write_timeout_ms = 300;
     let broker = Broker::memory(100_000);
     let bus = broker.bus();

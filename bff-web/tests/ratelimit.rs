@@ -43,7 +43,7 @@ async fn instance(config: bff_web::Config) -> Instance {
 
 fn config() -> bff_web::Config {
     let mut c = bff_web::Config::default();
-    c.bridges.clear();
+    c.sources.clear();
     c
 }
 

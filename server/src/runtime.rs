@@ -9,22 +9,22 @@
 //! gateway tracked in [`Runtime::sockets`], and the publish API (`crate::publish`) on its own
 //! listener when `[publish].listen` is set.
 //!
-//! What feeds the hub is not decided here: the gateway hands over a [`Feeds`] function that reads
-//! its `[bridges]` (the demo's is `operations::sources::feeds`). Routes, wire formats and each
-//! gateway's own sections stay in the gateway; so does its config struct, which implements
-//! [`GatewayConfig`] with [`gateway_config!`](crate::gateway_config).
+//! What feeds the hub is configuration: each `[sources.NAME]` is started as a
+//! [`Source`](switchyard_core::sources::Source) feeding the catalog channels its `channels`
+//! template names, behind the lease. Routes, wire formats and each gateway's own sections stay in
+//! the gateway; so does its config struct, which implements [`GatewayConfig`] with
+//! [`gateway_config!`](crate::gateway_config).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bus::{Broker, Bus};
 use switchyard_core::channels::{Catalog, ChannelsConfig};
-use switchyard_core::hub::{Feeder, Hub, HubConfig};
+use switchyard_core::hub::{Hub, HubConfig};
 use switchyard_core::leased::LeasedFeeder;
 use switchyard_core::ratelimit::{RateLimitConfig, RateLimiter};
+use switchyard_core::sources::{Source, SourceConfig};
 use switchyard_core::upstream::{BackendConfig, Upstreams};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -42,8 +42,8 @@ pub trait GatewayConfig: ServerBinary + WithBus {
     fn hub(&self) -> &HubConfig;
     /// `[backends.NAME]`.
     fn backends(&self) -> &BTreeMap<String, BackendConfig>;
-    /// `[bridges.NAME]`, read by the gateway's [`Feeds`].
-    fn bridges(&self) -> &BTreeMap<String, BridgeConfig>;
+    /// `[sources.NAME]`: upstream services feeding catalog channels.
+    fn sources(&self) -> &BTreeMap<String, SourceConfig>;
     /// `[rate_limits]`.
     fn rate_limits(&self) -> &RateLimitConfig;
     /// `[channels]`: the channel catalog (checked when the configuration was read).
@@ -51,22 +51,6 @@ pub trait GatewayConfig: ServerBinary + WithBus {
     /// `[publish]`: the publish API for backends, on a listener of its own when `listen` is set.
     fn publish(&self) -> &PublishConfig;
 }
-
-/// One source of events for the hub: a feeder for the topics under `prefix`, run behind the
-/// cluster-wide lease `bridge:<name>:<topic>` with a time to live of `lease_ttl`.
-pub struct Feed {
-    /// The topics it feeds (`rates.`).
-    pub prefix: &'static str,
-    /// Its name, in its leases (`exchange`).
-    pub name: &'static str,
-    /// What watches a topic upstream and publishes it on the bus (an upstream bridge).
-    pub feeder: Arc<dyn Feeder>,
-    /// Time to live of its leases.
-    pub lease_ttl: Duration,
-}
-
-/// Builds a gateway's feeds from its `[bridges]`, publishing on the bus.
-pub type Feeds = fn(&BTreeMap<String, BridgeConfig>, &Arc<dyn Bus>) -> Vec<Feed>;
 
 /// What a gateway runs on: its backends, hub, limiter, and what serving it needs.
 pub struct Runtime {
@@ -77,6 +61,8 @@ pub struct Runtime {
     pub hub: Hub,
     /// The channel catalog of `[channels]`: which channels exist and who may use them.
     pub catalog: Arc<Catalog>,
+    /// The sources of `[sources]`, by name (their counters: [`Source::stats`]).
+    pub sources: BTreeMap<String, Source>,
     /// The bus of the broker the gateway was handed.
     pub bus: Arc<dyn Bus>,
     /// The rate limiter of `[rate_limits]`, named after the gateway.
@@ -90,32 +76,37 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the runtime of gateway `C` from its configuration, its process's broker (the bus,
-    /// the feeds' leases and the rate limiter all live on it) and its feeds.
+    /// Builds the runtime of gateway `C` from its configuration and its process's broker (the
+    /// bus, the sources' leases and the rate limiter all live on it). A source that cannot start
+    /// (a bad key, a `channels` template that names no catalog channel) is an error naming its
+    /// key.
     pub fn new<C: GatewayConfig>(
         config: &C,
         broker: &Broker,
-        feeds: Feeds,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let upstreams = Arc::new(Upstreams::new(config.backends())?);
         let bus = broker.bus();
         let catalog = Arc::new(Catalog::new(config.channels())?);
         let mut hub = Hub::new(bus.clone(), config.hub().clone()).with_catalog(catalog.clone());
-        let feeds = feeds(config.bridges(), &bus);
-        if !feeds.is_empty() {
+        let mut sources = BTreeMap::new();
+        if !config.sources().is_empty() {
             // The one place a gateway's lease is taken: from its broker, on the bus's connections.
             let lease = broker.lease();
             let holder = LeasedFeeder::unique_holder(C::NAME);
-            for feed in feeds {
+            for (name, source_config) in config.sources() {
+                let source = Source::start(name, source_config, catalog.clone(), bus.clone())
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                check_covered(name, source_config, &catalog)?;
                 let leased = LeasedFeeder::new(
-                    feed.feeder,
+                    Arc::new(source.clone()),
                     lease.clone(),
-                    feed.name,
+                    name,
                     &holder,
-                    feed.lease_ttl,
+                    source.lease_ttl(),
                 );
-                hub = hub.with_feeder(feed.prefix, Arc::new(leased));
+                hub = hub.with_feeder(&source.topic_prefix(), Arc::new(leased));
+                sources.insert(name.clone(), source);
             }
         }
         let limiter = RateLimiter::new(C::NAME, config.rate_limits(), broker);
@@ -123,6 +114,7 @@ impl Runtime {
             upstreams,
             hub,
             catalog,
+            sources,
             bus,
             limiter,
             sockets: TaskTracker::new(),
@@ -204,8 +196,28 @@ impl Runtime {
     }
 }
 
+/// A source's `channels` must name channels of the catalog: rendered with a sample value for
+/// each placeholder, the name must resolve (else the source could never feed anything, which
+/// is a configuration error, not a silent no-op).
+fn check_covered(name: &str, config: &SourceConfig, catalog: &Catalog) -> anyhow::Result<()> {
+    let template = switchyard_core::sources::template::Template::parse(&config.channels)
+        .map_err(|e| anyhow::anyhow!("sources.{name}.channels: {e}"))?;
+    let sample: switchyard_core::sources::Vars = template
+        .vars()
+        .map(|v| (v.to_owned(), "x".to_owned()))
+        .collect();
+    let rendered = template.render(&sample).unwrap_or_default();
+    catalog.resolve(&rendered).map(|_| ()).map_err(|e| {
+        anyhow::anyhow!(
+            "sources.{name}.channels: `{}` names no channel of the catalog ([channels]): \
+             `{rendered}`: {e}",
+            config.channels
+        )
+    })
+}
+
 /// Implements [`ServerBinary`], [`WithBus`] and [`GatewayConfig`] for a gateway's config struct,
-/// whose shared sections are the fields `server`, `log`, `bus`, `hub`, `backends`, `bridges`,
+/// whose shared sections are the fields `server`, `log`, `bus`, `hub`, `backends`, `sources`,
 /// `rate_limits`, `channels` and `publish`:
 ///
 /// ```text
@@ -233,10 +245,10 @@ macro_rules! gateway_config {
             {
                 &self.backends
             }
-            fn bridges(
+            fn sources(
                 &self,
-            ) -> &::std::collections::BTreeMap<String, $crate::__core::bridge::BridgeConfig> {
-                &self.bridges
+            ) -> &::std::collections::BTreeMap<String, $crate::__core::sources::SourceConfig> {
+                &self.sources
             }
             fn rate_limits(&self) -> &$crate::__core::ratelimit::RateLimitConfig {
                 &self.rate_limits

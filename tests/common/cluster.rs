@@ -144,7 +144,7 @@ pub async fn device_instance(config: &BusConfig) -> Running {
         bus: config.clone(),
         ..Default::default()
     };
-    c.bridges.clear();
+    c.sources.clear();
     c.server.drain_timeout_ms = 2_000;
     c.admin.token = ADMIN.to_owned();
     c.devices.insert(

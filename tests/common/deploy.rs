@@ -62,7 +62,7 @@ pub const SERVICES: [(&str, u16); 3] =
 /// A gateway's shipped container configuration (`deploy/k8s/config/{gateway}.toml`, what compose
 /// and Kubernetes run), loaded with its own type. Only the services' addresses change: their DNS
 /// names (`http://limits:9101`, `ws://exchange:9102/v1/ticks`, …) become the stack's loopback
-/// addresses. Backends, bridges and limits are the file's, so a table missing from the file is
+/// addresses. Backends, sources and limits are the file's, so a table missing from the file is
 /// missing here too.
 pub fn shipped_config<C: serde::de::DeserializeOwned + serde::Serialize + Default>(
     stack: &Stack,

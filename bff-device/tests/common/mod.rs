@@ -32,7 +32,7 @@ pub const HANG: Duration = Duration::from_secs(20);
 /// published on the bus by the tests).
 pub fn config() -> Config {
     let mut c = Config::default();
-    c.bridges.clear();
+    c.sources.clear();
     c.admin.token = ADMIN.to_owned();
     c.devices.insert(
         "tv-1".to_owned(),

@@ -33,7 +33,7 @@ pub struct Gateway {
 pub fn config() -> Config {
     let mut c = Config::default();
     c.auth.hs256_secret = SECRET.to_owned();
-    c.bridges.clear();
+    c.sources.clear();
     c
 }
 

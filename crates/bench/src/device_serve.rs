@@ -90,7 +90,7 @@ struct Control {
 
 fn gateway(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Router> {
     let mut config = bff_device::Config::default();
-    config.bridges.clear();
+    config.sources.clear();
     config.rate_limits = switchyard_core::ratelimit::RateLimitConfig::off();
     config.api.max_held_polls = args.devices * 2 + 1_000;
     config.api.max_devices = args.devices + 1_000;

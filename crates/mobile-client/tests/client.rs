@@ -31,7 +31,7 @@ struct Gateway {
 fn gateway_config() -> bff_mobile::Config {
     let mut c = bff_mobile::Config::default();
     c.auth.hs256_secret = SECRET.to_owned();
-    c.bridges.clear();
+    c.sources.clear();
     c.server.drain_timeout_ms = 400;
     c
 }

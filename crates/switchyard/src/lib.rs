@@ -268,12 +268,12 @@ impl Stack {
         ] {
             wire(gateway, &[LIMITS, EXCHANGE, CONVERSIONS]);
         }
-        // The exchange's own tick protocol, bridged into the bus for the gateways' rates topics.
+        // The exchange's tick WebSocket, a json-ws source feeding the gateways' rates channels.
         let ticks = format!("ws://{}/v1/ticks", addrs["exchange"]);
-        for bridges in [&mut web.bridges, &mut mobile.bridges, &mut device.bridges] {
-            bridges
-                .entry(operations::sources::EXCHANGE_BRIDGE.to_owned())
-                .or_insert_with(|| switchyard_core::bridge::BridgeConfig::new(""))
+        for sources in [&mut web.sources, &mut mobile.sources, &mut device.sources] {
+            sources
+                .entry(operations::sources::EXCHANGE_SOURCE.to_owned())
+                .or_insert_with(|| operations::sources::exchange_source(""))
                 .url = ticks.clone();
         }
 

@@ -42,15 +42,15 @@ fn assert_demo_defaults_kept(c: &Config) {
     );
     assert_eq!(c.device.admin.token, DEMO_ADMIN_TOKEN, "device.admin.token");
     assert!(c.device.devices.contains_key(DEMO_DEVICE), "device.devices");
-    for (section, backends, bridges) in [
-        ("web", &c.web.backends, &c.web.bridges),
-        ("mobile", &c.mobile.backends, &c.mobile.bridges),
-        ("device", &c.device.backends, &c.device.bridges),
+    for (section, backends, sources) in [
+        ("web", &c.web.backends, &c.web.sources),
+        ("mobile", &c.mobile.backends, &c.mobile.sources),
+        ("device", &c.device.backends, &c.device.sources),
     ] {
         assert_eq!(
-            *bridges,
-            operations::sources::default_bridges(),
-            "{section}.bridges"
+            *sources,
+            operations::sources::default_sources(),
+            "{section}.sources"
         );
         assert_eq!(
             backends.keys().collect::<Vec<_>>(),
@@ -185,11 +185,16 @@ fn gateway_error(text: &str) -> Vec<String> {
 }
 
 #[test]
-fn an_unknown_bridge_or_backend_name_is_an_error_naming_the_key() {
+fn a_misspelt_source_or_an_unknown_backend_name_is_an_error_naming_the_key() {
     for (text, key) in [
+        // A misspelt source is a new source, without the keys every source needs.
         (
-            "[bridges.exchnage]\nurl = \"ws://10.0.0.1:9102/v1/ticks\"\n",
-            "`bridges.exchnage`",
+            "[sources.exchnage]\nurl = \"ws://10.0.0.1:9102/v1/ticks\"\n",
+            "`sources.exchnage`",
+        ),
+        (
+            "[sources.exchange]\nkind = \"socket.io\"\n",
+            "`sources.exchange.kind`",
         ),
         (
             "[backends.limts]\nbase_url = \"http://10.0.0.1:9101\"\n",
@@ -201,11 +206,11 @@ fn an_unknown_bridge_or_backend_name_is_an_error_naming_the_key() {
         }
     }
     // The same under the launcher, from the environment.
-    let err = env(&[("SWITCHYARD__DEVICE__BRIDGES__EXCHNAGE__URL", "ws://x")])
+    let err = env(&[("SWITCHYARD__DEVICE__SOURCES__EXCHNAGE__URL", "ws://x")])
         .load::<Config>(ENV_PREFIX)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("`device.bridges.exchnage`"), "{err}");
+    assert!(err.contains("`device.sources.exchnage`"), "{err}");
 }
 
 #[test]
@@ -223,12 +228,12 @@ fn a_backend_table_with_only_base_url_keeps_every_other_default() {
     assert_eq!(web.backends, want);
     assert_eq!(mobile.backends, want);
     assert_eq!(device.backends, want);
-    // And a bridge table with one key keeps the bridge's other defaults.
-    let text = "[bridges.exchange]\nlease_ttl_ms = 9000\n";
+    // And a source table with one key keeps the source's other defaults.
+    let text = "[sources.exchange]\nlease_ttl_ms = 9000\n";
     let web: bff_web::Config = file(text).load(bff_web::ENV_PREFIX).unwrap();
-    let mut want = operations::sources::default_bridges();
+    let mut want = operations::sources::default_sources();
     want.get_mut("exchange").unwrap().lease_ttl_ms = 9000;
-    assert_eq!(web.bridges, want);
+    assert_eq!(web.sources, want);
 }
 
 #[test]

@@ -9,17 +9,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use switchyard_core::bridge::BridgeConfig;
 use switchyard_core::bus::{Broker, Bus, BusConfig, Read};
 use switchyard_core::channels::ChannelsConfig;
 use switchyard_core::event::{Event, Position, Topic};
 use switchyard_core::hub::HubConfig;
 use switchyard_core::keyhash;
 use switchyard_core::ratelimit::RateLimitConfig;
+use switchyard_core::sources::SourceConfig;
 use switchyard_core::upstream::BackendConfig;
 use switchyard_server::config::{LogConfig, ServerConfig, Source};
 use switchyard_server::publish::PublishConfig;
-use switchyard_server::runtime::{Feed, Runtime};
+use switchyard_server::runtime::Runtime;
 use switchyard_server::server::CancellationToken;
 use test_support::http::{Answer, answer};
 
@@ -37,7 +37,7 @@ pub struct TestGateway {
     bus: BusConfig,
     hub: HubConfig,
     backends: BTreeMap<String, BackendConfig>,
-    bridges: BTreeMap<String, BridgeConfig>,
+    sources: BTreeMap<String, SourceConfig>,
     rate_limits: RateLimitConfig,
     channels: ChannelsConfig,
     publish: PublishConfig,
@@ -49,10 +49,6 @@ switchyard_server::gateway_config!(
     "A gateway with no routes of its own",
     "TEST_GATEWAY"
 );
-
-fn no_feeds(_: &BTreeMap<String, BridgeConfig>, _: &Arc<dyn Bus>) -> Vec<Feed> {
-    Vec::new()
-}
 
 /// The configuration: `bus` (a `[bus]` section or nothing), the publish API on `listen` (empty:
 /// none) with at most 4096-byte bodies and 3-event batches, and the catalog: `orders.{user}`
@@ -96,7 +92,7 @@ subscribe = {{ rule = "public" }}
 /// The runtime of `config`, on its own broker.
 pub fn runtime(config: &TestGateway, shutdown: CancellationToken) -> Runtime {
     let broker = Broker::connect(&config.bus);
-    Runtime::new(config, &broker, no_feeds, shutdown).expect("the runtime builds")
+    Runtime::new(config, &broker, shutdown).expect("the runtime builds")
 }
 
 /// A running test gateway and a client of its publish API.

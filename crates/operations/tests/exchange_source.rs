@@ -1,6 +1,7 @@
-//! The exchange bridge against the real exchange service: however many local subscribers a rates
-//! topic has, the exchange sees one connection and one watch per pair; the watch is released with
-//! the last subscriber; and a restarted exchange is reconnected to and re-watched by itself.
+//! The exchange as a `json-ws` source (configuration only: `operations::sources::exchange_source`)
+//! against the real exchange service: however many local subscribers a rates channel has, the
+//! exchange sees one connection and one watch per pair; the watch is released with the last
+//! subscriber; and a restarted exchange is reconnected to and re-watched by itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,14 +9,14 @@ use std::time::Duration;
 
 use demo_api::{ExchangeStats, Pair, Rate};
 use demo_services::exchange;
-use operations::sources::{RATES_PREFIX, exchange_bridge, rates_topic};
-use switchyard_core::bridge::{BridgeConfig, UpstreamBridge};
+use operations::sources::{exchange_source, rates_topic};
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::bus::{Bus, StartAt};
 use switchyard_core::channels::Catalog;
 use switchyard_core::event::Event;
 use switchyard_core::hub::HubConfig;
 use switchyard_core::hub::{Hub, Item, Subscriber};
+use switchyard_core::sources::Source;
 use switchyard_server::config::ServerConfig;
 use switchyard_server::server::CancellationToken;
 use test_support::eventually;
@@ -108,15 +109,18 @@ fn pair(p: &str) -> Pair {
     p.parse().expect("valid pair")
 }
 
-fn bridge_config(exchange: &Exchange) -> BridgeConfig {
-    BridgeConfig {
-        url: format!("ws://{}/v1/ticks", exchange.addr),
-        connect_timeout_ms: 1_000,
-        reconnect_initial_ms: 20,
-        reconnect_max_ms: 200,
-        lease_ttl_ms: 3_000,
-        tls: Default::default(),
-    }
+/// The demo catalog, which makes the rates channels state topics.
+fn catalog() -> Arc<Catalog> {
+    Arc::new(Catalog::new(&operations::channels::demo()).expect("the demo catalog"))
+}
+
+/// The shipped exchange source, pointed at `exchange`, reconnecting quickly.
+fn source(exchange: &Exchange, bus: Arc<MemoryBus>) -> Source {
+    let mut config = exchange_source(&format!("ws://{}/v1/ticks", exchange.addr));
+    config.connect_timeout_ms = 1_000;
+    config.reconnect_initial_ms = 20;
+    config.reconnect_max_ms = 200;
+    Source::start("exchange", &config, catalog(), bus).expect("the exchange source starts")
 }
 
 async fn next_event(sub: &mut Subscriber) -> Event {
@@ -150,21 +154,20 @@ async fn subscribe_n(hub: &Hub, pair: Pair, n: usize) -> Vec<Subscriber> {
     subs
 }
 
-/// A hub as a gateway builds it with the demo catalog (which makes the rates channels state
-/// topics), fed for the rates topics by `bridge`.
-fn demo_hub(bus: Arc<MemoryBus>, bridge: &UpstreamBridge) -> Hub {
-    let catalog = Catalog::new(&operations::channels::demo()).expect("the demo catalog");
+/// A hub as a gateway builds it with the demo catalog, fed by `source` for its channels.
+fn demo_hub(bus: Arc<MemoryBus>, source: &Source) -> Hub {
+    assert_eq!(source.topic_prefix(), operations::sources::RATES_PREFIX);
     Hub::new(bus, HubConfig::default())
-        .with_catalog(Arc::new(catalog))
-        .with_feeder(RATES_PREFIX, Arc::new(bridge.clone()))
+        .with_catalog(catalog())
+        .with_feeder(&source.topic_prefix(), Arc::new(source.clone()))
 }
 
 #[tokio::test]
 async fn many_subscribers_share_one_upstream_watch_released_with_the_last() {
     let exchange = Exchange::start(SocketAddr::from(([127, 0, 0, 1], 0))).await;
     let bus = Arc::new(MemoryBus::new(64));
-    let bridge = exchange_bridge(&bridge_config(&exchange), bus.clone());
-    let hub = demo_hub(bus, &bridge);
+    let source = source(&exchange, bus.clone());
+    let hub = demo_hub(bus, &source);
     let (eur, gbp) = (pair("EUR/USD"), pair("GBP/USD"));
 
     let mut eur_subs = subscribe_n(&hub, eur, 200).await;
@@ -181,9 +184,9 @@ async fn many_subscribers_share_one_upstream_watch_released_with_the_last() {
         .await
     );
     assert_eq!(exchange.stats().await.connections_total, 1);
-    let stats = bridge.stats();
+    let stats = source.stats();
     assert!(stats.connected);
-    assert_eq!(stats.watched_topics, 2);
+    assert_eq!(stats.wanted_channels, 2);
     assert_eq!(stats.connects_total, 1);
     assert!(stats.events_total >= 2);
     assert_eq!(hub.active_topics(), 2);
@@ -193,8 +196,8 @@ async fn many_subscribers_share_one_upstream_watch_released_with_the_last() {
     drop(gbp_subs);
     assert!(eventually(WAIT, || exchange.reports(0, &[])).await);
     assert_eq!(hub.active_topics(), 0);
-    assert_eq!(bridge.stats().watched_topics, 0);
-    assert!(eventually(WAIT, || async { !bridge.stats().connected }).await);
+    assert_eq!(source.stats().wanted_channels, 0);
+    assert!(eventually(WAIT, || async { !source.stats().connected }).await);
     assert_eq!(exchange.stats().await.connections_total, 1);
 
     // Interest again opens one new connection.
@@ -208,8 +211,8 @@ async fn a_restarted_exchange_is_reconnected_and_rewatched_by_itself() {
     let exchange = Exchange::start(SocketAddr::from(([127, 0, 0, 1], 0))).await;
     let addr = exchange.addr;
     let bus = Arc::new(MemoryBus::new(64));
-    let bridge = exchange_bridge(&bridge_config(&exchange), bus.clone());
-    let hub = demo_hub(bus.clone(), &bridge);
+    let source = source(&exchange, bus.clone());
+    let hub = demo_hub(bus.clone(), &source);
     let eur = pair("EUR/USD");
     let topic = rates_topic(&eur);
     let mut sub = hub.subscribe(&topic, StartAt::Live).await.unwrap();
@@ -217,11 +220,11 @@ async fn a_restarted_exchange_is_reconnected_and_rewatched_by_itself() {
     assert!(eventually(WAIT, || exchange.reports(1, &[("EUR/USD", 1)])).await);
 
     exchange.stop().await;
-    assert!(eventually(WAIT, || async { !bridge.stats().connected }).await);
+    assert!(eventually(WAIT, || async { !source.stats().connected }).await);
     // Nothing more comes from the old exchange: anything after this head is from the new one.
     let head = bus.head(&topic).await.unwrap();
     assert_eq!(
-        bridge.stats().watched_topics,
+        source.stats().wanted_channels,
         1,
         "the subscriber still wants it"
     );
@@ -236,7 +239,7 @@ async fn a_restarted_exchange_is_reconnected_and_rewatched_by_itself() {
     assert_eq!(resumed.pair, eur);
     assert!(eventually(WAIT, || exchange.reports(1, &[("EUR/USD", 1)])).await);
     assert_eq!(exchange.stats().await.connections_total, 1);
-    assert_eq!(bridge.stats().connects_total, 2);
+    assert_eq!(source.stats().connects_total, 2);
     let later = rate(&next_event(&mut sub).await);
     assert!(
         later.seq > resumed.seq,
