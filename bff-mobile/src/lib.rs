@@ -52,8 +52,8 @@ pub struct Config {
     #[serde(deserialize_with = "operations::known_backends")]
     pub backends: BTreeMap<String, BackendConfig>,
     /// Upstream sources by name (`[sources.NAME]`, docs/sources.md): services that push events
-    /// onto catalog channels. The demo's `exchange` (a `json-ws` source) feeds `rates.{pair}`; a
-    /// table changes the keys it names, the rest keep their defaults.
+    /// onto catalog channels. None by default; the launcher and the shipped configurations add
+    /// the demo exchange (`operations::sources::exchange_source`), which feeds `rates.{pair}`.
     pub sources: BTreeMap<String, SourceConfig>,
     /// Deadlines of the composed operations.
     pub operations: operations::Config,
@@ -127,7 +127,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             hub: HubConfig::default(),
             backends: operations::default_backends(),
-            sources: operations::sources::default_sources(),
+            sources: BTreeMap::new(),
             operations: operations::Config::default(),
             auth: AuthConfig::default(),
             websocket: WebSocketConfig::default(),

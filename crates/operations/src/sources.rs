@@ -84,8 +84,9 @@ pub fn exchange_source(url: &str) -> SourceConfig {
     c
 }
 
-/// The default sources: the exchange's ticker on its default port.
-pub fn default_sources() -> BTreeMap<String, SourceConfig> {
+/// The demo's sources: the exchange's ticker on its default port (what the shipped example
+/// configurations hold; the gateways have no source by default).
+pub fn demo_sources() -> BTreeMap<String, SourceConfig> {
     BTreeMap::from([(
         EXCHANGE_SOURCE.to_owned(),
         exchange_source("ws://127.0.0.1:9102/v1/ticks"),
@@ -122,7 +123,7 @@ mod tests {
         assert_eq!(rates_topic(&eur_usd()).as_str(), "ch:rates.EUR-USD");
         assert_eq!(pair_of(&rates_topic(&eur_usd())), Some(eur_usd()));
         assert_eq!(
-            default_sources()[EXCHANGE_SOURCE].url,
+            demo_sources()[EXCHANGE_SOURCE].url,
             "ws://127.0.0.1:9102/v1/ticks"
         );
     }

@@ -3,8 +3,9 @@
 //!
 //! The stack's configuration holds each component's own configuration. The launcher wires them:
 //! every gateway's (and conversions') `limits`, `exchange` and `conversions` backends, and the
-//! `exchange` tick bridge, are pointed at the services it started (so port 0 works everywhere),
-//! and all components share one broker (one bus; the gateways' leases).
+//! `exchange` tick source, are pointed at the services it started (so port 0 works everywhere),
+//! and all components share one broker (one bus; the gateways' leases). The stack's own
+//! `sources` are added to every gateway's.
 //! Each component's own `bus`, `log`, `channels` and `publish` sections are not used here; the
 //! stack's are: one publish API for the whole stack (`publish`, on 127.0.0.1:8090 with the demo
 //! publisher's key), on its bus and catalog.
@@ -73,6 +74,10 @@ pub struct Config {
     /// The one publish API of the stack, on its bus and catalog (the gateways' own `publish`
     /// sections are not used here); `listen` empty serves none.
     pub publish: PublishConfig,
+    /// Upstream sources of the whole stack (docs/sources.md), added to every gateway's own
+    /// `sources`: whichever gateway has subscribers of a channel feeds it, behind the stack's one
+    /// lease. None by default (each gateway's own default, the exchange, stays).
+    pub sources: std::collections::BTreeMap<String, switchyard_core::sources::SourceConfig>,
     /// The limits service.
     pub limits: demo_services::limits::Config,
     /// The exchange service.
@@ -110,6 +115,7 @@ impl Default for Config {
             log: LogConfig::default(),
             bus: BusConfig::default(),
             channels: operations::channels::demo(),
+            sources: std::collections::BTreeMap::new(),
             publish: PublishConfig {
                 listen: "127.0.0.1:8090".to_owned(),
                 keys: vec![PublisherKey {
@@ -207,6 +213,7 @@ impl Stack {
             bus: bus_config,
             channels,
             publish,
+            sources,
             limits,
             exchange,
             conversions,
@@ -214,6 +221,18 @@ impl Stack {
             mut mobile,
             mut device,
         } = config;
+        for gateway_sources in [&mut web.sources, &mut mobile.sources, &mut device.sources] {
+            for (name, source) in &sources {
+                if gateway_sources
+                    .insert(name.clone(), source.clone())
+                    .is_some()
+                {
+                    anyhow::bail!(
+                        "sources.{name}: a gateway of the stack has a source of this name already"
+                    );
+                }
+            }
+        }
         // Every catalog channel keeps its own history on the stack's bus.
         let catalog = Arc::new(Catalog::new(&channels)?);
         let retention = Retention::new(bus_config.history_events, Some(catalog.clone()));
@@ -268,13 +287,17 @@ impl Stack {
         ] {
             wire(gateway, &[LIMITS, EXCHANGE, CONVERSIONS]);
         }
-        // The exchange's tick WebSocket, a json-ws source feeding the gateways' rates channels.
+        // The exchange's tick WebSocket, a json-ws source feeding the gateways' rates channels
+        // when the catalog has them (a stack with a catalog of its own may not).
         let ticks = format!("ws://{}/v1/ticks", addrs["exchange"]);
+        let has_rates = catalog.resolve("rates.EUR-USD").is_ok();
         for sources in [&mut web.sources, &mut mobile.sources, &mut device.sources] {
-            sources
-                .entry(operations::sources::EXCHANGE_SOURCE.to_owned())
-                .or_insert_with(|| operations::sources::exchange_source(""))
-                .url = ticks.clone();
+            if has_rates {
+                sources
+                    .entry(operations::sources::EXCHANGE_SOURCE.to_owned())
+                    .or_insert_with(|| operations::sources::exchange_source(""))
+                    .url = ticks.clone();
+            }
         }
 
         let root = CancellationToken::new();

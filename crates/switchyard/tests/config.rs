@@ -47,11 +47,8 @@ fn assert_demo_defaults_kept(c: &Config) {
         ("mobile", &c.mobile.backends, &c.mobile.sources),
         ("device", &c.device.backends, &c.device.sources),
     ] {
-        assert_eq!(
-            *sources,
-            operations::sources::default_sources(),
-            "{section}.sources"
-        );
+        // No source of its own: the launcher adds the exchange when it starts the stack.
+        assert!(sources.is_empty(), "{section}.sources: {sources:?}");
         assert_eq!(
             backends.keys().collect::<Vec<_>>(),
             ["conversions", "exchange", "limits"],
@@ -228,12 +225,22 @@ fn a_backend_table_with_only_base_url_keeps_every_other_default() {
     assert_eq!(web.backends, want);
     assert_eq!(mobile.backends, want);
     assert_eq!(device.backends, want);
-    // And a source table with one key keeps the source's other defaults.
-    let text = "[sources.exchange]\nlease_ttl_ms = 9000\n";
+    // And a source table gets every default it does not name.
+    let text = "[sources.exchange]\nkind = \"json-ws\"\nurl = \"ws://10.0.0.1:9102/v1/ticks\"\n\
+                channels = \"rates.{base}-{quote}\"\nlease_ttl_ms = 9000\n\
+                [[sources.exchange.messages]]\ncapture = { \"/pair\" = \"{base}/{quote}\" }\n";
     let web: bff_web::Config = file(text).load(bff_web::ENV_PREFIX).unwrap();
-    let mut want = operations::sources::default_sources();
-    want.get_mut("exchange").unwrap().lease_ttl_ms = 9000;
-    assert_eq!(web.sources, want);
+    let mut want = switchyard_core::sources::SourceConfig::new(
+        switchyard_core::sources::SourceKind::JsonWs,
+        "ws://10.0.0.1:9102/v1/ticks",
+        "rates.{base}-{quote}",
+    );
+    want.lease_ttl_ms = 9000;
+    want.messages = vec![switchyard_core::sources::rules::RuleConfig {
+        capture: [("/pair".to_owned(), "{base}/{quote}".to_owned())].into(),
+        ..Default::default()
+    }];
+    assert_eq!(web.sources["exchange"], want);
 }
 
 #[test]
