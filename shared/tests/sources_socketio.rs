@@ -65,12 +65,26 @@ fn js_dir() -> PathBuf {
 struct Server {
     child: Child,
     port: u16,
+    /// `http://127.0.0.1:PORT`, or `https://` when it serves TLS.
+    base: String,
     http: reqwest::Client,
+}
+
+/// The server's certificate and key, and the CA the client trusts (PEM files).
+struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
 }
 
 impl Server {
     /// Starts the server on `port` (0: a free one) and waits for it to listen.
     async fn start(port: u16) -> Self {
+        Self::start_with(port, None).await
+    }
+
+    /// Starts the server on `port`, over TLS when `tls` is given.
+    async fn start_with(port: u16, tls: Option<&Tls>) -> Self {
         let script = js_dir().join("socketio-server.mjs");
         assert!(
             js_dir()
@@ -82,6 +96,14 @@ impl Server {
             .arg(&script)
             .args(["--port", &port.to_string(), "--token", TOKEN])
             .args(["--ping-interval", "500", "--ping-timeout", "500"])
+            .args(tls.iter().flat_map(|t| {
+                [
+                    "--tls-cert".as_ref(),
+                    t.cert.as_os_str(),
+                    "--tls-key".as_ref(),
+                    t.key.as_os_str(),
+                ]
+            }))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -99,12 +121,22 @@ impl Server {
         let port = u16::try_from(listening["listening"].as_u64().expect("a port")).expect("u16");
         // Whatever else it prints is read, so that it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("an HTTP client");
-        Self { child, port, http }
+            .timeout(Duration::from_secs(5));
+        if let Some(t) = tls {
+            let ca = std::fs::read(&t.ca).expect("the CA");
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("a PEM"));
+        }
+        let http = http.build().expect("an HTTP client");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://127.0.0.1:{port}");
+        Self {
+            child,
+            port,
+            base,
+            http,
+        }
     }
 
     /// Kills the server (as a crash would) and waits for it to exit.
@@ -125,7 +157,7 @@ impl Server {
     /// The server's counters.
     async fn stats(&self) -> Value {
         self.http
-            .get(format!("http://127.0.0.1:{}/stats", self.port))
+            .get(format!("{}/stats", self.base))
             .send()
             .await
             .expect("GET /stats")
@@ -147,7 +179,7 @@ impl Server {
     async fn post(&self, path: &str) {
         let status = self
             .http
-            .post(format!("http://127.0.0.1:{}{path}", self.port))
+            .post(format!("{}{path}", self.base))
             .send()
             .await
             .unwrap_or_else(|e| panic!("POST {path}: {e}"))
@@ -164,13 +196,23 @@ struct Doc {
 
 /// The documented source, on the server at `port`, authenticating with `token`.
 fn source(port: u16, token: &str) -> (Source, Arc<MemoryBus>) {
+    source_with(port, token, |_| {})
+}
+
+/// The documented source, on the server at `port`, authenticating with `token`, then `change`d.
+fn source_with(
+    port: u16,
+    token: &str,
+    change: impl FnOnce(&mut SourceConfig),
+) -> (Source, Arc<MemoryBus>) {
     let text = CONFIG
         .replace("127.0.0.1:3000", &format!("127.0.0.1:{port}"))
         .replace(
             &format!("token = \"{TOKEN}\""),
             &format!("token = \"{token}\""),
         );
-    let doc: Doc = toml::from_str(&text).expect("the documented configuration reads");
+    let mut doc: Doc = toml::from_str(&text).expect("the documented configuration reads");
+    change(doc.sources.get_mut("prices").expect("the source"));
     let catalog = Arc::new(Catalog::new(&doc.channels).expect("the catalog"));
     let memory = Arc::new(MemoryBus::new(1_000));
     let bus: Arc<dyn Bus> = memory.clone();
@@ -479,4 +521,69 @@ async fn a_wrong_auth_token_is_a_counted_connect_error_with_backoff() {
             .is_err(),
         "no event"
     );
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signed, in a directory removed on drop.
+struct Pki {
+    dir: PathBuf,
+    tls: Tls,
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let dir = std::env::temp_dir().join(format!("switchyard-socketio-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let ca_key = KeyPair::generate().expect("a key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "socketio test CA");
+    let ca_pem = ca.self_signed(&ca_key).expect("the CA").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("a key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("params");
+    let cert = params.signed_by(&key, &issuer).expect("signed").pem();
+    let tls = Tls {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        ca: dir.join("ca.pem"),
+    };
+    std::fs::write(&tls.cert, cert).expect("write");
+    std::fs::write(&tls.key, key.serialize_pem()).expect("write");
+    std::fs::write(&tls.ca, ca_pem).expect("write");
+    Pki { dir, tls }
+}
+
+#[tokio::test]
+async fn an_https_url_connects_over_wss_with_the_configured_ca_and_headers() {
+    let pki = pki();
+    let server = Server::start_with(0, Some(&pki.tls)).await;
+    let (source, bus) = source_with(server.port, TOKEN, |c| {
+        c.url = c.url.replace("http://", "https://");
+        c.tls.ca_pem = pki.tls.ca.to_string_lossy().into_owned();
+        c.headers.insert("x-gateway".into(), "switchyard".into());
+    });
+    let mut sub = watch(&bus, "prices.AAPL").await;
+    let _wanted = source.want(&channel("prices.AAPL")).expect("a guard");
+    assert_eq!(next_event(&mut sub).await["symbol"], "AAPL");
+    let stats = server.stats().await;
+    assert_eq!(stats["x_gateway"], "switchyard", "{stats}");
+    assert_eq!(stats["joins"]["AAPL"], 1, "{stats}");
+
+    // Without the CA, the server's certificate is not trusted: no connection, no event.
+    let (untrusting, _bus) = source_with(server.port, TOKEN, |c| {
+        c.url = c.url.replace("http://", "https://");
+    });
+    let _wanted = untrusting.want(&channel("prices.AAPL")).expect("a guard");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counted = untrusting.stats();
+    assert_eq!(counted.connects_total, 0, "{counted:?}");
+    assert_eq!(server.stats().await["connects_total"], 1);
 }

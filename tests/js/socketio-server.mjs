@@ -4,14 +4,17 @@
 // events {symbol, price, seq, boot} to every joined room every 50 ms, and counts everything.
 //
 // Usage: node socketio-server.mjs --port P --token T [--ping-interval MS] [--ping-timeout MS]
+//          [--tls-cert PEM --tls-key PEM]   (HTTPS, WSS)
 // Prints one line, {"listening": PORT}, once it accepts connections. HTTP beside Socket.IO:
-//   GET  /stats        the counters (JSON)
+//   GET  /stats        the counters (JSON), with the last connection's `x-gateway` header
 //   POST /garbage      to every connected client: an unknown event (twice, once asking for an
 //                      ack), a price for symbol "X.Y", a binary attachment event, a truncated
 //                      Socket.IO packet
 //   POST /big?bytes=N  to every connected client: a price event carrying N bytes of padding
 
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
+import { createServer as createTlsServer } from "node:https";
 import { randomUUID } from "node:crypto";
 import { Server } from "socket.io";
 
@@ -24,6 +27,8 @@ const port = Number(arg("port", "0"));
 const token = arg("token", "s3cret");
 const pingInterval = Number(arg("ping-interval", "500"));
 const pingTimeout = Number(arg("ping-timeout", "500"));
+const tlsCert = arg("tls-cert", "");
+const tlsKey = arg("tls-key", "");
 const boot = randomUUID();
 
 const stats = {
@@ -35,12 +40,13 @@ const stats = {
   leaves: {},
   refused_joins: 0,
   acks_received: 0,
+  x_gateway: null,
 };
 const count = (map, key) => {
   map[key] = (map[key] ?? 0) + 1;
 };
 
-const http = createServer((req, res) => {
+const handler = (req, res) => {
   const url = new URL(req.url, "http://localhost");
   const reply = (status, body) => {
     res.writeHead(status, { "content-type": "application/json" });
@@ -71,7 +77,10 @@ const http = createServer((req, res) => {
     return reply(200, { sent_to: market.sockets.size });
   }
   reply(404, { error: "not found" });
-});
+};
+const http = tlsCert
+  ? createTlsServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }, handler)
+  : createServer(handler);
 
 const io = new Server(http, { pingInterval, pingTimeout, serveClient: false });
 const market = io.of("/market");
@@ -84,6 +93,7 @@ market.use((socket, next) => {
 
 market.on("connection", (socket) => {
   stats.connects_total += 1;
+  stats.x_gateway = socket.handshake.headers["x-gateway"] ?? null;
   socket.on("subscribe", (symbol, ack) => {
     const reply = typeof ack === "function" ? ack : () => {};
     if (symbol === "BAD") {
