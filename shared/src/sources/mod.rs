@@ -38,6 +38,7 @@ pub mod rules;
 pub mod template;
 
 mod json_ws;
+mod socketio;
 mod ws;
 
 pub use config::{Checked, EmitConfig, SourceConfig, SourceKind};
@@ -160,6 +161,11 @@ impl Source {
         match config.kind {
             SourceKind::JsonWs => {
                 let protocol = json_ws::JsonWs::new(&state.checked);
+                ws::spawn(state.clone(), protocol)?;
+            }
+            SourceKind::Socketio => {
+                let protocol = socketio::SocketIo::new(&state.checked)
+                    .map_err(|e| format!("sources.{name}.{e}"))?;
                 ws::spawn(state.clone(), protocol)?;
             }
             other => {
