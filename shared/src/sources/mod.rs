@@ -38,6 +38,8 @@ pub mod rules;
 pub mod template;
 
 mod json_ws;
+mod redis_pubsub;
+mod sse;
 mod ws;
 
 pub use config::{Checked, EmitConfig, SourceConfig, SourceKind};
@@ -162,6 +164,8 @@ impl Source {
                 let protocol = json_ws::JsonWs::new(&state.checked);
                 ws::spawn(state.clone(), protocol)?;
             }
+            SourceKind::Sse => sse::spawn(state.clone())?,
+            SourceKind::RedisPubsub => redis_pubsub::spawn(state.clone())?,
             other => {
                 return Err(format!(
                     "sources.{name}.kind: `{}` is not built yet",
