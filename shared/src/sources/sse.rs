@@ -226,17 +226,12 @@ impl Parser {
                     self.data.push('\n');
                 }
             }
-            b"id" => {
-                if !value.contains('\0') {
-                    self.id = value.into_owned();
-                }
-            }
-            b"retry" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                    // Digits too many for a u64 are no sensible time: ignored.
-                    if let Ok(ms) = value.parse() {
-                        self.retry_ms = Some(ms);
-                    }
+            // An id holding NUL is ignored.
+            b"id" if !value.contains('\0') => self.id = value.into_owned(),
+            // Only digits; too many for a u64 are no sensible time and ignored too.
+            b"retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(ms) = value.parse() {
+                    self.retry_ms = Some(ms);
                 }
             }
             _ => {}
