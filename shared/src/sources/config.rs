@@ -99,8 +99,9 @@ pub struct SourceConfig {
     /// json-ws: a text sent every `keepalive_ms` (else WebSocket pings are sent).
     #[serde(default)]
     pub keepalive: Option<String>,
-    /// json-ws, socketio: time between keep-alives (json-ws) or the longest silence before the
-    /// connection counts as lost.
+    /// json-ws: time between keep-alives (a connection silent for two is reopened); sse: half
+    /// the silence after which the stream counts as lost; redis-pubsub: time between PINGs.
+    /// (socketio follows the server's `pingInterval` and `pingTimeout`.)
     #[serde(default = "defaults::keepalive_ms")]
     pub keepalive_ms: u64,
     /// socketio: the namespace (`/` by default).

@@ -38,7 +38,9 @@ pub mod rules;
 pub mod template;
 
 mod json_ws;
+mod redis_pubsub;
 mod socketio;
+mod sse;
 mod ws;
 
 pub use config::{Checked, EmitConfig, SourceConfig, SourceKind};
@@ -168,12 +170,8 @@ impl Source {
                     .map_err(|e| format!("sources.{name}.{e}"))?;
                 ws::spawn(state.clone(), protocol)?;
             }
-            other => {
-                return Err(format!(
-                    "sources.{name}.kind: `{}` is not built yet",
-                    other.as_str()
-                ));
-            }
+            SourceKind::Sse => sse::spawn(state.clone())?,
+            SourceKind::RedisPubsub => redis_pubsub::spawn(state.clone())?,
         }
         Ok(Self {
             handle: Arc::new(Handle {

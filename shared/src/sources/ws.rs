@@ -29,8 +29,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What a protocol module makes of an upstream message or a tick.
 #[derive(Debug)]
-// `UpstreamError` and `Healthy` are the Socket.IO module's (acknowledgements, the handshake).
-#[allow(dead_code)]
 pub(crate) enum Step {
     /// Send this text frame.
     Send(String),
