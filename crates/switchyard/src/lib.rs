@@ -3,7 +3,7 @@
 //!
 //! The stack's configuration holds each component's own configuration. The launcher wires them:
 //! every gateway's (and conversions') `limits`, `exchange` and `conversions` backends, and the
-//! `exchange` tick bridge, are pointed at the services it started (so port 0 works everywhere),
+//! `exchange` tick source, are pointed at the services it started (so port 0 works everywhere),
 //! and all components share one broker (one bus; the gateways' leases).
 //! Each component's own `bus`, `log`, `channels` and `publish` sections are not used here; the
 //! stack's are: one publish API for the whole stack (`publish`, on 127.0.0.1:8090 with the demo
