@@ -3,7 +3,7 @@
 //! answering when one instance stops, and upgrades graphql-transport-ws and mobile sockets;
 //! device requests pass and a device gets its rates. The instances run the shipped container
 //! configurations (deploy/k8s/config), with only the demo services' addresses pointed at
-//! loopback, so a missing backend or bridge in those files fails here.
+//! loopback, so a missing backend or source in those files fails here.
 //!
 //! nginx must be installed (`scripts/services` installs it): without it this test FAILS.
 
@@ -264,7 +264,7 @@ async fn nginx_spreads_requests_and_sockets_over_two_instances_of_each_gateway()
     }
 
     // A device behind nginx gets its rates: each instance's hub feeds the pair from the exchange
-    // bridge of its shipped configuration. Long-polls (held up to a second, so that both
+    // source of its shipped configuration. Long-polls (held up to a second, so that both
     // instances are asked) until a rate of the device's pair comes.
     let rate = tokio::time::timeout(PATIENCE, async {
         let mut cursor: Option<String> = None;

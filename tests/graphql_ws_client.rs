@@ -157,7 +157,7 @@ fn check_summary(run: &Run) {
     assert_eq!(summary["closeCode"], 1000, "normal closure\n{report}");
 }
 
-/// The ticks came through the gateway's upstream bridge to the exchange service, and now that
+/// The ticks came through the gateway's upstream source from the exchange service, and now that
 /// the client is gone the gateway has released its upstream watch there.
 async fn assert_upstream_watch_released(stack: &Stack) {
     let stats = exchange_stats(stack).await;

@@ -285,9 +285,9 @@ async fn a_failed_optional_part_is_data_beside_the_rest() {
 }
 
 #[tokio::test]
-async fn the_demo_device_polls_rates_bridged_from_the_exchange_and_gets_commands() {
+async fn the_demo_device_polls_rates_fed_from_the_exchange_and_gets_commands() {
     let mut config = Config::ephemeral();
-    // Ticks often enough that the exchange's bridge feeds a rate quickly.
+    // Ticks often enough that the exchange's source feeds a rate quickly.
     config.exchange.tick_interval_ms = 50;
     let stack = Stack::start(config).await.expect("stack starts");
     let events = format!(
@@ -310,7 +310,7 @@ async fn the_demo_device_polls_rates_bridged_from_the_exchange_and_gets_commands
             r.json::<Value>().await.expect("JSON body")
         }
     };
-    // The first poll starts the one hub subscription for EUR/USD, which starts the bridge.
+    // The first poll starts the one hub subscription for EUR/USD, which starts the source.
     let mut cursor = None;
     let mut rate = None;
     let end = Instant::now() + Duration::from_secs(20);
@@ -321,7 +321,7 @@ async fn the_demo_device_polls_rates_bridged_from_the_exchange_and_gets_commands
             .as_array()
             .and_then(|e| e.iter().find(|e| e["t"] == "r").cloned());
     }
-    let rate = rate.expect("a rate reached the device through the exchange's bridge");
+    let rate = rate.expect("a rate reached the device through the exchange's source");
     assert_eq!(rate["p"], "EUR/USD");
     // A command through the admin API reaches the device through the poll.
     let sent = client()

@@ -1,6 +1,6 @@
 //! bff-mobile end to end through the launcher, driven by the Rust mobile client: subscribe, call
 //! quote and convert, receive the conversion event; a user never receives another user's events;
-//! rates flow from the exchange's own WebSocket through the gateway's bridge.
+//! rates flow from the exchange's own WebSocket through the gateway's source.
 
 mod common;
 
@@ -104,7 +104,7 @@ async fn quote_and_convert_reach_the_users_subscription_and_nobody_elses() {
 }
 
 #[tokio::test]
-async fn rates_flow_from_the_exchange_socket_through_the_bridge() {
+async fn rates_flow_from_the_exchange_socket_through_the_source() {
     let stack = stack(20).await;
     let client = connect(&stack, "carol", Encoding::Cbor).await;
     let mut rates = client.subscribe("rates:EUR/USD").await.expect("subscribed");

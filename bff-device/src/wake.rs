@@ -7,7 +7,7 @@
 //!   the last held poll. A woken poll reads what is new from the bus's history itself, so the
 //!   wake carries no events and nothing can be lost between wake and read.
 //! - Rate pairs get a [`RateWatch`] for the life of the gateway, started with the first device
-//!   configured for the pair: one hub subscription (which starts the upstream bridge feeding
+//!   configured for the pair: one hub subscription (which starts the upstream source feeding
 //!   `rates.{pair}`, once per pair), the newest rate decoded once into a shared `watch` slot.
 //!   Conflation is free: a poll reads the newest value, whatever it missed.
 //!

@@ -1,6 +1,6 @@
 //! Event streams for subscriptions, read from the process's topic hub — never from a backend
 //! connection per client. The hub shares one source subscription per topic (and, for rates, one
-//! upstream subscription at the exchange through the core's bridge). Catalog channels are read
+//! upstream subscription at the exchange through the exchange's source). Catalog channels are read
 //! here too ([`channel`]), their meaning given in [`crate::channel`].
 
 use async_graphql::{Context, ErrorExtensions, Result};

@@ -14,7 +14,7 @@
 //!
 //! This module does not know any gateway's own sections, nor the core's: each subsystem owns its
 //! section's type (`switchyard_core::upstream::BackendConfig`, `hub::HubConfig`,
-//! `bridge::BridgeConfig`, `bus::BusConfig`), and each binary composes them into its own
+//! `sources::SourceConfig`, `bus::BusConfig`), and each binary composes them into its own
 //! config struct.
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! Exponential backoff with full jitter — the one way Switchyard waits before trying again:
-//! backend retries (`upstream`), upstream bridge reconnects (`bridge`), broker reconnects and
+//! backend retries (`upstream`), upstream source reconnects (`sources`), broker reconnects and
 //! resubscriptions (`bus`), and the mobile client's reconnects.
 //!
 //! Attempt `n` (counted from 0) waits a time drawn uniformly between zero and its ceiling,

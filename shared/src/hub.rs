@@ -17,8 +17,8 @@
 //! history, then live ones, in order and without duplicates, or a gap when history no longer
 //! covers the position. The hub does not encode anything: gateways turn [`Item`]s into frames.
 //!
-//! The hub's source is always the bus. Events that come from elsewhere (an upstream WebSocket
-//! bridge) reach it through a [`Feeder`]: when a topic gets its first local subscriber, the feeder
+//! The hub's source is always the bus. Events that come from elsewhere (an upstream service,
+//! through a configured [`Source`](crate::sources::Source)) reach it through a [`Feeder`]: when a topic gets its first local subscriber, the feeder
 //! registered for the longest matching prefix is asked to feed the topic onto the bus, and the
 //! guard it returns is held until the last local subscriber leaves. The hub does not know what a
 //! feeder talks to.
@@ -56,7 +56,7 @@ pub enum Item {
 }
 
 /// Something that publishes a topic's events on the bus while there is local interest in it,
-/// such as an upstream WebSocket bridge.
+/// such as a configured upstream [`Source`](crate::sources::Source).
 pub trait Feeder: Send + Sync + 'static {
     /// Starts feeding `topic`: the returned guard keeps the feed (and its upstream subscription)
     /// while it is held. `None` when this feeder does not serve `topic`.

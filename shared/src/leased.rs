@@ -1,17 +1,18 @@
 //! One upstream subscription per topic for the whole cluster: [`LeasedFeeder`] puts a
-//! cluster-wide lease ([`crate::bus::lease`]) in front of any [`Feeder`] (an upstream WebSocket
-//! bridge).
+//! cluster-wide lease ([`crate::bus::lease`]) in front of any [`Feeder`] (a configured upstream
+//! [`Source`](crate::sources::Source)).
 //!
-//! When a topic gets local interest, the instance competes for the lease `bridge:<name>:<topic>`;
-//! only the holder feeds the topic (opens the upstream subscription and publishes on the shared
-//! bus); every other instance with interest reads the bus as for any topic. The holder renews every
-//! third of the time to live and the others retry as often, so when the holder dies its lease
-//! expires and another instance with interest takes over within `ttl + ttl / 3`; when it loses
-//! interest it releases the lease and another takes over within `ttl / 3`. A holder that cannot
-//! renew (the broker is away, or answers late) stops feeding at once: it can no longer know that
-//! nobody else took over. Upstream WebSocket sources carry state topics (the latest value
-//! matters), so a hand-over costs at most the values sent during it; with the in-memory bus the
-//! lease is process-local and the one instance always holds it.
+//! When a topic gets local interest, the instance competes for the lease `bridge:<name>:<topic>`
+//! ([`LEASE_PREFIX`]); only the holder feeds the topic (opens the upstream subscription and
+//! publishes on the shared bus); every other instance with interest reads the bus as for any
+//! topic. The holder renews every third of the time to live and the others retry as often, so
+//! when the holder dies its lease expires and another instance with interest takes over within
+//! `ttl + ttl / 3`; when it loses interest it releases the lease and another takes over within
+//! `ttl / 3`. A holder that cannot renew (the broker is away, or answers late) stops feeding at
+//! once: it can no longer know that nobody else took over. A hand-over costs at most the upstream
+//! messages sent during it (an upstream WebSocket has no resume), which suits state channels,
+//! where only the latest value matters; with the in-memory bus the lease is process-local and the
+//! one instance always holds it.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -23,6 +24,14 @@ use crate::bus::lease::Lease;
 use crate::event::Topic;
 use crate::hub::Feeder;
 
+/// What every feeder lease name starts with: `bridge:<name>:<topic>`.
+///
+/// The name predates sources (it was the upstream bridges' lease) and is kept on purpose: lease
+/// names live on the shared broker, so instances of two versions in one cluster must compete for
+/// the same key during a rolling upgrade, and operators' tooling (and `tests/cluster_failover.rs`,
+/// which reads `bridge:exchange:ch:rates.EUR-USD`) find the holder by it.
+pub const LEASE_PREFIX: &str = "bridge:";
+
 /// A feeder that feeds a topic only while this instance holds the topic's cluster-wide lease.
 pub struct LeasedFeeder {
     inner: Arc<dyn Feeder>,
@@ -33,7 +42,8 @@ pub struct LeasedFeeder {
 }
 
 impl LeasedFeeder {
-    /// Wraps `inner`; leases are named `bridge:<name>:<topic>` and held by `holder` (unique per
+    /// Wraps `inner`; leases are named `bridge:<name>:<topic>` ([`LEASE_PREFIX`]) and held by
+    /// `holder` (unique per
     /// instance) for `ttl` at a time.
     pub fn new(
         inner: Arc<dyn Feeder>,
@@ -69,7 +79,7 @@ impl std::fmt::Debug for LeasedFeeder {
 
 impl Feeder for LeasedFeeder {
     fn feed(&self, topic: &Topic) -> Option<Box<dyn Any + Send>> {
-        let Ok(name) = Topic::new(&format!("bridge:{}:{topic}", self.name)) else {
+        let Ok(name) = Topic::new(&format!("{LEASE_PREFIX}{}:{topic}", self.name)) else {
             // A topic name too long to prefix: fed by this instance alone, like without a lease.
             tracing::warn!(%topic, "topic name too long for a lease name; feeding without a lease");
             return self.inner.feed(topic);
@@ -178,7 +188,7 @@ mod tests {
         let feeder = LeasedFeeder::new(
             Arc::new(counting),
             lease.clone(),
-            "bridge",
+            "source",
             holder,
             Duration::from_millis(300),
         );
@@ -242,7 +252,7 @@ mod tests {
         let feeder = LeasedFeeder::new(
             Arc::new(counting),
             Arc::new(Flaky(AtomicUsize::new(0))),
-            "bridge",
+            "source",
             "a",
             Duration::from_millis(150),
         );

@@ -3,8 +3,8 @@
 //! - Requests flow down: [`upstream`] (backend registry, pooled HTTP with deadlines, retries and
 //!   circuit breaking) and [`compose`] (concurrent fan-out with partial results).
 //! - Events flow up: [`event`] (topics, offsets, epochs), [`bus`] (where events are published and
-//!   kept), [`hub`] (local subscribers with bounded queues and shared source subscriptions) and
-//!   [`bridge`] (upstream WebSocket APIs fed onto the bus, one upstream watch per topic).
+//!   kept) and [`hub`] (local subscribers with bounded queues and shared source subscriptions;
+//!   feeders, such as [`sources`], publish a topic onto the bus while it has subscribers).
 //! - Channels: [`channels`] (the configured catalog of client channels: strict names, access
 //!   rules, the bus topic of each; read by every gateway's runtime and the hub) and [`sources`]
 //!   (upstream services that push events — JSON WebSocket, Socket.IO, SSE, Redis pub/sub —
@@ -22,7 +22,6 @@
 
 pub mod auth;
 pub mod backoff;
-pub mod bridge;
 pub mod bus;
 pub mod channels;
 pub mod compose;

@@ -1,11 +1,11 @@
-//! TLS towards backends and upstream WebSocket APIs (`https://`, `wss://`), with rustls.
+//! TLS towards backends and upstream sources (`https://`, `wss://`), with rustls.
 //!
-//! One [`TlsConfig`] per backend or bridge: extra CA roots trusted besides the system's, and an
+//! One [`TlsConfig`] per backend or source: extra CA roots trusted besides the system's, and an
 //! optional client certificate presented to the server (mutual TLS), so the gateways can sit in a
 //! zero-trust network. [`client_config`] turns it into a rustls client configuration, read and
 //! checked once at startup: a missing file, a PEM without certificates or key, or a certificate
 //! without its key is an error naming the setting. The same configuration serves the backend
-//! registry's HTTP client and the WebSocket bridge, so both trust the same roots.
+//! registry's HTTP client and the sources' connections, so both trust the same roots.
 //!
 //! This module does not serve TLS (the gateways are plain HTTP behind their edge), reload
 //! certificates while running, check revocation lists, or pin certificates.
@@ -17,7 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
-/// TLS settings of one backend or bridge; used only with an `https://` or `wss://` URL.
+/// TLS settings of one backend or source; used only with an `https://` or `wss://` URL.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {

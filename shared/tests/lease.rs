@@ -34,7 +34,7 @@ fn leases(kit: &Kit) -> (Arc<dyn Lease>, Arc<dyn Lease>) {
 async fn one_holder_at_a_time_until_release(kind: Kind) {
     let kit = Kit::new(kind);
     let (a, b) = leases(&kit);
-    let name = Topic::new("bridge.rates/EUR:USD").expect("topic");
+    let name = Topic::new("feed.rates/EUR:USD").expect("topic");
     let ttl = Duration::from_secs(30);
     assert!(a.acquire(&name, "instance-a", ttl).await.expect("acquire"));
     assert!(!b.acquire(&name, "instance-b", ttl).await.expect("acquire"));
@@ -57,7 +57,7 @@ async fn one_holder_at_a_time_until_release(kind: Kind) {
     );
     assert!(!a.renew(&name, "instance-a", ttl).await.expect("renew"));
     // Another name is another lease.
-    let other = Topic::new("bridge.rates/EUR:GBP").expect("topic");
+    let other = Topic::new("feed.rates/EUR:GBP").expect("topic");
     assert!(a.acquire(&other, "instance-a", ttl).await.expect("acquire"));
     kit.cleanup().await;
 }
@@ -65,7 +65,7 @@ async fn one_holder_at_a_time_until_release(kind: Kind) {
 async fn an_expired_lease_can_be_taken_and_its_old_holder_learns_it(kind: Kind) {
     let kit = Kit::new(kind);
     let (a, b) = leases(&kit);
-    let name = Topic::new("bridge.expiring").expect("topic");
+    let name = Topic::new("feed.expiring").expect("topic");
     let ttl = Duration::from_millis(400);
     assert!(a.acquire(&name, "instance-a", ttl).await.expect("acquire"));
     assert!(!b.acquire(&name, "instance-b", ttl).await.expect("acquire"));
@@ -83,7 +83,7 @@ async fn an_expired_lease_can_be_taken_and_its_old_holder_learns_it(kind: Kind) 
 
 async fn contenders_never_both_win(kind: Kind) {
     let kit = Kit::new(kind);
-    let name = Topic::new("bridge.contended").expect("topic");
+    let name = Topic::new("feed.contended").expect("topic");
     let ttl = Duration::from_secs(30);
     let mut tasks = Vec::new();
     for (i, lease) in instances(&kit, 8).into_iter().enumerate() {

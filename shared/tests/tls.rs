@@ -1,4 +1,4 @@
-//! TLS towards backends (`https://`) and upstream WebSocket APIs (`wss://`), against real rustls
+//! TLS towards backends (`https://`) and upstream WebSocket sources (`wss://`), against real rustls
 //! servers on loopback that require a client certificate (mutual TLS). The test makes its own
 //! PKI with rcgen: a CA, a server certificate for `127.0.0.1`/`localhost`, a client certificate,
 //! and a second CA nobody trusts. Checked: a call works with the configured CA and client
@@ -19,11 +19,13 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use switchyard_core::bridge::BridgeConfig;
-use switchyard_core::bridge::{Decoded, UpstreamBridge, UpstreamProtocol};
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::bus::{Bus, Delivery, StartAt};
-use switchyard_core::event::Topic;
+use switchyard_core::channels::{
+    Catalog, ChannelConfig, ChannelName, ChannelsConfig, SubscribeRule,
+};
+use switchyard_core::event::TopicClass;
+use switchyard_core::sources::{Source, SourceConfig, SourceKind};
 use switchyard_core::tls::TlsConfig;
 use switchyard_core::upstream::{BackendConfig, RetryConfig};
 use switchyard_core::upstream::{Call, Upstreams};
@@ -133,7 +135,8 @@ struct Seen {
 enum Serve {
     /// One HTTP/1.1 answer: 200 `{"ok":true}`.
     Http,
-    /// A WebSocket that answers `+topic` with `topic hello`.
+    /// A WebSocket that answers `{"op":"watch","topic":"a"}` with
+    /// `{"kind":"event","topic":"a","data":{"text":"hello"}}`.
     Ws,
 }
 
@@ -199,13 +202,19 @@ async fn tls_server(pki: &Pki, cert: &str, key: &str, serve: Serve) -> (u16, Arc
                         };
                         seen.requests.fetch_add(1, Ordering::SeqCst);
                         while let Some(Ok(m)) = ws.next().await {
-                            if let Message::Text(t) = m
-                                && let Some(topic) = t.as_str().strip_prefix('+')
-                                && ws
-                                    .send(Message::text(format!("{topic} hello")))
-                                    .await
-                                    .is_err()
-                            {
+                            let Message::Text(t) = m else { continue };
+                            let Ok(frame) = serde_json::from_str::<serde_json::Value>(&t) else {
+                                continue;
+                            };
+                            if frame["op"] != "watch" {
+                                continue;
+                            }
+                            let hello = serde_json::json!({
+                                "kind": "event",
+                                "topic": frame["topic"],
+                                "data": {"text": "hello"},
+                            });
+                            if ws.send(Message::text(hello.to_string())).await.is_err() {
                                 return;
                             }
                         }
@@ -364,32 +373,16 @@ fn unusable_tls_settings_are_refused_at_startup_naming_the_backend_and_setting()
     }
 }
 
-/// The toy upstream protocol: `+topic` watches; `topic payload` is an event.
-struct Toy;
-
-impl UpstreamProtocol for Toy {
-    fn watch(&self, topic: &Topic) -> Option<String> {
-        Some(format!("+{topic}"))
-    }
-    fn unwatch(&self, topic: &Topic) -> Option<String> {
-        Some(format!("-{topic}"))
-    }
-    fn decode(&self, frame: &str) -> Decoded {
-        match frame.split_once(' ') {
-            Some((name, payload)) => match Topic::new(name) {
-                Ok(topic) => Decoded::Event {
-                    topic,
-                    payload: Bytes::copy_from_slice(payload.as_bytes()),
-                },
-                Err(e) => Decoded::Error(e.to_string()),
-            },
-            None => Decoded::Ignore,
-        }
-    }
-}
-
-fn bridge_config(port: u16, tls: TlsConfig) -> BridgeConfig {
-    let mut c = BridgeConfig::new(format!("wss://localhost:{port}/ws"));
+/// A `json-ws` source of the toy protocol at `url` (the `toy.{name}` channels).
+fn source_config(url: String, tls: TlsConfig) -> SourceConfig {
+    let mut c = SourceConfig::new(SourceKind::JsonWs, url, "toy.{name}");
+    c.subscribe = Some(r#"{"op":"watch","topic":"{name}"}"#.into());
+    c.messages = vec![switchyard_core::sources::rules::RuleConfig {
+        when: [("/kind".to_owned(), "event".to_owned())].into(),
+        capture: [("/topic".to_owned(), "{name}".to_owned())].into(),
+        payload: Some("/data".into()),
+        ..Default::default()
+    }];
     c.connect_timeout_ms = 1_000;
     c.reconnect_initial_ms = 10;
     c.reconnect_max_ms = 100;
@@ -397,40 +390,64 @@ fn bridge_config(port: u16, tls: TlsConfig) -> BridgeConfig {
     c
 }
 
+fn wss_config(port: u16, tls: TlsConfig) -> SourceConfig {
+    source_config(format!("wss://localhost:{port}/ws"), tls)
+}
+
+fn catalog() -> Arc<Catalog> {
+    let config = ChannelsConfig {
+        catalog: vec![ChannelConfig {
+            pattern: "toy.{name}".into(),
+            class: TopicClass::State,
+            history_events: 1,
+            max_payload_bytes: 1024,
+            subscribe: SubscribeRule::Public,
+            publishers: Vec::new(),
+        }],
+    };
+    Arc::new(Catalog::new(&config).expect("catalog"))
+}
+
+fn start(config: &SourceConfig, bus: Arc<dyn Bus>) -> Result<Source, String> {
+    Source::start("toy", config, catalog(), bus)
+}
+
 #[tokio::test]
-async fn a_wss_bridge_uses_the_same_tls_settings() {
+async fn a_wss_source_uses_the_same_tls_settings() {
     let pki = pki();
     let (port, seen) = tls_server(&pki, "server.pem", "server.key", Serve::Ws).await;
     let bus = Arc::new(MemoryBus::new(16));
-    let topic = Topic::new("toy.a").expect("topic");
+    let channel = ChannelName::parse("toy.a").expect("channel");
     let mut events = bus
-        .subscribe(&topic, StartAt::Live)
+        .subscribe(&channel.topic(), StartAt::Live)
         .await
         .expect("subscribe");
-    let bridge = UpstreamBridge::start(
-        "toy",
-        &bridge_config(port, tls(&pki, "ca.pem", true)),
-        Arc::new(Toy),
+    let source = start(
+        &wss_config(port, tls(&pki, "ca.pem", true)),
         bus.clone() as Arc<dyn Bus>,
-    );
-    let _guard = bridge.watch(&topic);
+    )
+    .expect("starts");
+    let _guard = source.want(&channel).expect("the source feeds toy.a");
     let first = tokio::time::timeout(WAIT, events.next())
         .await
         .expect("the watch's answer is published")
         .expect("open");
-    assert!(matches!(first, Delivery::Event(e) if e.payload == "hello"));
+    assert!(
+        matches!(&first, Delivery::Event(e) if e.payload == r#"{"text":"hello"}"#),
+        "{first:?}"
+    );
     assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
+    assert!(source.stats().connected);
 
-    // Without the client certificate the server refuses every attempt; the bridge keeps trying
+    // Without the client certificate the server refuses every attempt; the source keeps trying
     // and never connects.
     let (port, seen) = tls_server(&pki, "server.pem", "server.key", Serve::Ws).await;
-    let refused = UpstreamBridge::start(
-        "toy",
-        &bridge_config(port, tls(&pki, "ca.pem", false)),
-        Arc::new(Toy),
+    let refused = start(
+        &wss_config(port, tls(&pki, "ca.pem", false)),
         bus.clone() as Arc<dyn Bus>,
-    );
-    let _guard = refused.watch(&topic);
+    )
+    .expect("starts");
+    let _guard = refused.want(&channel).expect("the source feeds toy.a");
     assert!(
         eventually(WAIT, || async {
             seen.handshakes_failed.load(Ordering::SeqCst) >= 2
@@ -438,17 +455,17 @@ async fn a_wss_bridge_uses_the_same_tls_settings() {
         .await
     );
     assert!(!refused.stats().connected);
+    assert_eq!(refused.stats().connects_total, 0);
     assert_eq!(seen.requests.load(Ordering::SeqCst), 0);
 
-    // A wss:// bridge to a server of a CA it does not trust never connects either.
+    // A wss:// source to a server of a CA it does not trust never connects either.
     let (port, seen) = tls_server(&pki, "other-server.pem", "other-server.key", Serve::Ws).await;
-    let untrusted = UpstreamBridge::start(
-        "toy",
-        &bridge_config(port, tls(&pki, "ca.pem", true)),
-        Arc::new(Toy),
-        bus as Arc<dyn Bus>,
-    );
-    let _guard = untrusted.watch(&topic);
+    let untrusted = start(
+        &wss_config(port, tls(&pki, "ca.pem", true)),
+        bus.clone() as Arc<dyn Bus>,
+    )
+    .expect("starts");
+    let _guard = untrusted.want(&channel).expect("the source feeds toy.a");
     assert!(
         eventually(WAIT, || async {
             seen.handshakes_failed.load(Ordering::SeqCst) >= 2
@@ -456,4 +473,34 @@ async fn a_wss_bridge_uses_the_same_tls_settings() {
         .await
     );
     assert_eq!(untrusted.stats().connects_total, 0);
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn unusable_source_tls_settings_are_refused_at_start_naming_the_source() {
+    let pki = pki();
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(16));
+    // TLS settings on a ws:// URL would be silently unused.
+    let err = start(
+        &source_config("ws://127.0.0.1:1/ws".into(), tls(&pki, "ca.pem", true)),
+        bus.clone(),
+    )
+    .expect_err("tls on ws://");
+    assert!(err.starts_with("sources.toy.tls: "), "{err}");
+    assert!(err.contains("wss://"), "{err}");
+    // A CA file that is not there.
+    let missing = TlsConfig {
+        ca_pem: pki.path("missing.pem"),
+        ..TlsConfig::default()
+    };
+    let err = start(&wss_config(1, missing), bus.clone()).expect_err("missing CA file");
+    assert!(err.starts_with("sources.toy.tls: "), "{err}");
+    assert!(err.contains("missing.pem"), "{err}");
+    // A client certificate without its key.
+    let half = TlsConfig {
+        client_cert_pem: pki.path("client.pem"),
+        ..TlsConfig::default()
+    };
+    let err = start(&wss_config(1, half), bus).expect_err("no client key");
+    assert!(err.contains("client_key_pem"), "{err}");
 }

@@ -28,7 +28,7 @@ pub const ADMIN: &str = "admin-token-0123456789";
 /// A generous bound that only stops a broken test from hanging.
 pub const HANG: Duration = Duration::from_secs(20);
 
-/// The test configuration: two devices, the admin API on, no upstream bridge (rates are
+/// The test configuration: two devices, the admin API on, no upstream source (rates are
 /// published on the bus by the tests).
 pub fn config() -> Config {
     let mut c = Config::default();

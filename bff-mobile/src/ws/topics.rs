@@ -2,7 +2,7 @@
 //! and which demo type its payloads hold. This is the only place in the socket layer that knows
 //! the demo's client topics: `conversions` (the user's own catalog channel `conversions.{user}`,
 //! conversion events) and `rates:{BASE/QUOTE}` (channel `rates.{BASE}-{QUOTE}`, rates fed by the
-//! exchange bridge). Their hub topics come from `operations`, which defines the demo catalog.
+//! exchange source). Their hub topics come from `operations`, which defines the demo catalog.
 //! Every other client topic is a catalog channel ([`super::channels`]), whose routes carry
 //! [`Payload::Json`].
 //!

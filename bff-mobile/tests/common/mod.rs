@@ -28,7 +28,7 @@ pub struct Gateway {
     pub app_topics: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
-/// The test configuration: HS256 auth, no upstream bridge (rates are published on the bus by
+/// The test configuration: HS256 auth, no upstream source (rates are published on the bus by
 /// the tests), backends nowhere unless a test sets them.
 pub fn config() -> Config {
     let mut c = Config::default();

@@ -131,7 +131,7 @@ fn gateway(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Router> {
 
 async fn rate(State(c): State<Control>) -> Result<String, String> {
     let seq = c.seq.fetch_add(1, Ordering::Relaxed) + 1;
-    // The bus topic of the demo catalog's channel `rates.EUR-USD`, which the exchange bridge feeds.
+    // The bus topic of the demo catalog's channel `rates.EUR-USD`, which the exchange source feeds.
     let topic = Topic::new("ch:rates.EUR-USD").map_err(|e| e.to_string())?;
     let payload = format!(r#"{{"pair":"EUR/USD","rate":"1.{seq:04}","seq":{seq}}}"#);
     c.bus

@@ -27,7 +27,7 @@ struct Gateway {
     shutdown: CancellationToken,
 }
 
-/// HS256 auth, no upstream bridge, a short drain (bye window 300 ms).
+/// HS256 auth, no upstream source, a short drain (bye window 300 ms).
 fn gateway_config() -> bff_mobile::Config {
     let mut c = bff_mobile::Config::default();
     c.auth.hs256_secret = SECRET.to_owned();

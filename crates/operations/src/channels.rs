@@ -2,7 +2,7 @@
 //! of the launcher, and the names of the demo's channels and bus topics.
 //!
 //! - `rates.{pair}` (`rates.EUR-USD`): a public state channel, one per currency pair, fed by the
-//!   exchange bridge ([`crate::sources`]); no publisher may publish on it.
+//!   exchange source ([`crate::sources`]); no publisher may publish on it.
 //! - `conversions.{user}` (`conversions.alice`): a stream of one user's conversion events, for
 //!   that signed-in user only (`user` rule); the conversions service publishes there.
 //! - `announcements`: a public stream the launcher's `demo` publisher publishes on.
@@ -114,7 +114,10 @@ mod tests {
         assert_eq!(rates.entry().class(), TopicClass::State);
         assert!(rates.may_subscribe(&Subscriber::Anonymous));
         for publisher in [DEMO_PUBLISHER, CONVERSIONS_PUBLISHER] {
-            assert!(!rates.may_publish(publisher), "only the bridge feeds rates");
+            assert!(
+                !rates.may_publish(publisher),
+                "only the exchange source feeds rates"
+            );
         }
 
         let alice = UserId::parse("alice").unwrap();

@@ -10,8 +10,8 @@
 //!
 //! [`channels`] is the demo's channel catalog (`rates.{pair}`, `conversions.{user}`,
 //! `announcements`), the default `[channels]` of every gateway, and names the demo's bus topics;
-//! [`sources`] holds the domain's event sources: the exchange's tick protocol, bridged onto the
-//! bus as the `rates.{pair}` channels' topics (`ch:rates.EUR-USD`).
+//! [`sources`] holds the domain's event sources: the exchange's tick WebSocket as a `json-ws`
+//! source, feeding the bus as the `rates.{pair}` channels' topics (`ch:rates.EUR-USD`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

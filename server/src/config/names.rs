@@ -1,4 +1,4 @@
-//! Tables keyed by names a binary knows (`[backends.NAME]`, `[bridges.NAME]`): reading one
+//! Tables keyed by names a binary knows (`[backends.NAME]`): reading one
 //! refuses a name the binary does not know, with the error at that name's own key
 //! (`invalid config at `backends.limts``), so a typo is an error rather than a table nobody
 //! reads.

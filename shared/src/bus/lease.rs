@@ -1,6 +1,6 @@
 //! Cluster-wide leases: at most one holder of a named lease at a time, until it expires unless
 //! renewed — for work that must run once across the instances sharing a broker (one upstream
-//! bridge per topic for the whole cluster, say), rather than once per instance.
+//! subscription per channel for the whole cluster, say), rather than once per instance.
 //!
 //! A lease is named by a [`Topic`] (the usual thing to lease is a topic's feed) and held by an
 //! opaque holder id (an instance id). The holder renews well within the time to live, and stops

@@ -28,7 +28,7 @@
 //! use switchyard_core::ratelimit::{RateLimitConfig, RateLimiter};
 //!
 //! let broker = Broker::connect(config);
-//! let bus = broker.bus(); // for the hub, the bridges' feeders, /readyz
+//! let bus = broker.bus(); // for the hub, the sources' feeders, /readyz
 //! let lease = broker.lease(); // for `leased::LeasedFeeder`
 //! let limiter = RateLimiter::new("bff-web", &RateLimitConfig::default(), &broker);
 //! let devices = switchyard_core::records::on(&broker, "devices");

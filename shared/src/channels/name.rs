@@ -20,8 +20,8 @@ pub const MAX_SEGMENTS: usize = 16;
 
 /// What a channel's bus topic starts with. The catalog's channels live in a namespace of their own
 /// on the bus: `:` is never in a channel name, so no catalog pattern can ever reach one of the
-/// gateways' own topics (`devices.{id}.commands`, `telemetry.{id}`, `bridge:…`), whatever an
-/// operator configures.
+/// gateways' own topics (`devices.{id}.commands`, `telemetry.{id}`, the feeders' lease names
+/// `bridge:…`), whatever an operator configures.
 pub const TOPIC_PREFIX: &str = "ch:";
 
 /// Why a channel name was refused. Positions are byte offsets; the offending name itself is not

@@ -393,6 +393,9 @@ impl SourceState {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+        // Stopping can drop an open connection mid-serve (the `select!` above), past the
+        // store after it: the stats must not show a connection that is gone.
+        self.connected.store(false, Ordering::SeqCst);
         tracing::debug!(source = %name, "source stopped");
     }
 
