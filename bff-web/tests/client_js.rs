@@ -28,6 +28,9 @@ fn the_browser_client_unit_tests_pass_under_node() {
         .find_map(|l| l.strip_prefix("# pass "))
         .and_then(|n| n.trim().parse::<u32>().ok())
         .unwrap_or(0);
-    assert!(passed >= 10, "expected the client's tests to run:\n{stdout}");
+    assert!(
+        passed >= 10,
+        "expected the client's tests to run:\n{stdout}"
+    );
     assert!(stdout.contains("# fail 0"), "{stdout}");
 }
