@@ -273,7 +273,7 @@ mod tests {
             assert_eq!(clean_path(good), Some(good), "{good}");
         }
         let long = "a".repeat(MAX_PATH_BYTES + 1);
-        let deep = vec!["a"; MAX_SEGMENTS + 1].join("/");
+        let deep = ["a"; MAX_SEGMENTS + 1].join("/");
         for bad in [
             "",
             "..",
