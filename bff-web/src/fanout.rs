@@ -143,6 +143,15 @@ where
             .count()
     }
 
+    /// Subscribers of every execution running now (each holds its execution: the registry and
+    /// the execution's task hold only weak references).
+    pub(crate) fn subscribers(&self) -> usize {
+        lock(&self.executions)
+            .values()
+            .map(Weak::strong_count)
+            .sum()
+    }
+
     /// Joins the execution of `request` (built by `make`), starting it if none runs.
     ///
     /// `replay_latest` makes late joiners start with the latest result (state subscriptions).

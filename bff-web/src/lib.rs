@@ -6,7 +6,8 @@
 //! engine; this crate owns the wire format: the schemas (`schema/*.graphql` are the shipped
 //! contracts), the HTTP conventions ([`http`]), the WebSocket protocol ([`ws`]), shared
 //! subscription executions ([`fanout`]), auth ([`auth`]) and the one mapping of core errors to
-//! GraphQL errors ([`errors`]).
+//! GraphQL errors ([`errors`]). For browsers it also serves its client module at `/v1/client.js`
+//! and, when `[ui]` says so, the demo page and the demo services' web components ([`ui`]).
 
 pub mod auth;
 mod channel;
@@ -19,6 +20,7 @@ mod hub_streams;
 mod limits;
 mod ratelimits;
 mod request;
+mod ui;
 mod v1;
 mod v2;
 mod ws;
@@ -43,6 +45,7 @@ use switchyard_server::server::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::AuthConfig;
+pub use ui::UiConfig;
 
 /// Prefix of the environment variables that override the configuration.
 pub const ENV_PREFIX: &str = "SWITCHYARD_WEB";
@@ -85,6 +88,8 @@ pub struct Config {
     pub channels: switchyard_core::channels::ChannelsConfig,
     /// The publish API for backends, on a listener of its own (none by default).
     pub publish: switchyard_server::publish::PublishConfig,
+    /// The demo page and the demo services' web components (none by default).
+    pub ui: UiConfig,
 }
 
 impl Default for Config {
@@ -104,6 +109,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             channels: operations::channels::demo(),
             publish: switchyard_server::publish::PublishConfig::default(),
+            ui: UiConfig::default(),
         }
     }
 }
@@ -239,6 +245,39 @@ impl App {
     pub fn v1_executions(&self) -> usize {
         self.v1_fanout.running()
     }
+
+    /// A handle on what the gateway holds now, readable while it serves.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            sockets: self.runtime.sockets.clone(),
+            v1_fanout: self.v1_fanout.clone(),
+        }
+    }
+
+    /// Serves the gateway on `listener` until its shutdown token is cancelled (as [`run`]).
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        self.runtime.serve(listener, self.router).await
+    }
+}
+
+/// What a running gateway holds now (for tests and diagnostics; [`App::stats`]).
+#[derive(Clone)]
+pub struct Stats {
+    sockets: TaskTracker,
+    v1_fanout: Arc<fanout::Fanout<v1::Query, v1::Mutation, v1::SubscriptionRoot>>,
+}
+
+impl Stats {
+    /// WebSockets open now, /v1 and /v2 together.
+    pub fn sockets(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Subscriptions active now on /v1, over every socket: each `subscribe` of a subscription
+    /// counts until it completes, whether or not it shares an execution.
+    pub fn v1_subscriptions(&self) -> usize {
+        self.v1_fanout.subscribers()
+    }
 }
 
 /// Builds the gateway. `shutdown` also closes every socket (1001) when cancelled.
@@ -266,7 +305,10 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
     let (v1_routes, v1_fanout) = shared.endpoint(v1, "/v1/graphql", v1::PUBLIC, v1::STATE);
     let v2 = v2::schema(&config.graphql, data());
     let (v2_routes, _) = shared.endpoint(v2, "/v2/graphql", v2::PUBLIC, v2::STATE);
-    let routes = Router::new().nest("/v1", v1_routes).nest("/v2", v2_routes);
+    let routes = Router::new()
+        .nest("/v1", v1_routes)
+        .nest("/v2", v2_routes)
+        .merge(ui::routes(&config.ui, &config.backends)?);
     // Per IP for every request, and per user for a request with a valid token.
     let user_of: UserOf = {
         let verifier = shared.verifier.clone();
@@ -357,8 +399,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = app(&config, &broker, shutdown)?;
-    app.runtime.serve(listener, app.router).await
+    app(&config, &broker, shutdown)?.serve(listener).await
 }
 
 /// The SDL of the served v1 schema (what `schema/v1.graphql` must stay compatible with).

@@ -130,6 +130,8 @@ pub(super) fn root_fields(
     let op = match (&doc.operations, operation_name) {
         (DocumentOperations::Single(op), _) => op,
         (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name)?,
+        // One named operation and no `operationName`: that operation (as the engine runs it).
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next()?,
         (DocumentOperations::Multiple(_), None) => return None,
     };
     if op.node.ty != OperationType::Subscription {
@@ -200,4 +202,30 @@ pub(super) fn root_fields(
         }
     }
     Some(Root::Subscription(reach))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_named_operation_needs_no_operation_name() {
+        let named = "subscription Named($n: String!) { channel(name: $n) { offset } }";
+        let vars = serde_json::json!({"n": "announcements"});
+        assert!(matches!(
+            root_fields(named, None, &vars),
+            Some(Root::Subscription(_))
+        ));
+        assert!(matches!(
+            root_fields(named, Some("Named"), &vars),
+            Some(Root::Subscription(_))
+        ));
+        let two =
+            "subscription A { rates(pairs: []) { rate } } subscription B { conversions { id } }";
+        assert!(root_fields(two, None, &vars).is_none());
+        assert!(matches!(
+            root_fields(two, Some("B"), &vars),
+            Some(Root::Subscription(_))
+        ));
+    }
 }

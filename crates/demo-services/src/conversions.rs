@@ -174,6 +174,7 @@ pub fn router(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Router> {
     let api = Router::new()
         .route("/v1/conversions", post(create).get(list))
         .with_state(service);
+    let api = api.merge(crate::ui::routes(crate::ui::CONVERSIONS));
     Ok(http::finish(
         api,
         Readiness::new(Some(upstreams), Some(bus)),

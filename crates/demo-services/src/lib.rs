@@ -12,6 +12,8 @@
 //! bounded graceful drain. Each module's `run` is what a launcher calls; the binaries in
 //! `src/bin` only load configuration, set up logs, bind and call it.
 //!
+//! Each also serves its own web component at `/ui/{file}` (`ui.rs`), for bff-web's demo page.
+//!
 //! These are demo backends, not Switchyard: they keep state in memory (bounded, lost on restart)
 //! and do not authenticate anyone.
 
@@ -21,3 +23,4 @@ pub mod limits;
 
 mod http;
 mod splitmix;
+mod ui;

@@ -84,6 +84,7 @@ pub fn router(config: &Config) -> anyhow::Result<Router> {
         .route("/v1/limits/{user}", get(get_limit))
         .route("/v1/limits/{user}/consume", post(consume))
         .with_state(service);
+    let api = api.merge(crate::ui::routes(crate::ui::LIMITS));
     Ok(http::finish(
         api,
         Readiness::new(None, None),

@@ -96,6 +96,11 @@ impl Default for Config {
     fn default() -> Self {
         let mut web = bff_web::Config::default();
         web.auth.hs256_secret = DEMO_SECRET.to_owned();
+        // The demo page at `/`, and each demo service's web component at `/ui/{service}/…`.
+        web.ui.demo_page = true;
+        web.ui.services = ["exchange", "limits", "conversions"]
+            .map(str::to_owned)
+            .to_vec();
         let mut mobile = bff_mobile::Config::default();
         mobile.auth.hs256_secret = DEMO_SECRET.to_owned();
         let mut device = bff_device::Config::default();
@@ -200,6 +205,7 @@ pub struct Stack {
     bus: Arc<dyn Bus>,
     root: CancellationToken,
     tokens: HashMap<&'static str, CancellationToken>,
+    web: bff_web::Config,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
 }
 
@@ -330,6 +336,7 @@ impl Stack {
         });
         let (l, t) = take("bff-web");
         let b = broker.clone();
+        let web_config = web.clone();
         tasks.spawn(async move { ("bff-web", bff_web::run(web, b, l, t).await) });
         let (l, t) = take("bff-mobile");
         let b = broker.clone();
@@ -355,6 +362,7 @@ impl Stack {
             bus,
             root,
             tokens,
+            web: web_config,
             tasks,
         })
     }
@@ -387,6 +395,13 @@ impl Stack {
     /// The shared bus (the broker's).
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.bus
+    }
+
+    /// The configuration bff-web runs with here, wired to the stack's services (backends, the
+    /// exchange bridge, the catalog): another instance built from it on [`Stack::broker`]
+    /// serves the same API and demo page (tests run one they can stop and start again).
+    pub fn web_config(&self) -> &bff_web::Config {
+        &self.web
     }
 
     /// Stops one component (its listener closes; the rest keep running).

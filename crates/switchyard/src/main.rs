@@ -81,6 +81,13 @@ async fn main() -> anyhow::Result<()> {
     let url = |c: &str| stack.url(c);
     println!("switchyard is up (in-memory bus)");
     println!("  bff-web      {}/v1/graphql", url("bff-web"));
+    if stack.web_config().ui.demo_page {
+        println!(
+            "    demo page: {}/  (sign in: `switchyard token alice`, or {}/#token=<token>)",
+            url("bff-web"),
+            url("bff-web")
+        );
+    }
     println!("  bff-mobile   {}/v1/quote", url("bff-mobile"));
     println!(
         "  bff-device   {}/v1/devices/{{id}}/events",

@@ -152,6 +152,7 @@ fn build(config: &Config, shutdown: CancellationToken) -> anyhow::Result<(Router
         .route("/v1/ticks", get(ticks))
         .route("/v1/stats", get(stats))
         .with_state(exchange);
+    let api = api.merge(crate::ui::routes(crate::ui::EXCHANGE));
     let app = http::finish(api, Readiness::new(None, None), &config.server);
     Ok((app, sockets))
 }
