@@ -10,11 +10,12 @@
 //! cargo run --release -p bench -- device-hold
 //! cargo run --release -p bench -- device-soak
 //! taskset -c 1 target/release/switchyard-bench publish
+//! taskset -c 1 target/release/switchyard-bench sources
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run, because the machine is
 //! shared and noisy: compare ratios, not absolute numbers. `serve-gateway`, `serve-baseline`,
-//! `serve-device` and `serve-publish` are hidden: the memory benchmarks and `publish` run each
+//! `serve-device` and `serve-publish` are hidden: the memory benchmarks, `publish` and `sources` run each
 //! server in a child process through them.
 
 mod baseline;
@@ -29,6 +30,7 @@ mod publish;
 mod publish_serve;
 mod publish_subs;
 mod serve;
+mod sources;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -77,7 +79,11 @@ enum Bench {
     /// publishes/s and server CPU per publish at 1 and 16 publishers, and publish→delivery
     /// p50/p99 to 1,000 mobile subscribers at a paced rate (server in a child process, pinned).
     Publish(publish::Args),
-    /// Runs the stack and the in-process publisher for `publish`.
+    /// Upstream message → client delivery through each kind of source (json-ws, sse,
+    /// redis-pubsub, socketio) against the in-process publish, to 1,000 mobile subscribers (server
+    /// in a child process, pinned).
+    Sources(sources::Args),
+    /// Runs the stack and the in-process publisher for `publish` and `sources`.
     #[command(hide = true)]
     ServePublish(publish_serve::Args),
     /// Runs bff-device (or the minimal long-poll baseline) in this process for `device-hold`.
@@ -114,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::DeviceHold(args) => device::hold(args).await,
         Bench::DeviceSoak(args) => device::soak(args).await,
         Bench::Publish(args) => publish::run(args).await,
+        Bench::Sources(args) => sources::run(args).await,
         Bench::ServePublish(args) => publish_serve::run(args).await,
         Bench::ServeDevice(args) => device_serve::run(args).await,
         Bench::ServeGateway(args) => serve::gateway(args).await,

@@ -111,10 +111,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     crate::memory::raise_nofile(args.clients as u64 + 1_024)?;
     let clk_tck = clock_ticks()?;
     let mut server = Server::spawn(&args.server_cpus).await?;
-    let subscribers =
-        Subscribers::connect(&server.mobile_url, args.clients, args.connect_concurrency)
-            .await
-            .with_context(|| format!("connecting {} subscribers", args.clients))?;
+    let subscribers = Subscribers::connect(
+        &server.mobile_url,
+        args.clients,
+        args.connect_concurrency,
+        &[CHANNEL],
+    )
+    .await
+    .with_context(|| format!("connecting {} subscribers", args.clients))?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
@@ -196,12 +200,14 @@ impl Bench<'_> {
         } else {
             Mode::Http
         };
-        let phase = subscribers.begin(run, events);
+        let phase = subscribers.begin(run, events, 2);
         match self.interleaved(server, run, events, even).await {
             Err(e) => println!("  latency run INVALID: {e:#}"),
             Ok(mut answers) => match subscribers.finish(&phase, DRAIN_TIMEOUT).await {
                 Err(why) => println!("  latency run INVALID: {why}"),
-                Ok([even_samples, odd_samples]) => {
+                Ok(mut by_parity) => {
+                    let odd_samples = by_parity.pop().unwrap_or_default();
+                    let even_samples = by_parity.pop().unwrap_or_default();
                     let (http, in_process) = match even {
                         Mode::Http => (even_samples, odd_samples),
                         Mode::InProcess => (odd_samples, even_samples),

@@ -41,9 +41,18 @@ pub(crate) const LOAD_CHANNEL: &str = "bench.load";
 /// The publisher every channel the benchmark uses allows (the launcher's demo publisher key's).
 const PUBLISHER: &str = "demo";
 
-/// Arguments of `serve-publish` (none: everything comes over standard input).
+/// Arguments of `serve-publish` (the commands come over standard input).
 #[derive(clap::Args)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    /// Upstream sources to add to the stack, as JSON (`{"name": <[sources.NAME] table>}`), each
+    /// feeding a channel of the catalog entry `src.{kind}` (public stream) that this adds: the
+    /// `sources` benchmark's.
+    #[arg(long)]
+    sources: Option<String>,
+}
+
+/// The catalog entry the `sources` benchmark's sources feed.
+pub(crate) const SOURCES_PATTERN: &str = "src.{kind}";
 
 /// Microseconds since the Unix epoch: the publish time an event carries. The bench and this child
 /// read the same system clock, so the subscribers in the bench process can subtract it.
@@ -78,7 +87,7 @@ fn catalog(mut channels: ChannelsConfig) -> ChannelsConfig {
 }
 
 /// Runs the stack and answers the bench's commands until standard input closes.
-pub(crate) async fn run(_args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = switchyard::Config::ephemeral();
     crate::serve::unlimited(&mut config);
     crate::serve::lift_connection_caps(&mut config);
@@ -87,6 +96,17 @@ pub(crate) async fn run(_args: Args) -> anyhow::Result<()> {
     // Idle subscribers send nothing: no heartbeat pings in the middle of a measurement.
     config.mobile.websocket.heartbeat_ms = 3_600_000;
     config.channels = catalog(config.channels);
+    if let Some(sources) = &args.sources {
+        config.sources = serde_json::from_str(sources).context("--sources")?;
+        config.channels.catalog.push(ChannelConfig {
+            pattern: SOURCES_PATTERN.to_owned(),
+            class: TopicClass::Stream,
+            history_events: 1_000,
+            max_payload_bytes: 64 * 1024,
+            subscribe: SubscribeRule::Public,
+            publishers: Vec::new(),
+        });
+    }
     let catalog = Catalog::new(&config.channels)?;
     let topic = |name: &str| {
         catalog
@@ -204,6 +224,11 @@ impl Server {
     /// Spawns `serve-publish` (under `taskset -c cpus` unless `cpus` is empty) and reads its
     /// `ready` line.
     pub(crate) async fn spawn(cpus: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(cpus, None).await
+    }
+
+    /// [`Server::spawn`], with `--sources` (JSON) when given.
+    pub(crate) async fn spawn_with(cpus: &str, sources: Option<&str>) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut command = if cpus.is_empty() {
             Command::new(exe)
@@ -212,8 +237,11 @@ impl Server {
             c.args(["-c", cpus]).arg(exe);
             c
         };
+        command.arg("serve-publish");
+        if let Some(sources) = sources {
+            command.args(["--sources", sources]);
+        }
         let mut child = command
-            .arg("serve-publish")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

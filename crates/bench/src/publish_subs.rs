@@ -1,5 +1,6 @@
 //! The `publish` benchmark's subscribers: switchyard-mobile.v1 clients in CBOR, each signed in
-//! (`auth`) and subscribed (`sub` to [`CHANNEL`], `subbed` awaited), held for the whole benchmark.
+//! (`auth`) and subscribed (`sub` to each of the benchmark's channels — `announcements` for `publish`
+//! — `subbed` awaited), held for the whole benchmark.
 //!
 //! Every event's data is the publisher's JSON `{"r": run, "k": k, "us": publish time}` as CBOR.
 //! A client takes its receive time as soon as it has decoded the frame and records the
@@ -19,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Protocol, Ws};
-use crate::publish_serve::{CHANNEL, now_us};
+use crate::publish_serve::now_us;
 
 /// One latency run as the subscribers see it.
 pub(crate) struct Phase {
@@ -28,9 +29,10 @@ pub(crate) struct Phase {
     /// Deliveries so far (every client, every event).
     received: AtomicUsize,
     /// Each client's latencies in µs, in event order.
-    /// Per client, the latencies of the run's even events and of its odd ones (the two ways of
-    /// publishing an interleaved run), in µs.
-    samples: Vec<Mutex<[Vec<u32>; 2]>>,
+    /// Per client, the latencies of the run's events by `k % modes` (the ways of publishing an
+    /// interleaved run), in µs.
+    samples: Vec<Mutex<Vec<Vec<u32>>>>,
+    modes: usize,
     failure: Mutex<Option<String>>,
 }
 
@@ -58,12 +60,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Subscribers {
-    /// Opens `clients` sockets to `url`, signs each in and subscribes it to [`CHANNEL`], at most
+    /// Opens `clients` sockets to `url`, signs each in and subscribes it to `channels`, at most
     /// `concurrency` at a time.
     pub(crate) async fn connect(
         url: &str,
         clients: usize,
         concurrency: usize,
+        channels: &[&str],
     ) -> anyhow::Result<Self> {
         let token = client::token();
         let token = token.as_str();
@@ -72,7 +75,9 @@ impl Subscribers {
                 let connect = async {
                     let mut ws = client::open(url, Protocol::Mobile).await?;
                     client::init(&mut ws, Protocol::Mobile, token).await?;
-                    client::subscribe_topic(&mut ws, CHANNEL).await?;
+                    for channel in channels {
+                        client::subscribe_topic(&mut ws, channel).await?;
+                    }
                     anyhow::Ok(ws)
                 };
                 connect.await.with_context(|| format!("subscriber {i}"))
@@ -95,20 +100,24 @@ impl Subscribers {
     }
 
     /// Starts a latency run: the events of run `run`, `events` of them, are expected next.
-    pub(crate) fn begin(&self, run: u64, events: usize) -> Arc<Phase> {
+    /// A latency run of `events` events whose latencies are kept apart by `k % modes`.
+    pub(crate) fn begin(&self, run: u64, events: usize, modes: usize) -> Arc<Phase> {
+        let modes = modes.max(1);
         let phase = Arc::new(Phase {
             run,
             events,
             received: AtomicUsize::new(0),
             samples: (0..self.tasks.len())
                 .map(|_| {
-                    Mutex::new([
-                        Vec::with_capacity(events / 2 + 1),
-                        Vec::with_capacity(events / 2 + 1),
-                    ])
+                    Mutex::new(
+                        (0..modes)
+                            .map(|_| Vec::with_capacity(events / modes + 1))
+                            .collect(),
+                    )
                 })
                 .collect(),
             failure: Mutex::new(None),
+            modes,
         });
         *self
             .shared
@@ -119,13 +128,13 @@ impl Subscribers {
     }
 
     /// Waits until every client has every event of `phase` (or `timeout` passes, or the phase
-    /// fails); returns the latencies in µs of the even events and of the odd ones, each sorted,
-    /// or why the phase is invalid.
+    /// fails); returns the latencies in µs of the events of each `k % modes`, each sorted, or why
+    /// the phase is invalid.
     pub(crate) async fn finish(
         &self,
         phase: &Phase,
         timeout: Duration,
-    ) -> Result<[Vec<u32>; 2], String> {
+    ) -> Result<Vec<Vec<u32>>, String> {
         let expected = self.tasks.len() * phase.events;
         let end = tokio::time::Instant::now() + timeout;
         loop {
@@ -146,10 +155,9 @@ impl Subscribers {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let mut all = [
-            Vec::with_capacity(expected / 2 + 1),
-            Vec::with_capacity(expected / 2 + 1),
-        ];
+        let mut all: Vec<Vec<u32>> = (0..phase.modes)
+            .map(|_| Vec::with_capacity(expected / phase.modes + 1))
+            .collect();
         for samples in &phase.samples {
             let mut samples = lock(samples);
             for (all, mine) in all.iter_mut().zip(samples.iter_mut()) {
@@ -243,7 +251,8 @@ async fn receive(mut ws: Ws, index: usize, shared: Arc<Shared>) {
                 }
                 next += 1;
                 let latency = now.saturating_sub(stamp.us).min(u64::from(u32::MAX)) as u32;
-                lock(&phase.samples[index])[(stamp.k % 2) as usize].push(latency);
+                let mode = (stamp.k % phase.modes as u64) as usize;
+                lock(&phase.samples[index])[mode].push(latency);
                 phase.received.fetch_add(1, Ordering::AcqRel);
             }
             ("ping", _, Some(n)) => {
