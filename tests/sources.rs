@@ -1,5 +1,5 @@
 //! Hide a backend's own WebSocket API behind Switchyard by configuration, end to end through the
-//! launcher: a Node service with a JSON protocol of its own (`tests/sources/rooms-server.mjs`, the
+//! launcher: a Node service with a JSON protocol of its own (`tests/js/rooms-server.mjs`, the
 //! npm `ws` package; follow/unfollow a room, messages for a room's followers) becomes a `json-ws`
 //! source feeding the catalog channels `rooms.{room}`. Its messages reach a graphql-ws client (the
 //! npm reference client), a mobile client (CBOR) and a device poll, each exactly once and in
@@ -45,7 +45,7 @@ struct Upstream {
 }
 
 impl Upstream {
-    /// Starts `node tests/sources/<script>` and reads the port it prints.
+    /// Starts `node tests/js/<script>` and reads the port it prints.
     async fn start(script: &str) -> Self {
         let manifest = dir("js/node_modules/ws/package.json");
         assert!(
@@ -54,8 +54,7 @@ impl Upstream {
             manifest.display()
         );
         let mut child = Command::new("node")
-            .arg(dir("sources").join(script))
-            .env("NODE_PATH", dir("js/node_modules"))
+            .arg(dir("js").join(script))
             .current_dir(dir("js"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
