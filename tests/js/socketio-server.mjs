@@ -1,12 +1,15 @@
-// A real Socket.IO server (the npm `socket.io` package) for shared/tests/sources_socketio.rs:
-// a price service on namespace /market that checks the auth payload's token, joins and leaves
-// rooms on `subscribe`/`unsubscribe` (acknowledged; symbol BAD is refused), emits `price`
-// events {symbol, price, seq, boot} to every joined room every 50 ms, and counts everything.
+// A real Socket.IO server (the npm `socket.io` package) for shared/tests/sources_socketio.rs and
+// tests/sources.rs: a price service on namespace /market that checks the auth payload's token,
+// joins and leaves rooms on `subscribe`/`unsubscribe` (acknowledged; symbol BAD is refused),
+// emits `price` events {symbol, price, seq, boot} to every joined room every 50 ms (or on
+// request only, with --tick-ms 0), and counts everything. A symbol's seq counts from 1.
 //
 // Usage: node socketio-server.mjs --port P --token T [--ping-interval MS] [--ping-timeout MS]
-//          [--tls-cert PEM --tls-key PEM]   (HTTPS, WSS)
+//          [--tick-ms MS] [--tls-cert PEM --tls-key PEM]   (HTTPS, WSS)
 // Prints one line, {"listening": PORT}, once it accepts connections. HTTP beside Socket.IO:
 //   GET  /stats        the counters (JSON), with the last connection's `x-gateway` header
+//   POST /emit?symbol=S&n=N  emits the symbol's next N prices to its room now; answers
+//                      {"sent":N,"to":members}
 //   POST /garbage      to every connected client: an unknown event (twice, once asking for an
 //                      ack), a price for symbol "X.Y", a binary attachment event, a truncated
 //                      Socket.IO packet
@@ -27,6 +30,7 @@ const port = Number(arg("port", "0"));
 const token = arg("token", "s3cret");
 const pingInterval = Number(arg("ping-interval", "500"));
 const pingTimeout = Number(arg("ping-timeout", "500"));
+const tickMs = Number(arg("tick-ms", "50"));
 const tlsCert = arg("tls-cert", "");
 const tlsKey = arg("tls-key", "");
 const boot = randomUUID();
@@ -68,6 +72,13 @@ const handler = (req, res) => {
       socket.conn.write('2/market,["price"');
     }
     return reply(200, { sent_to: market.sockets.size });
+  }
+  if (req.method === "POST" && url.pathname === "/emit") {
+    const symbol = url.searchParams.get("symbol") ?? "";
+    const n = Number(url.searchParams.get("n") ?? "1");
+    const room = `symbol:${symbol}`;
+    for (let i = 0; i < n; i++) emitPrice(symbol, room);
+    return reply(200, { sent: n, to: market.adapter.rooms.get(room)?.size ?? 0 });
   }
   if (req.method === "POST" && url.pathname === "/big") {
     const bytes = Number(url.searchParams.get("bytes") ?? "100000");
@@ -112,16 +123,20 @@ market.on("connection", (socket) => {
 });
 
 const seqs = {};
-setInterval(() => {
-  for (const [room, members] of market.adapter.rooms) {
-    if (!room.startsWith("symbol:") || members.size === 0) continue;
-    const symbol = room.slice("symbol:".length);
-    seqs[symbol] = (seqs[symbol] ?? 0) + 1;
-    market
-      .to(room)
-      .emit("price", { symbol, price: 100 + (seqs[symbol] % 10), seq: seqs[symbol], boot });
-  }
-}, 50);
+function emitPrice(symbol, room) {
+  seqs[symbol] = (seqs[symbol] ?? 0) + 1;
+  market
+    .to(room)
+    .emit("price", { symbol, price: 100 + (seqs[symbol] % 10), seq: seqs[symbol], boot });
+}
+if (tickMs > 0) {
+  setInterval(() => {
+    for (const [room, members] of market.adapter.rooms) {
+      if (!room.startsWith("symbol:") || members.size === 0) continue;
+      emitPrice(room.slice("symbol:".length), room);
+    }
+  }, tickMs);
+}
 
 process.on("SIGTERM", () => process.exit(0));
 
