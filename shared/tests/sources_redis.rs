@@ -97,6 +97,11 @@ struct Kit {
 
 impl Kit {
     async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A kit whose source's configuration `change` adjusts first.
+    async fn with(change: impl FnOnce(&mut SourceConfig)) -> Self {
         let prefix = unique_name("srcs");
         let client = redis::Client::open(REDIS).expect("redis url");
         let redis = timeout(WAIT, client.get_multiplexed_async_connection())
@@ -109,6 +114,7 @@ impl Kit {
         let relay = Relay::start().await;
         let mut config = config(&prefix);
         config.url = format!("redis://{}", relay.addr);
+        change(&mut config);
         let source =
             Source::start("shop", &config, catalog.clone(), bus.clone()).expect("source starts");
         Self {
@@ -250,6 +256,35 @@ async fn messages_reach_the_bus_for_wanted_channels() {
     assert_eq!(stats.events_total, 2, "{stats:?}");
     assert_eq!(stats.unwanted_total, 1, "{stats:?}");
     assert_eq!(stats.unmatched_total + stats.refused_total, 0, "{stats:?}");
+}
+
+/// A quiet upstream is pinged every `keepalive_ms`; a healthy Redis answers, and the source keeps
+/// its one connection (and its subscription) across many pings: no message is lost to a needless
+/// reconnect.
+#[tokio::test]
+async fn keep_alive_pings_keep_the_one_connection() {
+    let mut kit = Kit::with(|c| c.keepalive_ms = 50).await;
+    let mut acme = kit.subscribe("tenants.acme.orders").await;
+    let _want = kit
+        .source
+        .want(&channel("tenants.acme.orders"))
+        .expect("fed");
+    kit.connected(1).await;
+    for i in 0..20u64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            kit.publish("shop:acme:orders", &format!(r#"{{"id":{i}}}"#))
+                .await,
+            1,
+            "message {i} reached the source"
+        );
+    }
+    for i in 0..20u64 {
+        assert_eq!(next(&mut acme).await, (format!(r#"{{"id":{i}}}"#), i + 1));
+    }
+    let stats = kit.source.stats();
+    assert_eq!(stats.connects_total, 1, "{stats:?}");
+    assert!(stats.connected, "{stats:?}");
 }
 
 #[tokio::test]

@@ -4,9 +4,10 @@
 //!
 //! Every event's data is the publisher's JSON `{"r": run, "k": k, "us": publish time}` as CBOR.
 //! A client takes its receive time as soon as it has decoded the frame and records the
-//! difference for the current [`Phase`] (one latency run), apart for even and odd events (an
-//! interleaved run publishes them in two ways). Within a phase each client must get
-//! events 0, 1, … in order, each once; a lost, repeated or reordered event, an event of another
+//! difference for the current [`Phase`] (one latency run), apart by `k % modes` (an interleaved
+//! run publishes its events in `modes` ways, rotating). Within a phase each client must get the
+//! events of each `k % modes` in order, each once (the modes' events may interleave differently:
+//! with a channel per mode, channels are not ordered among themselves); a lost, repeated or reordered event, an event of another
 //! run, a close or a socket error makes the phase (and, for a close, every later one) invalid.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -200,8 +201,10 @@ struct Stamp {
 /// One subscriber: reads until its socket ends, recording each event's latency in the current
 /// phase.
 async fn receive(mut ws: Ws, index: usize, shared: Arc<Shared>) {
-    // The run this client is in and the next event it expects in it.
-    let (mut run, mut next) = (u64::MAX, 0u64);
+    // The run this client is in and, per `k % modes` (each mode has its own channel in a run
+    // over several channels, and channels are not ordered among themselves), the next event it
+    // expects in it.
+    let (mut run, mut next) = (u64::MAX, Vec::<u64>::new());
     let why = loop {
         let msg = match ws.next().await {
             Some(Ok(Message::Binary(bytes))) => bytes,
@@ -239,19 +242,21 @@ async fn receive(mut ws: Ws, index: usize, shared: Arc<Shared>) {
                     }
                     None => continue,
                 };
+                let modes = phase.modes as u64;
                 if stamp.r != run {
-                    (run, next) = (stamp.r, 0);
+                    (run, next) = (stamp.r, (0..modes).collect());
                 }
-                if stamp.k != next || stamp.k >= phase.events as u64 {
+                let mode = (stamp.k % modes) as usize;
+                let expected = next.get(mode).copied().unwrap_or(u64::MAX);
+                if stamp.k != expected || stamp.k >= phase.events as u64 {
                     phase.fail(format!(
-                        "subscriber {index} expected event {next}, received event {}",
+                        "subscriber {index} expected event {expected}, received event {}",
                         stamp.k
                     ));
                     continue;
                 }
-                next += 1;
+                next[mode] += modes;
                 let latency = now.saturating_sub(stamp.us).min(u64::from(u32::MAX)) as u32;
-                let mode = (stamp.k % phase.modes as u64) as usize;
                 lock(&phase.samples[index])[mode].push(latency);
                 phase.received.fetch_add(1, Ordering::AcqRel);
             }

@@ -531,11 +531,14 @@ impl RedisUpstream {
     }
 
     async fn publish(&mut self, text: String) -> anyhow::Result<()> {
-        let _: i64 = redis::cmd("PUBLISH")
+        let receivers: i64 = redis::cmd("PUBLISH")
             .arg(format!("{}tick", self.prefix))
             .arg(text)
             .query_async(&mut self.conn)
             .await?;
+        if receivers != 1 {
+            bail!("a PUBLISH reached {receivers} subscribers, not the one source");
+        }
         Ok(())
     }
 

@@ -97,7 +97,9 @@ async fn serve(state: &SourceState, mut sink: PubSubSink, mut stream: PubSubStre
             () = state.stop.cancelled() => return End::Stopped,
             () = state.changed.notified() => {}
             () = tokio::time::sleep_until(ping_at) => {
-                match tokio::time::timeout(config.connect_timeout(), sink.ping::<String>()).await {
+                // In subscribed mode (RESP2) Redis answers PING with the array ["pong", ""], not
+                // "PONG": any answer will do.
+                match tokio::time::timeout(config.connect_timeout(), sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => healthy = true,
                     Ok(Err(error)) => {
                         tracing::warn!(source = %name, %error, "upstream Redis ping failed; reconnecting");
