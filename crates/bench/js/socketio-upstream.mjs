@@ -4,8 +4,9 @@
 // (acknowledged) and leaves with `unsub`.
 //
 // Prints `{"port":N}` once listening, then reads commands on stdin, one per line:
-//   emit <run> <k>   emits `tick` {r, k, us} to the joined sockets, `us` the wall clock in µs
-//                    read just before the emit; answers `ok`
+//   emit <run> <k> <us>  emits `tick` {r, k, us} to the joined sockets; answers `ok`. The
+//                        bench stamps `us` (its system clock, µs) before it writes the command:
+//                        node's own clocks are not the system clock to the microsecond.
 //   subs             answers the number of joined sockets
 // It exits when stdin closes.
 
@@ -46,10 +47,9 @@ http.listen(0, '127.0.0.1', () => console.log(JSON.stringify({ port: http.addres
 
 const rl = createInterface({ input: process.stdin });
 rl.on('line', (line) => {
-  const [cmd, r, k] = line.trim().split(/\s+/);
+  const [cmd, r, k, us] = line.trim().split(/\s+/);
   if (cmd === 'emit') {
-    const us = Math.round((performance.timeOrigin + performance.now()) * 1000);
-    io.to('bench').emit('tick', { r: Number(r), k: Number(k), us });
+    io.to('bench').emit('tick', { r: Number(r), k: Number(k), us: Number(us) });
     console.log('ok');
   } else if (cmd === 'subs') {
     console.log(String(joined));

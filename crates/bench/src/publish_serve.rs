@@ -10,6 +10,8 @@
 //! - `one <run> <k>`: publishes event `k` of run `run` on `announcements` at once, stamped just
 //!   before its publish: the in-process half of an interleaved latency run; answers `ok` once the
 //!   bus has it.
+//! - `fire <run> <k>`: as `one`, with no answer (the `sources` benchmark's: no write on the
+//!   server's core while the event fans out).
 //! - `burst <run> <publishers> <millis>`: `publishers` tasks publish on [`LOAD_CHANNEL`] (which
 //!   nobody subscribes to) as fast as they can for `millis` ms, each yielding to the runtime after
 //!   every publish as a request handler would; answers `ok <publishes>`.
@@ -126,6 +128,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let bus = stack.bus().clone();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
+        // `fire`: `one` without an answer, so that writing it does not compete with the fan-out
+        // being measured (a failure still answers, and the bench reads it as a protocol error).
+        if let Some(rest) = line.strip_prefix("fire ") {
+            if let Err(e) = command(&bus, &channel, &load, &format!("one {rest}")).await {
+                reply(&format!("err {e:#}"));
+            }
+            continue;
+        }
         let answer = match command(&bus, &channel, &load, &line).await {
             Ok(result) => format!("ok {result}"),
             Err(e) => format!("err {e:#}"),
@@ -275,6 +285,13 @@ impl Server {
             stdin,
             lines,
         })
+    }
+
+    /// Sends a command that has no answer (`fire`).
+    pub(crate) async fn fire(&mut self, line: &str) -> anyhow::Result<()> {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        Ok(())
     }
 
     /// Sends one command and returns the rest of its `ok` line.

@@ -15,12 +15,14 @@
 //!   with an acknowledged `sub` emit;
 //!
 //! and the in-process mode on `announcements` (the server stamps and publishes on its own bus, as
-//! in `publish`). This process holds `--clients` mobile subscribers (CBOR), each subscribed to
+//! in `publish`, on a `fire` command it does not answer: an answer written on the server's core
+//! during the fan-out would slow the in-process events' own delivery, favouring the sources). This process holds `--clients` mobile subscribers (CBOR), each subscribed to
 //! every channel measured. Each latency run publishes `--events` events one at a time at
 //! `--rate`, rotating through the modes (the rotation's start moves every round), each carrying
-//! its send time (µs, system clock, read by the upstream just before it writes the message —
-//! node stamps its own), subtracted by every subscriber on receipt: p50/p99 per mode over all
-//! deliveries. Each source's path adds its upstream hop (a write, a read by the source, the
+//! its send time (µs, system clock, read by the upstream just before it writes the message; for
+//! socketio, read here before the command goes to node, so its figure also holds the pipe to
+//! node — node's clocks are not the system clock to the microsecond), subtracted by every
+//! subscriber on receipt: p50/p99 per mode over all deliveries. Each source's path adds its upstream hop (a write, a read by the source, the
 //! rules) before the same publish and fan-out as in-process. One unmeasured warm-up round;
 //! medians of `--runs` rounds.
 
@@ -125,9 +127,8 @@ impl Mode {
     /// Sends event `k` of run `run` (stamped just before it is written).
     async fn send(&mut self, server: &mut Server, run: u64, k: u64) -> anyhow::Result<()> {
         match self {
-            Mode::InProcess => {
-                server.command(&format!("one {run} {k}")).await?;
-            }
+            // No answer: the server's core does nothing else while the event fans out.
+            Mode::InProcess => server.fire(&format!("fire {run} {k}")).await?,
             Mode::JsonWs(u) => u.send(payload(run, k, now_us())).await,
             Mode::Sse(u) => {
                 // No receiver yet is impossible: the run waits until the source is subscribed.
@@ -135,7 +136,7 @@ impl Mode {
             }
             Mode::Redis(u) => u.publish(payload(run, k, now_us())).await?,
             Mode::SocketIo(u) => {
-                let answer = u.command(&format!("emit {run} {k}")).await?;
+                let answer = u.command(&format!("emit {run} {k} {}", now_us())).await?;
                 if answer.trim() != "ok" {
                     bail!("the socket.io upstream answered {answer}");
                 }
