@@ -543,6 +543,7 @@ async fn garbage_from_the_upstream_is_counted_and_never_stops_the_source() {
             oversized_total: 0,
             binary_total: 1,
             upstream_errors_total: 0,
+            over_capacity_total: 0,
         }
     );
 

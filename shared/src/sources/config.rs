@@ -90,6 +90,10 @@ pub struct SourceConfig {
     /// or drops the connection (WebSocket, where the frame cannot be skipped).
     #[serde(default = "defaults::max_message_bytes")]
     pub max_message_bytes: usize,
+    /// The most channels wanted at once (each one upstream subscription); a channel beyond them
+    /// is not fed, and counted.
+    #[serde(default = "defaults::max_channels")]
+    pub max_channels: usize,
     /// json-ws: the text sent when a channel gains its first subscriber.
     #[serde(default)]
     pub subscribe: Option<String>,
@@ -156,6 +160,7 @@ impl SourceConfig {
             reconnect_max_ms: defaults::reconnect_max_ms(),
             lease_ttl_ms: defaults::lease_ttl_ms(),
             max_message_bytes: defaults::max_message_bytes(),
+            max_channels: defaults::max_channels(),
             subscribe: None,
             unsubscribe: None,
             keepalive: None,
@@ -260,6 +265,9 @@ impl SourceConfig {
         if self.max_message_bytes == 0 {
             return Err("max_message_bytes: must be at least 1".into());
         }
+        if self.max_channels == 0 {
+            return Err("max_channels: must be at least 1".into());
+        }
         let with_channel_vars =
             |key: &str, t: &Option<String>| -> Result<Option<Template>, String> {
                 let Some(t) = t else { return Ok(None) };
@@ -326,6 +334,9 @@ mod defaults {
     }
     pub(super) fn max_message_bytes() -> usize {
         1 << 20
+    }
+    pub(super) fn max_channels() -> usize {
+        10_000
     }
     pub(super) fn keepalive_ms() -> u64 {
         15_000

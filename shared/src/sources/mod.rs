@@ -86,6 +86,8 @@ pub struct SourceStats {
     pub binary_total: u64,
     /// Requests the upstream refused or did not acknowledge (a Socket.IO join's ack).
     pub upstream_errors_total: u64,
+    /// Channels not fed because `max_channels` were wanted already.
+    pub over_capacity_total: u64,
 }
 
 /// A handle to one source; clones share it. Its task stops, closing the upstream connection,
@@ -129,6 +131,7 @@ struct Counters {
     oversized: AtomicU64,
     binary: AtomicU64,
     upstream_errors: AtomicU64,
+    over_capacity: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -202,11 +205,26 @@ impl Source {
     }
 
     /// Wants `channel` until the guard is dropped; `None` when this source does not feed it.
+    ///
+    /// At most `max_channels` channels are wanted at once: a channel beyond them is not fed
+    /// (`None`, counted in `over_capacity_total` and logged), so that clients subscribing to many
+    /// distinct names cannot make the source ask its upstream for any number of them.
     pub fn want(&self, channel: &ChannelName) -> Option<Wanted> {
         let state = &self.handle.state;
         let vars = state.checked.channels.capture(channel.as_str())?;
         let first = {
             let mut desired = lock(&state.desired);
+            let max = state.checked.config.max_channels;
+            if !desired.contains_key(channel) && desired.len() >= max {
+                drop(desired);
+                state.counters.over_capacity.fetch_add(1, Ordering::SeqCst);
+                state.warn(
+                    "over_capacity",
+                    &format!("channel `{channel}` not fed: {max} channels (max_channels) are"),
+                    "",
+                );
+                return None;
+            }
             let entry = desired.entry(channel.clone()).or_insert((0, vars));
             entry.0 += 1;
             entry.0 == 1
@@ -237,6 +255,7 @@ impl Source {
             oversized_total: n(&c.oversized),
             binary_total: n(&c.binary),
             upstream_errors_total: n(&c.upstream_errors),
+            over_capacity_total: n(&c.over_capacity),
         }
     }
 

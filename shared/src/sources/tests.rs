@@ -85,3 +85,40 @@ reconect_max_ms = 5
     .to_string();
     assert!(e.contains("reconect_max_ms"), "{e}");
 }
+
+#[tokio::test]
+async fn at_most_max_channels_are_wanted_at_once() {
+    let mut config = exchange();
+    config.max_channels = 2;
+    // Port 9 (discard): nothing answers; the source keeps retrying, which does not matter here.
+    config.url = "ws://127.0.0.1:9/".into();
+    let catalog = Arc::new(
+        Catalog::new(&crate::channels::ChannelsConfig {
+            catalog: vec![crate::channels::ChannelConfig {
+                pattern: "rates.{pair}".into(),
+                class: crate::event::TopicClass::State,
+                history_events: 1,
+                max_payload_bytes: 1024,
+                subscribe: crate::channels::SubscribeRule::Public,
+                publishers: Vec::new(),
+            }],
+        })
+        .unwrap(),
+    );
+    let bus: Arc<dyn Bus> = Arc::new(crate::bus::memory::MemoryBus::new(10));
+    let source = Source::start("exchange", &config, catalog, bus).unwrap();
+    let name = |s: &str| ChannelName::parse(s).unwrap();
+    let a = source.want(&name("rates.EUR-USD")).expect("the first");
+    let b = source.want(&name("rates.GBP-USD")).expect("the second");
+    assert!(
+        source.want(&name("rates.USD-JPY")).is_none(),
+        "a third is over"
+    );
+    let again = source.want(&name("rates.EUR-USD"));
+    assert!(again.is_some(), "a channel already wanted is always fed");
+    let stats = source.stats();
+    assert_eq!((stats.wanted_channels, stats.over_capacity_total), (2, 1));
+    drop((a, b, again));
+    assert!(source.want(&name("rates.USD-JPY")).is_some(), "room again");
+    source.shutdown();
+}
