@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod deploy;
+pub mod faults;
 pub mod launcher;
 pub mod nginx;
 

@@ -1,0 +1,864 @@
+//! Real faults, end to end, with the losses counted (issue 16, first cases). A fault-injecting
+//! proxy (`noxious`, Toxiproxy's port to Rust, in-process: `common::faults::FaultProxy`) sits
+//! between the parts, or the test owns the broker and restarts it; live clients count what they
+//! receive, and every case asserts: service continues where it can, every client gets every
+//! event or an explicit gap/reset, no duplicates, and recovery once the fault heals.
+//!
+//! - [`a_backend_slow_down_or_reset_mid_body_gives_the_partial_answer_in_time_then_recovers`]:
+//!   bff-mobile's quote with the limits backend behind the proxy — slow beyond the deadline,
+//!   down, cut in the middle of its body; a mobile client and a device poll keep receiving a
+//!   stream meanwhile.
+//! - [`a_json_ws_source_dropped_or_half_open_is_detected_reconnected_and_flows_again`]: the
+//!   rooms service (`tests/js/rooms-server.mjs`) as a `json-ws` source behind the proxy, dropped
+//!   mid-stream, then half-open (bytes silently dropped, no FIN) until the keep-alive notices.
+//! - [`a_private_redis_restarted_mid_stream_gives_every_event_or_a_gap`]: a `redis-server` of
+//!   the test's own (its own port, no persistence) under bff-mobile and bff-device on the Redis
+//!   bus, restarted mid-stream.
+//!
+//! Each prints its figures (`FIGURES | case | client | published | delivered | gaps |
+//! duplicates | recovery |`), the rows of docs/reliability.md. Run:
+//! `cargo test -p switchyard-e2e --test faults -- --nocapture --test-threads 1`.
+//! Needs node (>= 20) with `npm ci --prefix tests/js`, and `redis-server` (scripts/services).
+//! Every wait ends as soon as its condition holds; the bounds are guards against hangs.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::faults::{FaultProxy, Figures, Shared, snapshot, until};
+use mobile_proto::{Encoding, ServerMsg};
+use noxious::toxic::{StreamDirection, ToxicKind};
+use serde_json::Value;
+use switchyard_core::bus::{Broker, BusConfig, BusKind};
+use switchyard_core::upstream::BackendConfig;
+use test_support::QuoteBackends;
+use test_support::device::{DeviceApi, channel_items};
+use test_support::mobile::{Client as MobileClient, End};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// Longest wait for anything that should come promptly, generous for a loaded 2-core machine.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn js(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("js").join(name)
+}
+
+/// A mobile client (raw protocol) reading in a task of its own: every event counted by the key
+/// `key` gives it, every `gap` counted as one.
+fn live_mobile(
+    mut client: MobileClient,
+    key: impl Fn(&mobile_proto::Event) -> String + Send + 'static,
+) -> (Shared, tokio::task::JoinHandle<()>) {
+    let tally = Shared::default();
+    let mine = tally.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match client.recv_within(Duration::from_secs(3600)).await {
+                Ok(ServerMsg::Event(e)) => {
+                    let k = key(&e);
+                    mine.lock().unwrap_or_else(|e| e.into_inner()).event(k);
+                }
+                Ok(ServerMsg::Gap(_)) => mine.lock().unwrap_or_else(|e| e.into_inner()).gap(),
+                Ok(_) => {}
+                Err(End::Closed(code)) => {
+                    mine.lock().unwrap_or_else(|e| e.into_inner()).closed = Some(code);
+                    return;
+                }
+                Err(End::Timeout) => {}
+            }
+        }
+    });
+    (tally, task)
+}
+
+/// A device long-polling in a task of its own, its cursor carried from answer to answer: every
+/// item counted by the key `read` gives it (`None`: not one to count), every gap item and every
+/// reset answer (`rs`) counted as a gap.
+fn live_device(
+    api: DeviceApi,
+    id: &'static str,
+    key: &'static str,
+    read: impl Fn(&Value) -> Vec<Item> + Send + 'static,
+) -> (Shared, tokio::task::JoinHandle<()>) {
+    let tally = Shared::default();
+    let mine = tally.clone();
+    let task = tokio::spawn(async move {
+        let mut cursor: Option<String> = None;
+        loop {
+            let answer = api.poll(id, key, cursor.as_deref(), 1).await;
+            if answer.status != 200 {
+                // The gateway may answer 503 while its broker is down: poll again.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let body = answer.json();
+            let mut t = mine.lock().unwrap_or_else(|e| e.into_inner());
+            if body.get("rs").is_some() {
+                t.gap();
+            }
+            for item in read(&body) {
+                match item {
+                    Item::Event(k) => t.event(k),
+                    Item::Gap => t.gap(),
+                }
+            }
+            drop(t);
+            cursor = body["n"].as_str().map(str::to_owned);
+        }
+    });
+    (tally, task)
+}
+
+/// What a device answer holds, for the tally.
+enum Item {
+    Event(String),
+    Gap,
+}
+
+// ---------------------------------------------------------------------------------------------
+// a. A backend slow, down, reset mid-body.
+
+/// Reads a whole HTTP/1.1 answer of `addr` to one GET: (its length, its body's length).
+async fn answer_sizes(addr: SocketAddr) -> (usize, usize) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /v1/limits/bob HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).await.expect("read");
+    let head = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    (all.len(), all.len() - head)
+}
+
+/// GET `/v1/quote` for bob, signed in: (status, body, time taken).
+async fn quote(http: &reqwest::Client, base: &str) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let r = http
+        .get(format!(
+            "{base}/v1/quote?user=bob&from=EUR&to=USD&amount=100"
+        ))
+        .bearer_auth(common::cluster::token("bob"))
+        .timeout(PATIENCE)
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = r.status().as_u16();
+    let body = r.json().await.expect("JSON");
+    (status, body, started.elapsed())
+}
+
+/// The documented partial answer (docs/protocol, `GET /v1/quote`): the rate and the converted
+/// amount, no limit, and one `errors` entry naming the limits backend.
+#[track_caller]
+fn partial(what: &str, status: u16, body: &Value) -> String {
+    assert_eq!(status, 200, "{what}: {body}");
+    assert_eq!(body["rate"], "1.5", "{what}: {body}");
+    assert_eq!(body["converted"], "150.0", "{what}: {body}");
+    assert_eq!(body["remaining_limit"], Value::Null, "{what}: {body}");
+    let errors = body["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{what}: {body}");
+    assert_eq!(errors[0]["backend"], "limits", "{what}: {body}");
+    errors[0]["code"].as_str().unwrap_or("?").to_owned()
+}
+
+#[tokio::test]
+async fn a_backend_slow_down_or_reset_mid_body_gives_the_partial_answer_in_time_then_recovers() {
+    let backends = QuoteBackends::start().await;
+    let configs: std::collections::BTreeMap<String, BackendConfig> =
+        backends.configs(BackendConfig::new);
+    let limits_addr: SocketAddr = configs["limits"]
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the limits address");
+    let mut proxy = FaultProxy::start(limits_addr).await;
+
+    // bff-mobile on the in-memory bus, its limits backend behind the proxy.
+    let bus_config = BusConfig::default();
+    let mut config = common::cluster::mobile_config(&bus_config);
+    config.backends = configs;
+    config.backends.get_mut("limits").expect("limits").base_url =
+        format!("http://{}", proxy.addr());
+    let deadline = Duration::from_millis(config.operations.deadline_ms);
+    let broker = Broker::connect(&bus_config);
+    let bus = broker.bus();
+    let on_bus = broker.clone();
+    let gateway = common::Running::start("bff-mobile", move |l, t| {
+        bff_mobile::run(config, on_bus, l, t)
+    })
+    .await;
+    // bff-device on the same bus, its stream a device's commands.
+    let device_config = common::cluster::device_config(&bus_config);
+    let device_gateway = common::Running::start("bff-device", move |l, t| {
+        bff_device::run(device_config, broker, l, t)
+    })
+    .await;
+    let http = test_support::http::client();
+    let base = gateway.url("");
+    let base = base.as_str();
+
+    // Live, throughout: a mobile client on bob's conversions (counted by offset) and a device
+    // long-polling its commands (counted by command id).
+    let mut mobile = MobileClient::connect_within(
+        &gateway.ws_url("/v1/ws"),
+        &[Encoding::Cbor.subprotocol()],
+        PATIENCE,
+    )
+    .await;
+    mobile.sign_in(common::cluster::token("bob"), "bob").await;
+    let mut mobile = mobile.skipping_pings();
+    mobile.subbed("conversions", None).await;
+    let (seen, reader) = live_mobile(mobile, |e| e.offset.to_string());
+    let devices = common::cluster::http();
+    let (on_device, device_reader) = live_device(
+        common::cluster::device_api(&devices, device_gateway.addr),
+        common::cluster::DEVICE,
+        common::cluster::DEVICE_KEY,
+        commands,
+    );
+    let mut published = Vec::new();
+    let mut sent = Vec::new();
+    let mut publish = async |n: usize| {
+        for _ in 0..n {
+            let id = format!("c{}", published.len());
+            let at = common::cluster::publish_conversion(&bus, "bob", &id).await;
+            published.push(at.offset.to_string());
+            common::cluster::send_command(&devices, device_gateway.addr, &id).await;
+            sent.push(id);
+        }
+    };
+
+    // Healthy: the whole answer.
+    publish(5).await;
+    let (status, body, _) = quote(&http, base).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["remaining_limit"], "990", "{body}");
+
+    let mut rows = Vec::new();
+    let limit = |d: Duration| d + Duration::from_secs(10);
+    let faults: [(&str, ToxicKind); 3] = [
+        (
+            "slow (latency 20 s, deadline 1.5 s)",
+            ToxicKind::Latency {
+                latency: 20_000,
+                jitter: 0,
+            },
+        ),
+        ("down", ToxicKind::Noop),
+        ("reset mid-body", ToxicKind::Noop),
+    ];
+    for (what, toxic) in faults {
+        match what {
+            "down" => proxy.down().await,
+            "reset mid-body" => {
+                // noxious keeps a link's toxic state from when the link was made, so a
+                // `limit_data` toxic counts only on links opened after it: close the open ones.
+                proxy.down().await;
+                proxy.up().await;
+                let (all, body_len) = answer_sizes(limits_addr).await;
+                let bytes = u64::try_from(all - body_len / 2).expect("small");
+                proxy
+                    .add(
+                        "cut",
+                        ToxicKind::LimitData { bytes },
+                        StreamDirection::Downstream,
+                    )
+                    .await;
+            }
+            _ => proxy.add("fault", toxic, StreamDirection::Downstream).await,
+        }
+        // Service continues: the partial answer, within the deadline (bounded generously).
+        for _ in 0..3 {
+            let (status, body, took) = quote(&http, base).await;
+            let code = partial(what, status, &body);
+            assert!(took < limit(deadline), "{what}: answered after {took:?}");
+            println!("{what}: partial answer, limits error `{code}`, in {took:?}");
+            publish(2).await;
+        }
+        // Heal, then recovery: the whole answer again (the circuit may hold it a while).
+        let healed = Instant::now();
+        match what {
+            "down" => proxy.up().await,
+            _ => proxy.heal().await,
+        }
+        let recovered = loop {
+            let (status, body, took) = quote(&http, base).await;
+            assert!(took < limit(deadline), "{what}: answered after {took:?}");
+            if body["remaining_limit"] == "990" {
+                break healed.elapsed();
+            }
+            partial(what, status, &body);
+            assert!(healed.elapsed() < PATIENCE, "{what}: no recovery: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!("{what}: recovered {recovered:?} after the fault healed");
+        rows.push((what, recovered));
+    }
+
+    // Every event, once, to each client.
+    let n = published.len() as u64;
+    until(
+        &seen,
+        PATIENCE,
+        "every event reaches the mobile client",
+        |t| t.delivered >= n,
+    )
+    .await;
+    until(
+        &on_device,
+        PATIENCE,
+        "every command reaches the device",
+        |t| t.delivered >= n,
+    )
+    .await;
+    // A little longer: a duplicate would come right behind.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (who, tally, keys) in [
+        ("mobile (stream, throughout)", &seen, &published),
+        ("device (commands, throughout)", &on_device, &sent),
+    ] {
+        let got = snapshot(tally);
+        assert_eq!(got.duplicates, 0, "{who}: {got:?}");
+        assert_eq!(got.gaps, 0, "{who}: {got:?}");
+        assert_eq!(got.closed, None, "{who}: the socket stays open: {got:?}");
+        for key in keys {
+            assert!(got.has(key), "{who}: {key} missing: {got:?}");
+        }
+        assert_eq!(got.keys.len(), keys.len(), "{who}: nothing else: {got:?}");
+        for (what, recovered) in &rows {
+            Figures {
+                case: &format!("a. backend {what}"),
+                client: who,
+                published: n,
+                tally: &got,
+                recovered: format!("{} ms", recovered.as_millis()),
+            }
+            .print();
+        }
+    }
+    reader.abort();
+    device_reader.abort();
+    gateway.stop().await;
+    device_gateway.stop().await;
+}
+
+/// A v1 device answer's commands, by id; a reset answer is counted by [`live_device`].
+fn commands(body: &Value) -> Vec<Item> {
+    test_support::device::of_kind(body, "c")
+        .iter()
+        .map(|e| Item::Event(e["i"].as_str().unwrap_or("?").to_owned()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// b. An upstream WebSocket source dropped mid-stream, and half-open.
+
+/// The rooms service (`tests/js/rooms-server.mjs`), driven by commands on its stdin.
+struct Rooms {
+    _child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    addr: SocketAddr,
+}
+
+impl Rooms {
+    async fn start() -> Self {
+        assert!(
+            js("node_modules/ws/package.json").is_file(),
+            "the npm package ws is missing: run `npm ci --prefix tests/js`"
+        );
+        let mut child = Command::new("node")
+            .arg(js("rooms-server.mjs"))
+            .current_dir(js(""))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `node` ({e}): install node >= 20"));
+        let stdin = child.stdin.take().expect("stdin");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = Self::line(&mut lines).await;
+        let port = first["port"].as_u64().expect("the service's port");
+        Self {
+            _child: child,
+            stdin,
+            lines,
+            addr: SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).expect("a port"))),
+        }
+    }
+
+    async fn line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("the service answers in time")
+            .expect("the service's stdout")
+            .expect("the service runs");
+        serde_json::from_str(&line).expect("JSON")
+    }
+
+    async fn command(&mut self, line: &str) -> Value {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("stdin");
+        Self::line(&mut self.lines).await
+    }
+
+    /// Sends `n` messages to the lobby; how many it sent to a follower (0 or `n`).
+    async fn say(&mut self, n: u64) -> u64 {
+        let answer = self.command(&format!("say lobby {n}")).await;
+        if answer["to"].as_u64().unwrap_or(0) > 0 {
+            n
+        } else {
+            0
+        }
+    }
+
+    /// (connections open, follows of the lobby made so far).
+    async fn stats(&mut self) -> (u64, u64) {
+        let s = self.command("stats").await;
+        (
+            s["connections"].as_u64().unwrap_or(0),
+            s["follows"]["lobby"].as_u64().unwrap_or(0),
+        )
+    }
+
+    /// Waits until the lobby has been followed `follows` times in all, with one connection.
+    async fn followed(&mut self, follows: u64) {
+        let end = Instant::now() + PATIENCE;
+        loop {
+            let now = self.stats().await;
+            if now == (1, follows) {
+                return;
+            }
+            assert!(Instant::now() < end, "follow {follows} never came: {now:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The rooms source of docs/sources.md, through `addr`, with a keep-alive every `keepalive_ms`.
+fn rooms_config(addr: SocketAddr, keepalive_ms: u64) -> String {
+    format!(
+        r#"
+[[channels.catalog]]
+pattern = "rooms.{{room}}"
+class = "stream"
+history_events = 1000
+max_payload_bytes = 4096
+subscribe = {{ rule = "public" }}
+
+[sources.rooms]
+kind = "json-ws"
+url = "ws://{addr}/"
+channels = "rooms.{{room}}"
+headers = {{ authorization = "Bearer rooms-secret" }}
+subscribe = '{{"action":"follow","room":"{{room}}"}}'
+unsubscribe = '{{"action":"unfollow","room":"{{room}}"}}'
+keepalive_ms = {keepalive_ms}
+reconnect_initial_ms = 100
+reconnect_max_ms = 1000
+connect_timeout_ms = 2000
+
+[[sources.rooms.messages]]
+when = {{ "/type" = "message" }}
+capture = {{ "/room" = "{{room}}" }}
+fields = {{ seq = "/seq", text = "/text" }}
+
+[[sources.rooms.messages]]
+when = {{ "/type" = "following" }}
+ignore = true
+"#
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct SourcesDoc {
+    channels: switchyard_core::channels::ChannelsConfig,
+    sources: std::collections::BTreeMap<String, switchyard_core::sources::SourceConfig>,
+}
+
+#[tokio::test]
+async fn a_json_ws_source_dropped_or_half_open_is_detected_reconnected_and_flows_again() {
+    const CHANNEL: &str = "rooms.lobby";
+    let keepalive = Duration::from_millis(300);
+    let mut rooms = Rooms::start().await;
+    let mut proxy = FaultProxy::start(rooms.addr).await;
+    let doc: SourcesDoc = toml::from_str(&rooms_config(
+        proxy.addr(),
+        u64::try_from(keepalive.as_millis()).expect("small"),
+    ))
+    .expect("the configuration reads");
+    let mut config = switchyard::Config::ephemeral();
+    config.exchange.tick_interval_ms = 3_600_000;
+    config.channels.catalog.extend(doc.channels.catalog);
+    config.sources.extend(doc.sources);
+    config
+        .device
+        .devices
+        .get_mut(switchyard::DEMO_DEVICE)
+        .expect("the demo device")
+        .channels = vec![CHANNEL.to_owned()];
+    let stack = switchyard::Stack::start(config)
+        .await
+        .expect("stack starts");
+
+    // Live: a mobile client (by the upstream's seq) and a device (by offset).
+    let mut mobile = MobileClient::connect_within(
+        &format!("ws://{}/v1/ws", stack.addr("bff-mobile")),
+        &[Encoding::Cbor.subprotocol()],
+        PATIENCE,
+    )
+    .await;
+    mobile
+        .sign_in(common::launcher::token("alice"), "alice")
+        .await;
+    let mut mobile = mobile.skipping_pings();
+    mobile.subbed(CHANNEL, None).await;
+    rooms.followed(1).await;
+    let (on_mobile, on_mobile_reader) = live_mobile(mobile, |e| {
+        serde_json::to_value(&e.data).unwrap_or_default()["seq"].to_string()
+    });
+    let devices = DeviceApi::new(stack.url("bff-device"), "", PATIENCE);
+    let (on_device, on_device_reader) = live_device(
+        devices,
+        switchyard::DEMO_DEVICE,
+        switchyard::DEMO_DEVICE_KEY,
+        |body| {
+            channel_items(body, CHANNEL)
+                .into_iter()
+                .map(|i| {
+                    if i.get("gap").is_some() {
+                        Item::Gap
+                    } else {
+                        Item::Event(i["data"]["seq"].to_string())
+                    }
+                })
+                .collect()
+        },
+    );
+
+    // seq numbers the upstream sent to a follower, and those it sent into a dead link.
+    let mut sent: u64 = 0;
+    let mut into_dead: u64 = 0;
+    let delivered_to_both = async |sent: u64, what: &str| {
+        for (who, tally) in [("mobile", &on_mobile), ("device", &on_device)] {
+            until(tally, PATIENCE, &format!("{what}: {who}"), |t| {
+                t.keys.len() as u64 >= sent
+            })
+            .await;
+        }
+    };
+    sent += rooms.say(5).await;
+    assert_eq!(sent, 5);
+    delivered_to_both(sent, "before any fault").await;
+
+    // Dropped mid-stream: the proxy goes down (every link closed, connections refused), then
+    // comes back; the source reconnects and follows again, by itself.
+    proxy.down().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let healed = Instant::now();
+    proxy.up().await;
+    rooms.followed(2).await;
+    let resubscribed = healed.elapsed();
+    sent += rooms.say(5).await;
+    delivered_to_both(sent, "after the drop").await;
+    let dropped_recovery = healed.elapsed();
+    println!("dropped: followed again {resubscribed:?} after the proxy came back");
+
+    // Half-open: the link stays open but every byte is silently dropped, both ways (noxious
+    // `timeout` 0: no FIN, no RST). The source's keep-alive must notice within a bound.
+    let before = proxy.links();
+    assert_eq!(before.len(), 1, "{before:?}");
+    let fault = Instant::now();
+    proxy
+        .add(
+            "stall-down",
+            ToxicKind::Timeout { timeout: 0 },
+            StreamDirection::Downstream,
+        )
+        .await;
+    proxy
+        .add(
+            "stall-up",
+            ToxicKind::Timeout { timeout: 0 },
+            StreamDirection::Upstream,
+        )
+        .await;
+    // The upstream sends into the dead link: these cannot arrive (json-ws has no upstream
+    // resume), which the figures report apart.
+    into_dead += rooms.say(3).await;
+    let detect_bound = keepalive * 2 + PATIENCE;
+    let detected = loop {
+        let now = proxy.links();
+        if now.iter().any(|l| !before.contains(l)) || now.is_empty() {
+            break fault.elapsed();
+        }
+        assert!(
+            fault.elapsed() < detect_bound,
+            "half-open never detected: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "half-open: detected (the old link closed or a new one opened) {detected:?} after the \
+         stall began (keepalive_ms {})",
+        keepalive.as_millis()
+    );
+    let healed = Instant::now();
+    proxy.heal().await;
+    rooms.followed(3).await;
+    let first_after = snapshot(&on_mobile).keys.len() as u64;
+    sent += rooms.say(5).await;
+    delivered_to_both(sent, "after the half-open link").await;
+    let half_open_recovery = healed.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for (who, tally) in [("mobile", &on_mobile), ("device", &on_device)] {
+        let t = snapshot(tally);
+        assert_eq!(t.duplicates, 0, "{who}: {t:?}");
+        assert_eq!(t.closed, None, "{who}: the socket stays open: {t:?}");
+        assert_eq!(t.gaps, 0, "{who}: {t:?}");
+        // Every event the source received reached the client: seqs 0..5, 5..10, and 13..18
+        // (10..13 went into the dead link upstream of the gateway and never entered it).
+        for seq in (0..10).chain(13..18) {
+            assert!(t.has(&seq.to_string()), "{who}: seq {seq} missing: {t:?}");
+        }
+        for seq in 10..13 {
+            assert!(
+                !t.has(&seq.to_string()),
+                "{who}: seq {seq} from a dead link: {t:?}"
+            );
+        }
+        assert!(first_after <= t.keys.len() as u64);
+        Figures {
+            case: "b. json-ws source dropped, then half-open",
+            client: who,
+            published: sent + into_dead,
+            tally: &t,
+            recovered: format!(
+                "dropped: {} ms; half-open: detected in {} ms, then {} ms",
+                dropped_recovery.as_millis(),
+                detected.as_millis(),
+                half_open_recovery.as_millis()
+            ),
+        }
+        .print();
+    }
+    println!(
+        "half-open: {into_dead} events the upstream sent into the dead link were lost upstream \
+         of the gateway (detected {detected:?} after the stall)"
+    );
+    assert!(
+        detected < keepalive * 2 + Duration::from_secs(10),
+        "half-open detected only after {detected:?}"
+    );
+    on_mobile_reader.abort();
+    on_device_reader.abort();
+    stack.stop().await.expect("the stack stops");
+}
+
+// ---------------------------------------------------------------------------------------------
+// c. A private Redis restarted mid-stream.
+
+/// A `redis-server` of the test's own on a free port, no persistence.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = free.local_addr().expect("its address").port();
+        drop(free);
+        let mut redis = Self { port, child: None };
+        redis.up().await;
+        redis
+    }
+
+    async fn up(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}): run scripts/services"));
+        self.child = Some(child);
+        let end = Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < end, "redis-server did not listen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("redis-server stops");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_private_redis_restarted_mid_stream_gives_every_event_or_a_gap() {
+    let mut redis = PrivateRedis::start().await;
+    let mut bus_config = BusConfig::of(BusKind::Redis);
+    bus_config.url = format!("redis://127.0.0.1:{}", redis.port);
+    bus_config.prefix = test_support::unique_name("faults");
+    bus_config.reconnect_initial_ms = 50;
+    bus_config.reconnect_max_ms = 500;
+    let mobile_gateway = common::cluster::mobile_instance(&bus_config).await;
+    let device_gateway = common::cluster::device_instance(&bus_config).await;
+    let publisher = common::cluster::bus_client(&bus_config).await;
+    let http = common::cluster::http();
+    let device_addr = device_gateway.addr;
+
+    let mobile = common::cluster::signed_in(mobile_gateway.addr, "alice").await;
+    let mut mobile = mobile;
+    mobile.subbed("conversions", None).await;
+    let (on_mobile, mobile_reader) = live_mobile(mobile, |e| {
+        serde_json::to_value(&e.data).unwrap_or_default()["id"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned()
+    });
+    let (on_device, device_reader) = live_device(
+        common::cluster::device_api(&http, device_addr),
+        common::cluster::DEVICE,
+        common::cluster::DEVICE_KEY,
+        commands,
+    );
+
+    // One round: a conversion for alice and a command to the device, each with id `id`;
+    // whether each was published (false while the broker is down).
+    let topic = switchyard_core::event::Topic::new(&demo_api::conversions_topic(
+        &demo_api::UserId::parse("alice").expect("a user id"),
+    ))
+    .expect("a topic");
+    let admin = common::cluster::device_api(&http, device_addr);
+    let publish = async |id: &str| -> (bool, bool) {
+        let conversion = tokio::time::timeout(
+            Duration::from_secs(5),
+            publisher.publish(
+                &topic,
+                common::cluster::conversion_payload("alice", id).into(),
+            ),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        let command = admin
+            .admin(
+                reqwest::Method::POST,
+                &format!("/admin/devices/{}/commands", common::cluster::DEVICE),
+                serde_json::json!({"id": id, "op": "reboot", "args": {}}),
+            )
+            .await
+            .status
+            == 202;
+        (conversion, command)
+    };
+    let mut conversions = Vec::new();
+    let mut commands = Vec::new();
+    let round = async |id: String, conversions: &mut Vec<String>, commands: &mut Vec<String>| {
+        let (c, d) = publish(&id).await;
+        if c {
+            conversions.push(id.clone());
+        }
+        if d {
+            commands.push(id);
+        }
+    };
+    for i in 0..10 {
+        round(format!("before-{i}"), &mut conversions, &mut commands).await;
+    }
+    assert_eq!((conversions.len(), commands.len()), (10, 10));
+    let n = conversions.len() as u64;
+    until(&on_mobile, PATIENCE, "mobile before", |t| t.delivered >= n).await;
+    until(&on_device, PATIENCE, "device before", |t| t.delivered >= n).await;
+
+    // Restart mid-stream: events published while it is down fail at once (never silently
+    // queued); the restarted Redis has no history (no persistence): a new epoch.
+    redis.down().await;
+    for i in 0..3 {
+        round(format!("down-{i}"), &mut conversions, &mut commands).await;
+    }
+    let healed = Instant::now();
+    redis.up().await;
+    // Publish until the buses are back, then ten more.
+    let mut after = 0;
+    let end = Instant::now() + PATIENCE;
+    while after < 10 {
+        let before = (conversions.len(), commands.len());
+        round(format!("after-{after}"), &mut conversions, &mut commands).await;
+        if (conversions.len(), commands.len()) != (before.0 + 1, before.1 + 1) {
+            assert!(Instant::now() < end, "the bus never came back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        after += 1;
+    }
+    let last_conversion = conversions.last().expect("published").clone();
+    let last_command = commands.last().expect("published").clone();
+    until(&on_mobile, PATIENCE, "mobile after the restart", |t| {
+        t.has(&last_conversion)
+    })
+    .await;
+    let mobile_recovery = healed.elapsed();
+    until(&on_device, PATIENCE * 2, "device after the restart", |t| {
+        t.has(&last_command)
+    })
+    .await;
+    let device_recovery = healed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for (who, tally, published, recovered) in [
+        ("mobile", &on_mobile, &conversions, mobile_recovery),
+        ("device", &on_device, &commands, device_recovery),
+    ] {
+        let t = snapshot(tally);
+        assert_eq!(t.duplicates, 0, "{who}: {t:?}");
+        assert_eq!(t.closed, None, "{who}: the socket stays open: {t:?}");
+        let missing: Vec<&String> = published.iter().filter(|id| !t.has(id)).collect();
+        // Every event, or an explicit gap or reset for those history lost.
+        assert!(
+            missing.is_empty() || t.gaps > 0,
+            "{who}: lost without a signal: {missing:?} ({t:?})"
+        );
+        // What was published before the restart, and after recovery, arrived.
+        for id in published.iter().filter(|id| id.starts_with("before-")) {
+            assert!(t.has(id), "{who}: {id} missing: {t:?}");
+        }
+        println!("{who}: missing {missing:?}, gaps {}", t.gaps);
+        Figures {
+            case: "c. private Redis restarted mid-stream",
+            client: who,
+            published: published.len() as u64,
+            tally: &t,
+            recovered: format!("{} ms", recovered.as_millis()),
+        }
+        .print();
+    }
+    mobile_reader.abort();
+    device_reader.abort();
+    mobile_gateway.stop().await;
+    device_gateway.stop().await;
+}
