@@ -185,15 +185,29 @@ pub struct Tally {
     pub gaps: u64,
     /// The close code, once the client's connection closed.
     pub closed: Option<u16>,
+    /// When each key first arrived.
+    pub arrived: std::collections::BTreeMap<String, std::time::Instant>,
 }
 
 impl Tally {
     /// Counts an event named `key`.
     pub fn event(&mut self, key: impl Into<String>) {
+        let key = key.into();
         self.delivered += 1;
-        if !self.keys.insert(key.into()) {
+        if self.keys.insert(key.clone()) {
+            self.arrived.insert(key, std::time::Instant::now());
+        } else {
             self.duplicates += 1;
         }
+    }
+
+    /// When the first key starting with `prefix` arrived.
+    pub fn first_arrival(&self, prefix: &str) -> Option<std::time::Instant> {
+        self.arrived
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, at)| *at)
+            .min()
     }
 
     /// Counts an explicit gap or reset signal.
