@@ -10,8 +10,8 @@
 //! - b. The rooms service (`tests/js/rooms-server.mjs`) as a `json-ws` source behind the proxy,
 //!   dropped mid-stream, then half-open (bytes silently dropped, no FIN) until the keep-alive
 //!   notices.
-//! - c. A `redis-server` of the test's own (its own port, no persistence) under bff-mobile and
-//!   bff-device on the Redis bus, restarted mid-stream.
+//! - c. A `redis-server` of the test's own (its own port, no persistence) under bff-mobile,
+//!   bff-web and bff-device on the Redis bus, restarted mid-stream.
 //!
 //! Each prints its figures (`FIGURES | case | client | published | delivered | gaps |
 //! duplicates | recovery |`), the rows of docs/reliability.md. Run:
@@ -106,6 +106,43 @@ fn live_device(
             }
             drop(t);
             cursor = body["n"].as_str().map(str::to_owned);
+        }
+    });
+    (tally, task)
+}
+
+/// A graphql-transport-ws client of one `conversions { id }` subscription (id `s`), reading in
+/// a task of its own: every conversion counted by its id, every `EVENTS_LOST` error counted as a
+/// gap; an `error` or `complete` ends it (recorded as closed).
+fn live_web(mut client: test_support::graphql_ws::Client) -> (Shared, tokio::task::JoinHandle<()>) {
+    let tally = Shared::default();
+    let mine = tally.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Some(msg) = client.recv_within(Duration::from_secs(3600)).await else {
+                continue;
+            };
+            let mut t = mine.lock().unwrap_or_else(|e| e.into_inner());
+            match msg["type"].as_str() {
+                Some("next") => {
+                    let lost = msg["payload"]["errors"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|e| e["extensions"]["code"] == "EVENTS_LOST");
+                    if lost {
+                        t.gap();
+                    }
+                    if let Some(id) = msg["payload"]["data"]["conversions"]["id"].as_str() {
+                        t.event(id);
+                    }
+                }
+                Some("error" | "complete") => {
+                    t.closed = Some(0);
+                    return;
+                }
+                _ => {}
+            }
         }
     });
     (tally, task)
@@ -746,6 +783,19 @@ async fn a_private_redis_restarted_mid_stream_gives_every_event_or_a_gap() {
         common::cluster::DEVICE_KEY,
         commands,
     );
+    let web_gateway = common::cluster::web_instance(&bus_config).await;
+    let mut web = test_support::graphql_ws::Client::connect(
+        &format!("ws://{}/v1/graphql", web_gateway.addr),
+        Some(&common::cluster::token("alice")),
+    )
+    .await;
+    web.subscribe(
+        "s",
+        "subscription { conversions { id } }",
+        serde_json::json!({}),
+    )
+    .await;
+    let (on_web, web_reader) = live_web(web);
 
     // One round: a conversion for alice and a command to the device, each with id `id`;
     // whether each was published (false while the broker is down).
@@ -786,13 +836,33 @@ async fn a_private_redis_restarted_mid_stream_gives_every_event_or_a_gap() {
             commands.push(id);
         }
     };
+    // graphql-transport-ws has no "subscribed" answer: conversions until one reaches the web
+    // client; it must get every one from there on.
+    let end = Instant::now() + PATIENCE;
+    let mut warm = 0;
+    while snapshot(&on_web).delivered == 0 {
+        assert!(Instant::now() < end, "the web subscription never started");
+        let id = format!("warm-{warm}");
+        warm += 1;
+        common::cluster::publish_conversion(&publisher, "alice", &id).await;
+        conversions.push(id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let web_from = snapshot(&on_web)
+        .keys
+        .iter()
+        .filter_map(|k| conversions.iter().position(|c| c == k))
+        .min()
+        .expect("a warm-up conversion");
     for i in 0..10 {
         round(format!("before-{i}"), &mut conversions, &mut commands).await;
     }
-    assert_eq!((conversions.len(), commands.len()), (10, 10));
+    assert_eq!((conversions.len(), commands.len()), (warm + 10, 10));
     let n = conversions.len() as u64;
     until(&on_mobile, PATIENCE, "mobile before", |t| t.delivered >= n).await;
-    until(&on_device, PATIENCE, "device before", |t| t.delivered >= n).await;
+    until(&on_web, PATIENCE, "web before", |t| t.has("before-9")).await;
+    let c = commands.len() as u64;
+    until(&on_device, PATIENCE, "device before", |t| t.delivered >= c).await;
 
     // Restart mid-stream: events published while it is down fail at once (never silently
     // queued); the restarted Redis has no history (no persistence): a new epoch.
@@ -833,14 +903,20 @@ async fn a_private_redis_restarted_mid_stream_gives_every_event_or_a_gap() {
         t.has(&last_conversion)
     })
     .await;
+    until(&on_web, PATIENCE, "web after the restart", |t| {
+        t.has(&last_conversion)
+    })
+    .await;
     until(&on_device, PATIENCE * 2, "device after the restart", |t| {
         t.has(&last_command)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let web_conversions = conversions[web_from..].to_vec();
     for (who, tally, published) in [
         ("mobile", &on_mobile, &conversions),
+        ("web (graphql-ws)", &on_web, &web_conversions),
         ("device", &on_device, &commands),
     ] {
         let t = snapshot(tally);
@@ -882,6 +958,8 @@ async fn a_private_redis_restarted_mid_stream_gives_every_event_or_a_gap() {
     }
     mobile_reader.abort();
     device_reader.abort();
+    web_reader.abort();
+    web_gateway.stop().await;
     mobile_gateway.stop().await;
     device_gateway.stop().await;
 }
