@@ -5,7 +5,7 @@
 //! event or an explicit gap/reset, no duplicates, and recovery once the fault heals.
 //!
 //! - a. bff-mobile's quote with the limits backend behind the proxy: slow beyond the
-//!   deadline, down, cut in the middle of its body; a mobile client and a device poll keep
+//!   deadline, down, cut in the middle of its body, then answering garbage; a mobile client and a device poll keep
 //!   receiving a stream meanwhile.
 //! - b. The rooms service (`tests/js/rooms-server.mjs`) as a `json-ws` source behind the proxy,
 //!   dropped mid-stream, then half-open (bytes silently dropped, no FIN) until the keep-alive
@@ -178,6 +178,9 @@ async fn answer_sizes(addr: SocketAddr) -> (usize, usize) {
     (all.len(), all.len() - head)
 }
 
+/// What `QuoteBackends`' limits service answers (bob has 990 left).
+const LIMITS_BODY: &str = r#"{"user":"bob","daily_limit":"1000","used":"10","remaining":"990"}"#;
+
 /// GET `/v1/quote` for bob, signed in: (status, body, time taken).
 async fn quote(http: &reqwest::Client, base: &str) -> (u16, Value, Duration) {
     let started = Instant::now();
@@ -210,7 +213,7 @@ fn partial(what: &str, status: u16, body: &Value) -> String {
 }
 
 #[tokio::test]
-async fn a_backend_slow_down_or_reset_mid_body_gives_the_partial_answer_in_time_then_recovers() {
+async fn a_backend_slow_down_cut_or_garbled_gives_the_partial_answer_in_time_then_recovers() {
     let backends = QuoteBackends::start().await;
     let configs: std::collections::BTreeMap<String, BackendConfig> =
         backends.configs(BackendConfig::new);
@@ -284,7 +287,7 @@ async fn a_backend_slow_down_or_reset_mid_body_gives_the_partial_answer_in_time_
 
     let mut rows = Vec::new();
     let limit = |d: Duration| d + Duration::from_secs(10);
-    let faults: [(&str, ToxicKind); 3] = [
+    let faults: [(&str, ToxicKind); 4] = [
         (
             "slow (latency 20 s, deadline 1.5 s)",
             ToxicKind::Latency {
@@ -294,6 +297,7 @@ async fn a_backend_slow_down_or_reset_mid_body_gives_the_partial_answer_in_time_
         ),
         ("down", ToxicKind::Noop),
         ("reset mid-body", ToxicKind::Noop),
+        ("answering garbage", ToxicKind::Noop),
     ];
     for (what, toxic) in faults {
         match what {
@@ -313,6 +317,8 @@ async fn a_backend_slow_down_or_reset_mid_body_gives_the_partial_answer_in_time_
                     )
                     .await;
             }
+            // The backend itself (not the proxy) answers 200 with a body that is no JSON.
+            "answering garbage" => backends.limits.reply(Duration::ZERO, 200, "<html>oops{"),
             _ => proxy.add("fault", toxic, StreamDirection::Downstream).await,
         }
         // Service continues: the partial answer, within the deadline (bounded generously).
@@ -327,6 +333,7 @@ async fn a_backend_slow_down_or_reset_mid_body_gives_the_partial_answer_in_time_
         let healed = Instant::now();
         match what {
             "down" => proxy.up().await,
+            "answering garbage" => backends.limits.reply(Duration::ZERO, 200, LIMITS_BODY),
             _ => proxy.heal().await,
         }
         let recovered = loop {
