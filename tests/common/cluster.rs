@@ -137,9 +137,9 @@ pub async fn web_instance_with(config: &BusConfig, c: bff_web::Config) -> Runnin
     .await
 }
 
-/// A bff-device instance on the bus of `config`, through a broker client of its own, knowing
-/// [`DEVICE`].
-pub async fn device_instance(config: &BusConfig) -> Running {
+/// bff-device's configuration on the bus of `config`, knowing [`DEVICE`] (admin token
+/// [`ADMIN`]), without sources.
+pub fn device_config(config: &BusConfig) -> bff_device::Config {
     let mut c = bff_device::Config {
         bus: config.clone(),
         ..Default::default()
@@ -156,6 +156,13 @@ pub async fn device_instance(config: &BusConfig) -> Running {
             channels: Vec::new(),
         },
     );
+    c
+}
+
+/// A bff-device instance on the bus of `config`, through a broker client of its own, knowing
+/// [`DEVICE`].
+pub async fn device_instance(config: &BusConfig) -> Running {
+    let c = device_config(config);
     instance(config, "bff-device", move |broker, l, t| {
         bff_device::run(c, broker, l, t)
     })
