@@ -33,8 +33,12 @@
 //! # Outage
 //!
 //! The client connects in the background and reconnects with the configured backoff. While it is
-//! not connected, operations fail at once with [`BusError::Unavailable`] (nothing is queued), and
-//! `check` fails. Every live feed ends when the connection drops; the driver reopens it with
+//! known not to be connected, operations fail at once with [`BusError::Unavailable`], and `check`
+//! fails. A publish in flight when the connection drops is another matter: the client may hold it
+//! in its send buffer and send it after the reconnect, while the bus has already answered
+//! `Unavailable` on its deadline. A failed publish therefore means "outcome unknown": publish
+//! with an idempotency key (`publish_once`) and retry with the same key to land it once
+//! (`tests/faults/broker.rs` shows it). Every live feed ends when the connection drops; the driver reopens it with
 //! backoff once the server is back, reading history first — the events it missed, or a gap when
 //! the stream was lost (new epoch) or trimmed past its position.
 //!
