@@ -7,7 +7,8 @@
 //! gateway's routes and wraps them in the per-request rate limits and the common layers;
 //! [`Runtime::serve`] serves them with the bounded drain, waiting for the upgraded sockets the
 //! gateway tracked in [`Runtime::sockets`], and the publish API (`crate::publish`) on its own
-//! listener when `[publish].listen` is set.
+//! listener when `[publish].listen` is set, and `/metrics` (`crate::metrics`) on its own when
+//! `[metrics].listen` is set.
 //!
 //! What feeds the hub is configuration: each `[sources.NAME]` is started as a
 //! [`Source`](switchyard_core::sources::Source) feeding the catalog channels its `channels`
@@ -32,6 +33,7 @@ use tower_http::cors::CorsLayer;
 
 use crate::cli::{ServerBinary, WithBus};
 use crate::config::ServerConfig;
+use crate::metrics::{Metrics, MetricsConfig};
 use crate::publish::{PublishApi, PublishConfig};
 use crate::ratelimit::{Refuse, UserOf};
 use crate::server::{self, CancellationToken, Readiness};
@@ -50,6 +52,9 @@ pub trait GatewayConfig: ServerBinary + WithBus {
     fn channels(&self) -> &ChannelsConfig;
     /// `[publish]`: the publish API for backends, on a listener of its own when `listen` is set.
     fn publish(&self) -> &PublishConfig;
+    /// `[metrics]`: `/metrics` on a listener of its own when `listen` is set, and the clients
+    /// named in the usage labels.
+    fn metrics(&self) -> &MetricsConfig;
 }
 
 /// What a gateway runs on: its backends, hub, limiter, and what serving it needs.
@@ -71,8 +76,12 @@ pub struct Runtime {
     pub sockets: TaskTracker,
     /// Cancelled when the gateway is asked to stop.
     pub shutdown: CancellationToken,
+    /// The gateway's metrics, served on `[metrics].listen`; a gateway adds its own gauges
+    /// ([`Metrics::gauge`]).
+    pub metrics: Metrics,
     server: ServerConfig,
     publish: PublishConfig,
+    metrics_config: MetricsConfig,
 }
 
 impl Runtime {
@@ -110,7 +119,16 @@ impl Runtime {
             }
         }
         let limiter = RateLimiter::new(C::NAME, config.rate_limits(), broker);
+        config.metrics().validate()?;
+        let metrics = Metrics::new(
+            C::NAME,
+            config.metrics(),
+            upstreams.clone(),
+            sources.clone(),
+        );
         Ok(Self {
+            metrics,
+            metrics_config: config.metrics().clone(),
             upstreams,
             hub,
             catalog,
@@ -136,6 +154,10 @@ impl Runtime {
         cors: Option<CorsLayer>,
     ) -> Router {
         let readiness = Readiness::new(Some(self.upstreams.clone()), Some(self.bus.clone()));
+        let routes = routes.layer(axum::middleware::from_fn_with_state(
+            self.metrics.clone(),
+            crate::metrics::count,
+        ));
         let routes = routes.merge(server::health_routes(readiness));
         let mut router = crate::ratelimit::layer(routes, self.limiter.clone(), user_of, refuse);
         if let Some(cors) = cors {
@@ -165,13 +187,16 @@ impl Runtime {
     }
 
     /// [`Self::serve`] with the publish API's listener already bound (or none): both stop
-    /// accepting when the gateway is asked to stop, and drain within the same timeout.
+    /// accepting when the gateway is asked to stop, and drain within the same timeout. The
+    /// metrics listener of `[metrics].listen` is bound here (a failure names the key) and served
+    /// beside them.
     pub async fn serve_with_publish(
         &self,
         listener: TcpListener,
         router: Router,
         publish: Option<TcpListener>,
     ) -> anyhow::Result<()> {
+        let metrics = crate::metrics::bind(&self.metrics_config).await?;
         let main = server::serve_with_sockets(
             listener,
             router,
@@ -189,9 +214,20 @@ impl Runtime {
                 None => Ok(()),
             }
         };
-        let (main, publish) = tokio::join!(main, publish);
+        let metrics = async {
+            match metrics {
+                Some(listener) => {
+                    self.metrics
+                        .serve(listener, self.shutdown.clone(), &self.server)
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        let (main, publish, metrics) = tokio::join!(main, publish, metrics);
         main?;
         publish.map_err(|e| anyhow::anyhow!("the publish API: {e}"))?;
+        metrics.map_err(|e| anyhow::anyhow!("the metrics listener: {e}"))?;
         Ok(())
     }
 }
@@ -218,7 +254,7 @@ fn check_covered(name: &str, config: &SourceConfig, catalog: &Catalog) -> anyhow
 
 /// Implements [`ServerBinary`], [`WithBus`] and [`GatewayConfig`] for a gateway's config struct,
 /// whose shared sections are the fields `server`, `log`, `bus`, `hub`, `backends`, `sources`,
-/// `rate_limits`, `channels` and `publish`:
+/// `rate_limits`, `channels`, `publish` and `metrics`:
 ///
 /// ```text
 /// switchyard_server::gateway_config!(Config, "bff-web", "Switchyard gateway for browsers", ENV_PREFIX);
@@ -258,6 +294,9 @@ macro_rules! gateway_config {
             }
             fn publish(&self) -> &$crate::publish::PublishConfig {
                 &self.publish
+            }
+            fn metrics(&self) -> &$crate::metrics::MetricsConfig {
+                &self.metrics
             }
         }
     };

@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
                     ))
         })
         .then_some(switchyard::DEMO_PUBLISHER_KEY);
+    let metrics_urls = config.metrics_urls();
     let stack = Stack::start(config).await?;
     let url = |c: &str| stack.url(c);
     println!("switchyard is up (in-memory bus)");
@@ -117,6 +118,9 @@ async fn main() -> anyhow::Result<()> {
                 switchyard::DEMO_PUBLISHER
             );
         }
+    }
+    for (gateway, url) in &metrics_urls {
+        println!("  metrics      {url}  ({gateway}, Prometheus text format)");
     }
     println!(
         "try: curl '{}/v1/quote?user=alice&from=EUR&to=USD&amount=100'",
