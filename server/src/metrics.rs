@@ -16,7 +16,8 @@
 //! - `client`: from the `X-Client-App: name/version` header, bounded by `[metrics].known_clients`:
 //!   the exact `name/version` when it is listed, else `name` when it is listed, else `other`;
 //!   `none` without the header;
-//! - `backend`, `source`: configured names; `outcome`: a fixed list.
+//! - `backend`, `source`, `publisher`: configured names (`unknown` for a publish call whose key
+//!   names no publisher); `outcome`: a fixed list.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ use switchyard_core::upstream::{CircuitState, LATENCY_BUCKETS, OUTCOMES, Upstrea
 use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
+use crate::publish::PublishStats;
 use crate::server::CancellationToken;
 
 /// The header naming the client application: `X-Client-App: name/version`.
@@ -124,16 +126,18 @@ struct Inner {
     requests: Box<[AtomicU64]>,
     upstreams: Arc<Upstreams>,
     sources: BTreeMap<String, Source>,
+    publish: Option<PublishStats>,
     gauges: Mutex<Vec<ExtraGauge>>,
 }
 
 impl Metrics {
-    /// The metrics of gateway `gateway` over its backends and sources.
+    /// The metrics of gateway `gateway` over its backends, sources and publish API.
     pub fn new(
         gateway: &'static str,
         config: &MetricsConfig,
         upstreams: Arc<Upstreams>,
         sources: BTreeMap<String, Source>,
+        publish: Option<PublishStats>,
     ) -> Self {
         let mut clients: Vec<String> = config.known_clients.clone();
         clients.sort();
@@ -149,6 +153,7 @@ impl Metrics {
             requests,
             upstreams,
             sources,
+            publish,
             gauges: Mutex::new(Vec::new()),
         });
         let mut registry = Registry::default();
@@ -488,6 +493,30 @@ impl Collector for Scrape {
             &wanted,
         )?;
 
+        // The publish API.
+        if let Some(publish) = &inner.publish {
+            let snapshot = publish.snapshot();
+            let series: Vec<_> = snapshot
+                .iter()
+                .map(|(publisher, outcome, n)| {
+                    (
+                        vec![
+                            ("gateway", gw),
+                            ("publisher", &**publisher),
+                            ("outcome", *outcome),
+                        ],
+                        *n,
+                    )
+                })
+                .collect();
+            counter(
+                &mut encoder,
+                "switchyard_publish_calls",
+                "Publish API calls (a batch is one) by publisher and outcome",
+                &series,
+            )?;
+        }
+
         // The gateway's own gauges.
         let gauges = inner
             .gauges
@@ -516,7 +545,7 @@ mod tests {
             known_clients: clients.iter().map(|c| (*c).to_owned()).collect(),
         };
         let upstreams = Arc::new(Upstreams::new(&BTreeMap::new()).expect("no backends"));
-        Metrics::new("bff-test", &config, upstreams, BTreeMap::new())
+        Metrics::new("bff-test", &config, upstreams, BTreeMap::new(), None)
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub struct Runtime {
     server: ServerConfig,
     publish: PublishConfig,
     metrics_config: MetricsConfig,
+    publish_api: PublishApi,
 }
 
 impl Runtime {
@@ -120,15 +121,18 @@ impl Runtime {
         }
         let limiter = RateLimiter::new(C::NAME, config.rate_limits(), broker);
         config.metrics().validate()?;
+        let publish_api = PublishApi::new(config.publish(), catalog.clone(), bus.clone());
         let metrics = Metrics::new(
             C::NAME,
             config.metrics(),
             upstreams.clone(),
             sources.clone(),
+            Some(publish_api.stats().clone()),
         );
         Ok(Self {
             metrics,
             metrics_config: config.metrics().clone(),
+            publish_api,
             upstreams,
             hub,
             catalog,
@@ -181,9 +185,10 @@ impl Runtime {
         crate::publish::bind(&self.publish).await
     }
 
-    /// The publish API on this gateway's catalog and bus, with its `[publish]` keys and limits.
+    /// The publish API on this gateway's catalog and bus, with its `[publish]` keys and limits
+    /// (one for the runtime: its calls are counted in [`Self::metrics`]).
     pub fn publish_api(&self) -> PublishApi {
-        PublishApi::new(&self.publish, self.catalog.clone(), self.bus.clone())
+        self.publish_api.clone()
     }
 
     /// [`Self::serve`] with the publish API's listener already bound (or none): both stop
