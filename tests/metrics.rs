@@ -11,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchyard::{Config, DEMO_DEVICE, DEMO_DEVICE_KEY, Stack};
+use serde_json::json;
+use switchyard::{Config, DEMO_DEVICE, DEMO_DEVICE_KEY, DEMO_PUBLISHER_KEY, Stack};
+use test_support::graphql_ws::Client;
 
 /// The query of docs/operations.md ("who still uses bff-device /v1?"), with a window short
 /// enough for a test.
@@ -25,12 +27,24 @@ fn free_addr() -> SocketAddr {
 
 /// A stack whose bff-device serves `/metrics` on a free port and knows the client `tv-app`.
 async fn stack() -> (Stack, SocketAddr) {
+    let (stack, device, _) = stack_with_web().await;
+    (stack, device)
+}
+
+/// [`stack`], and bff-web's `/metrics` on a free port too.
+async fn stack_with_web() -> (Stack, SocketAddr, SocketAddr) {
     let mut config = Config::ephemeral();
     config.exchange.tick_interval_ms = 3_600_000;
-    let addr = free_addr();
-    config.device.metrics.listen = addr.to_string();
+    let device = free_addr();
+    config.device.metrics.listen = device.to_string();
     config.device.metrics.known_clients = vec!["tv-app".to_owned()];
-    (Stack::start(config).await.expect("stack starts"), addr)
+    let web = free_addr();
+    config.web.metrics.listen = web.to_string();
+    (
+        Stack::start(config).await.expect("stack starts"),
+        device,
+        web,
+    )
 }
 
 /// The samples of the text format, by `name{labels}` exactly as written.
@@ -148,6 +162,68 @@ async fn a_scripted_workload_shows_exactly_its_counts() {
         "a device's quote withholds the limit"
     );
     assert_eq!(m[r#"switchyard_held_polls{gateway="bff-device"}"#], 0.0);
+    stack.stop().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_deliveries_are_counted_by_pattern() {
+    let (stack, _, metrics) = stack_with_web().await;
+    let url = format!("ws://{}/v1/graphql", stack.addr("bff-web"));
+    let mut client = Client::connect(&url, None).await;
+    client
+        .subscribe(
+            "1",
+            "subscription ($name: String!) { channel(name: $name) { epoch offset data } }",
+            json!({"name": "announcements"}),
+        )
+        .await;
+    // Subscribed once the hub counts it.
+    let live = r#"switchyard_hub_subscriptions{gateway="bff-web",pattern="announcements"}"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scrape(metrics).await[live] < 1.0 {
+        assert!(Instant::now() < deadline, "no hub subscription");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let publish = format!(
+        "http://{}/v1/publish",
+        stack.publish_addr().expect("publish API")
+    );
+    const M: usize = 4;
+    for i in 0..M {
+        let answer = reqwest::Client::new()
+            .post(&publish)
+            .bearer_auth(DEMO_PUBLISHER_KEY)
+            .json(&json!({"channel": "announcements", "data": {"n": i}}))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(answer.status(), 200);
+    }
+    for i in 0..M {
+        let next = client.recv().await;
+        assert_eq!(next["payload"]["data"]["channel"]["data"]["n"], i, "{next}");
+    }
+    let m = scrape(metrics).await;
+    let at = |name: &str, pattern: &str| {
+        m[&format!(r#"{name}{{gateway="bff-web",pattern="{pattern}"}}"#)]
+    };
+    assert_eq!(
+        at("switchyard_hub_deliveries_total", "announcements"),
+        M as f64
+    );
+    assert_eq!(at("switchyard_hub_subscriptions", "announcements"), 1.0);
+    assert_eq!(
+        at("switchyard_hub_subscriptions_opened_total", "announcements"),
+        1.0
+    );
+    assert_eq!(at("switchyard_hub_gaps_total", "announcements"), 0.0);
+    assert_eq!(
+        at("switchyard_hub_deliveries_total", "conversions.{user}"),
+        0.0
+    );
+    // The socket's upgrade was a /v1 request from a client that sent no X-Client-App.
+    assert_eq!(m[&requests("bff-web", "v1", "none")], 1.0);
+    client.close().await;
     stack.stop().await.ok();
 }
 

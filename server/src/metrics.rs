@@ -36,6 +36,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
+use switchyard_core::hub::Hub;
 use switchyard_core::sources::Source;
 use switchyard_core::upstream::{CircuitState, LATENCY_BUCKETS, OUTCOMES, Upstreams};
 use tokio::net::TcpListener;
@@ -117,7 +118,6 @@ pub struct Metrics {
     registry: Arc<Registry>,
 }
 
-#[derive(Debug)]
 struct Inner {
     gateway: &'static str,
     /// Label values of the `client` label: the known clients, then `other`, then `none`.
@@ -127,17 +127,28 @@ struct Inner {
     upstreams: Arc<Upstreams>,
     sources: BTreeMap<String, Source>,
     publish: Option<PublishStats>,
+    hub: Option<Hub>,
     gauges: Mutex<Vec<ExtraGauge>>,
 }
 
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("gateway", &self.gateway)
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Metrics {
-    /// The metrics of gateway `gateway` over its backends, sources and publish API.
+    /// The metrics of gateway `gateway` over its backends, sources, publish API and hub.
     pub fn new(
         gateway: &'static str,
         config: &MetricsConfig,
         upstreams: Arc<Upstreams>,
         sources: BTreeMap<String, Source>,
         publish: Option<PublishStats>,
+        hub: Option<Hub>,
     ) -> Self {
         let mut clients: Vec<String> = config.known_clients.clone();
         clients.sort();
@@ -154,6 +165,7 @@ impl Metrics {
             upstreams,
             sources,
             publish,
+            hub,
             gauges: Mutex::new(Vec::new()),
         });
         let mut registry = Registry::default();
@@ -493,6 +505,51 @@ impl Collector for Scrape {
             &wanted,
         )?;
 
+        // The hub, by channel pattern.
+        if let Some(hub) = &inner.hub {
+            let stats = hub.stats();
+            let by_pattern = |f: fn(&switchyard_core::hub::PatternSnapshot) -> u64| {
+                stats
+                    .iter()
+                    .map(|s| (vec![("gateway", gw), ("pattern", s.pattern.as_str())], f(s)))
+                    .collect::<Vec<_>>()
+            };
+            let live: Vec<_> = by_pattern(|s| s.live)
+                .into_iter()
+                .map(|(l, v)| (l, i64::try_from(v).unwrap_or(i64::MAX)))
+                .collect();
+            gauge(
+                &mut encoder,
+                "switchyard_hub_subscriptions",
+                "Hub subscriptions open now, by channel pattern (`other`: topics outside the catalog)",
+                &live,
+            )?;
+            for (name, help, f) in [
+                (
+                    "switchyard_hub_subscriptions_opened",
+                    "Hub subscriptions opened, by channel pattern",
+                    (|s| s.opened) as fn(&switchyard_core::hub::PatternSnapshot) -> u64,
+                ),
+                (
+                    "switchyard_hub_deliveries",
+                    "Events the hub handed to its subscribers (a subscription shared by several clients counts once)",
+                    |s| s.deliveries,
+                ),
+                (
+                    "switchyard_hub_gaps",
+                    "Gaps the hub handed to subscribers: history no longer covered where they were",
+                    |s| s.gaps,
+                ),
+                (
+                    "switchyard_hub_catch_ups",
+                    "Subscribers whose queue filled, unhooked from the live fan-out and caught up from history",
+                    |s| s.catch_ups,
+                ),
+            ] {
+                counter(&mut encoder, name, help, &by_pattern(f))?;
+            }
+        }
+
         // The publish API.
         if let Some(publish) = &inner.publish {
             let snapshot = publish.snapshot();
@@ -545,7 +602,7 @@ mod tests {
             known_clients: clients.iter().map(|c| (*c).to_owned()).collect(),
         };
         let upstreams = Arc::new(Upstreams::new(&BTreeMap::new()).expect("no backends"));
-        Metrics::new("bff-test", &config, upstreams, BTreeMap::new(), None)
+        Metrics::new("bff-test", &config, upstreams, BTreeMap::new(), None, None)
     }
 
     #[test]

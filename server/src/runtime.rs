@@ -128,6 +128,7 @@ impl Runtime {
             upstreams.clone(),
             sources.clone(),
             Some(publish_api.stats().clone()),
+            Some(hub.clone()),
         );
         Ok(Self {
             metrics,
