@@ -223,7 +223,25 @@ async fn channel_deliveries_are_counted_by_pattern() {
     );
     // The socket's upgrade was a /v1 request from a client that sent no X-Client-App.
     assert_eq!(m[&requests("bff-web", "v1", "none")], 1.0);
+    let open = r#"switchyard_connections{gateway="bff-web",version="v1",client="none"}"#;
+    let opened =
+        r#"switchyard_connections_opened_total{gateway="bff-web",version="v1",client="none"}"#;
+    assert_eq!((m[open], m[opened]), (1.0, 1.0));
     client.close().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = scrape(metrics).await;
+        if m[open] == 0.0 {
+            assert_eq!(m[opened], 1.0);
+            assert_eq!(m[live], 0.0, "the hub subscription ended with the socket");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the socket is still counted as open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stack.stop().await.ok();
 }
 
@@ -339,11 +357,12 @@ async fn prometheus_answers_who_still_uses_device_v1() {
     let v2 = prometheus
         .until(
             r#"sum by (client) (switchyard_requests_total{gateway="bff-device",version="v2"}) > 0"#,
-            |r| !r.is_empty(),
+            // Scraped after the last of the three requests.
+            |r| r.iter().any(|s| s["value"][1] == "3"),
         )
         .await;
+    assert_eq!(v2.len(), 1, "{v2:?}");
     assert_eq!(v2[0]["metric"]["client"], "other", "{v2:?}");
-    assert_eq!(v2[0]["value"][1], "3", "{v2:?}");
     stack.stop().await.ok();
 }
 

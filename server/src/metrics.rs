@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -124,6 +124,10 @@ struct Inner {
     clients: Vec<String>,
     /// Requests by version × client, at `version * clients.len() + client`.
     requests: Box<[AtomicU64]>,
+    /// Upgraded sockets open now, by version × client (same index).
+    connections: Box<[AtomicI64]>,
+    /// Upgraded sockets opened, by version × client (same index).
+    connections_opened: Box<[AtomicU64]>,
     upstreams: Arc<Upstreams>,
     sources: BTreeMap<String, Source>,
     publish: Option<PublishStats>,
@@ -158,10 +162,18 @@ impl Metrics {
         let requests = (0..VERSIONS.len() * clients.len())
             .map(|_| AtomicU64::new(0))
             .collect();
+        let connections = (0..VERSIONS.len() * clients.len())
+            .map(|_| AtomicI64::new(0))
+            .collect();
+        let connections_opened = (0..VERSIONS.len() * clients.len())
+            .map(|_| AtomicU64::new(0))
+            .collect();
         let inner = Arc::new(Inner {
             gateway,
             clients,
             requests,
+            connections,
+            connections_opened,
             upstreams,
             sources,
             publish,
@@ -188,17 +200,21 @@ impl Metrics {
     }
 
     /// Counts one request to `path` from the client that `client_app` (the `X-Client-App`
-    /// header) names. `/healthz` and `/readyz` are not counted.
-    pub fn count_request(&self, path: &str, client_app: Option<&[u8]>) {
+    /// header) names, and returns its (version, client) as a [`Usage`].
+    pub fn count_request(&self, path: &str, client_app: Option<&[u8]>) -> Usage {
         let version = match path.split('/').nth(1) {
             Some("v1") => 0,
             Some("v2") => 1,
             _ => 2,
         };
         let client = self.client_index(client_app);
-        let i = version * self.inner.clients.len() + client;
-        if let Some(counter) = self.inner.requests.get(i) {
+        let index = version * self.inner.clients.len() + client;
+        if let Some(counter) = self.inner.requests.get(index) {
             counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Usage {
+            metrics: self.clone(),
+            index,
         }
     }
 
@@ -260,15 +276,57 @@ async fn serve_metrics(State(metrics): State<Metrics>) -> Response {
         .into_response()
 }
 
-/// The middleware counting requests (see [`Metrics::count_request`]).
-pub async fn count(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+/// The (API version, client) of a request. The counting middleware puts it in the extensions of
+/// socket upgrade requests (those with an `Upgrade` header; others pay no allocation): a socket
+/// gateway holds [`Usage::connection`]'s guard for the life of the upgraded socket.
+#[derive(Clone, Debug)]
+pub struct Usage {
+    metrics: Metrics,
+    index: usize,
+}
+
+impl Usage {
+    /// Counts an upgraded socket as opened and open until the guard is dropped.
+    pub fn connection(&self) -> ConnectionGuard {
+        if let Some(live) = self.metrics.inner.connections.get(self.index) {
+            live.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(opened) = self.metrics.inner.connections_opened.get(self.index) {
+            opened.fetch_add(1, Ordering::Relaxed);
+        }
+        ConnectionGuard {
+            usage: self.clone(),
+        }
+    }
+}
+
+/// An open socket, counted in `switchyard_connections` until dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    usage: Usage,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if let Some(live) = self.usage.metrics.inner.connections.get(self.usage.index) {
+            live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The middleware counting requests (see [`Metrics::count_request`]); `/healthz` and `/readyz`
+/// are not counted. An upgrade request gets its [`Usage`] in its extensions.
+pub async fn count(State(metrics): State<Metrics>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if path != "/healthz" && path != "/readyz" {
         let app = request
             .headers()
             .get(CLIENT_APP_HEADER)
             .map(axum::http::HeaderValue::as_bytes);
-        metrics.count_request(path, app);
+        let usage = metrics.count_request(path, app);
+        if request.headers().contains_key(axum::http::header::UPGRADE) {
+            request.extensions_mut().insert(usage);
+        }
     }
     next.run(request).await
 }
@@ -330,6 +388,28 @@ impl Collector for Scrape {
                 ));
             }
         }
+        let mut live = Vec::new();
+        let mut opened = Vec::new();
+        for (v, version) in VERSIONS.iter().enumerate() {
+            for (c, client) in inner.clients.iter().enumerate() {
+                let i = v * inner.clients.len() + c;
+                let labels = vec![("gateway", gw), ("version", *version), ("client", client)];
+                live.push((labels.clone(), inner.connections[i].load(Ordering::Relaxed)));
+                opened.push((labels, inner.connections_opened[i].load(Ordering::Relaxed)));
+            }
+        }
+        gauge(
+            &mut encoder,
+            "switchyard_connections",
+            "Upgraded sockets open now, by gateway, API version and client application",
+            &live,
+        )?;
+        counter(
+            &mut encoder,
+            "switchyard_connections_opened",
+            "Upgraded sockets opened, by gateway, API version and client application",
+            &opened,
+        )?;
         counter(
             &mut encoder,
             "switchyard_requests",
