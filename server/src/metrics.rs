@@ -709,8 +709,10 @@ mod tests {
 
     #[test]
     fn bad_client_names_are_refused() {
-        let mut c = MetricsConfig::default();
-        c.known_clients = vec!["ok-name/1.0".to_owned()];
+        let mut c = MetricsConfig {
+            known_clients: vec!["ok-name/1.0".to_owned()],
+            ..MetricsConfig::default()
+        };
         assert!(c.validate().is_ok());
         c.known_clients = vec!["bad name".to_owned()];
         assert!(c.validate().is_err());
