@@ -171,8 +171,9 @@ impl Config {
         c
     }
 
-    /// Each gateway's `/metrics` URL, for those whose `[metrics].listen` is set.
-    pub fn metrics_urls(&self) -> Vec<(&'static str, String)> {
+    /// Each gateway's `/metrics` URL, for those whose `[metrics].listen` is set; `None` for a
+    /// port chosen at start (port 0: the gateway logs it as `metrics_addr`).
+    pub fn metrics_urls(&self) -> Vec<(&'static str, Option<String>)> {
         [
             ("bff-web", &self.web.metrics.listen),
             ("bff-mobile", &self.mobile.metrics.listen),
@@ -180,7 +181,14 @@ impl Config {
         ]
         .into_iter()
         .filter(|(_, listen)| !listen.is_empty())
-        .map(|(name, listen)| (name, format!("http://{listen}/metrics")))
+        .map(|(name, listen)| {
+            let url = listen
+                .parse::<SocketAddr>()
+                .ok()
+                .filter(|addr| addr.port() != 0)
+                .map(|addr| format!("http://{addr}/metrics"));
+            (name, url)
+        })
         .collect()
     }
 

@@ -120,7 +120,12 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     for (gateway, url) in &metrics_urls {
-        println!("  metrics      {url}  ({gateway}, Prometheus text format)");
+        match url {
+            Some(url) => println!("  metrics      {url}  ({gateway}, Prometheus text format)"),
+            None => println!(
+                "  metrics      ({gateway}: port chosen at start, logged as metrics_addr)"
+            ),
+        }
     }
     println!(
         "try: curl '{}/v1/quote?user=alice&from=EUR&to=USD&amount=100'",
