@@ -379,3 +379,39 @@ fn the_documented_query_is_the_one_tested() {
         "docs/operations.md must show {documented}"
     );
 }
+
+/// deploy/prometheus/prometheus.yml passes `promtool check config` and scrapes, on port 9464,
+/// every gateway instance of deploy/compose.yaml, whose container configurations listen there.
+#[test]
+fn the_shipped_scrape_configuration_covers_every_gateway_instance() {
+    let deploy = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"));
+    let scrape = deploy.join("prometheus/prometheus.yml");
+    let check = Command::new("/usr/bin/promtool")
+        .args(["check", "config"])
+        .arg(&scrape)
+        .output()
+        .expect("promtool (Debian's prometheus package; run scripts/services)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let text = std::fs::read_to_string(&scrape).expect("scrape config");
+    let compose = std::fs::read_to_string(deploy.join("compose.yaml")).expect("compose");
+    for gateway in ["bff-web", "bff-mobile", "bff-device"] {
+        let config = std::fs::read_to_string(deploy.join(format!("k8s/config/{gateway}.toml")))
+            .expect("container config");
+        assert!(
+            config.contains("[metrics]\n") && config.contains("listen = \"0.0.0.0:9464\""),
+            "{gateway}'s container configuration serves /metrics on 9464"
+        );
+        for instance in 1..=2 {
+            let name = format!("{gateway}-{instance}");
+            assert!(
+                compose.contains(&format!("  {name}: *{gateway}")),
+                "{name} in compose"
+            );
+            assert!(text.contains(&format!("\"{name}:9464\"")), "{name} scraped");
+        }
+    }
+}

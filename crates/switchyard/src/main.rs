@@ -122,9 +122,9 @@ async fn main() -> anyhow::Result<()> {
     for (gateway, url) in &metrics_urls {
         match url {
             Some(url) => println!("  metrics      {url}  ({gateway}, Prometheus text format)"),
-            None => println!(
-                "  metrics      ({gateway}: port chosen at start, logged as metrics_addr)"
-            ),
+            None => {
+                println!("  metrics      ({gateway}: port chosen at start, logged as metrics_addr)")
+            }
         }
     }
     println!(

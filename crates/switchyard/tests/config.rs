@@ -310,8 +310,14 @@ fn up_serves_each_gateways_metrics_on_an_internal_port_and_tests_on_none() {
         urls,
         [
             ("bff-web", Some("http://127.0.0.1:9464/metrics".to_owned())),
-            ("bff-mobile", Some("http://127.0.0.1:9465/metrics".to_owned())),
-            ("bff-device", Some("http://127.0.0.1:9466/metrics".to_owned())),
+            (
+                "bff-mobile",
+                Some("http://127.0.0.1:9465/metrics".to_owned())
+            ),
+            (
+                "bff-device",
+                Some("http://127.0.0.1:9466/metrics".to_owned())
+            ),
         ]
     );
     assert!(switchyard::Config::ephemeral().metrics_urls().is_empty());
