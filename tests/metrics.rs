@@ -162,6 +162,7 @@ async fn a_scripted_workload_shows_exactly_its_counts() {
         "a device's quote withholds the limit"
     );
     assert_eq!(m[r#"switchyard_held_polls{gateway="bff-device"}"#], 0.0);
+    assert!(m.contains_key(r#"switchyard_leases_held{gateway="bff-device"}"#));
     stack.stop().await.ok();
 }
 

@@ -100,6 +100,7 @@ impl Runtime {
         let catalog = Arc::new(Catalog::new(config.channels())?);
         let mut hub = Hub::new(bus.clone(), config.hub().clone()).with_catalog(catalog.clone());
         let mut sources = BTreeMap::new();
+        let leases_held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         if !config.sources().is_empty() {
             // The one place a gateway's lease is taken: from its broker, on the bus's connections.
             let lease = broker.lease();
@@ -114,7 +115,8 @@ impl Runtime {
                     name,
                     &holder,
                     source.lease_ttl(),
-                );
+                )
+                .counting_held(leases_held.clone());
                 hub = hub.with_feeder(&source.topic_prefix(), Arc::new(leased));
                 sources.insert(name.clone(), source);
             }
@@ -129,6 +131,11 @@ impl Runtime {
             sources.clone(),
             Some(publish_api.stats().clone()),
             Some(hub.clone()),
+        );
+        metrics.gauge(
+            "switchyard_leases_held",
+            "Cluster-wide source leases this instance holds now (it feeds those topics upstream)",
+            leases_held,
         );
         Ok(Self {
             metrics,
