@@ -84,6 +84,9 @@ pub struct Config {
     pub channels: switchyard_core::channels::ChannelsConfig,
     /// The publish API for backends, on a listener of its own (none by default).
     pub publish: switchyard_server::publish::PublishConfig,
+    /// `/metrics` on an internal listener of its own (none by default) and the client
+    /// applications named in its usage labels (docs/operations.md).
+    pub metrics: switchyard_server::metrics::MetricsConfig,
 }
 
 impl Default for Config {
@@ -102,6 +105,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             channels: operations::channels::demo(),
             publish: switchyard_server::publish::PublishConfig::default(),
+            metrics: switchyard_server::metrics::MetricsConfig::default(),
         }
     }
 }
@@ -173,6 +177,11 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
     }
     let held = Arc::new(AtomicUsize::new(0));
     let holding = Arc::new(AtomicUsize::new(0));
+    runtime.metrics.gauge(
+        "switchyard_held_polls",
+        "Long-polls being held right now (all API versions)",
+        held.clone(),
+    );
     let api = Arc::new(api::Api {
         registry: registry.clone(),
         poller: poll::Poller {

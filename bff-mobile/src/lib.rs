@@ -68,6 +68,9 @@ pub struct Config {
     pub channels: switchyard_core::channels::ChannelsConfig,
     /// The publish API for backends, on a listener of its own (none by default).
     pub publish: switchyard_server::publish::PublishConfig,
+    /// `/metrics` on an internal listener of its own (none by default) and the client
+    /// applications named in its usage labels (docs/operations.md).
+    pub metrics: switchyard_server::metrics::MetricsConfig,
 }
 
 /// Limits and timers of the `/v1/ws` socket (announced to clients in `welcome` where the
@@ -134,6 +137,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             channels: operations::channels::demo(),
             publish: switchyard_server::publish::PublishConfig::default(),
+            metrics: switchyard_server::metrics::MetricsConfig::default(),
         }
     }
 }

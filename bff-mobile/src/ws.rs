@@ -49,6 +49,7 @@ pub(crate) fn routes(gateway: Arc<Gateway>) -> Router {
 async fn upgrade(
     State(gw): State<Arc<Gateway>>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    usage: Option<axum::Extension<switchyard_server::metrics::Usage>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -85,7 +86,14 @@ async fn upgrade(
     let tracker = gw.parts.sockets.clone();
     upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(serve(socket, gw, encoding, peer)))
+        .on_upgrade(move |socket| {
+            // Counted in the gateway's metrics while the socket is open.
+            let open = usage.map(|u| u.connection());
+            tracker.track_future(async move {
+                serve(socket, gw, encoding, peer).await;
+                drop(open);
+            })
+        })
 }
 
 /// Serves one socket until it closes.

@@ -159,7 +159,7 @@ where
         return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(upgrade) => {
                 let peer = endpoint.socket.limiter.client_ip(&parts);
-                upgrade_socket(endpoint, &parts.headers, upgrade, peer)
+                upgrade_socket(endpoint, &parts, upgrade, peer)
             }
             Err(rejection) => rejection.into_response(),
         };
@@ -225,7 +225,7 @@ where
 /// sizes the buffers, and hands the socket to [`ws::serve`], tracked for the drain.
 fn upgrade_socket<Q, M, S>(
     endpoint: Endpoint<Q, M, S>,
-    headers: &HeaderMap,
+    parts: &axum::http::request::Parts,
     upgrade: WebSocketUpgrade,
     peer: Option<std::net::IpAddr>,
 ) -> Response
@@ -234,7 +234,7 @@ where
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
 {
-    if !endpoint.origins.allows(headers) {
+    if !endpoint.origins.allows(&parts.headers) {
         return request_error(
             JSON,
             StatusCode::FORBIDDEN,
@@ -253,10 +253,19 @@ where
     let protocol_ok = upgrade.selected_protocol().is_some();
     let socket = endpoint.socket.clone();
     let tracker = endpoint.sockets.clone();
+    let usage = parts
+        .extensions
+        .get::<switchyard_server::metrics::Usage>()
+        .cloned();
     upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |ws_socket| {
-            tracker.track_future(ws::serve(ws_socket, socket, protocol_ok, peer))
+            // Counted in the gateway's metrics while the socket is open.
+            let open = usage.map(|u| u.connection());
+            tracker.track_future(async move {
+                ws::serve(ws_socket, socket, protocol_ok, peer).await;
+                drop(open);
+            })
         })
 }
 

@@ -88,6 +88,9 @@ pub struct Config {
     pub channels: switchyard_core::channels::ChannelsConfig,
     /// The publish API for backends, on a listener of its own (none by default).
     pub publish: switchyard_server::publish::PublishConfig,
+    /// `/metrics` on an internal listener of its own (none by default) and the client
+    /// applications named in its usage labels (docs/operations.md).
+    pub metrics: switchyard_server::metrics::MetricsConfig,
     /// The demo page and the demo services' web components (none by default).
     pub ui: UiConfig,
 }
@@ -109,6 +112,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             channels: operations::channels::demo(),
             publish: switchyard_server::publish::PublishConfig::default(),
+            metrics: switchyard_server::metrics::MetricsConfig::default(),
             ui: UiConfig::default(),
         }
     }

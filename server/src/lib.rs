@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod config;
 pub mod errors;
+pub mod metrics;
 pub mod publish;
 pub mod ratelimit;
 pub mod runtime;

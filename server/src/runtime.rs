@@ -7,7 +7,8 @@
 //! gateway's routes and wraps them in the per-request rate limits and the common layers;
 //! [`Runtime::serve`] serves them with the bounded drain, waiting for the upgraded sockets the
 //! gateway tracked in [`Runtime::sockets`], and the publish API (`crate::publish`) on its own
-//! listener when `[publish].listen` is set.
+//! listener when `[publish].listen` is set, and `/metrics` (`crate::metrics`) on its own when
+//! `[metrics].listen` is set.
 //!
 //! What feeds the hub is configuration: each `[sources.NAME]` is started as a
 //! [`Source`](switchyard_core::sources::Source) feeding the catalog channels its `channels`
@@ -32,6 +33,7 @@ use tower_http::cors::CorsLayer;
 
 use crate::cli::{ServerBinary, WithBus};
 use crate::config::ServerConfig;
+use crate::metrics::{Metrics, MetricsConfig};
 use crate::publish::{PublishApi, PublishConfig};
 use crate::ratelimit::{Refuse, UserOf};
 use crate::server::{self, CancellationToken, Readiness};
@@ -50,6 +52,9 @@ pub trait GatewayConfig: ServerBinary + WithBus {
     fn channels(&self) -> &ChannelsConfig;
     /// `[publish]`: the publish API for backends, on a listener of its own when `listen` is set.
     fn publish(&self) -> &PublishConfig;
+    /// `[metrics]`: `/metrics` on a listener of its own when `listen` is set, and the clients
+    /// named in the usage labels.
+    fn metrics(&self) -> &MetricsConfig;
 }
 
 /// What a gateway runs on: its backends, hub, limiter, and what serving it needs.
@@ -71,8 +76,13 @@ pub struct Runtime {
     pub sockets: TaskTracker,
     /// Cancelled when the gateway is asked to stop.
     pub shutdown: CancellationToken,
+    /// The gateway's metrics, served on `[metrics].listen`; a gateway adds its own gauges
+    /// ([`Metrics::gauge`]).
+    pub metrics: Metrics,
     server: ServerConfig,
     publish: PublishConfig,
+    metrics_config: MetricsConfig,
+    publish_api: PublishApi,
 }
 
 impl Runtime {
@@ -90,6 +100,7 @@ impl Runtime {
         let catalog = Arc::new(Catalog::new(config.channels())?);
         let mut hub = Hub::new(bus.clone(), config.hub().clone()).with_catalog(catalog.clone());
         let mut sources = BTreeMap::new();
+        let leases_held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         if !config.sources().is_empty() {
             // The one place a gateway's lease is taken: from its broker, on the bus's connections.
             let lease = broker.lease();
@@ -104,13 +115,32 @@ impl Runtime {
                     name,
                     &holder,
                     source.lease_ttl(),
-                );
+                )
+                .counting_held(leases_held.clone());
                 hub = hub.with_feeder(&source.topic_prefix(), Arc::new(leased));
                 sources.insert(name.clone(), source);
             }
         }
         let limiter = RateLimiter::new(C::NAME, config.rate_limits(), broker);
+        config.metrics().validate()?;
+        let publish_api = PublishApi::new(config.publish(), catalog.clone(), bus.clone());
+        let metrics = Metrics::new(
+            C::NAME,
+            config.metrics(),
+            upstreams.clone(),
+            sources.clone(),
+            Some(publish_api.stats().clone()),
+            Some(hub.clone()),
+        );
+        metrics.gauge(
+            "switchyard_leases_held",
+            "Cluster-wide source leases this instance holds now (it feeds those topics upstream)",
+            leases_held,
+        );
         Ok(Self {
+            metrics,
+            metrics_config: config.metrics().clone(),
+            publish_api,
             upstreams,
             hub,
             catalog,
@@ -136,6 +166,10 @@ impl Runtime {
         cors: Option<CorsLayer>,
     ) -> Router {
         let readiness = Readiness::new(Some(self.upstreams.clone()), Some(self.bus.clone()));
+        let routes = routes.layer(axum::middleware::from_fn_with_state(
+            self.metrics.clone(),
+            crate::metrics::count,
+        ));
         let routes = routes.merge(server::health_routes(readiness));
         let mut router = crate::ratelimit::layer(routes, self.limiter.clone(), user_of, refuse);
         if let Some(cors) = cors {
@@ -159,19 +193,23 @@ impl Runtime {
         crate::publish::bind(&self.publish).await
     }
 
-    /// The publish API on this gateway's catalog and bus, with its `[publish]` keys and limits.
+    /// The publish API on this gateway's catalog and bus, with its `[publish]` keys and limits
+    /// (one for the runtime: its calls are counted in [`Self::metrics`]).
     pub fn publish_api(&self) -> PublishApi {
-        PublishApi::new(&self.publish, self.catalog.clone(), self.bus.clone())
+        self.publish_api.clone()
     }
 
     /// [`Self::serve`] with the publish API's listener already bound (or none): both stop
-    /// accepting when the gateway is asked to stop, and drain within the same timeout.
+    /// accepting when the gateway is asked to stop, and drain within the same timeout. The
+    /// metrics listener of `[metrics].listen` is bound here (a failure names the key) and served
+    /// beside them.
     pub async fn serve_with_publish(
         &self,
         listener: TcpListener,
         router: Router,
         publish: Option<TcpListener>,
     ) -> anyhow::Result<()> {
+        let metrics = crate::metrics::bind(&self.metrics_config).await?;
         let main = server::serve_with_sockets(
             listener,
             router,
@@ -189,9 +227,20 @@ impl Runtime {
                 None => Ok(()),
             }
         };
-        let (main, publish) = tokio::join!(main, publish);
+        let metrics = async {
+            match metrics {
+                Some(listener) => {
+                    self.metrics
+                        .serve(listener, self.shutdown.clone(), &self.server)
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        let (main, publish, metrics) = tokio::join!(main, publish, metrics);
         main?;
         publish.map_err(|e| anyhow::anyhow!("the publish API: {e}"))?;
+        metrics.map_err(|e| anyhow::anyhow!("the metrics listener: {e}"))?;
         Ok(())
     }
 }
@@ -218,7 +267,7 @@ fn check_covered(name: &str, config: &SourceConfig, catalog: &Catalog) -> anyhow
 
 /// Implements [`ServerBinary`], [`WithBus`] and [`GatewayConfig`] for a gateway's config struct,
 /// whose shared sections are the fields `server`, `log`, `bus`, `hub`, `backends`, `sources`,
-/// `rate_limits`, `channels` and `publish`:
+/// `rate_limits`, `channels`, `publish` and `metrics`:
 ///
 /// ```text
 /// switchyard_server::gateway_config!(Config, "bff-web", "Switchyard gateway for browsers", ENV_PREFIX);
@@ -258,6 +307,9 @@ macro_rules! gateway_config {
             }
             fn publish(&self) -> &$crate::publish::PublishConfig {
                 &self.publish
+            }
+            fn metrics(&self) -> &$crate::metrics::MetricsConfig {
+                &self.metrics
             }
         }
     };

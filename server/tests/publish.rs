@@ -471,3 +471,59 @@ fn position(v: &Value) -> (u64, u64) {
         .expect("u64");
     (epoch, offset)
 }
+
+#[tokio::test]
+async fn every_call_is_counted_by_publisher_and_outcome() {
+    let gw = Gateway::start("").await;
+    for _ in 0..2 {
+        let a = gw
+            .post(
+                "/v1/publish",
+                KEY_ORDERS,
+                &json!({"channel": "orders.bob", "data": 1}),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let a = gw
+        .post(
+            "/v1/publish",
+            KEY_OPS,
+            &json!({"channel": "orders.bob", "data": 1}),
+        )
+        .await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = gw
+        .post(
+            "/v1/publish/batch",
+            KEY_OPS,
+            &json!({"events": [{"channel": "announcements", "data": 1}]}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = gw
+        .post(
+            "/v1/publish",
+            "not-a-key-of-anyone",
+            &json!({"channel": "announcements", "data": 1}),
+        )
+        .await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    let text = gw.metrics.render();
+    let count = |publisher: &str, outcome: &str| {
+        let series = format!(
+            r#"switchyard_publish_calls_total{{gateway="test-gateway",publisher="{publisher}",outcome="{outcome}"}} "#
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .unwrap_or_else(|| panic!("{series} not in\n{text}"));
+        line[series.len()..].parse::<u64>().expect("a count")
+    };
+    assert_eq!(count("orders", "ok"), 2);
+    assert_eq!(count("ops", "forbidden"), 1);
+    assert_eq!(count("ops", "ok"), 1);
+    assert_eq!(count("unknown", "unauthorized"), 1);
+    assert_eq!(count("orders", "forbidden"), 0);
+    gw.stop().await;
+}

@@ -22,6 +22,9 @@
 //! registered for the longest matching prefix is asked to feed the topic onto the bus, and the
 //! guard it returns is held until the last local subscriber leaves. The hub does not know what a
 //! feeder talks to.
+//!
+//! Its counters by channel pattern (subscriptions, deliveries, gaps, catch-ups; `stats.rs`) are
+//! read with [`Hub::stats`], for `/metrics`.
 
 use futures::StreamExt;
 use std::any::Any;
@@ -32,10 +35,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 mod config;
+mod stats;
 use crate::bus::{Bus, BusError, Delivery, Read, StartAt, Subscription};
 use crate::channels::Catalog;
 use crate::event::{Event, Position, Topic, TopicClass};
 pub use config::HubConfig;
+pub use stats::{OTHER_PATTERN, PatternSnapshot};
 
 /// Events read from history per bus call while a subscriber catches up.
 const REPLAY_PAGE: usize = 256;
@@ -80,6 +85,8 @@ struct Inner {
     feeders: Mutex<Vec<(String, Arc<dyn Feeder>)>>,
     /// The channel catalog, for the class of channels' topics.
     catalog: std::sync::OnceLock<Arc<Catalog>>,
+    /// Counters by pattern, built on first use (after the catalog is set).
+    stats: std::sync::OnceLock<stats::HubStats>,
     next_id: AtomicU64,
 }
 
@@ -115,6 +122,7 @@ impl Hub {
                 bus,
                 config,
                 catalog: std::sync::OnceLock::new(),
+                stats: std::sync::OnceLock::new(),
                 topics: Mutex::new(HashMap::new()),
                 feeders: Mutex::new(Vec::new()),
                 next_id: AtomicU64::new(1),
@@ -150,6 +158,17 @@ impl Hub {
     /// The bus this hub reads from (publish through it).
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.inner.bus
+    }
+
+    /// The counters by channel pattern (catalog patterns, then [`OTHER_PATTERN`]).
+    pub fn stats(&self) -> Vec<PatternSnapshot> {
+        self.counters().snapshot()
+    }
+
+    fn counters(&self) -> &stats::HubStats {
+        self.inner
+            .stats
+            .get_or_init(|| stats::HubStats::new(self.inner.catalog.get().map(|c| &**c)))
     }
 
     /// The class of `topic`: a catalog channel's from its entry; otherwise that of the longest
@@ -237,10 +256,14 @@ impl Hub {
                 Kind::State(rx)
             }
         };
+        let counters = self.counters();
+        let pattern = counters.index_of(self.inner.catalog.get().map(|c| &**c), topic);
+        counters.subscribed(pattern);
         Ok(Subscriber {
             hub: self.clone(),
             topic: topic.clone(),
             id,
+            pattern,
             kind,
         })
     }
@@ -397,6 +420,8 @@ pub struct Subscriber {
     hub: Hub,
     topic: Topic,
     id: u64,
+    /// The index of its pattern in the hub's counters.
+    pattern: usize,
     kind: Kind,
 }
 
@@ -425,8 +450,19 @@ impl Subscriber {
         &self.topic
     }
 
-    /// The next item; `None` when the hub has stopped this topic's source.
+    /// The next item; `None` when the hub has stopped this topic's source. Counted in the
+    /// hub's counters of its pattern.
     pub async fn next(&mut self) -> Option<Item> {
+        let item = self.next_uncounted().await;
+        match &item {
+            Some(Item::Event(_)) => self.hub.counters().delivered(self.pattern),
+            Some(Item::Gap { .. }) => self.hub.counters().gap(self.pattern),
+            None => {}
+        }
+        item
+    }
+
+    async fn next_uncounted(&mut self) -> Option<Item> {
         match &mut self.kind {
             Kind::State(rx) => loop {
                 rx.changed().await.ok()?;
@@ -459,6 +495,7 @@ impl Subscriber {
                     }
                     // Unhooked for lagging: catch up from history, then rejoin live delivery.
                     *rx = self.hub.rejoin(&self.topic, self.id, lagged)?;
+                    self.hub.counters().caught_up(self.pattern);
                     *replay = Some(Replay {
                         cursor: last.unwrap_or(*start),
                         buf: VecDeque::new(),
@@ -516,6 +553,7 @@ async fn next_replayed(hub: &Hub, topic: &Topic, r: &mut Replay) -> Option<Item>
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
+        self.hub.counters().left(self.pattern);
         self.hub.leave(&self.topic, self.id);
     }
 }

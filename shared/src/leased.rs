@@ -16,6 +16,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,8 @@ pub struct LeasedFeeder {
     name: String,
     holder: String,
     ttl: Duration,
+    /// Leases this feeder's topics hold right now (shared with whoever reads it).
+    held: Arc<AtomicUsize>,
 }
 
 impl LeasedFeeder {
@@ -58,7 +61,15 @@ impl LeasedFeeder {
             name: name.to_owned(),
             holder: holder.to_owned(),
             ttl: ttl.max(Duration::from_millis(30)),
+            held: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Counts the leases it holds in `held` (several feeders may share one count), for
+    /// `/metrics`.
+    pub fn counting_held(mut self, held: Arc<AtomicUsize>) -> Self {
+        self.held = held;
+        self
     }
 
     /// A holder name unique to this process: `<prefix>-<random>`.
@@ -92,6 +103,7 @@ impl Feeder for LeasedFeeder {
             holder: self.holder.clone(),
             ttl: self.ttl,
             topic: topic.clone(),
+            held: self.held.clone(),
         };
         tokio::spawn(task.run(stop.clone()));
         Some(Box::new(stop.drop_guard()))
@@ -106,6 +118,7 @@ struct Holding {
     holder: String,
     ttl: Duration,
     topic: Topic,
+    held: Arc<AtomicUsize>,
 }
 
 impl Holding {
@@ -131,10 +144,14 @@ impl Holding {
                 (true, false) => {
                     tracing::info!(lease = %self.name, holder = %self.holder, "lease taken: feeding");
                     feed = self.inner.feed(&self.topic);
+                    if feed.is_some() {
+                        self.held.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 (false, true) => {
                     tracing::warn!(lease = %self.name, holder = %self.holder, "lease lost: no longer feeding");
                     feed = None;
+                    self.held.fetch_sub(1, Ordering::Relaxed);
                 }
                 _ => {}
             }
@@ -144,6 +161,7 @@ impl Holding {
             }
         }
         if feed.take().is_some() {
+            self.held.fetch_sub(1, Ordering::Relaxed);
             // Let another instance with interest take over now rather than at expiry.
             let release = self.lease.release(&self.name, &self.holder);
             if let Ok(Err(e)) = tokio::time::timeout(period, release).await {
@@ -225,6 +243,31 @@ mod tests {
         until("b takes over", || b_live.load(Ordering::SeqCst) == 1).await;
         drop(guard_b);
         until("b stops", || b_live.load(Ordering::SeqCst) == 0).await;
+    }
+
+    #[tokio::test]
+    async fn the_leases_held_are_counted_while_held() {
+        let lease = Arc::new(MemoryLease::new());
+        let held = Arc::new(AtomicUsize::new(0));
+        let (a, _) = instance(&lease, "a");
+        let (b, _) = instance(&lease, "b");
+        let a = a.counting_held(held.clone());
+        let b = b.counting_held(held.clone());
+        let one = a.feed(&Topic::new("rates.EURUSD").unwrap()).unwrap();
+        let two = a.feed(&Topic::new("rates.USDJPY").unwrap()).unwrap();
+        until("two leases held", || held.load(Ordering::SeqCst) == 2).await;
+        // b wants one of them too: still two leases held between the two.
+        let three = b.feed(&Topic::new("rates.EURUSD").unwrap()).unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(held.load(Ordering::SeqCst), 2);
+        drop(one);
+        drop(two);
+        until("b holds the one it wants", || {
+            held.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        drop(three);
+        until("none held", || held.load(Ordering::SeqCst) == 0).await;
     }
 
     #[tokio::test]

@@ -62,7 +62,7 @@ pub const SERVICES: [(&str, u16); 3] =
 /// A gateway's shipped container configuration (`deploy/k8s/config/{gateway}.toml`, what compose
 /// and Kubernetes run), loaded with its own type. Only the services' addresses change: their DNS
 /// names (`http://limits:9101`, `ws://exchange:9102/v1/ticks`, …) become the stack's loopback
-/// addresses. Backends, sources and limits are the file's, so a table missing from the file is
+/// addresses, and the metrics listener (`0.0.0.0:9464`) is turned off. Backends, sources and limits are the file's, so a table missing from the file is
 /// missing here too.
 pub fn shipped_config<C: serde::de::DeserializeOwned + serde::Serialize + Default>(
     stack: &Stack,
@@ -84,6 +84,9 @@ pub fn shipped_config<C: serde::de::DeserializeOwned + serde::Serialize + Defaul
             path.display()
         );
     }
+    // Each container has the metrics port 9464 to itself; instances in one test process do not,
+    // and these tests do not read metrics (tests/metrics.rs does): no metrics listener.
+    let text = text.replace("listen = \"0.0.0.0:9464\"", "listen = \"\"");
     Source::new(Some((path.clone(), text)), Vec::new())
         .load(env_prefix)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))

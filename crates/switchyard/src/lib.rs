@@ -52,6 +52,15 @@ pub const DEMO_DEVICE_KEY: &str = "demo-tv-key-change-me";
 /// The bearer token of bff-device's admin API in the one-process stack.
 pub const DEMO_ADMIN_TOKEN: &str = "switchyard-demo-admin-token-change-me";
 
+/// Where `switchyard up` serves each gateway's `/metrics` (internal ports, not the clients';
+/// 9464 is the port conventionally used by Prometheus exporters of OpenTelemetry SDKs, clear of
+/// Prometheus itself on 9090).
+pub const DEFAULT_METRICS_LISTEN: [(&str, &str); 3] = [
+    ("bff-web", "127.0.0.1:9464"),
+    ("bff-mobile", "127.0.0.1:9465"),
+    ("bff-device", "127.0.0.1:9466"),
+];
+
 /// The publisher the one-process stack's publish API knows ([`DEMO_PUBLISHER_KEY`] is its key).
 pub const DEMO_PUBLISHER: &str = "demo";
 
@@ -105,6 +114,10 @@ impl Default for Config {
         mobile.auth.hs256_secret = DEMO_SECRET.to_owned();
         let mut device = bff_device::Config::default();
         device.admin.token = DEMO_ADMIN_TOKEN.to_owned();
+        // Each gateway's `/metrics` on an internal port of its own (docs/operations.md).
+        web.metrics.listen = DEFAULT_METRICS_LISTEN[0].1.to_owned();
+        mobile.metrics.listen = DEFAULT_METRICS_LISTEN[1].1.to_owned();
+        device.metrics.listen = DEFAULT_METRICS_LISTEN[2].1.to_owned();
         device.devices.insert(
             DEMO_DEVICE.to_owned(),
             bff_device::DeviceConfig {
@@ -151,7 +164,32 @@ impl Config {
         c.mobile.server.listen = any;
         c.device.server.listen = any;
         c.publish.listen = any.to_string();
+        // No metrics listeners: their fixed ports would collide between stacks.
+        c.web.metrics.listen.clear();
+        c.mobile.metrics.listen.clear();
+        c.device.metrics.listen.clear();
         c
+    }
+
+    /// Each gateway's `/metrics` URL, for those whose `[metrics].listen` is set; `None` for a
+    /// port chosen at start (port 0: the gateway logs it as `metrics_addr`).
+    pub fn metrics_urls(&self) -> Vec<(&'static str, Option<String>)> {
+        [
+            ("bff-web", &self.web.metrics.listen),
+            ("bff-mobile", &self.mobile.metrics.listen),
+            ("bff-device", &self.device.metrics.listen),
+        ]
+        .into_iter()
+        .filter(|(_, listen)| !listen.is_empty())
+        .map(|(name, listen)| {
+            let url = listen
+                .parse::<SocketAddr>()
+                .ok()
+                .filter(|addr| addr.port() != 0)
+                .map(|addr| format!("http://{addr}/metrics"));
+            (name, url)
+        })
+        .collect()
     }
 
     /// Checks what the launcher needs beyond what loading checks: it starts bff-web and

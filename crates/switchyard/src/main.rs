@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
                     ))
         })
         .then_some(switchyard::DEMO_PUBLISHER_KEY);
+    let metrics_urls = config.metrics_urls();
     let stack = Stack::start(config).await?;
     let url = |c: &str| stack.url(c);
     println!("switchyard is up (in-memory bus)");
@@ -116,6 +117,14 @@ async fn main() -> anyhow::Result<()> {
                 "    publisher `{}`: Authorization: Bearer {key}",
                 switchyard::DEMO_PUBLISHER
             );
+        }
+    }
+    for (gateway, url) in &metrics_urls {
+        match url {
+            Some(url) => println!("  metrics      {url}  ({gateway}, Prometheus text format)"),
+            None => {
+                println!("  metrics      ({gateway}: port chosen at start, logged as metrics_addr)")
+            }
         }
     }
     println!(

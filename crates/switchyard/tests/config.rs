@@ -302,3 +302,26 @@ fn the_publish_api_keeps_the_demo_key_when_its_address_moves_and_refuses_a_key_f
     assert!(err.contains("publish"), "{err}");
     assert!(err.contains("keys[0].sha256"), "{err}");
 }
+
+#[test]
+fn up_serves_each_gateways_metrics_on_an_internal_port_and_tests_on_none() {
+    let urls = switchyard::Config::default().metrics_urls();
+    assert_eq!(
+        urls,
+        [
+            ("bff-web", Some("http://127.0.0.1:9464/metrics".to_owned())),
+            (
+                "bff-mobile",
+                Some("http://127.0.0.1:9465/metrics".to_owned())
+            ),
+            (
+                "bff-device",
+                Some("http://127.0.0.1:9466/metrics".to_owned())
+            ),
+        ]
+    );
+    assert!(switchyard::Config::ephemeral().metrics_urls().is_empty());
+    let mut config = switchyard::Config::ephemeral();
+    config.device.metrics.listen = "127.0.0.1:0".to_owned();
+    assert_eq!(config.metrics_urls(), [("bff-device", None)]);
+}

@@ -95,15 +95,34 @@ pub(super) async fn publish(
     State(api): State<PublishApi>,
     request: Request,
 ) -> Result<Json<Landed>, Refusal> {
-    let publisher = api
-        .keys
-        .publisher_of(request.headers())
-        .ok_or_else(Refusal::unauthorized)?;
+    let publisher = api.keys.publisher_of(request.headers());
+    let result = match publisher.clone() {
+        Some(publisher) => publish_as(&api, publisher, request).await,
+        None => Err(Refusal::unauthorized()),
+    };
+    counted(&api, publisher.as_deref(), &result);
+    result
+}
+
+/// Counts a call in the API's [`super::PublishStats`].
+fn counted<T>(api: &PublishApi, publisher: Option<&str>, result: &Result<T, Refusal>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(refusal) => refusal.code(),
+    };
+    api.stats.count(publisher, outcome);
+}
+
+async fn publish_as(
+    api: &PublishApi,
+    publisher: Arc<str>,
+    request: Request,
+) -> Result<Json<Landed>, Refusal> {
     let scoped = idempotency_key(&request, &publisher)?;
     let key = scoped.as_deref().map(|k| bus_key(k, None)).transpose()?;
     let body = read_body(request).await?;
     let item: Publish = parse(&body)?;
-    let checked = check(&api, &publisher, item)?;
+    let checked = check(api, &publisher, item)?;
     let bus = api.bus.clone();
     let published = tokio::spawn(async move {
         land(&bus, checked, key)
@@ -122,10 +141,20 @@ pub(super) async fn batch(
     State(api): State<PublishApi>,
     request: Request,
 ) -> Result<Json<BatchLanded>, Refusal> {
-    let publisher = api
-        .keys
-        .publisher_of(request.headers())
-        .ok_or_else(Refusal::unauthorized)?;
+    let publisher = api.keys.publisher_of(request.headers());
+    let result = match publisher.clone() {
+        Some(publisher) => batch_as(&api, publisher, request).await,
+        None => Err(Refusal::unauthorized()),
+    };
+    counted(&api, publisher.as_deref(), &result);
+    result
+}
+
+async fn batch_as(
+    api: &PublishApi,
+    publisher: Arc<str>,
+    request: Request,
+) -> Result<Json<BatchLanded>, Refusal> {
     let scoped = idempotency_key(&request, &publisher)?;
     let body = read_body(request).await?;
     let batch: Batch = parse(&body)?;
@@ -145,7 +174,7 @@ pub(super) async fn batch(
         .events
         .into_iter()
         .enumerate()
-        .map(|(i, item)| check(&api, &publisher, item).map_err(|r| r.at(i)))
+        .map(|(i, item)| check(api, &publisher, item).map_err(|r| r.at(i)))
         .collect::<Result<Vec<_>, _>>()?;
     let keys = (0..checked.len())
         .map(|i| scoped.as_deref().map(|k| bus_key(k, Some(i))).transpose())

@@ -16,11 +16,13 @@
 //! `data` goes on the bus as its compact JSON text, the payload every gateway hands its clients.
 //! This module decides nothing about channels (the catalog does) and numbers nothing (the bus
 //! does). It is served by every gateway's runtime on `publish.listen` when set
-//! ([`crate::runtime::Runtime::serve`]) and by the launcher for its whole stack.
+//! ([`crate::runtime::Runtime::serve`]) and by the launcher for its whole stack. Its calls are
+//! counted by publisher × outcome ([`PublishStats`], exported by the gateway's `/metrics`).
 
 mod config;
 mod handlers;
 mod keys;
+mod stats;
 mod wire;
 
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub use config::{PublishConfig, PublisherKey};
+pub use stats::{OUTCOMES, PublishStats, UNKNOWN_PUBLISHER};
 
 use crate::config::ServerConfig;
 use crate::server::CancellationToken;
@@ -47,6 +50,7 @@ pub struct PublishApi {
     keys: keys::Keys,
     max_batch: usize,
     max_body_bytes: usize,
+    stats: PublishStats,
 }
 
 impl PublishApi {
@@ -58,7 +62,13 @@ impl PublishApi {
             keys: keys::Keys::new(config),
             max_batch: config.max_batch,
             max_body_bytes: config.max_body_bytes,
+            stats: PublishStats::new(config.keys.iter().map(|k| k.publisher.as_str())),
         }
+    }
+
+    /// Its calls by publisher × outcome (shared by its clones), for `/metrics`.
+    pub fn stats(&self) -> &PublishStats {
+        &self.stats
     }
 
     /// The routes, with the body limit, request tracing, and JSON answers for unknown paths

@@ -120,6 +120,11 @@ impl From<JsonError> for Refusal {
 }
 
 impl Refusal {
+    /// Its stable code (`forbidden`, `bus_unavailable`, …).
+    pub(super) fn code(&self) -> &'static str {
+        self.error.code
+    }
+
     /// 400 `bad_request`.
     pub(super) fn bad_request(message: impl Into<String>) -> Self {
         JsonError::bad_request("bad_request", message).into()

@@ -41,6 +41,7 @@ pub struct TestGateway {
     rate_limits: RateLimitConfig,
     channels: ChannelsConfig,
     publish: PublishConfig,
+    metrics: switchyard_server::metrics::MetricsConfig,
 }
 
 switchyard_server::gateway_config!(
@@ -99,6 +100,8 @@ pub fn runtime(config: &TestGateway, shutdown: CancellationToken) -> Runtime {
 pub struct Gateway {
     /// A loopback HTTP client.
     pub client: reqwest::Client,
+    /// The gateway's metrics (its publish API's calls among them).
+    pub metrics: switchyard_server::metrics::Metrics,
     addr: std::net::SocketAddr,
     bus: Arc<dyn Bus>,
     shutdown: CancellationToken,
@@ -120,6 +123,7 @@ impl Gateway {
             .expect("publish.listen is set");
         let addr = publish.local_addr().expect("addr");
         let bus = runtime.bus.clone();
+        let metrics = runtime.metrics.clone();
         let task = tokio::spawn(async move {
             runtime
                 .serve_with_publish(main, Router::new(), Some(publish))
@@ -127,6 +131,7 @@ impl Gateway {
         });
         Self {
             client: test_support::http::client(),
+            metrics,
             addr,
             bus,
             shutdown,

@@ -27,8 +27,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+mod stats;
+
 pub use breaker::{CircuitBreaker, CircuitState, Open, Permit};
 pub use config::{BackendConfig, CircuitConfig, RetryConfig};
+pub use stats::{CallSnapshot, CallStats, LATENCY_BUCKETS, OUTCOMES};
 
 /// A failed backend call. Always names the backend.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -172,6 +175,7 @@ pub struct Backend {
     config: BackendConfig,
     client: reqwest::Client,
     breaker: CircuitBreaker,
+    stats: CallStats,
 }
 
 impl fmt::Debug for Backend {
@@ -197,6 +201,11 @@ impl Backend {
     /// Its circuit breaker.
     pub fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
+    }
+
+    /// Its call counters (calls by outcome, retries, latency), for the metrics exporter.
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
     }
 }
 
@@ -266,6 +275,7 @@ impl Upstreams {
                 name.clone(),
                 Backend {
                     breaker: CircuitBreaker::new(name.clone(), &config.circuit),
+                    stats: CallStats::default(),
                     name,
                     base_url: config.base_url.trim_end_matches('/').to_owned(),
                     config: config.clone(),
@@ -287,7 +297,23 @@ impl Upstreams {
     }
 
     /// Makes `call`, retrying when allowed, and returns the body of a 2xx answer.
+    /// Counted in the backend's [`Backend::stats`]: the outcome and duration of the whole call,
+    /// and each retry.
     pub async fn execute(&self, call: &Call, deadline: Instant) -> Result<Bytes, UpstreamError> {
+        let started = std::time::Instant::now();
+        let result = self.execute_uncounted(call, deadline).await;
+        if let Some(backend) = self.backends.get(call.backend.as_ref()) {
+            let outcome = result.as_ref().map(|_| ()).map_err(|e| &e.kind);
+            backend.stats.record(outcome, started.elapsed());
+        }
+        result
+    }
+
+    async fn execute_uncounted(
+        &self,
+        call: &Call,
+        deadline: Instant,
+    ) -> Result<Bytes, UpstreamError> {
         let Some(backend) = self.backends.get(call.backend.as_ref()) else {
             return Err(UpstreamError {
                 backend: call.backend.clone(),
@@ -329,6 +355,7 @@ impl Upstreams {
                 return Err(error(kind));
             }
             tracing::debug!(backend = %backend.name, attempt, error = %kind, ?backoff, "retrying");
+            backend.stats.retried();
             tokio::time::sleep(backoff).await;
         }
     }
