@@ -50,6 +50,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::baseline::{Baseline, Buffers};
 use crate::client::{self, Protocol, Ws};
+use crate::fanout_serve::{BusChoice, Remote};
 use crate::stats::{median, ms_ns, percentile_ns};
 
 /// Arguments of the fan-out benchmark.
@@ -71,6 +72,18 @@ pub(crate) struct Args {
     /// Socket handshakes in progress at once while connecting the clients.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
+    /// The CPUs the servers' child process is pinned to (`taskset -c`; run the bench itself
+    /// under `taskset -c` on the others). Empty: the old form, servers and clients in one
+    /// process sharing every core (deliveries/s only).
+    #[arg(long, default_value = "0")]
+    server_cpus: String,
+    /// The gateway's bus (pinned runs only).
+    #[arg(long, value_enum, default_value = "memory")]
+    bus: BusChoice,
+    /// Publish at this many events per second (open loop, for latency) instead of the closed
+    /// loop; 0: closed loop.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
 /// How long the run may go without an event reaching every client before it is declared stuck.
@@ -93,27 +106,23 @@ fn target_ratio(protocol: Protocol) -> f64 {
     }
 }
 
-pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
+/// The servers of a fan-out run, in the order they are measured.
+pub(crate) const SERVER_NAMES: [&str; 3] = ["baseline", "baseline-small", "gateway"];
+
+/// Starts the stack (the gateways on `bus`) and the two baselines of `protocol`; the servers in
+/// the order of [`SERVER_NAMES`].
+pub(crate) async fn start_servers(
+    protocol: Protocol,
+    bus: switchyard_core::bus::BusConfig,
+) -> anyhow::Result<(Stack, Vec<Server>)> {
     let mut config = Config::ephemeral();
     crate::serve::unlimited(&mut config);
     config.exchange.tick_interval_ms = 3_600_000;
     config.log.filter = "warn".into();
-    let (gateway_name, queue) = match protocol {
-        Protocol::Graphql => ("bff-web", config.web.websocket.send_queue_messages),
-        Protocol::Mobile => ("bff-mobile", config.mobile.websocket.send_queue_messages),
-    };
-    if args.window == 0 || args.window >= queue {
-        bail!(
-            "--window must be 1 to {} (below {gateway_name}'s websocket.send_queue_messages, \
-             {queue}), or a correct gateway may cut clients off",
-            queue - 1
-        );
-    }
-    if args.clients == 0 || args.events == 0 || args.runs == 0 {
-        bail!("--clients, --events and --runs must be at least 1");
-    }
-    // Client and server ends of every socket live in this process.
-    crate::memory::raise_nofile(2 * args.clients as u64 + 1_024)?;
+    config.bus = bus;
+    // Idle subscribers send nothing: no heartbeat pings in the middle of a measurement.
+    config.mobile.websocket.heartbeat_ms = 3_600_000;
+    let queue = send_queue(&config, protocol);
     crate::serve::lift_connection_caps(&mut config);
     let stack = Stack::start(config).await?;
     let user = UserId::parse(client::USER).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -133,23 +142,91 @@ pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
         published: AtomicU64::new(0),
     };
     // The same capacity as the gateway's per-subscriber queue.
-    let servers = [
+    let servers = vec![
         Server::Baseline(
             Baseline::start(queue, Buffers::Default, protocol).await?,
-            frames("baseline"),
+            frames(SERVER_NAMES[0]),
         ),
         Server::Baseline(
             Baseline::start(queue, Buffers::Small, protocol).await?,
-            frames("baseline-small"),
+            frames(SERVER_NAMES[1]),
         ),
         gateway,
     ];
+    Ok((stack, servers))
+}
+
+/// The send queue (messages) of the gateway of `protocol`.
+fn send_queue(config: &Config, protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Graphql => config.web.websocket.send_queue_messages,
+        Protocol::Mobile => config.mobile.websocket.send_queue_messages,
+    }
+}
+
+pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
+    let gateway_name = match protocol {
+        Protocol::Graphql => "bff-web",
+        Protocol::Mobile => "bff-mobile",
+    };
+    let queue = send_queue(&Config::ephemeral(), protocol);
+    if args.window == 0 || args.window >= queue {
+        bail!(
+            "--window must be 1 to {} (below {gateway_name}'s websocket.send_queue_messages, \
+             {queue}), or a correct gateway may cut clients off",
+            queue - 1
+        );
+    }
+    if args.clients == 0 || args.events == 0 || args.runs == 0 {
+        bail!("--clients, --events and --runs must be at least 1");
+    }
+    if args.bus == BusChoice::Redis && args.server_cpus.is_empty() {
+        bail!("--bus redis is measured pinned only (give --server-cpus)");
+    }
+    let pinned = !args.server_cpus.is_empty();
+    // In one process, the client and server ends of every socket live here.
+    crate::memory::raise_nofile(2 * args.clients as u64 + 1_024)?;
+    let (remote, local) = if pinned {
+        let remote = Remote::spawn(&args.server_cpus, protocol, args.bus).await?;
+        let servers: Vec<Server> = SERVER_NAMES
+            .iter()
+            .enumerate()
+            .map(|(index, name)| Server::Remote {
+                name,
+                url: remote.urls[index].clone(),
+                index,
+                remote: remote.clone(),
+            })
+            .collect();
+        (Some(remote), (None, servers))
+    } else {
+        let (stack, servers) =
+            start_servers(protocol, switchyard_core::bus::BusConfig::default()).await?;
+        (None, (Some(stack), servers))
+    };
+    let (stack, servers) = local;
     let token = client::token();
 
+    let load = if args.rate > 0 {
+        format!("open loop at {} events/s", args.rate)
+    } else {
+        format!("closed loop, window {} events", args.window)
+    };
+    let placement = match &remote {
+        Some(_) => format!(
+            "servers in a child process pinned to CPU {}, clients here on CPU {}; CPU per \
+             delivery = the child's utime+stime during the measured phase ÷ deliveries",
+            args.server_cpus,
+            crate::publish_serve::own_cpus()
+        ),
+        None => {
+            "servers and clients in one process, sharing every core (deliveries/s only)".to_owned()
+        }
+    };
     println!(
-        "{}: {} clients ({}), {} events per run, window {} events, {} runs per server \
-         (alternating baseline, baseline-small, gateway = {gateway_name}; one unmeasured \
-         warm-up run each), one process",
+        "{}: {} clients ({}), {} events per run, {load}, {} runs per server (alternating \
+         baseline, baseline-small, gateway = {gateway_name} on the {:?} bus; one unmeasured \
+         warm-up run each); {placement}",
         match protocol {
             Protocol::Graphql => "fanout",
             Protocol::Mobile => "mobile-fanout",
@@ -157,8 +234,8 @@ pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
         args.clients,
         protocol.subprotocol(),
         args.events,
-        args.window,
-        args.runs
+        args.runs,
+        args.bus,
     );
     if protocol == Protocol::Mobile {
         wire_sizes()?;
@@ -192,14 +269,22 @@ pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
         for (server, results) in servers.iter().zip(&mut results) {
             let r = measure(server, &args, protocol, &token, args.events).await?;
             match &r.failure {
-                None => println!(
-                    "run {run} {:<14}  deliveries/s {:>9.0}  p50 {} ms  p99 {} ms  ({:.2} s)",
-                    server.name(),
-                    r.deliveries_per_s,
-                    ms_ns(r.p50_ns),
-                    ms_ns(r.p99_ns),
-                    r.elapsed.as_secs_f64()
-                ),
+                None => {
+                    println!(
+                        "run {run} {:<14}  deliveries/s {:>9.0}  CPU/delivery {}  p50 {} ms  p99 {} \
+                     ms  ({:.2} s){}",
+                        server.name(),
+                        r.deliveries_per_s,
+                        r.cpu_us.map_or("-".to_owned(), |c| format!("{c:.2} µs")),
+                        ms_ns(r.p50_ns),
+                        ms_ns(r.p99_ns),
+                        r.elapsed.as_secs_f64(),
+                        remote.as_ref().and_then(|r| r.rss_kib()).map_or(
+                            String::new(),
+                            |kib| format!("  server RSS {} MiB", kib / 1024)
+                        )
+                    )
+                }
                 Some(failure) => {
                     println!("run {run} {:<14}  INVALID: {failure}", server.name())
                 }
@@ -214,16 +299,19 @@ pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
         if valid.is_empty() {
             bail!("no valid run of the {}: no figure to report", server.name());
         }
+        let cpu: Vec<f64> = valid.iter().filter_map(|r| r.cpu_us).collect();
         let s = Summary {
             rate: median(valid.iter().map(|r| r.deliveries_per_s).collect()),
             p50: median(valid.iter().map(|r| r.p50_ns as f64).collect()),
             p99: median(valid.iter().map(|r| r.p99_ns as f64).collect()),
+            cpu_us: (!cpu.is_empty()).then(|| median(cpu)),
         };
         println!(
-            "median of {} {:<14} runs: deliveries/s {:.0}, p50 {} ms, p99 {} ms",
+            "median of {} {:<14} runs: deliveries/s {:.0}, CPU/delivery {}, p50 {} ms, p99 {} ms",
             valid.len(),
             server.name(),
             s.rate,
+            s.cpu_us.map_or("-".to_owned(), |c| format!("{c:.2} µs")),
             ms_ns(s.p50 as u64),
             ms_ns(s.p99 as u64)
         );
@@ -234,30 +322,67 @@ pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
         let ratio = gateway.rate / base.rate;
         // The ratio within each round of alternating runs, which drift on a busy machine
         // affects least.
-        let paired: Vec<f64> = base_runs
-            .iter()
-            .zip(&results[2])
-            .filter(|(b, g)| b.failure.is_none() && g.failure.is_none())
-            .map(|(b, g)| g.deliveries_per_s / b.deliveries_per_s)
-            .collect();
-        let paired = if paired.is_empty() {
-            "-".to_owned()
-        } else {
-            format!("{:.2}", median(paired))
+        let paired = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+            let ratios: Vec<f64> = base_runs
+                .iter()
+                .zip(&results[2])
+                .filter(|(b, g)| b.failure.is_none() && g.failure.is_none())
+                .filter_map(|(b, g)| Some(f(g)? / f(b)?))
+                .collect();
+            if ratios.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", median(ratios))
+            }
         };
-        let target = target_ratio(protocol);
-        println!(
-            "gateway/{:<14} deliveries/s {ratio:.2} (target ≥ {target:.2}: {}; median of \
-             per-round ratios {paired}), p50 {:.2}×, p99 {:.2}×",
-            server.name(),
-            if ratio >= target { "met" } else { "NOT met" },
-            gateway.p50 / base.p50,
-            gateway.p99 / base.p99
-        );
+        let rate_paired = paired(&|r| Some(r.deliveries_per_s));
+        if let (Some(g), Some(b)) = (gateway.cpu_us, base.cpu_us) {
+            let target = cpu_target(protocol);
+            let cpu_ratio = g / b;
+            println!(
+                "gateway/{:<14} CPU per delivery {cpu_ratio:.2}× (target ≤ {target:.1}×: {}; \
+                 median of per-round ratios {}), deliveries/s {ratio:.2}× (per round {}), p50 \
+                 {:.2}×, p99 {:.2}×",
+                server.name(),
+                if cpu_ratio <= target {
+                    "met"
+                } else {
+                    "NOT met"
+                },
+                paired(&|r| r.cpu_us),
+                rate_paired,
+                gateway.p50 / base.p50,
+                gateway.p99 / base.p99
+            );
+        } else {
+            let target = target_ratio(protocol);
+            println!(
+                "gateway/{:<14} deliveries/s {ratio:.2} (target ≥ {target:.2}: {}; median of \
+                 per-round ratios {rate_paired}), p50 {:.2}×, p99 {:.2}×",
+                server.name(),
+                if ratio >= target { "met" } else { "NOT met" },
+                gateway.p50 / base.p50,
+                gateway.p99 / base.p99
+            );
+        }
     }
     drop(servers);
-    stack.stop().await?;
+    if let Some(remote) = remote {
+        remote.stop().await;
+    }
+    if let Some(stack) = stack {
+        stack.stop().await?;
+    }
     Ok(())
+}
+
+/// The most CPU per delivery the gateway of `protocol` may spend, as a multiple of the
+/// baseline's (issue 15).
+fn cpu_target(protocol: Protocol) -> f64 {
+    match protocol {
+        Protocol::Graphql => 2.0,
+        Protocol::Mobile => 1.5,
+    }
 }
 
 /// Medians of one server's valid runs.
@@ -265,10 +390,11 @@ struct Summary {
     rate: f64,
     p50: f64,
     p99: f64,
+    cpu_us: Option<f64>,
 }
 
 /// The server under test.
-enum Server {
+pub(crate) enum Server {
     Gateway {
         url: String,
         bus: Arc<dyn switchyard_core::bus::Bus>,
@@ -277,11 +403,18 @@ enum Server {
     },
     /// A baseline server and how it builds its frames.
     Baseline(Baseline, Frames),
+    /// Server `index` of [`SERVER_NAMES`] in the pinned child process.
+    Remote {
+        name: &'static str,
+        url: String,
+        index: usize,
+        remote: Arc<Remote>,
+    },
 }
 
 /// How a baseline builds the frame of an event: the gateway's `next` message, or a CBOR `event`
 /// of the gateway's shape.
-struct Frames {
+pub(crate) struct Frames {
     name: &'static str,
     protocol: Protocol,
     /// The bus's epoch, which the gateway's `event` frames carry.
@@ -377,18 +510,27 @@ impl Server {
         match self {
             Server::Gateway { .. } => "gateway",
             Server::Baseline(_, frames) => frames.name,
+            Server::Remote { name, .. } => name,
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self {
-            Server::Gateway { url, .. } => url.clone(),
+            Server::Gateway { url, .. } | Server::Remote { url, .. } => url.clone(),
             Server::Baseline(b, _) => b.url(),
         }
     }
 
+    /// The child process the server runs in, when pinned.
+    fn remote(&self) -> Option<&Remote> {
+        match self {
+            Server::Remote { remote, .. } => Some(remote),
+            _ => None,
+        }
+    }
+
     /// Publishes the event whose conversion id is `id`.
-    async fn publish(&self, id: String) -> anyhow::Result<()> {
+    pub(crate) async fn publish(&self, id: String) -> anyhow::Result<()> {
         match self {
             Server::Gateway {
                 bus,
@@ -402,6 +544,7 @@ impl Server {
                 bus.publish(topic, payload).await?;
             }
             Server::Baseline(b, frames) => b.publish(frames.frame(&id)?),
+            Server::Remote { index, remote, .. } => remote.publish(*index, &id).await?,
         }
         Ok(())
     }
@@ -440,6 +583,8 @@ struct RunResult {
     p50_ns: u64,
     p99_ns: u64,
     elapsed: Duration,
+    /// The server's CPU time per delivery in the measured phase, in µs (pinned runs).
+    cpu_us: Option<f64>,
     /// Why the run is invalid (a close, an error frame, a lost or reordered event, a stall).
     failure: Option<String>,
     /// The first measured frame one client received.
@@ -464,6 +609,8 @@ struct RunState {
     failed: AtomicBool,
     failure: Mutex<Vec<String>>,
     sample: Mutex<Option<Message>>,
+    /// The server's CPU seconds when the measured phase began and when it ended.
+    cpu_s: Mutex<(f64, f64)>,
 }
 
 impl RunState {
@@ -553,6 +700,7 @@ async fn measure(
         failed: AtomicBool::new(false),
         failure: Mutex::new(Vec::new()),
         sample: Mutex::new(None),
+        cpu_s: Mutex::new((0.0, 0.0)),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let receivers: Vec<_> = sockets
@@ -561,7 +709,7 @@ async fn measure(
         .map(|(i, ws)| tokio::spawn(receive(ws, protocol, run.clone(), stop_rx.clone(), i == 0)))
         .collect();
 
-    let started_ns = publish_all(server, &run).await?;
+    let started_ns = publish_all(server, &run, args.rate).await?;
 
     let _ = stop_tx.send(true);
     let mut latencies = Vec::with_capacity(args.clients * events);
@@ -584,7 +732,13 @@ async fn measure(
         })
     });
     let sample = run.sample.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let (cpu_start, cpu_end) = *run.cpu_s.lock().unwrap_or_else(|e| e.into_inner());
+    let deliveries = (args.clients * events) as f64;
+    let cpu_us = server
+        .remote()
+        .map(|_| (cpu_end - cpu_start) * 1e6 / deliveries);
     Ok(RunResult {
+        cpu_us,
         deliveries_per_s: (args.clients * events) as f64 / elapsed.as_secs_f64().max(1e-9),
         p50_ns: percentile_ns(&latencies, 0.5),
         p99_ns: percentile_ns(&latencies, 0.99),
@@ -597,7 +751,7 @@ async fn measure(
 /// The publisher: probes until every client receives events, drains the probes, then publishes
 /// the measured events within the window. Returns when the measured phase began (ns since the
 /// run's base); a failure is recorded in `run`, not returned.
-async fn publish_all(server: &Server, run: &RunState) -> anyhow::Result<u64> {
+async fn publish_all(server: &Server, run: &RunState, rate: u64) -> anyhow::Result<u64> {
     // Probe until every client has received an event: the subscription is live everywhere.
     let probing = Instant::now();
     let mut n = 0;
@@ -630,8 +784,19 @@ async fn publish_all(server: &Server, run: &RunState) -> anyhow::Result<u64> {
         return Ok(0);
     }
 
+    let cpu = || server.remote().map_or(Ok(0.0), Remote::cpu_s);
+    let cpu_start = cpu()?;
     let started_ns = run.now_ns();
+    let started = tokio::time::Instant::now();
     for k in 0..run.events {
+        if rate > 0 {
+            // Open loop: event k at k / rate seconds, whatever the clients have received.
+            let due = started + Duration::from_secs_f64(k as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+            run.published_ns[k].store(run.now_ns(), Ordering::Release);
+            server.publish(format!("ev-{k}")).await?;
+            continue;
+        }
         match tokio::time::timeout(STALL_TIMEOUT, run.window.acquire()).await {
             Ok(Ok(permit)) => permit.forget(),
             // Closed: a client failed and the run is invalid.
@@ -652,6 +817,7 @@ async fn publish_all(server: &Server, run: &RunState) -> anyhow::Result<u64> {
         run.completed.load(Ordering::Acquire) == run.events
     })
     .await;
+    *run.cpu_s.lock().unwrap_or_else(|e| e.into_inner()) = (cpu_start, cpu()?);
     Ok(started_ns)
 }
 

@@ -25,6 +25,7 @@ mod compose;
 mod device;
 mod device_serve;
 mod fanout;
+mod fanout_serve;
 mod memory;
 mod publish;
 mod publish_serve;
@@ -52,15 +53,16 @@ enum Bench {
     /// Composition overhead: the quote through bff-web versus the same two backend calls made
     /// directly and concurrently by the client.
     Compose(compose::Args),
-    /// Subscription fan-out: deliveries/s and publish-to-client latency to 1,000
-    /// graphql-transport-ws clients, bff-web versus a minimal tokio-tungstenite broadcast server.
+    /// Subscription fan-out: server CPU per delivery (servers pinned to one core, clients on the
+    /// other), deliveries/s and publish-to-client latency to 1,000 graphql-transport-ws clients,
+    /// bff-web versus a minimal tokio-tungstenite broadcast server.
     Fanout(fanout::Args),
     /// Memory per idle subscribed socket (server RSS with 10,000 sockets), bff-web versus a
     /// minimal tokio-tungstenite broadcast server, each in a child process.
     Memory(memory::Args),
-    /// Mobile fan-out: deliveries/s and publish-to-client latency to 1,000 switchyard-mobile.v1
-    /// (CBOR) clients, bff-mobile versus the minimal broadcast server; also prints the bytes of a
-    /// rate tick in CBOR and in the JSON twin.
+    /// Mobile fan-out: server CPU per delivery (pinned), deliveries/s and publish-to-client
+    /// latency to 1,000 switchyard-mobile.v1 (CBOR) clients, bff-mobile versus the minimal
+    /// broadcast server; also prints the bytes of a rate tick in CBOR and in the JSON twin.
     MobileFanout(fanout::Args),
     /// Memory per idle authenticated, subscribed mobile socket (server RSS with 10,000 sockets),
     /// bff-mobile versus the minimal broadcast server, each in a child process.
@@ -86,6 +88,10 @@ enum Bench {
     /// Runs the stack and the in-process publisher for `publish` and `sources`.
     #[command(hide = true)]
     ServePublish(publish_serve::Args),
+    /// Runs the fan-out servers (both baselines and the stack) for `fanout` and
+    /// `mobile-fanout`, pinned.
+    #[command(hide = true)]
+    ServeFanout(fanout_serve::Args),
     /// Runs bff-device (or the minimal long-poll baseline) in this process for `device-hold`.
     #[command(hide = true)]
     ServeDevice(device_serve::Args),
@@ -106,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             | Bench::ServeBaseline(_)
             | Bench::ServeDevice(_)
             | Bench::ServePublish(_)
+            | Bench::ServeFanout(_)
     );
     if cfg!(debug_assertions) && !is_child {
         eprintln!("warning: a debug build; run benchmarks with --release");
@@ -122,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Publish(args) => publish::run(args).await,
         Bench::Sources(args) => sources::run(args).await,
         Bench::ServePublish(args) => publish_serve::run(args).await,
+        Bench::ServeFanout(args) => fanout_serve::run(args).await,
         Bench::ServeDevice(args) => device_serve::run(args).await,
         Bench::ServeGateway(args) => serve::gateway(args).await,
         Bench::ServeBaseline(args) => serve::baseline(args).await,
