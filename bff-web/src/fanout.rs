@@ -17,7 +17,9 @@
 //! execution ends when its last subscriber leaves.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use axum::extract::ws::Utf8Bytes;
 
 use async_graphql::{ObjectType, Schema, SubscriptionType};
 use bytes::Bytes;
@@ -28,12 +30,44 @@ use tokio::task::AbortHandle;
 /// What one execution emits, already serialised.
 #[derive(Debug, Clone)]
 pub(crate) enum Frame {
-    /// A result (`ExecutionResult` JSON) for a `next` message.
-    Next(Bytes),
+    /// A result (`ExecutionResult` JSON) for a `next` message, shared by every subscriber.
+    Next(Arc<Next>),
     /// Errors (`GraphQLError[]` JSON) for an `error` message: the operation never ran.
     Error(Bytes),
     /// The source stream ended.
     Complete,
+}
+
+/// One result of an execution, and its `next` message, built once for the operation id most
+/// clients give it: the sockets of one execution get the same bytes without a copy, unless their
+/// client named the operation differently (then each builds its own message).
+#[derive(Debug)]
+pub(crate) struct Next {
+    /// The `ExecutionResult` JSON.
+    pub(crate) payload: Bytes,
+    /// The `next` message for the first operation id it was asked for: (id as JSON, message).
+    wire: OnceLock<(Box<str>, Utf8Bytes)>,
+}
+
+impl Next {
+    pub(crate) fn new(payload: Bytes) -> Self {
+        Self {
+            payload,
+            wire: OnceLock::new(),
+        }
+    }
+
+    /// The `next` message for the operation whose id, as a JSON string, is `id_json`.
+    pub(crate) fn message(&self, id_json: &str, build: impl Fn() -> String) -> Utf8Bytes {
+        let (id, message) = self
+            .wire
+            .get_or_init(|| (id_json.into(), Utf8Bytes::from(build())));
+        if &**id == id_json {
+            message.clone()
+        } else {
+            Utf8Bytes::from(build())
+        }
+    }
 }
 
 /// How an operation's results may be shared.
@@ -237,7 +271,7 @@ pub(crate) fn encode(response: &async_graphql::Response, first: bool) -> Frame {
     if not_executed {
         Frame::Error(to_bytes(&response.errors))
     } else {
-        Frame::Next(to_bytes(response))
+        Frame::Next(Arc::new(Next::new(to_bytes(response))))
     }
 }
 

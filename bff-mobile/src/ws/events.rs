@@ -15,11 +15,11 @@
 //!   holds it weakly, so it goes with the last subscription, and dead entries are pruned
 //!   whenever the table has doubled since the last pruning: the table is bounded by the routes
 //!   with subscribers (at most twice), with no entry cap to tune and nothing emptied at once.
-//! - Per item, a socket touches only its route's slot for its encoding: a read lock — shared by
-//!   all readers, held for a comparison and a reference-count increment — to find the latest
-//!   encoded event and check its position. Only the first socket to see a new event takes that
-//!   slot's write lock, to put a fresh `Arc<Encoded>` in it. Sockets on other topics, or in the
-//!   other encoding, never meet on a lock; with one gateway-wide mutex every item of every
+//! - Per item, a socket touches only its route's ring of recent frames for its encoding: a read
+//!   lock — shared by all readers, held for a few comparisons and a reference-count increment —
+//!   to find the event's encoding by position. Only the first socket to see a new event takes
+//!   that ring's write lock, to put a fresh `Arc<Encoded>` in it. Sockets on other topics, or in
+//!   the other encoding, never meet on a lock; with one gateway-wide mutex every item of every
 //!   socket queued on the same lock (twice on a miss), and hashed a topic name to find its entry.
 //! - The translation and encoding run outside every lock, in the `Encoded`'s `OnceLock`: once
 //!   per event per encoding even under a race (a socket that arrives meanwhile waits for that
@@ -27,11 +27,21 @@
 //!   gets them for one more count. An unreadable payload is remembered too: logged once per
 //!   event and encoding, skipped by every socket.
 //!
-//! A slot keeps only the latest event, so a socket replaying history while others are live
-//! makes the slot change hands more often; that costs encodings, never wrong bytes (the cached
-//! frame is used only for the very position it was made for). No lock is held across an await.
+//! # Why a ring, not the latest frame only
+//!
+//! Sockets of one route are rarely in step: while events arrive back to back, each socket's task
+//! runs when the runtime gets to it, so at any moment the sockets hold different events of the
+//! route. With one slot per encoding, a socket behind the others found the slot taken by a
+//! newer event and encoded its event again (a JSON decode and a CBOR encode per socket per
+//! event: a fifth of the fan-out's CPU in the profile of `docs/benchmarks.md`). The ring keeps
+//! the [`RING`] most recent events per encoding — but never more than the route has
+//! subscriptions, so a per-user route (one socket) keeps one frame, as before, and only routes
+//! shared by many sockets keep more. A socket further behind than the ring (replaying history
+//! while others are live) encodes its own frame: that costs an encoding, never wrong bytes (a
+//! cached frame is used only for the very position it was made for). No lock is held across an
+//! await.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use axum::extract::ws::Message;
@@ -44,6 +54,9 @@ use crate::shapes;
 
 /// Size the route table may reach before its first pruning.
 const FIRST_PRUNE_AT: usize = 64;
+
+/// The most recent events a route keeps encoded, per encoding (at most one per subscription).
+const RING: usize = 64;
 
 /// The gateway's table of routes with subscribers, each with its encoded-once frames.
 pub(super) struct Frames {
@@ -77,7 +90,7 @@ impl Frames {
         }
         let frames = Arc::new(TopicFrames {
             route: route.clone(),
-            latest: Default::default(),
+            recent: Default::default(),
         });
         routes.map.insert(route.clone(), Arc::downgrade(&frames));
         if routes.map.len() >= routes.prune_at {
@@ -98,11 +111,12 @@ impl Frames {
     }
 }
 
-/// The frames of one route: the latest event encoded, per encoding.
+/// The frames of one route: its most recent events encoded, per encoding.
 pub(super) struct TopicFrames {
     route: Route,
-    /// Indexed by [`slot`].
-    latest: [RwLock<Option<Arc<Encoded>>>; 2],
+    /// Indexed by [`slot`]: the recent events' frames, oldest first, in the order they were
+    /// first asked for (at most [`RING`], and at most one per subscription of the route).
+    recent: [RwLock<VecDeque<Arc<Encoded>>>; 2],
 }
 
 /// One event in one encoding: made by the first socket that needs it, read by all.
@@ -112,7 +126,7 @@ struct Encoded {
     frame: OnceLock<Option<Message>>,
 }
 
-/// The slot of an encoding in [`TopicFrames::latest`].
+/// The slot of an encoding in [`TopicFrames::recent`].
 fn slot(enc: Encoding) -> usize {
     match enc {
         Encoding::Cbor => 0,
@@ -128,33 +142,39 @@ impl TopicFrames {
 
     /// The `event` frame of `event` in `enc`; `None` (logged once) when its payload cannot be
     /// read.
-    pub(super) fn frame(&self, enc: Encoding, event: &Event) -> Option<Message> {
+    pub(super) fn frame(self: &Arc<Self>, enc: Encoding, event: &Event) -> Option<Message> {
         let position = Position {
             epoch: event.epoch,
             offset: event.offset,
         };
-        let slot = &self.latest[slot(enc)];
-        // Critical sections only compare and swap a pointer: a panic cannot leave torn state.
-        let found = slot
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .filter(|e| e.position == position)
-            .cloned();
+        let ring = &self.recent[slot(enc)];
+        // Newest first: a socket is usually at or near the newest event.
+        let find = |recent: &VecDeque<Arc<Encoded>>| {
+            recent
+                .iter()
+                .rev()
+                .find(|e| e.position == position)
+                .cloned()
+        };
+        // Critical sections only compare, push and pop pointers: a panic cannot leave torn
+        // state.
+        let found = find(&ring.read().unwrap_or_else(|e| e.into_inner()));
         let encoded = found.unwrap_or_else(|| {
-            let mut latest = slot.write().unwrap_or_else(|e| e.into_inner());
-            match &*latest {
-                // Another socket put it there between the two locks.
-                Some(e) if e.position == position => e.clone(),
-                _ => {
-                    let e = Arc::new(Encoded {
-                        position,
-                        frame: OnceLock::new(),
-                    });
-                    *latest = Some(e.clone());
-                    e
+            let mut recent = ring.write().unwrap_or_else(|e| e.into_inner());
+            // Another socket may have put it there between the two locks.
+            find(&recent).unwrap_or_else(|| {
+                let e = Arc::new(Encoded {
+                    position,
+                    frame: OnceLock::new(),
+                });
+                // The route's subscriptions each hold one reference; the table's is weak.
+                let keep = Arc::strong_count(self).clamp(1, RING);
+                while recent.len() >= keep {
+                    recent.pop_front();
                 }
-            }
+                recent.push_back(e.clone());
+                e
+            })
         });
         encoded
             .frame
@@ -278,6 +298,39 @@ mod tests {
             ("rates:EUR/USD", 7, 2)
         );
         assert_eq!(ev.data_as::<data::Rate>().unwrap().rate, "1.0842");
+    }
+
+    #[test]
+    fn sockets_out_of_step_share_the_encodings_of_recent_events() {
+        let frames = Frames::default();
+        // Ten subscriptions of one route.
+        let subs: Vec<_> = (0..10).map(|_| frames.of(&rates_route())).collect();
+        let first: Vec<usize> = (1..=10)
+            .map(|o| ptr(&subs[0].frame(Encoding::Cbor, &rate_event(o)).unwrap()) as usize)
+            .collect();
+        // A socket nine events behind the first still finds each event's bytes.
+        for (o, p) in (1..=10).zip(&first) {
+            let again = ptr(&subs[9].frame(Encoding::Cbor, &rate_event(o)).unwrap()) as usize;
+            assert_eq!(again, *p, "offset {o}");
+        }
+        // An eleventh event pushes the oldest out: the ring holds one per subscription.
+        let held = subs[0].frame(Encoding::Cbor, &rate_event(1)).unwrap();
+        subs[0].frame(Encoding::Cbor, &rate_event(11)).unwrap();
+        let oldest = subs[5].frame(Encoding::Cbor, &rate_event(1)).unwrap();
+        assert_ne!(ptr(&oldest), ptr(&held));
+    }
+
+    #[test]
+    fn a_route_of_one_socket_keeps_one_frame() {
+        let one = Frames::default().of(&rates_route());
+        // Held, as a socket's queue would hold it, so its bytes cannot be reused.
+        let a = one.frame(Encoding::Json, &rate_event(1)).unwrap();
+        one.frame(Encoding::Json, &rate_event(2)).unwrap();
+        assert_eq!(one.recent[slot(Encoding::Json)].read().unwrap().len(), 1);
+        // Asked again, the older event is encoded afresh (other bytes, the same content).
+        let again = one.frame(Encoding::Json, &rate_event(1)).unwrap();
+        assert_ne!(ptr(&again), ptr(&a));
+        assert_eq!(again, a);
     }
 
     #[test]

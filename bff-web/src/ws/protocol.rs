@@ -6,6 +6,7 @@
 
 use async_graphql::{ObjectType, SubscriptionType};
 use axum::extract::ws::{Message, WebSocket};
+use futures::FutureExt;
 use serde::Deserialize;
 use serde_json::Value;
 use switchyard_core::slots::Slot;
@@ -13,10 +14,17 @@ use tokio::time::Instant;
 
 use super::Socket;
 use super::ops::Running;
-use super::transport::{Closing, close, send_complete, send_frame, send_text};
+use super::transport::{
+    Closing, close, frame_message, send_all, send_complete, send_frame, send_text,
+};
 use crate::auth::Principal;
 use crate::fanout::Frame;
 use crate::request::RequestBody;
+
+/// Most subscription messages written at once, with one flush: what is ready when the socket's
+/// task runs, so a client that keeps up gets each event at once and a busy gateway writes
+/// several per system call.
+const READY_BATCH: usize = 32;
 
 /// A message from the client.
 #[derive(Deserialize)]
@@ -128,16 +136,30 @@ where
                     }
                 }
                 Some(item) = self.ops.streams.next(), if !self.ops.streams.is_empty() => {
-                    match item {
-                        Ok((id, frame)) => {
-                            if let Err(closing) = send_frame(socket, &id, &frame, self.ctx.limits.write_timeout).await {
-                                return closing;
+                    // Take what else is ready now too, so that one write and one flush (one
+                    // system call, one timer) carry it all.
+                    let mut batch = Vec::new();
+                    let mut next = Some(item);
+                    let mut missed = None;
+                    while let Some(item) = next.take() {
+                        match item {
+                            Ok((id, frame)) => batch.push(frame_message(&id, &frame)),
+                            Err(n) => {
+                                missed = Some(n);
+                                break;
                             }
                         }
-                        Err(missed) => {
-                            tracing::info!(missed, "cutting off a client too slow for its subscription");
-                            return Some(Closing::new(close::SLOW_CONSUMER, "too slow: events were missed; reconnect"));
+                        if batch.len() < READY_BATCH {
+                            next = self.ops.streams.next().now_or_never().flatten();
                         }
+                    }
+                    let sent = send_all(socket, batch, self.ctx.limits.write_timeout).await;
+                    if let Some(missed) = missed {
+                        tracing::info!(missed, "cutting off a client too slow for its subscription");
+                        return Some(Closing::new(close::SLOW_CONSUMER, "too slow: events were missed; reconnect"));
+                    }
+                    if let Err(closing) = sent {
+                        return closing;
                     }
                 }
             }

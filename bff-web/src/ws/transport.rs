@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures::SinkExt;
 use futures::stream::StreamExt;
 
 use crate::fanout::Frame;
@@ -60,7 +61,23 @@ pub(super) type Sent = Result<(), Option<Closing>>;
 
 /// Sends one message, waiting at most `timeout` for a client that does not read.
 pub(super) async fn send_text(socket: &mut WebSocket, text: String, timeout: Duration) -> Sent {
-    let write = socket.send(Message::Text(Utf8Bytes::from(text)));
+    send_all(socket, [Message::Text(Utf8Bytes::from(text))], timeout).await
+}
+
+/// Sends messages in one write where the socket's buffer allows (each is handed to the socket,
+/// then ONE flush: one system call for a batch, not one per message), waiting at most `timeout`
+/// in all for a client that does not read.
+pub(super) async fn send_all(
+    socket: &mut WebSocket,
+    messages: impl IntoIterator<Item = Message>,
+    timeout: Duration,
+) -> Sent {
+    let write = async {
+        for message in messages {
+            socket.feed(message).await?;
+        }
+        socket.flush().await
+    };
     match tokio::time::timeout(timeout, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(None),
@@ -81,13 +98,40 @@ pub(super) async fn send_frame(
     frame: &Frame,
     timeout: Duration,
 ) -> Sent {
-    let id_json = serde_json::Value::String(id.to_owned()).to_string();
+    send_all(socket, [frame_message(id, frame)], timeout).await
+}
+
+/// An operation's frame as its `next`, `error` or `complete` message; a `next` message is built
+/// once per result for the id most sockets give it ([`crate::fanout::Next`]).
+pub(super) fn frame_message(id: &str, frame: &Frame) -> Message {
+    let id_json = id_json(id);
     let text = match frame {
-        Frame::Next(payload) => envelope(&id_json, "next", payload),
+        Frame::Next(next) => {
+            return Message::Text(
+                next.message(&id_json, || envelope(&id_json, "next", &next.payload)),
+            );
+        }
         Frame::Error(errors) => envelope(&id_json, "error", errors),
         Frame::Complete => format!(r#"{{"id":{id_json},"type":"complete"}}"#),
     };
-    send_text(socket, text, timeout).await
+    Message::Text(Utf8Bytes::from(text))
+}
+
+/// An operation id as a JSON string: most ids need no escaping, and are quoted without a
+/// detour through `serde_json::Value`.
+fn id_json(id: &str) -> String {
+    if id
+        .bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        let mut s = String::with_capacity(id.len() + 2);
+        s.push('"');
+        s.push_str(id);
+        s.push('"');
+        s
+    } else {
+        serde_json::Value::String(id.to_owned()).to_string()
+    }
 }
 
 /// Sends an operation's `complete` message.
