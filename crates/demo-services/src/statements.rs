@@ -386,18 +386,21 @@ async fn receipt(
         return Err(too_large(max));
     }
     let dir = service.config.receipts_dir.join(user.as_str());
+    let target = dir.join(name.as_str());
+    let temp = Partial {
+        path: dir.join(format!(
+            ".{name}.{:016x}.part",
+            unique_suffix(&service.stats)
+        )),
+        stats: service.stats.clone(),
+    };
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| disk_error(&dir, &e))?;
-    let target = dir.join(name.as_str());
-    let temp = Partial(dir.join(format!(
-        ".{name}.{:016x}.part",
-        unique_suffix(&service.stats)
-    )));
     let stored = async {
-        let mut file = tokio::fs::File::create(&temp.0)
+        let mut file = tokio::fs::File::create(&temp.path)
             .await
-            .map_err(|e| disk_error(&temp.0, &e))?;
+            .map_err(|e| disk_error(&temp.path, &e))?;
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
@@ -409,25 +412,16 @@ async fn receipt(
             }
             file.write_all(&chunk)
                 .await
-                .map_err(|e| disk_error(&temp.0, &e))?;
+                .map_err(|e| disk_error(&temp.path, &e))?;
         }
-        file.flush().await.map_err(|e| disk_error(&temp.0, &e))?;
+        file.flush().await.map_err(|e| disk_error(&temp.path, &e))?;
         Ok(written)
     }
     .await;
-    let bytes = match stored {
-        Ok(n) => n,
-        Err(e) => {
-            service
-                .stats
-                .0
-                .receipts_failed
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-        }
-    };
+    // On an error, `temp` is dropped here: the partial file goes, counted as failed.
+    let bytes = stored?;
     let replaced = tokio::fs::try_exists(&target).await.unwrap_or(false);
-    tokio::fs::rename(&temp.0, &target)
+    tokio::fs::rename(&temp.path, &target)
         .await
         .map_err(|e| disk_error(&target, &e))?;
     temp.kept();
@@ -444,26 +438,34 @@ async fn receipt(
     Ok((status, Json(Receipt { user, name, bytes })).into_response())
 }
 
-/// A temporary file, removed when dropped (on every path but success, which renames it and
-/// calls [`Partial::kept`]) — including when the request's future is dropped mid-body.
-struct Partial(PathBuf);
+/// A receipt's temporary file, removed and counted as failed when dropped — on every path but
+/// success, which renames it and calls [`Partial::kept`] — including when the request's future
+/// is dropped mid-body (its connection went away).
+struct Partial {
+    path: PathBuf,
+    stats: Stats,
+}
 
 impl Partial {
     /// The file was renamed into place: nothing to remove.
     fn kept(mut self) {
-        self.0 = PathBuf::new();
+        self.path = PathBuf::new();
     }
 }
 
 impl Drop for Partial {
     fn drop(&mut self) {
-        if self.0.as_os_str().is_empty() {
+        if self.path.as_os_str().is_empty() {
             return;
         }
-        if let Err(e) = std::fs::remove_file(&self.0)
+        self.stats
+            .0
+            .receipts_failed
+            .fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = std::fs::remove_file(&self.path)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(path = %self.0.display(), error = %e, "statements: cannot remove a partial receipt");
+            tracing::warn!(path = %self.path.display(), error = %e, "statements: cannot remove a partial receipt");
         }
     }
 }
