@@ -52,10 +52,8 @@ async fn start(limit: Option<u64>) -> (Service, Spawned, Gateway) {
     };
     let (router, stats) = statements::app(&config).expect("the statements service");
     let server = config.server.clone();
-    let instance = Instance::start("statements", move |listener, shutdown| {
-        async move {
-            switchyard_server::server::serve_with(listener, router, shutdown, &server).await
-        }
+    let instance = Instance::start("statements", move |listener, shutdown| async move {
+        switchyard_server::server::serve_with(listener, router, shutdown, &server).await
     })
     .await;
     let (spawned, gateway) =
@@ -89,7 +87,9 @@ async fn a_512_mib_upload_streams_with_flat_memory() {
 async fn a_slow_reader_slows_the_service_instead_of_filling_the_gateway() {
     let (service, _gw, gateway) = start(None).await;
     let (received, sent, growth) = files::slow_reader(&gateway, &service, 4).await;
-    eprintln!("bff-mobile: slow reader got {received} B, service sent {sent} B, growth {growth} KiB");
+    eprintln!(
+        "bff-mobile: slow reader got {received} B, service sent {sent} B, growth {growth} KiB"
+    );
 }
 
 #[tokio::test]

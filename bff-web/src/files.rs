@@ -68,7 +68,11 @@ async fn statement(
     files.pass.download(path, &headers).await
 }
 
-async fn receipt(State(files): State<Files>, Path(name): Path<String>, request: Request) -> Response {
+async fn receipt(
+    State(files): State<Files>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
     let user = match user(&files, request.headers()).await {
         Ok(user) => user,
         Err(refused) => return refused,

@@ -52,10 +52,8 @@ async fn start(limit: Option<u64>) -> (Service, Spawned, Gateway) {
     };
     let (router, stats) = statements::app(&config).expect("the statements service");
     let server = config.server.clone();
-    let instance = Instance::start("statements", move |listener, shutdown| {
-        async move {
-            switchyard_server::server::serve_with(listener, router, shutdown, &server).await
-        }
+    let instance = Instance::start("statements", move |listener, shutdown| async move {
+        switchyard_server::server::serve_with(listener, router, shutdown, &server).await
     })
     .await;
     let (spawned, gateway) =

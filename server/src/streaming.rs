@@ -103,7 +103,9 @@ pub struct BodyDeadline(Arc<AtomicU64>);
 impl BodyDeadline {
     /// From now on, the body is cut off only when no chunk came for `timeout` (at least 1 ms).
     pub fn idle(&self, timeout: Duration) {
-        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         self.0.store(ms, Ordering::Relaxed);
     }
 
@@ -177,7 +179,9 @@ impl Passthrough {
         let body = ClientBody::new(&parts, body, self.limits.idle_timeout);
         let declared = match content_length(&parts.headers) {
             Ok(n) => n,
-            Err(e) => return JsonError::bad_request("invalid_request", e.to_string()).into_response(),
+            Err(e) => {
+                return JsonError::bad_request("invalid_request", e.to_string()).into_response();
+            }
         };
         if declared.is_some_and(|n| n > self.max_upload_bytes) {
             return too_large(self.max_upload_bytes);
@@ -200,7 +204,10 @@ impl Passthrough {
 pub fn unauthorized(error: Option<&AuthError>) -> Response {
     let (code, message) = match error {
         Some(e) => (e.code(), e.to_string()),
-        None => ("unauthenticated", "sign in first: send a bearer token".into()),
+        None => (
+            "unauthenticated",
+            "sign in first: send a bearer token".into(),
+        ),
     };
     let mut r = JsonError::new(StatusCode::UNAUTHORIZED, code, message).into_response();
     r.headers_mut()

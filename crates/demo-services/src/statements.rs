@@ -230,7 +230,10 @@ async fn statement(
     let mut response = Response::new(Body::from_stream(body(statement, from, to, &service.stats)));
     *response.status_mut() = status;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, value("text/csv; charset=utf-8".into()));
+    h.insert(
+        header::CONTENT_TYPE,
+        value("text/csv; charset=utf-8".into()),
+    );
     h.insert(header::CONTENT_LENGTH, value((to - from).to_string()));
     h.insert(header::ACCEPT_RANGES, value("bytes".into()));
     h.insert(header::ETAG, value(etag));
@@ -306,11 +309,9 @@ fn value(text: String) -> HeaderValue {
 
 /// The user's seed: FNV-1a of the id, so a statement never changes between runs or builds.
 fn seed(user: &UserId) -> u64 {
-    user.as_str()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
+    user.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A `Range` header, read against a body of `len` bytes.
@@ -458,10 +459,7 @@ impl Drop for Partial {
         if self.path.as_os_str().is_empty() {
             return;
         }
-        self.stats
-            .0
-            .receipts_failed
-            .fetch_add(1, Ordering::Relaxed);
+        self.stats.0.receipts_failed.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = std::fs::remove_file(&self.path)
             && e.kind() != std::io::ErrorKind::NotFound
         {

@@ -171,14 +171,20 @@ impl http_body::Body for StreamBody {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.length
-            .map_or_else(http_body::SizeHint::default, http_body::SizeHint::with_exact)
+        self.length.map_or_else(
+            http_body::SizeHint::default,
+            http_body::SizeHint::with_exact,
+        )
     }
 }
 
 /// `count` copies of one 256 KiB chunk of bytes `0..=255`.
 fn repeated(count: usize) -> impl Stream<Item = Bytes> + Send + 'static {
-    let chunk = Bytes::from((0..256 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let chunk = Bytes::from(
+        (0..256 * 1024)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
     futures::stream::iter(std::iter::repeat_n(chunk, count))
 }
 
@@ -246,7 +252,9 @@ pub async fn large_upload(gw: &Gateway, backend: &dyn Backend, bytes: u64) -> u6
     assert_eq!(body["bytes"], bytes, "{body}");
     let growth = peak_rss_kib(gw.pid).saturating_sub(before);
     let stored = backend.receipts_of("alice").join("large.bin");
-    let size = std::fs::metadata(&stored).expect("the receipt is stored").len();
+    let size = std::fs::metadata(&stored)
+        .expect("the receipt is stored")
+        .len();
     assert_eq!(size, bytes);
     std::fs::remove_file(&stored).expect("remove the receipt");
     assert!(
@@ -477,7 +485,14 @@ pub async fn refuses_strangers_and_paths(gw: &Gateway, backend: &dyn Backend) {
             assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
         }
     }
-    for name in ["..%2F..%2Fetc%2Fpasswd", "..%2F", ".hidden", "a..b", "a%5Cb", "a%00b"] {
+    for name in [
+        "..%2F..%2Fetc%2Fpasswd",
+        "..%2F",
+        ".hidden",
+        "a..b",
+        "a%5Cb",
+        "a%00b",
+    ] {
         let r = gw
             .put(&format!("/v1/files/receipts/{name}"))
             .body("x")
@@ -513,16 +528,15 @@ pub fn spawn_gateway(
     let secret = format!("{prefix}__AUTH__HS256_SECRET");
     let limit_key = format!("{prefix}__FILES__MAX_UPLOAD_BYTES");
     let limit = limit.map(|l| l.to_string());
-    let mut env = vec![(backend.as_str(), statements_url), (secret.as_str(), SECRET)];
+    let mut env = vec![
+        (backend.as_str(), statements_url),
+        (secret.as_str(), SECRET),
+    ];
     if let Some(limit) = &limit {
         env.push((limit_key.as_str(), limit.as_str()));
     }
-    let spawned = crate::process::Spawned::start(
-        bin,
-        &crate::process::example_config(bin),
-        prefix,
-        &env,
-    );
+    let spawned =
+        crate::process::Spawned::start(bin, &crate::process::example_config(bin), prefix, &env);
     let gateway = Gateway {
         url: spawned.url(),
         pid: spawned.pid(),

@@ -270,8 +270,7 @@ impl Upstreams {
             }
         };
         let status = response.status();
-        let head = if status.is_success() || status.is_redirection() || status.is_client_error()
-        {
+        let head = if status.is_success() || status.is_redirection() || status.is_client_error() {
             permit.success();
             Ok(())
         } else {
@@ -282,7 +281,9 @@ impl Upstreams {
                 message: None,
             })
         };
-        backend.stats.record(head.as_ref().map(|_| ()), started.elapsed());
+        backend
+            .stats
+            .record(head.as_ref().map(|_| ()), started.elapsed());
         let headers = response.headers().clone();
         let name = backend.name.clone();
         let idle = limits.idle_timeout;

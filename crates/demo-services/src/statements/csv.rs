@@ -160,7 +160,10 @@ mod tests {
         assert_eq!(first[1], "2020-01-01T00:00:00Z");
         assert!(PAIRS.contains(&first[2]));
         let day_two = text.lines().nth(1441).unwrap();
-        assert!(day_two.starts_with("000000001441,2020-01-02T00:00:00Z,"), "{day_two}");
+        assert!(
+            day_two.starts_with("000000001441,2020-01-02T00:00:00Z,"),
+            "{day_two}"
+        );
         for line in text.lines().skip(1) {
             assert_eq!(line.len() + 1, ROW_BYTES, "{line}");
             assert_eq!(line.split(',').count(), 6, "{line}");
@@ -171,7 +174,14 @@ mod tests {
     fn any_range_is_the_same_bytes_as_the_whole() {
         let s = Statement::new(42, 500);
         let all = s.bytes(0, s.len());
-        for (from, to) in [(0, 1), (3, 40), (35, 36), (36, 119), (100, 1000), (0, s.len())] {
+        for (from, to) in [
+            (0, 1),
+            (3, 40),
+            (35, 36),
+            (36, 119),
+            (100, 1000),
+            (0, s.len()),
+        ] {
             assert_eq!(s.bytes(from, to), all.slice(from as usize..to as usize));
         }
         // The same user and rows: the same bytes; another user: others.
