@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use demo_api::UserId;
 use serde::Deserialize;
+use switchyard_core::auth::AuthError;
 use switchyard_server::errors::{JsonError, rejection};
 use switchyard_server::streaming::{Passthrough, unauthorized};
 
@@ -40,12 +41,12 @@ struct Rows {
     rows: Option<u64>,
 }
 
-/// The signed-in user, or the 401 to answer.
-fn user(files: &Files, headers: &HeaderMap) -> Result<UserId, Response> {
+/// The signed-in user, or why not (`None`: no token at all).
+fn user(files: &Files, headers: &HeaderMap) -> Result<UserId, Option<AuthError>> {
     match files.verifier.user_of_headers(headers) {
         Ok(Some(user)) => Ok(user),
-        Ok(None) => Err(unauthorized(None)),
-        Err(e) => Err(unauthorized(Some(&e))),
+        Ok(None) => Err(None),
+        Err(e) => Err(Some(e)),
     }
 }
 
@@ -56,7 +57,7 @@ async fn statement(
 ) -> Response {
     let user = match user(&files, &headers) {
         Ok(user) => user,
-        Err(refused) => return refused,
+        Err(why) => return unauthorized(why.as_ref()),
     };
     let Query(Rows { rows }) = match rows {
         Ok(rows) => rows,
@@ -73,7 +74,7 @@ async fn receipt(
 ) -> Response {
     let user = match user(&files, request.headers()) {
         Ok(user) => user,
-        Err(refused) => return refused,
+        Err(why) => return unauthorized(why.as_ref()),
     };
     match operations::files::receipt_path(&user, &name) {
         Ok(path) => files.pass.upload(path, request).await,
