@@ -269,9 +269,11 @@ pub async fn large_upload(gw: &Gateway, backend: &dyn Backend, bytes: u64) -> u6
 /// gateway's memory stays flat. Returns (bytes received, bytes the service sent meanwhile, the
 /// gateway's growth in KiB).
 pub async fn slow_reader(gw: &Gateway, backend: &dyn Backend, seconds: u64) -> (u64, u64, u64) {
-    /// The most the service may be ahead of the client: every socket buffer on the way, with
-    /// room; an unbounded pass-through would be ahead by the whole file (1 GiB) within seconds.
-    const MAX_AHEAD: u64 = 64 * 1024 * 1024;
+    // The most the service may be ahead of the client: the kernel buffers of the two sockets
+    // on the way (each at most the largest send plus receive buffer the kernel grows to), and
+    // 8 MiB for the user-space buffers of the three processes. An unbounded pass-through would
+    // be ahead by most of the file (1 GiB) within seconds.
+    let max_ahead = 2 * (tcp_buffer_max("tcp_wmem") + tcp_buffer_max("tcp_rmem")) + (8 << 20);
     warm_up(gw).await;
     let before = crate::hostile::rss_kib(gw.pid);
     reset_peak(gw.pid);
@@ -297,11 +299,21 @@ pub async fn slow_reader(gw: &Gateway, backend: &dyn Backend, seconds: u64) -> (
     let growth = peak_rss_kib(gw.pid).saturating_sub(before);
     drop(stream);
     assert!(
-        sent <= received + MAX_AHEAD,
-        "the service sent {sent} bytes for {received} received"
+        sent <= received + max_ahead,
+        "the service sent {sent} bytes for {received} received (at most {max_ahead} ahead)"
     );
     assert!(growth < MAX_GROWTH_KIB, "the gateway grew by {growth} KiB");
     (received, sent, growth)
+}
+
+/// The largest buffer the kernel grows a TCP socket's `which` (`tcp_rmem`, `tcp_wmem`) to.
+fn tcp_buffer_max(which: &str) -> u64 {
+    let path = format!("/proc/sys/net/ipv4/{which}");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{path}: {text:?}"))
 }
 
 /// A download cut after `cut` bytes resumes with `Range: bytes=cut-` and `If-Range`: 206, the
