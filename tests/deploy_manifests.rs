@@ -50,6 +50,14 @@ fn container_configurations_load_with_the_binaries_own_types() {
                 .server
                 .listen,
         ),
+        (
+            "statements",
+            load("statements")
+                .load::<demo_services::statements::Config>("SWITCHYARD_STATEMENTS")
+                .expect("statements.toml")
+                .server
+                .listen,
+        ),
     ];
     // The gateways' container configurations (and `shipped_config`) reach them on these ports.
     for ((service, listen), (name, port)) in listens.into_iter().zip(SERVICES) {

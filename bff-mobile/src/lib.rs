@@ -3,11 +3,13 @@
 //! Its transport is one WebSocket at `/v1/ws` speaking `switchyard-mobile.v1`
 //! (`docs/protocol/mobile-v1.md`, the `mobile-proto` crate): subscriptions with resume, calls of
 //! the composed operations, heartbeats and drain ([`ws`]). Beside it, `GET /v1/quote` serves the
-//! composed quote as JSON over HTTP ([`quote`]). This crate owns the wire formats; the mapping
+//! composed quote as JSON over HTTP ([`quote`]), and `/v1/files/…` streams large files to and
+//! from the `statements` backend for signed-in users ([`files`], docs/files.md). This crate owns the wire formats; the mapping
 //! of core errors to protocol errors is in [`calls`], token checking in [`auth`].
 
 pub mod auth;
 mod calls;
+mod files;
 mod quote;
 mod shapes;
 mod ws;
@@ -46,10 +48,10 @@ pub struct Config {
     pub bus: BusConfig,
     /// The topic hub.
     pub hub: HubConfig,
-    /// Backends by name: `exchange`, `limits` and `conversions`, the ones the operations call;
-    /// any other name is a config error. A table changes the keys it names, the rest keep their
-    /// defaults.
-    #[serde(deserialize_with = "operations::known_backends")]
+    /// Backends by name: `exchange`, `limits` and `conversions`, the ones the operations call,
+    /// and `statements`, the file routes'; any other name is a config error. A table changes
+    /// the keys it names, the rest keep their defaults.
+    #[serde(deserialize_with = "operations::known_backends_with_files")]
     pub backends: BTreeMap<String, BackendConfig>,
     /// Upstream sources by name (`[sources.NAME]`, docs/sources.md): services that push events
     /// onto catalog channels. None by default; the launcher and the shipped configurations add
@@ -71,6 +73,8 @@ pub struct Config {
     /// `/metrics` on an internal listener of its own (none by default) and the client
     /// applications named in its usage labels (docs/operations.md).
     pub metrics: switchyard_server::metrics::MetricsConfig,
+    /// The streamed file routes `/v1/files/…` (docs/files.md): upload size, timeouts.
+    pub files: switchyard_server::streaming::FilesConfig,
 }
 
 /// Limits and timers of the `/v1/ws` socket (announced to clients in `welcome` where the
@@ -129,7 +133,7 @@ impl Default for Config {
             log: LogConfig::default(),
             bus: BusConfig::default(),
             hub: HubConfig::default(),
-            backends: operations::default_backends(),
+            backends: operations::default_backends_with_files(),
             sources: BTreeMap::new(),
             operations: operations::Config::default(),
             auth: AuthConfig::default(),
@@ -138,6 +142,7 @@ impl Default for Config {
             channels: operations::channels::demo(),
             publish: switchyard_server::publish::PublishConfig::default(),
             metrics: switchyard_server::metrics::MetricsConfig::default(),
+            files: switchyard_server::streaming::FilesConfig::default(),
         }
     }
 }
@@ -198,9 +203,16 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
         shutdown: runtime.shutdown.clone(),
         limiter: runtime.limiter.clone(),
     });
+    let pass = switchyard_server::streaming::Passthrough::new(
+        runtime.upstreams.clone(),
+        operations::backend::STATEMENTS,
+        &config.files,
+    )?;
     let routes = Router::new().nest(
         "/v1",
-        quote::routes(ops, verifier.clone()).merge(ws::routes(gateway)),
+        quote::routes(ops, verifier.clone())
+            .merge(files::routes(pass, verifier.clone()))
+            .merge(ws::routes(gateway)),
     );
     // Per IP for every request, and per user for one with a valid token.
     let user_of: UserOf = Arc::new(move |parts| {

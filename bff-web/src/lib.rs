@@ -8,12 +8,15 @@
 //! subscription executions ([`fanout`]), auth ([`auth`]) and the one mapping of core errors to
 //! GraphQL errors ([`errors`]). For browsers it also serves its client module at `/v1/client.js`
 //! and, when `[ui]` says so, the demo page and the demo services' web components ([`ui`]).
+//! Beside GraphQL, `/v1/files/…` streams large files to and from the `statements` backend for
+//! signed-in users ([`files`], docs/files.md).
 
 pub mod auth;
 mod channel;
 pub mod contract;
 mod errors;
 mod fanout;
+mod files;
 mod graphql;
 mod http;
 mod hub_streams;
@@ -62,10 +65,10 @@ pub struct Config {
     pub bus: BusConfig,
     /// The topic hub.
     pub hub: HubConfig,
-    /// Backends by name: `exchange`, `limits` and `conversions`, the ones the operations call;
-    /// any other name is a config error. A table changes the keys it names, the rest keep their
-    /// defaults.
-    #[serde(deserialize_with = "operations::known_backends")]
+    /// Backends by name: `exchange`, `limits` and `conversions`, the ones the operations call,
+    /// and `statements`, the file routes'; any other name is a config error. A table changes
+    /// the keys it names, the rest keep their defaults.
+    #[serde(deserialize_with = "operations::known_backends_with_files")]
     pub backends: BTreeMap<String, BackendConfig>,
     /// Upstream sources by name (`[sources.NAME]`, docs/sources.md): services that push events
     /// onto catalog channels. None by default; the launcher and the shipped configurations add
@@ -93,6 +96,8 @@ pub struct Config {
     pub metrics: switchyard_server::metrics::MetricsConfig,
     /// The demo page and the demo services' web components (none by default).
     pub ui: UiConfig,
+    /// The streamed file routes `/v1/files/…` (docs/files.md): upload size, timeouts.
+    pub files: switchyard_server::streaming::FilesConfig,
 }
 
 impl Default for Config {
@@ -102,7 +107,7 @@ impl Default for Config {
             log: LogConfig::default(),
             bus: BusConfig::default(),
             hub: HubConfig::default(),
-            backends: operations::default_backends(),
+            backends: operations::default_backends_with_files(),
             sources: BTreeMap::new(),
             operations: operations::Config::default(),
             graphql: GraphqlConfig::default(),
@@ -114,6 +119,7 @@ impl Default for Config {
             publish: switchyard_server::publish::PublishConfig::default(),
             metrics: switchyard_server::metrics::MetricsConfig::default(),
             ui: UiConfig::default(),
+            files: switchyard_server::streaming::FilesConfig::default(),
         }
     }
 }
@@ -309,6 +315,12 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
     let (v1_routes, v1_fanout) = shared.endpoint(v1, "/v1/graphql", v1::PUBLIC, v1::STATE);
     let v2 = v2::schema(&config.graphql, data());
     let (v2_routes, _) = shared.endpoint(v2, "/v2/graphql", v2::PUBLIC, v2::STATE);
+    let pass = switchyard_server::streaming::Passthrough::new(
+        runtime.upstreams.clone(),
+        operations::backend::STATEMENTS,
+        &config.files,
+    )?;
+    let v1_routes = v1_routes.merge(files::routes(pass, shared.verifier.clone()));
     let routes = Router::new()
         .nest("/v1", v1_routes)
         .nest("/v2", v2_routes)

@@ -7,6 +7,8 @@
 //! - Serving: [`server`] (the bounded accept loop, the drain, signals, `/healthz` and `/readyz`,
 //!   body limits), [`websocket`] (closing sockets per RFC 6455), [`ratelimit`] (the core's rate
 //!   limits as axum middleware).
+//! - [`streaming`]: the streamed pass-through of large bodies to a backend (`[files]`), both
+//!   ways with backpressure, for the gateways' file routes.
 //! - [`publish`]: the publish API for backends (`POST /v1/publish`), on an internal listener.
 //! - [`errors`]: the shared HTTP error contract, the JSON error body of bff-mobile, bff-device
 //!   and the demo services.
@@ -24,6 +26,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod server;
 mod serving;
+pub mod streaming;
 pub mod telemetry;
 pub mod websocket;
 

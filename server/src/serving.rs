@@ -6,7 +6,9 @@
 //!   connection is closed. An idle keep-alive connection is closed after the same time.
 //! - **Request body**: a body not complete `body_read_timeout_ms` after its head is cut off: the
 //!   handler's read fails, and the answer is replaced by a 408 `request_timeout` with
-//!   `Connection: close`.
+//!   `Connection: close`. A streamed route (`crate::streaming`) turns that deadline into an idle
+//!   timeout through the request's [`BodyDeadline`] extension: then the body is cut off only when
+//!   no chunk came for that long.
 //! - **Connections**: at most `max_connections_per_ip` open at once per client address (an IPv6
 //!   client counts by its /64) and `max_connections` in all. Over a cap the connection is
 //!   accepted and closed at once, without an answer (the cheapest refusal: nothing is read or
@@ -52,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::config::ServerConfig;
+use crate::streaming::BodyDeadline;
 use switchyard_core::slots::{Refused, Slot, Slots};
 
 use crate::errors::JsonError;
@@ -169,11 +172,15 @@ async fn handle(
         Some(limit) if !req.body().is_end_stream() => {
             let flag = Arc::new(AtomicBool::new(false));
             let timed_out = flag.clone();
+            let deadline = BodyDeadline::default();
+            req.extensions_mut().insert(deadline.clone());
             let req = req.map(|inner| {
                 Body::new(DeadlineBody {
                     inner,
                     sleep: Box::pin(tokio::time::sleep(limit)),
                     timed_out,
+                    deadline,
+                    idle: None,
                 })
             });
             (req, Some((flag, limit)))
@@ -201,11 +208,15 @@ async fn handle(
     }
 }
 
-/// A request body that fails once its deadline has passed without it being complete.
+/// A request body that fails once its deadline has passed without it being complete — or, once
+/// a route made it an idle timeout ([`BodyDeadline::idle`]), without a chunk for that long.
 struct DeadlineBody {
     inner: Incoming,
     sleep: Pin<Box<Sleep>>,
     timed_out: Arc<AtomicBool>,
+    deadline: BodyDeadline,
+    /// The idle timeout in force, once the route set one.
+    idle: Option<Duration>,
 }
 
 /// The error a body cut off by its deadline reads as.
@@ -225,8 +236,20 @@ impl HttpBody for DeadlineBody {
         if this.timed_out.load(Ordering::Relaxed) {
             return Poll::Ready(Some(Err(BodyTimeout.into())));
         }
+        let idle = this.deadline.idle_timeout();
+        if idle.is_some() && idle != this.idle {
+            this.idle = idle;
+            if let Some(idle) = idle {
+                this.sleep.as_mut().reset(Instant::now() + idle);
+            }
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Ready(frame) => {
+                if let (Some(idle), Some(Ok(_))) = (this.idle, &frame) {
+                    this.sleep.as_mut().reset(Instant::now() + idle);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
             Poll::Pending => {
                 if this.sleep.as_mut().poll(cx).is_ready() {
                     this.timed_out.store(true, Ordering::Relaxed);

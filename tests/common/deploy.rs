@@ -56,8 +56,12 @@ pub fn read(path: &Path) -> String {
 }
 
 /// The demo services the container configurations reach by DNS name, and their ports.
-pub const SERVICES: [(&str, u16); 3] =
-    [("limits", 9101), ("exchange", 9102), ("conversions", 9103)];
+pub const SERVICES: [(&str, u16); 4] = [
+    ("limits", 9101),
+    ("exchange", 9102),
+    ("conversions", 9103),
+    ("statements", 9104),
+];
 
 /// A gateway's shipped container configuration (`deploy/k8s/config/{gateway}.toml`, what compose
 /// and Kubernetes run), loaded with its own type. Only the services' addresses change: their DNS

@@ -11,11 +11,12 @@
 //! cargo run --release -p bench -- device-soak
 //! taskset -c 1 target/release/switchyard-bench publish
 //! taskset -c 1 target/release/switchyard-bench sources
+//! taskset -c 1 target/release/switchyard-bench files
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run, because the machine is
 //! shared and noisy: compare ratios, not absolute numbers. `serve-gateway`, `serve-baseline`,
-//! `serve-device` and `serve-publish` are hidden: the memory benchmarks, `publish` and `sources` run each
+//! `serve-device`, `serve-publish` and `serve-files` are hidden: the memory benchmarks, `publish` and `sources` run each
 //! server in a child process through them.
 
 mod baseline;
@@ -26,6 +27,7 @@ mod device;
 mod device_serve;
 mod fanout;
 mod fanout_serve;
+mod files;
 mod memory;
 mod publish;
 mod publish_serve;
@@ -85,6 +87,13 @@ enum Bench {
     /// redis-pubsub, socketio) against the in-process publish, to 1,000 mobile subscribers (server
     /// in a child process, pinned).
     Sources(sources::Args),
+    /// Large-file download throughput through bff-web's and bff-mobile's streamed file routes
+    /// against the same download straight from the statements service, and the server's CPU
+    /// per GiB (server in a child process, pinned).
+    Files(files::Args),
+    /// Runs the stack for `files`.
+    #[command(hide = true)]
+    ServeFiles(files::ServeArgs),
     /// Runs the stack and the in-process publisher for `publish` and `sources`.
     #[command(hide = true)]
     ServePublish(publish_serve::Args),
@@ -113,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
             | Bench::ServeDevice(_)
             | Bench::ServePublish(_)
             | Bench::ServeFanout(_)
+            | Bench::ServeFiles(_)
     );
     if cfg!(debug_assertions) && !is_child {
         eprintln!("warning: a debug build; run benchmarks with --release");
@@ -128,6 +138,8 @@ async fn main() -> anyhow::Result<()> {
         Bench::DeviceSoak(args) => device::soak(args).await,
         Bench::Publish(args) => publish::run(args).await,
         Bench::Sources(args) => sources::run(args).await,
+        Bench::Files(args) => files::run(args).await,
+        Bench::ServeFiles(args) => files::serve(args).await,
         Bench::ServePublish(args) => publish_serve::run(args).await,
         Bench::ServeFanout(args) => fanout_serve::run(args).await,
         Bench::ServeDevice(args) => device_serve::run(args).await,

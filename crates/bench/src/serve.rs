@@ -61,6 +61,7 @@ pub(crate) fn lift_connection_caps(config: &mut switchyard::Config) {
         &mut config.limits.server,
         &mut config.exchange.server,
         &mut config.conversions.server,
+        &mut config.statements.server,
         &mut config.web.server,
         &mut config.mobile.server,
         &mut config.device.server,

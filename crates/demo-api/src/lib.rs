@@ -17,6 +17,9 @@
 //!   `GET /v1/conversions?user=U&limit=N` → [`ConversionList`]. Each completed conversion is
 //!   published on bus topic `ch:conversions.{user}` (channel `conversions.{user}`) as a
 //!   [`ConversionEvent`].
+//! - statements: `GET /v1/statements/{user}?rows=N` → a CSV (ranges honoured);
+//!   `PUT /v1/receipts/{user}/{name}` stores a file named by a [`ReceiptName`] → 201/200
+//!   [`Receipt`] (docs/files.md).
 //!
 //! Errors from every service: a 4xx/5xx status with [`ErrorBody`].
 
@@ -83,6 +86,57 @@ impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Longest receipt file name, in bytes.
+pub const MAX_RECEIPT_NAME_BYTES: usize = 100;
+
+/// A receipt's file name: 1 to [`MAX_RECEIPT_NAME_BYTES`] of `A-Z a-z 0-9 _ - .`, starting
+/// with a letter or digit and without `..` — so never a path, a hidden file or a parent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ReceiptName(String);
+
+impl ReceiptName {
+    /// Validates a receipt name.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let ok = (1..=MAX_RECEIPT_NAME_BYTES).contains(&s.len())
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && !s.contains("..")
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(invalid(
+                "invalid_name",
+                "a receipt name must be 1 to 100 of A-Z a-z 0-9 _ - ., start with a letter or \
+                 digit and not contain `..`",
+            ))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ReceiptName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A stored receipt: `PUT /v1/receipts/{user}/{name}` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Whose it is.
+    pub user: UserId,
+    /// Its file name.
+    pub name: ReceiptName,
+    /// Its size in bytes.
+    pub bytes: u64,
 }
 
 /// A currency code the demo knows (one of [`CURRENCIES`]).
@@ -185,7 +239,7 @@ macro_rules! text_form {
     )*};
 }
 
-text_form!(UserId, Currency, Pair);
+text_form!(UserId, ReceiptName, Currency, Pair);
 
 /// Parses an amount: a positive decimal string with at most [`AMOUNT_SCALE`] places, at most
 /// [`MAX_AMOUNT`].
@@ -399,6 +453,40 @@ pub mod ticks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receipt_names_are_plain_file_names() {
+        for good in [
+            "a",
+            "receipt.pdf",
+            "2025-03-01_taxi.jpg",
+            "A.b.c",
+            &"x".repeat(100),
+        ] {
+            assert_eq!(ReceiptName::parse(good).unwrap().as_str(), good);
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".env",
+            "../x",
+            "a/b",
+            "a\\b",
+            "a..b",
+            "-a",
+            "_a",
+            "a b",
+            "a%2fb",
+            "a\0b",
+            "é.pdf",
+            "a:b",
+            "a?b",
+            &"x".repeat(101),
+        ] {
+            assert!(ReceiptName::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
 
     #[test]
     fn amounts_are_exact_decimals() {

@@ -6,6 +6,8 @@
 //!   own WebSocket ticker protocol ([`demo_api::ticks`]).
 //! - [`conversions`]: converts an amount (rate from exchange, limit from limits) and publishes a
 //!   [`demo_api::ConversionEvent`] on the bus.
+//! - [`statements`]: large files both ways — a user's statement as CSV generated on the fly
+//!   (ranges honoured), and receipts streamed to disk — behind the gateways' file routes.
 //!
 //! Every service serves the types of [`demo_api`] — this crate defines no wire types of its own —
 //! and shares the core's server plumbing: `/healthz`, `/readyz`, body limits, JSON errors and a
@@ -20,6 +22,7 @@
 pub mod conversions;
 pub mod exchange;
 pub mod limits;
+pub mod statements;
 
 mod http;
 mod splitmix;

@@ -8,6 +8,7 @@
 //! HTTP error contract (`switchyard_server::errors`), which bff-mobile's and bff-device's JSON
 //! quote share; the contract decides the statuses.
 //!
+//! [`files`] names the statements backend's paths behind the gateways' streamed file routes.
 //! [`channels`] is the demo's channel catalog (`rates.{pair}`, `conversions.{user}`,
 //! `announcements`), the default `[channels]` of every gateway, and names the demo's bus topics;
 //! [`sources`] holds the domain's event sources: the exchange's tick WebSocket as a `json-ws`
@@ -28,6 +29,7 @@ use switchyard_server::errors::{JsonError, upstream_error};
 use tokio::time::Instant;
 
 pub mod channels;
+pub mod files;
 pub mod sources;
 
 /// Backend names the operations call; a gateway's registry must configure them.
@@ -38,10 +40,37 @@ pub mod backend {
     pub const LIMITS: &str = "limits";
     /// Conversions (and their events).
     pub const CONVERSIONS: &str = "conversions";
+    /// Statements and receipts: the large files of the file routes ([`crate::files`]).
+    pub const STATEMENTS: &str = "statements";
 }
 
 /// Every backend name the operations call, in the order [`default_backends`] lists them.
 pub const BACKENDS: &[&str] = &[backend::CONVERSIONS, backend::EXCHANGE, backend::LIMITS];
+
+/// [`BACKENDS`] and the file routes' `statements`: the backends of bff-web and bff-mobile.
+pub const BACKENDS_WITH_FILES: &[&str] = &[
+    backend::CONVERSIONS,
+    backend::EXCHANGE,
+    backend::LIMITS,
+    backend::STATEMENTS,
+];
+
+/// [`known_backends`] for a gateway with the file routes: `statements` is known too.
+pub fn known_backends_with_files<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, BackendConfig>, D::Error> {
+    switchyard_server::config::only_known(deserializer, "backend", BACKENDS_WITH_FILES)
+}
+
+/// [`default_backends`] and `statements` on its default port (9104).
+pub fn default_backends_with_files() -> BTreeMap<String, BackendConfig> {
+    let mut backends = default_backends();
+    backends.insert(
+        backend::STATEMENTS.to_owned(),
+        BackendConfig::new("http://127.0.0.1:9104"),
+    );
+    backends
+}
 
 /// Reads a gateway's `[backends]` (`#[serde(deserialize_with = "operations::known_backends")]`):
 /// a name the operations do not call (`[backends.limts]`) is an error at its key.

@@ -1,8 +1,9 @@
-//! The launcher's library: start the whole demo stack — the three demo services and the three
+//! The launcher's library: start the whole demo stack — the four demo services and the three
 //! gateways — in one process on one in-memory bus, and stop it.
 //!
 //! The stack's configuration holds each component's own configuration. The launcher wires them:
-//! every gateway's (and conversions') `limits`, `exchange` and `conversions` backends, and the
+//! every gateway's (and conversions') `limits`, `exchange` and `conversions` backends, bff-web's
+//! and bff-mobile's `statements` (their file routes), and the
 //! `exchange` tick source, are pointed at the services it started (so port 0 works everywhere),
 //! and all components share one broker (one bus; the gateways' leases). The stack's own
 //! `sources` are added to every gateway's.
@@ -93,6 +94,8 @@ pub struct Config {
     pub exchange: demo_services::exchange::Config,
     /// The conversions service.
     pub conversions: demo_services::conversions::Config,
+    /// The statements service (large files, behind the gateways' `/v1/files/…`).
+    pub statements: demo_services::statements::Config,
     /// The browser gateway.
     pub web: bff_web::Config,
     /// The mobile gateway.
@@ -145,6 +148,7 @@ impl Default for Config {
             limits: Default::default(),
             exchange: Default::default(),
             conversions: Default::default(),
+            statements: Default::default(),
             web,
             mobile,
             device,
@@ -160,6 +164,7 @@ impl Config {
         c.limits.server.listen = any;
         c.exchange.server.listen = any;
         c.conversions.server.listen = any;
+        c.statements.server.listen = any;
         c.web.server.listen = any;
         c.mobile.server.listen = any;
         c.device.server.listen = any;
@@ -227,10 +232,11 @@ impl Config {
 }
 
 /// The components of the stack, in start order.
-pub const COMPONENTS: [&str; 6] = [
+pub const COMPONENTS: [&str; 7] = [
     "limits",
     "exchange",
     "conversions",
+    "statements",
     "bff-web",
     "bff-mobile",
     "bff-device",
@@ -261,6 +267,7 @@ impl Stack {
             limits,
             exchange,
             conversions,
+            statements,
             mut web,
             mut mobile,
             mut device,
@@ -296,6 +303,7 @@ impl Stack {
             ("limits", limits.server.listen),
             ("exchange", exchange.server.listen),
             ("conversions", conversions.server.listen),
+            ("statements", statements.server.listen),
             ("bff-web", web.server.listen),
             ("bff-mobile", mobile.server.listen),
             ("bff-device", device.server.listen),
@@ -321,7 +329,7 @@ impl Stack {
                     .base_url = service_url(name);
             }
         };
-        use operations::backend::{CONVERSIONS, EXCHANGE, LIMITS};
+        use operations::backend::{CONVERSIONS, EXCHANGE, LIMITS, STATEMENTS};
         let mut conversions = conversions;
         wire(&mut conversions.backends, &[LIMITS, EXCHANGE]);
         for gateway in [
@@ -330,6 +338,9 @@ impl Stack {
             &mut device.backends,
         ] {
             wire(gateway, &[LIMITS, EXCHANGE, CONVERSIONS]);
+        }
+        for gateway in [&mut web.backends, &mut mobile.backends] {
+            wire(gateway, &[STATEMENTS]);
         }
         // The exchange's tick WebSocket, a json-ws source feeding the gateways' rates channels
         // when the catalog has them (a stack with a catalog of its own may not).
@@ -372,6 +383,13 @@ impl Stack {
                 demo_services::conversions::run(conversions, b, l, t).await,
             )
         });
+        let (l, t) = take("statements");
+        tasks.spawn(async move {
+            (
+                "statements",
+                demo_services::statements::run(statements, l, t).await,
+            )
+        });
         let (l, t) = take("bff-web");
         let b = broker.clone();
         let web_config = web.clone();
@@ -405,7 +423,7 @@ impl Stack {
         })
     }
 
-    /// The address a component listens on (`limits`, `exchange`, `conversions`, `bff-web`,
+    /// The address a component listens on (`limits`, `exchange`, `conversions`, `statements`, `bff-web`,
     /// `bff-mobile`, `bff-device`), or the stack's publish API (`publish`, when
     /// `publish.listen` is set).
     pub fn addr(&self, component: &str) -> SocketAddr {

@@ -110,6 +110,10 @@ async fn main() -> anyhow::Result<()> {
         stack.addr("exchange")
     );
     println!("  conversions  {}/v1/conversions", url("conversions"));
+    println!(
+        "  statements   {}/v1/statements/{{user}}  (through the gateways: /v1/files/statements.csv)",
+        url("statements")
+    );
     if let Some(addr) = stack.publish_addr() {
         println!("  publish      http://{addr}/v1/publish");
         if let Some(key) = demo_publisher_key {

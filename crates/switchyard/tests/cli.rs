@@ -15,6 +15,7 @@ fn up() -> Command {
         "limits",
         "exchange",
         "conversions",
+        "statements",
         "web",
         "mobile",
         "device",
@@ -114,6 +115,7 @@ async fn all_healthy(lines: &[String]) {
         "limits",
         "exchange",
         "conversions",
+        "statements",
     ] {
         let url = format!("{}/healthz", base_url(lines, name));
         let r = client.get(&url).send().await.expect("healthz answers");

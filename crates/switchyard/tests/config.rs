@@ -42,16 +42,21 @@ fn assert_demo_defaults_kept(c: &Config) {
     );
     assert_eq!(c.device.admin.token, DEMO_ADMIN_TOKEN, "device.admin.token");
     assert!(c.device.devices.contains_key(DEMO_DEVICE), "device.devices");
-    for (section, backends, sources) in [
-        ("web", &c.web.backends, &c.web.sources),
-        ("mobile", &c.mobile.backends, &c.mobile.sources),
-        ("device", &c.device.backends, &c.device.sources),
+    for (section, backends, sources, files) in [
+        ("web", &c.web.backends, &c.web.sources, true),
+        ("mobile", &c.mobile.backends, &c.mobile.sources, true),
+        ("device", &c.device.backends, &c.device.sources, false),
     ] {
         // No source of its own: the launcher adds the exchange when it starts the stack.
         assert!(sources.is_empty(), "{section}.sources: {sources:?}");
+        let mut want = vec!["conversions", "exchange", "limits"];
+        if files {
+            // The file routes' backend (bff-web and bff-mobile only).
+            want.push("statements");
+        }
         assert_eq!(
             backends.keys().collect::<Vec<_>>(),
-            ["conversions", "exchange", "limits"],
+            want,
             "{section}.backends"
         );
     }
@@ -222,9 +227,14 @@ fn a_backend_table_with_only_base_url_keeps_every_other_default() {
     let web: bff_web::Config = source.load(bff_web::ENV_PREFIX).unwrap();
     let mobile: bff_mobile::Config = source.load(bff_mobile::ENV_PREFIX).unwrap();
     let device: bff_device::Config = source.load(bff_device::ENV_PREFIX).unwrap();
+    assert_eq!(device.backends, want);
+    // bff-web and bff-mobile have the file routes' backend too, at its default.
+    want.insert(
+        "statements".to_owned(),
+        BackendConfig::new("http://127.0.0.1:9104"),
+    );
     assert_eq!(web.backends, want);
     assert_eq!(mobile.backends, want);
-    assert_eq!(device.backends, want);
     // And a source table gets every default it does not name.
     let text = "[sources.exchange]\nkind = \"json-ws\"\nurl = \"ws://10.0.0.1:9102/v1/ticks\"\n\
                 channels = \"rates.{base}-{quote}\"\nlease_ttl_ms = 9000\n\

@@ -1,7 +1,8 @@
 //! Fixtures shared by Switchyard's tests: real HTTP servers on loopback port 0, scripted
 //! backends whose behaviour a test changes while they run, and polling helpers; servers run
 //! in-process with a bounded stop ([`instance`]); clients of each gateway's protocol
-//! ([`graphql_ws`], [`mobile`], [`device`]) and of plain HTTP ([`http`]).
+//! ([`graphql_ws`], [`mobile`], [`device`]) and of plain HTTP ([`http`]); the streamed file
+//! routes' scenarios ([`files`]).
 //!
 //! Nothing here mocks HTTP: every fixture is a real axum server on a real socket. This crate does
 //! not depend on the core nor on the gateways, so their own tests can use it without a dependency
@@ -9,6 +10,7 @@
 //! it in, or a thin adapter in that crate's `tests/common` holds it.
 
 pub mod device;
+pub mod files;
 pub mod graphql_ws;
 pub mod hostile;
 pub mod http;

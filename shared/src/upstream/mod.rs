@@ -10,7 +10,8 @@
 //! the backend's `max_response_bytes` (a bigger one fails with `too_large`, naming the backend).
 //! `https://` backends use rustls with the backend's [`TlsConfig`](crate::tls::TlsConfig): extra
 //! CA roots and an optional client certificate. This module knows nothing of any backend's API:
-//! it moves bytes and decodes JSON for its callers.
+//! it moves bytes and decodes JSON for its callers. Large bodies go through [`Upstreams::stream`]
+//! instead (`stream.rs`): streamed both ways, a head deadline and an idle timeout per chunk.
 
 mod breaker;
 mod config;
@@ -28,10 +29,12 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 mod stats;
+mod stream;
 
 pub use breaker::{CircuitBreaker, CircuitState, Open, Permit};
 pub use config::{BackendConfig, CircuitConfig, RetryConfig};
 pub use stats::{CallSnapshot, CallStats, LATENCY_BUCKETS, OUTCOMES};
+pub use stream::{BoxError, StreamCall, StreamError, StreamLimits, Streamed, Upload};
 
 /// A failed backend call. Always names the backend.
 #[derive(Debug, Clone, thiserror::Error)]
