@@ -2,7 +2,9 @@
 //!
 //! It accepts WebSockets (echoing the subprotocol of its [`Protocol`]), runs one task per
 //! connection, answers the sign-in and pings, and on the subscription starts forwarding every
-//! frame published on one `tokio::sync::broadcast` channel. In graphql-transport-ws it answers
+//! frame published on one `tokio::sync::broadcast` channel — the frame it waited for and every
+//! frame already waiting behind it, fed to the socket one by one and flushed once, so a
+//! connection that is behind writes several frames per system call. In graphql-transport-ws it answers
 //! `connection_init` with `connection_ack`, `ping` with `pong` and starts on `subscribe`; in
 //! switchyard-mobile.v1 (CBOR) it answers `auth` with `welcome`, `ping` with `pong`, `sub` with
 //! `subbed`. The publisher encodes each frame once — the same shape and size as the gateway's
@@ -11,7 +13,7 @@
 //!
 //! It deliberately does nothing else: no GraphQL, no auth, no limits, no drain. By default the
 //! sockets use tungstenite's default `WebSocketConfig` (128 KiB read and write buffers), as a
-//! minimal server would; [`Buffers::Small`] uses bff-web's sizes instead, to separate what the
+//! minimal server would; [`Buffers::Small`] uses the gateways' sizes instead, to separate what the
 //! buffers cost from what the gateway's own per-socket state costs. The sizes matter for speed
 //! too: tungstenite zero-fills the free part of its read buffer before every read attempt, so the
 //! whole default 128 KiB stays resident per socket and is rewritten on many wake-ups. Accepted TCP
@@ -38,7 +40,7 @@ use crate::client::{MOBILE, Protocol, mobile_message};
 pub(crate) enum Buffers {
     /// tungstenite's defaults (what a minimal server gets).
     Default,
-    /// bff-web's: a 4 KiB read buffer and no write buffer.
+    /// The gateways': a 4 KiB read buffer, frames gathered up to 8 KiB before a write.
     Small,
 }
 
@@ -65,7 +67,7 @@ impl Baseline {
             Buffers::Default => WebSocketConfig::default(),
             Buffers::Small => WebSocketConfig::default()
                 .read_buffer_size(4 * 1024)
-                .write_buffer_size(0)
+                .write_buffer_size(switchyard_server::websocket::WRITE_BATCH_BYTES)
                 .max_write_buffer_size(256 * 1024),
         };
         let accept = tokio::spawn(accept(listener, tx.clone(), config, protocol));
@@ -90,6 +92,10 @@ impl Drop for Baseline {
         self.accept.abort();
     }
 }
+
+/// Most frames a connection takes from the channel without waiting, after one it waited for:
+/// they go out with one flush (the gateways' batch).
+const READY_BATCH: usize = 32;
 
 async fn accept(
     listener: TcpListener,
@@ -217,7 +223,34 @@ async fn serve(
             }
             frame = recv(&mut rx) => match frame {
                 Ok(frame) => {
-                    if ws.send(frame).await.is_err() {
+                    // Everything already waiting goes out with this frame: fed one by one, then
+                    // ONE flush (one system call for the batch, as the gateways do).
+                    if ws.feed(frame).await.is_err() {
+                        return;
+                    }
+                    let mut lagged = false;
+                    if let Some(rx) = rx.as_mut() {
+                        for _ in 0..READY_BATCH {
+                            match rx.try_recv() {
+                                Ok(frame) => {
+                                    if ws.feed(frame).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                                    lagged = true;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    if ws.flush().await.is_err() {
+                        return;
+                    }
+                    if lagged {
+                        let close = CloseFrame { code: CloseCode::Again, reason: "too slow".into() };
+                        let _ = ws.close(Some(close)).await;
                         return;
                     }
                 }

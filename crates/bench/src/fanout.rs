@@ -80,6 +80,10 @@ pub(crate) struct Args {
     /// The gateway's bus (pinned runs only).
     #[arg(long, value_enum, default_value = "memory")]
     bus: BusChoice,
+    /// Measure only this server (`baseline`, `baseline-small` or `gateway`), for profiling it
+    /// alone (`perf record -p <the server child>`); no ratios are printed.
+    #[arg(long)]
+    only: Option<String>,
     /// Publish at this many events per second (open loop, for latency) instead of the closed
     /// loop; 0: closed loop.
     #[arg(long, default_value_t = 0)]
@@ -204,7 +208,13 @@ pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
             start_servers(protocol, switchyard_core::bus::BusConfig::default()).await?;
         (None, (Some(stack), servers))
     };
-    let (stack, servers) = local;
+    let (stack, mut servers) = local;
+    if let Some(only) = &args.only {
+        if !SERVER_NAMES.contains(&only.as_str()) {
+            bail!("--only must be one of {SERVER_NAMES:?}");
+        }
+        servers.retain(|s| s.name() == only);
+    }
     let token = client::token();
 
     let load = if args.rate > 0 {
@@ -317,8 +327,13 @@ pub(crate) async fn run(args: Args, protocol: Protocol) -> anyhow::Result<()> {
         );
         summaries.push(s);
     }
-    let gateway = &summaries[2];
-    for ((server, base), base_runs) in servers.iter().zip(&summaries).zip(&results).take(2) {
+    let pairs = if servers.len() == SERVER_NAMES.len() {
+        2
+    } else {
+        0
+    };
+    let gateway = &summaries[summaries.len() - 1];
+    for ((server, base), base_runs) in servers.iter().zip(&summaries).zip(&results).take(pairs) {
         let ratio = gateway.rate / base.rate;
         // The ratio within each round of alternating runs, which drift on a busy machine
         // affects least.
