@@ -26,6 +26,14 @@ mod backend;
 #[path = "faults/broker.rs"]
 mod broker;
 mod common;
+#[path = "faults/killed.rs"]
+mod killed;
+#[path = "faults/partition.rs"]
+mod partition;
+#[path = "faults/resume.rs"]
+mod resume;
+#[path = "faults/slow_link.rs"]
+mod slow_link;
 #[path = "faults/source.rs"]
 mod source;
 

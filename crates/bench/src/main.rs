@@ -11,6 +11,7 @@
 //! cargo run --release -p bench -- device-soak
 //! taskset -c 1 target/release/switchyard-bench publish
 //! taskset -c 1 target/release/switchyard-bench sources
+//! target/release/switchyard-bench soak
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run, because the machine is
@@ -83,6 +84,13 @@ enum Bench {
     /// redis-pubsub, socketio) against the in-process publish, to 1,000 mobile subscribers (server
     /// in a child process, pinned).
     Sources(sources::Args),
+    /// Soak: 10,000 sockets (graphql-ws and mobile) and 1,000 polling devices for 10 minutes at
+    /// 100 events/s, with a backend restart and a bus (private redis-server) restart in the
+    /// middle: server RSS every 30 s, events lost without a signal, duplicates.
+    Soak(bench::soak::Args),
+    /// Runs the soak's stack (server child of `soak`).
+    #[command(hide = true)]
+    ServeSoak(bench::soak::ServeArgs),
     /// Runs the stack and the in-process publisher for `publish` and `sources`.
     #[command(hide = true)]
     ServePublish(publish_serve::Args),
@@ -106,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             | Bench::ServeBaseline(_)
             | Bench::ServeDevice(_)
             | Bench::ServePublish(_)
+            | Bench::ServeSoak(_)
     );
     if cfg!(debug_assertions) && !is_child {
         eprintln!("warning: a debug build; run benchmarks with --release");
@@ -121,6 +130,14 @@ async fn main() -> anyhow::Result<()> {
         Bench::DeviceSoak(args) => device::soak(args).await,
         Bench::Publish(args) => publish::run(args).await,
         Bench::Sources(args) => sources::run(args).await,
+        Bench::Soak(args) => {
+            let report = bench::soak::run(args).await?;
+            if report.duplicates > 0 || report.silent_losses > 0 || report.behind > 0 {
+                anyhow::bail!("the soak lost or duplicated events: {report:?}");
+            }
+            Ok(())
+        }
+        Bench::ServeSoak(args) => bench::soak::serve(args).await,
         Bench::ServePublish(args) => publish_serve::run(args).await,
         Bench::ServeDevice(args) => device_serve::run(args).await,
         Bench::ServeGateway(args) => serve::gateway(args).await,
