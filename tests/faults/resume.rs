@@ -121,8 +121,8 @@ pub(crate) fn mobile(
 }
 
 /// A graphql-transport-ws client (no token: the channel is public) following `channel` at
-/// `url()` with `channel(name, after)`; a `HISTORY_GAP` error is a gap, and it subscribes again
-/// after the error's `resume`.
+/// `url()` with `channel(name, after)`; a `HISTORY_GAP` error (in a `next`, ending the
+/// subscription) is a gap, and it subscribes again after the error's `resume`.
 pub(crate) fn web(
     url: impl Fn() -> String + Send + 'static,
     channel: &'static str,
@@ -166,12 +166,32 @@ pub(crate) fn web(
                 let Ok(msg) = serde_json::from_str::<Value>(msg.as_str()) else {
                     continue;
                 };
-                let subscribe = match msg["type"].as_str() {
-                    Some("connection_ack") => {
+                // A stream channel's subscription ends at a gap: a `next` whose errors hold
+                // `HISTORY_GAP` with `extensions.resume` (then `complete`); subscribe again
+                // after it. Any other error is the test's failure to see.
+                let errors = match msg["type"].as_str() {
+                    Some("next") => msg["payload"]["errors"].as_array().cloned(),
+                    Some("error") => msg["payload"].as_array().cloned(),
+                    _ => None,
+                };
+                let gap = errors.as_ref().map(|errors| {
+                    errors
+                        .iter()
+                        .find(|e| e["extensions"]["code"] == "HISTORY_GAP")
+                        .cloned()
+                        .unwrap_or_else(|| panic!("{channel}: an error other than a gap: {msg}"))
+                });
+                let subscribe = match (msg["type"].as_str(), gap) {
+                    (Some("connection_ack"), _) => {
                         mine.connected();
+                        !subscribed
+                    }
+                    (_, Some(gap)) => {
+                        mine.tally().gap();
+                        after = Some(gap["extensions"]["resume"].clone());
                         true
                     }
-                    Some("next") => {
+                    (Some("next"), None) => {
                         let event = &msg["payload"]["data"]["channel"];
                         if let Some(offset) = event["offset"].as_str() {
                             after = Some(
@@ -181,21 +201,9 @@ pub(crate) fn web(
                         }
                         false
                     }
-                    Some("error") => {
-                        let errors = msg["payload"].as_array().cloned().unwrap_or_default();
-                        let gap = errors
-                            .iter()
-                            .find(|e| e["extensions"]["code"] == "HISTORY_GAP");
-                        let Some(gap) = gap else {
-                            panic!("{channel}: an error other than a gap: {msg}");
-                        };
-                        mine.tally().gap();
-                        after = Some(gap["extensions"]["resume"].clone());
-                        true
-                    }
                     _ => false,
                 };
-                if subscribe && (!subscribed || msg["type"] == "error") {
+                if subscribe {
                     subscribed = true;
                     n += 1;
                     let sub = serde_json::json!({"id": format!("c{n}"), "type": "subscribe",

@@ -594,14 +594,34 @@ async fn web_client(
             let Ok(msg) = serde_json::from_str::<Value>(text.as_str()) else {
                 continue;
             };
+            // A gap ends a stream channel's subscription: a `next` whose errors hold
+            // `HISTORY_GAP` with `extensions.resume` (then `complete`); subscribe again after it.
+            let errors = match msg["type"].as_str() {
+                Some("next") => msg["payload"]["errors"].as_array(),
+                Some("error") => msg["payload"].as_array(),
+                _ => None,
+            };
+            let gap = errors.map(|errors| {
+                errors
+                    .iter()
+                    .find(|e| e["extensions"]["code"] == "HISTORY_GAP")
+                    .map(|e| position(&e["extensions"]["resume"]))
+            });
             let mut subscribe = false;
-            match msg["type"].as_str() {
-                Some("connection_ack") => subscribe = true,
-                Some("ping") => {
+            match (msg["type"].as_str(), gap) {
+                (Some("connection_ack"), _) => subscribe = true,
+                (Some("ping"), _) => {
                     let pong = json!({"type": "pong"}).to_string();
                     let _ = ws.send(Message::Text(pong.into())).await;
                 }
-                Some("next") => {
+                (_, Some(Some(resume))) => {
+                    follow.gap(resume, &c);
+                    set(&at, i, follow.last);
+                    subscribe = true;
+                }
+                // Another error: reconnect and subscribe again.
+                (_, Some(None)) => break,
+                (Some("next"), None) => {
                     if let Some(p) = position(&msg["payload"]["data"]["channel"]) {
                         follow.event(p, &c);
                         set(&at, i, follow.last);
@@ -609,22 +629,6 @@ async fn web_client(
                             first = false;
                             let _ = ready.send(()).await;
                         }
-                    }
-                }
-                Some("error") => {
-                    let gap = msg["payload"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .find(|e| e["extensions"]["code"] == "HISTORY_GAP")
-                        .map(|e| position(&e["extensions"]["resume"]));
-                    match gap {
-                        Some(resume) => {
-                            follow.gap(resume, &c);
-                            set(&at, i, follow.last);
-                            subscribe = true;
-                        }
-                        None => break,
                     }
                 }
                 _ => {}
@@ -735,12 +739,12 @@ async fn mobile_client(
     }
 }
 
-/// One device, forever: long-polls (held up to 10 s) with its cursor, checks its channel's
-/// items; a failed poll is polled again (a reconnect).
+/// Device `i` (client `slot` of the run), forever: long-polls (held up to 10 s) with its cursor,
+/// checks its channel's items; a failed poll is polled again (a reconnect).
 async fn device_client(
     http: reqwest::Client,
     base: String,
-    i: usize,
+    (i, slot): (usize, usize),
     channel: usize,
     c: Arc<Counters>,
     at: Positions,
@@ -783,7 +787,7 @@ async fn device_client(
                 follow.event(p, &c);
             }
         }
-        set(&at, i, follow.last);
+        set(&at, slot, follow.last);
         cursor = body["n"].as_str().map(str::to_owned);
         if first {
             first = false;
@@ -873,7 +877,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             let (http, base) = (http.clone(), format!("http://{device}"));
             let d = i - sockets;
             tasks.spawn(async move {
-                device_client(http, base, d, d % channels, c, at, ready).await;
+                device_client(http, base, (d, i), d % channels, c, at, ready).await;
             });
         }
     }
