@@ -345,13 +345,16 @@ fn reply(line: &str) {
 
 /// The server: a pinned child, or the stack in this process.
 enum Server {
-    Child {
-        child: Child,
-        stdin: ChildStdin,
-        lines: Lines<BufReader<ChildStdout>>,
-        pid: u32,
-    },
+    Child(Box<ChildServer>),
     InProcess(Box<SoakStack>),
+}
+
+/// The server child and its command channel.
+struct ChildServer {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    pid: u32,
 }
 
 impl Server {
@@ -399,19 +402,19 @@ impl Server {
         };
         let addrs = [w.parse()?, m.parse()?, d.parse()?];
         Ok((
-            Self::Child {
+            Self::Child(Box::new(ChildServer {
                 child,
                 stdin,
                 lines,
                 pid,
-            },
+            })),
             addrs,
         ))
     }
 
     fn pid(&self) -> u32 {
         match self {
-            Self::Child { pid, .. } => *pid,
+            Self::Child(c) => c.pid,
             Self::InProcess(_) => std::process::id(),
         }
     }
@@ -419,7 +422,8 @@ impl Server {
     async fn restart_backend(&mut self) -> anyhow::Result<()> {
         match self {
             Self::InProcess(stack) => stack.restart_backend(Duration::from_secs(2)).await,
-            Self::Child { stdin, lines, .. } => {
+            Self::Child(c) => {
+                let ChildServer { stdin, lines, .. } = &mut **c;
                 stdin.write_all(b"restart-backend\n").await?;
                 stdin.flush().await?;
                 let answer = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
@@ -437,9 +441,10 @@ impl Server {
     async fn stop(self) -> anyhow::Result<()> {
         match self {
             Self::InProcess(stack) => stack.stop().await,
-            Self::Child {
-                mut child, stdin, ..
-            } => {
+            Self::Child(c) => {
+                let ChildServer {
+                    mut child, stdin, ..
+                } = *c;
                 drop(stdin);
                 if tokio::time::timeout(Duration::from_secs(30), child.wait())
                     .await
