@@ -13,6 +13,12 @@
 //! - c. A `redis-server` (no persistence) or a `nats-server` (JetStream in a scratch directory,
 //!   removed when it stops) of the test's own, on its own port, under bff-mobile, bff-web and
 //!   bff-device on that bus, restarted mid-stream.
+//! - d. The same private brokers partitioned from one of two instances of each gateway for 10 s
+//!   (`faults/partition.rs`).
+//! - e. Clients on a lossy link (latency, sliced) and on a slow one under a burst, resuming as
+//!   apps do (`faults/slow_link.rs`, the resuming readers in `faults/resume.rs`).
+//! - f. Gateway instances, real processes behind nginx with the deploy configuration, SIGKILLed
+//!   (`faults/killed.rs`; nginx must be installed: scripts/services).
 //!
 //! Each prints its figures (`FIGURES | case | client | published | delivered | gaps |
 //! duplicates | recovery |`), the rows of docs/reliability.md. Run:
@@ -26,6 +32,14 @@ mod backend;
 #[path = "faults/broker.rs"]
 mod broker;
 mod common;
+#[path = "faults/killed.rs"]
+mod killed;
+#[path = "faults/partition.rs"]
+mod partition;
+#[path = "faults/resume.rs"]
+mod resume;
+#[path = "faults/slow_link.rs"]
+mod slow_link;
 #[path = "faults/source.rs"]
 mod source;
 

@@ -6,15 +6,15 @@ use super::*;
 /// A broker of the test's own on a free port: `redis-server` without persistence, or
 /// `nats-server` with JetStream in a scratch directory that is removed when it stops — so a
 /// restart loses the history either way.
-struct PrivateBroker {
+pub(crate) struct PrivateBroker {
     kind: BusKind,
-    port: u16,
+    pub(crate) port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl PrivateBroker {
-    async fn start(kind: BusKind) -> Self {
+    pub(crate) async fn start(kind: BusKind) -> Self {
         let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
         let port = free.local_addr().expect("its address").port();
         drop(free);
@@ -30,7 +30,7 @@ impl PrivateBroker {
     }
 
     /// The bus configuration of a gateway on this broker, under a prefix of its own.
-    fn bus_config(&self) -> BusConfig {
+    pub(crate) fn bus_config(&self) -> BusConfig {
         let mut config = BusConfig::of(self.kind);
         config.url = match self.kind {
             BusKind::Nats => format!("nats://127.0.0.1:{}", self.port),
@@ -42,7 +42,7 @@ impl PrivateBroker {
         config
     }
 
-    async fn up(&mut self) {
+    pub(crate) async fn up(&mut self) {
         let port = self.port.to_string();
         let (program, args): (&str, Vec<&str>) = match self.kind {
             BusKind::Nats => {
@@ -85,7 +85,7 @@ impl PrivateBroker {
         }
     }
 
-    async fn down(&mut self) {
+    pub(crate) async fn down(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("the broker stops");
         }

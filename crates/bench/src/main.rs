@@ -12,6 +12,7 @@
 //! taskset -c 1 target/release/switchyard-bench publish
 //! taskset -c 1 target/release/switchyard-bench sources
 //! taskset -c 1 target/release/switchyard-bench files
+//! target/release/switchyard-bench soak
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run, because the machine is
@@ -94,6 +95,13 @@ enum Bench {
     /// Runs the stack for `files`.
     #[command(hide = true)]
     ServeFiles(files::ServeArgs),
+    /// Soak: 10,000 sockets (graphql-ws and mobile) and 1,000 polling devices for 10 minutes at
+    /// 100 events/s, with a backend restart and a bus (private redis-server) restart in the
+    /// middle: server RSS every 30 s, events lost without a signal, duplicates.
+    Soak(bench::soak::Args),
+    /// Runs the soak's stack (server child of `soak`).
+    #[command(hide = true)]
+    ServeSoak(bench::soak::ServeArgs),
     /// Runs the stack and the in-process publisher for `publish` and `sources`.
     #[command(hide = true)]
     ServePublish(publish_serve::Args),
@@ -123,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
             | Bench::ServePublish(_)
             | Bench::ServeFanout(_)
             | Bench::ServeFiles(_)
+            | Bench::ServeSoak(_)
     );
     if cfg!(debug_assertions) && !is_child {
         eprintln!("warning: a debug build; run benchmarks with --release");
@@ -140,6 +149,14 @@ async fn main() -> anyhow::Result<()> {
         Bench::Sources(args) => sources::run(args).await,
         Bench::Files(args) => files::run(args).await,
         Bench::ServeFiles(args) => files::serve(args).await,
+        Bench::Soak(args) => {
+            let report = bench::soak::run(args).await?;
+            if report.duplicates > 0 || report.silent_losses > 0 || report.behind > 0 {
+                anyhow::bail!("the soak lost or duplicated events: {report:?}");
+            }
+            Ok(())
+        }
+        Bench::ServeSoak(args) => bench::soak::serve(args).await,
         Bench::ServePublish(args) => publish_serve::run(args).await,
         Bench::ServeFanout(args) => fanout_serve::run(args).await,
         Bench::ServeDevice(args) => device_serve::run(args).await,
