@@ -24,7 +24,7 @@ use axum::extract::ws::Utf8Bytes;
 use async_graphql::{ObjectType, Schema, SubscriptionType};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio::task::AbortHandle;
 
 /// What one execution emits, already serialised.
@@ -108,6 +108,9 @@ struct Key {
 /// One running execution.
 pub(crate) struct Execution {
     tx: broadcast::Sender<Frame>,
+    /// For an execution of one subscriber (never shared): signalled each time it takes a
+    /// result, so that the execution waits for room instead of running ahead of its socket.
+    paced: Option<Arc<Notify>>,
     last: Mutex<Option<Frame>>,
     task: Mutex<Option<AbortHandle>>,
     registry: Weak<Mutex<HashMap<Key, Weak<Execution>>>>,
@@ -130,7 +133,16 @@ impl Drop for Execution {
 }
 
 /// Keeps a shared execution running while held.
-pub(crate) struct ExecutionGuard(#[allow(dead_code)] Arc<Execution>);
+pub(crate) struct ExecutionGuard(Arc<Execution>);
+
+impl ExecutionGuard {
+    /// The subscriber took a result: an execution paced by its one subscriber may go on.
+    pub(crate) fn taken(&self) {
+        if let Some(room) = &self.0.paced {
+            room.notify_one();
+        }
+    }
+}
 
 /// A socket's subscription to a shared execution.
 pub(crate) struct Subscription {
@@ -219,7 +231,13 @@ where
             };
         }
         let (tx, rx) = broadcast::channel(self.capacity);
+        // An execution nobody else can join (a subscription resuming a channel from a position,
+        // say) has one reader: it runs at that reader's pace — replaying a long history never
+        // overruns the socket's queue — instead of cutting the reader off for lagging.
+        let paced = matches!(key.visibility, Visibility::Own(_)).then(|| Arc::new(Notify::new()));
+        let capacity = self.capacity;
         let execution = Arc::new(Execution {
+            paced: paced.clone(),
             tx: tx.clone(),
             last: Mutex::new(None),
             task: Mutex::new(None),
@@ -234,6 +252,21 @@ where
             while let Some(response) = stream.next().await {
                 let frame = encode(&response, first);
                 first = false;
+                if let Some(room) = &paced {
+                    // Wait (holding no strong reference, so a leaving subscriber still ends
+                    // the execution) until the reader has room for one more result.
+                    loop {
+                        let notified = room.notified();
+                        let mut notified = std::pin::pin!(notified);
+                        notified.as_mut().enable();
+                        match weak.upgrade() {
+                            Some(execution) if execution.tx.len() >= capacity => {}
+                            Some(_) => break,
+                            None => return,
+                        }
+                        notified.await;
+                    }
+                }
                 let Some(execution) = weak.upgrade() else {
                     return;
                 };

@@ -131,17 +131,27 @@ pub(super) async fn write_queued(
     queue: &mut Queue,
 ) -> Result<(), axum::Error> {
     futures::future::poll_fn(|cx| {
+        let mut moved = false;
         while !queue.items.is_empty() {
             match sink.poll_ready_unpin(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if moved {
+                        queue.progress = Instant::now();
+                    }
+                    return Poll::Pending;
+                }
             }
             if let Some((_, msg)) = queue.items.pop_front() {
                 sink.start_send_unpin(msg)?;
                 queue.dirty = true;
-                queue.progress = Instant::now();
+                // The clock is read once per batch, not once per message.
+                moved = true;
             }
+        }
+        if moved {
+            queue.progress = Instant::now();
         }
         match sink.poll_flush_unpin(cx) {
             Poll::Ready(Ok(())) => {

@@ -130,7 +130,7 @@ impl Running {
                 let stream = SubStream {
                     initial: sub.initial,
                     rx: tokio_stream::wrappers::BroadcastStream::new(sub.rx),
-                    _execution: sub.execution,
+                    execution: sub.execution,
                 };
                 self.streams.streams.insert(id.clone(), stream);
                 let channels = reach.channel_names();
@@ -230,7 +230,7 @@ impl Singles {
 struct SubStream {
     initial: Option<Frame>,
     rx: tokio_stream::wrappers::BroadcastStream<Frame>,
-    _execution: crate::fanout::ExecutionGuard,
+    execution: crate::fanout::ExecutionGuard,
 }
 
 impl futures::Stream for SubStream {
@@ -242,7 +242,11 @@ impl futures::Stream for SubStream {
         if let Some(f) = self.initial.take() {
             return std::task::Poll::Ready(Some(Ok(f)));
         }
-        self.rx.poll_next_unpin(cx).map(|o| {
+        let polled = self.rx.poll_next_unpin(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
+            self.execution.taken();
+        }
+        polled.map(|o| {
             o.map(|r| {
                 r.map_err(|tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)| n)
             })
