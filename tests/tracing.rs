@@ -3,8 +3,8 @@
 //! of its socket, whose calls run in that trace) or bff-device arrives at the backends the
 //! request calls — real scripted backends on loopback — with the same trace id and a parent id of
 //! the gateway's; a bad one is ignored and a new trace started, never an error; and a
-//! `traceparent` given to the publish API is in the event on the bus, and reaches the mobile
-//! client's delivery unchanged otherwise.
+//! `traceparent` given to the publish API is in the event on the bus (a bad one: the event
+//! carries the trace started for the call).
 
 mod common;
 
@@ -29,7 +29,10 @@ fn parent_id(traceparent: &str) -> &str {
 
 /// Another trace id than [`CLIENT`]'s, in the same shape.
 fn client_trace(n: u8) -> String {
-    format!("00-{:032x}-00f067aa0ba902b7-01", 0x4bf9_0000 + u128::from(n))
+    format!(
+        "00-{:032x}-00f067aa0ba902b7-01",
+        0x4bf9_0000 + u128::from(n)
+    )
 }
 
 /// The `traceparent` of the last call `backend` got: present and valid, its trace id.
@@ -51,10 +54,14 @@ fn last_call(backend: &Scripted) -> String {
 fn in_trace(backend: &Scripted, sent: &str) {
     let got = last_call(backend);
     assert_eq!(trace_id(&got), trace_id(sent), "same trace: {got}");
-    assert_ne!(parent_id(&got), parent_id(sent), "a parent of the gateway's: {got}");
+    assert_ne!(
+        parent_id(&got),
+        parent_id(sent),
+        "a parent of the gateway's: {got}"
+    );
 }
 
-/// Gateway `configure`d with the backends, on the in-memory bus.
+/// The gateways' backend configurations, pointing at the scripted backends.
 fn backends(quote: &QuoteBackends) -> std::collections::BTreeMap<String, BackendConfig> {
     quote.configs(BackendConfig::new)
 }
@@ -136,8 +143,7 @@ async fn bff_mobile_passes_the_clients_trace_over_http_and_on_its_socket() {
     .await
     .skipping_pings();
     client.sign_in(token.clone(), "bob").await;
-    let Value::Object(args) = json!({"from": "EUR", "to": "USD", "amount": "100"})
-    else {
+    let Value::Object(args) = json!({"from": "EUR", "to": "USD", "amount": "100"}) else {
         unreachable!("an object")
     };
     client
@@ -163,11 +169,9 @@ async fn bff_web_passes_the_clients_trace_over_http_and_from_connection_init() {
     let mut config = common::cluster::web_config(&bus);
     config.backends = backends(&quote);
     let broker = Broker::connect(&bus);
-    let gw = common::Running::start("bff-web", move |l, t| {
-        bff_web::run(config, broker, l, t)
-    })
-    .await;
-    let query = r#"{ quote(from: "EUR", to: "USD", amount: "100") { rate } }"#;
+    let gw =
+        common::Running::start("bff-web", move |l, t| bff_web::run(config, broker, l, t)).await;
+    let query = r#"{ quote(user: "bob", from: "EUR", to: "USD", amount: "100") { rate } }"#;
 
     // HTTP.
     let response = test_support::http::client()
@@ -185,18 +189,17 @@ async fn bff_web_passes_the_clients_trace_over_http_and_from_connection_init() {
     // A socket whose connection_init names the trace: its operations' calls are in it.
     let sent = client_trace(2);
     let ws_url = gw.url("/v1/graphql").replacen("http", "ws", 1);
-    let mut ws = test_support::graphql_ws::connect_raw(
-        &ws_url,
-        Some("graphql-transport-ws"),
-        None,
-    )
-    .await;
+    let mut ws =
+        test_support::graphql_ws::connect_raw(&ws_url, Some("graphql-transport-ws"), None).await;
     test_support::graphql_ws::send(
         &mut ws,
         json!({"type": "connection_init", "payload": {"traceparent": sent}}),
     )
     .await;
-    assert_eq!(test_support::graphql_ws::recv(&mut ws).await["type"], "connection_ack");
+    assert_eq!(
+        test_support::graphql_ws::recv(&mut ws).await["type"],
+        "connection_ack"
+    );
     test_support::graphql_ws::send(
         &mut ws,
         json!({"type": "subscribe", "id": "q", "payload": {"query": query}}),
@@ -207,18 +210,17 @@ async fn bff_web_passes_the_clients_trace_over_http_and_from_connection_init() {
     in_trace(&quote.exchange, &sent);
 
     // A bad one in connection_init is ignored: the socket works, in a trace of its own.
-    let mut ws = test_support::graphql_ws::connect_raw(
-        &ws_url,
-        Some("graphql-transport-ws"),
-        None,
-    )
-    .await;
+    let mut ws =
+        test_support::graphql_ws::connect_raw(&ws_url, Some("graphql-transport-ws"), None).await;
     test_support::graphql_ws::send(
         &mut ws,
         json!({"type": "connection_init", "payload": {"traceparent": "00-nonsense"}}),
     )
     .await;
-    assert_eq!(test_support::graphql_ws::recv(&mut ws).await["type"], "connection_ack");
+    assert_eq!(
+        test_support::graphql_ws::recv(&mut ws).await["type"],
+        "connection_ack"
+    );
     test_support::graphql_ws::send(
         &mut ws,
         json!({"type": "subscribe", "id": "q", "payload": {"query": query}}),
@@ -255,14 +257,26 @@ async fn a_published_events_trace_is_kept_on_the_bus() {
 
     let response = publish(Some(CLIENT)).await.expect("publish");
     assert_eq!(response.status().as_u16(), 200);
-    let latest = stack.bus().latest(&topic).await.expect("latest").expect("event");
-    let trace = latest.trace.expect("the event carries the publisher's trace");
+    let latest = stack
+        .bus()
+        .latest(&topic)
+        .await
+        .expect("latest")
+        .expect("event");
+    let trace = latest
+        .trace
+        .expect("the event carries the publisher's trace");
     assert_eq!(trace.to_string(), CLIENT);
 
     // A bad one is ignored: published, with a trace of its own.
     let response = publish(Some("00-bad")).await.expect("publish");
     assert_eq!(response.status().as_u16(), 200);
-    let latest = stack.bus().latest(&topic).await.expect("latest").expect("event");
+    let latest = stack
+        .bus()
+        .latest(&topic)
+        .await
+        .expect("latest")
+        .expect("event");
     let trace = latest.trace.expect("a trace of its own");
     assert_ne!(trace.trace_id_hex().to_string(), trace_id(CLIENT));
     stack.stop().await.expect("the stack stops cleanly");

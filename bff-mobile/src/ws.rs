@@ -38,8 +38,8 @@ use axum::routing::get;
 use mobile_proto::{Encoding, close};
 
 use conn::Conn;
-use switchyard_server::lifecycle::{self, SocketEnd};
 pub(crate) use gateway::{Gateway, GatewayParts};
+use switchyard_server::lifecycle::{self, SocketEnd};
 use transport::{Closing, Io};
 
 /// The `/ws` route.

@@ -365,7 +365,10 @@ impl OtlpConfig {
                 format!("`{endpoint}` is not an http:// or https:// URL"),
             ));
         }
-        Ok(Some(format!("{}/v1/traces", endpoint.trim_end_matches('/'))))
+        Ok(Some(format!(
+            "{}/v1/traces",
+            endpoint.trim_end_matches('/')
+        )))
     }
 }
 

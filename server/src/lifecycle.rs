@@ -94,9 +94,9 @@ pub async fn requests(request: Request, next: Next) -> Response {
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let trace_id = context.trace_id_hex();
     if quiet {
-        tracing::debug!(target: "switchyard::request", parent: None, %method, route, %version, status, duration_ms, %trace_id, "request");
+        tracing::debug!(target: "switchyard::request", parent: None, %method, %route, %version, status, duration_ms, %trace_id, "request");
     } else {
-        tracing::info!(target: "switchyard::request", parent: None, %method, route, %version, status, duration_ms, %trace_id, "request");
+        tracing::info!(target: "switchyard::request", parent: None, %method, %route, %version, status, duration_ms, %trace_id, "request");
     }
     response
 }
@@ -114,26 +114,22 @@ pub enum SocketEnd {
 /// with [`switchyard_core::trace::current`] in the upgrade handler; a new trace when `None`),
 /// logging `socket opened` and, when `serve` returns how it ended, `socket closed` with the
 /// close code and duration (gateway, API version and trace id on both).
-pub async fn socket<F>(
-    gateway: &'static str,
-    version: &str,
-    trace: Option<TraceContext>,
-    serve: F,
-) where
+pub async fn socket<F>(gateway: &'static str, version: &str, trace: Option<TraceContext>, serve: F)
+where
     F: Future<Output = SocketEnd>,
 {
     let started = Instant::now();
     let context = trace.unwrap_or_else(|| TraceContext::new_root(false));
     let trace_id = context.trace_id_hex();
-    tracing::info!(target: "switchyard::socket", gateway, version, %trace_id, "socket opened");
+    tracing::info!(target: "switchyard::socket", %gateway, %version, %trace_id, "socket opened");
     let end = trace::scope(context, serve).await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     match end {
         SocketEnd::Closed(code) => {
-            tracing::info!(target: "switchyard::socket", gateway, version, code, duration_ms, %trace_id, "socket closed");
+            tracing::info!(target: "switchyard::socket", %gateway, %version, code, duration_ms, %trace_id, "socket closed");
         }
         SocketEnd::ClientGone => {
-            tracing::info!(target: "switchyard::socket", gateway, version, code = "client", duration_ms, %trace_id, "socket closed");
+            tracing::info!(target: "switchyard::socket", %gateway, %version, code = "client", duration_ms, %trace_id, "socket closed");
         }
     }
 }

@@ -67,7 +67,9 @@ async fn nothing_is_exported_by_default() {
         assert_eq!(request.send().await.expect("answer").status().as_u16(), 200);
     }
     let sent = backend.traceparents();
-    let first = sent[0].as_deref().expect("a traceparent with export off too");
+    let first = sent[0]
+        .as_deref()
+        .expect("a traceparent with export off too");
     assert_eq!(&first[3..35], &CLIENT[3..35]);
     let second = sent[1].as_deref().expect("a new trace without one");
     assert_ne!(&second[3..35], &CLIENT[3..35]);

@@ -284,7 +284,10 @@ mod tests {
         let t = TraceContext::parse(GOOD.as_bytes()).unwrap();
         assert_eq!(t.to_string(), GOOD);
         assert!(t.sampled());
-        assert_eq!(t.trace_id_hex().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            t.trace_id_hex().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(t.span_id_hex().to_string(), "00f067aa0ba902b7");
         let unsampled = GOOD.replace("-01", "-00");
         assert!(!TraceContext::parse(unsampled.as_bytes()).unwrap().sampled());

@@ -68,10 +68,8 @@ impl Client {
     ) -> Self {
         let mut req = url.into_client_request().expect("a ws:// URL");
         for (name, value) in headers {
-            req.headers_mut().insert(
-                *name,
-                HeaderValue::from_str(value).expect("a header value"),
-            );
+            req.headers_mut()
+                .insert(*name, HeaderValue::from_str(value).expect("a header value"));
         }
         if !protocols.is_empty() {
             req.headers_mut().insert(

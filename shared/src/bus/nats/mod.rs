@@ -173,7 +173,10 @@ impl Inner {
         key: Option<&IdempotencyKey>,
         trace: Option<TraceContext>,
     ) -> Result<(Event, bool), BusError> {
-        match self.publish_attempt(topic, payload.clone(), key, trace).await {
+        match self
+            .publish_attempt(topic, payload.clone(), key, trace)
+            .await
+        {
             Ok(published) => Ok(published),
             Err(first) => {
                 // The stream may be gone (deleted, or lost by the server): learn it afresh,

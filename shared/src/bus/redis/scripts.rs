@@ -256,12 +256,18 @@ mod tests {
     fn channel_messages_with_and_without_a_trace() {
         let topic = Topic::new("t").unwrap();
         let plain = channel_event(&topic, b"7:3:a:b").unwrap();
-        assert_eq!((plain.epoch, plain.offset, &plain.payload[..]), (7, 3, &b"a:b"[..]));
+        assert_eq!(
+            (plain.epoch, plain.offset, &plain.payload[..]),
+            (7, 3, &b"a:b"[..])
+        );
         assert_eq!(plain.trace, None);
         let trace = TraceContext::new_root(true);
         let msg = [b"t", &trace.to_bytes()[..], b":7:3:a:b"].concat();
         let traced = channel_event(&topic, &msg).unwrap();
-        assert_eq!((traced.epoch, traced.offset, &traced.payload[..]), (7, 3, &b"a:b"[..]));
+        assert_eq!(
+            (traced.epoch, traced.offset, &traced.payload[..]),
+            (7, 3, &b"a:b"[..])
+        );
         assert_eq!(traced.trace, Some(trace));
         assert!(channel_event(&topic, b"t00-short:7:3:x").is_none());
     }
