@@ -39,6 +39,7 @@ use mobile_proto::{Encoding, close};
 
 use conn::Conn;
 pub(crate) use gateway::{Gateway, GatewayParts};
+use switchyard_server::lifecycle::{self, SocketEnd};
 use transport::{Closing, Io};
 
 /// The `/ws` route.
@@ -86,15 +87,18 @@ async fn upgrade(
         upgrade = upgrade.protocols([enc.subprotocol()]);
     }
     let tracker = gw.parts.sockets.clone();
+    // The socket runs in the trace of its upgrade request (its `traceparent`, if valid).
+    let trace = switchyard_core::trace::current();
     upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| {
             // Counted in the gateway's metrics while the socket is open.
             let open = usage.map(|u| u.connection());
-            tracker.track_future(async move {
-                serve(socket, gw, encoding, peer).await;
+            tracker.track_future(lifecycle::socket("bff-mobile", "v1", trace, async move {
+                let end = serve(socket, gw, encoding, peer).await;
                 drop(open);
-            })
+                end
+            }))
         })
 }
 
@@ -104,7 +108,7 @@ async fn serve(
     gw: Arc<Gateway>,
     encoding: Option<Encoding>,
     peer: Option<std::net::IpAddr>,
-) {
+) -> SocketEnd {
     let mut io = Io::new(socket);
     let Some(enc) = encoding else {
         io.close(Closing::new(
@@ -112,11 +116,18 @@ async fn serve(
             "offer switchyard-mobile.v1.cbor or switchyard-mobile.v1.json",
         ))
         .await;
-        return;
+        return SocketEnd::Closed(close::SUBPROTOCOL_REQUIRED);
     };
     let mut conn = Conn::new(gw, enc, peer);
     match conn.run(&mut io).await {
-        Some(closing) => io.close(closing).await,
-        None => io.finish().await,
+        Some(closing) => {
+            let code = closing.code;
+            io.close(closing).await;
+            SocketEnd::Closed(code)
+        }
+        None => {
+            io.finish().await;
+            SocketEnd::ClientGone
+        }
     }
 }

@@ -151,6 +151,18 @@ impl Authenticator {
     }
 }
 
+/// A `connection_init` payload's `traceparent` (a string, read strictly: anything else is
+/// ignored): the socket's trace from then on, for the backend calls its operations make.
+pub(crate) fn adopt_trace(payload: Option<&serde_json::Value>) {
+    let trace = payload
+        .and_then(|p| p.get(switchyard_core::trace::TRACEPARENT))
+        .and_then(serde_json::Value::as_str)
+        .and_then(|t| switchyard_core::trace::TraceContext::parse(t.as_bytes()));
+    if let Some(trace) = trace {
+        switchyard_core::trace::set_current(trace);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -259,14 +259,22 @@ where
         .extensions
         .get::<switchyard_server::metrics::Usage>()
         .cloned();
+    // The socket runs in the trace of its upgrade request (its `traceparent`, if valid) until
+    // its `connection_init` names one.
+    let trace = switchyard_core::trace::current();
+    let version = switchyard_server::lifecycle::api_version(parts.uri.path()).to_owned();
     upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |ws_socket| {
             // Counted in the gateway's metrics while the socket is open.
             let open = usage.map(|u| u.connection());
             tracker.track_future(async move {
-                ws::serve(ws_socket, socket, protocol_ok, peer).await;
-                drop(open);
+                let serve = async move {
+                    let end = ws::serve(ws_socket, socket, protocol_ok, peer).await;
+                    drop(open);
+                    end
+                };
+                switchyard_server::lifecycle::socket("bff-web", &version, trace, serve).await;
             })
         })
 }

@@ -37,6 +37,7 @@ use std::time::Duration;
 use async_graphql::{ObjectType, Schema, SubscriptionType};
 use axum::extract::ws::WebSocket;
 use switchyard_core::slots::Slots;
+use switchyard_server::lifecycle::SocketEnd;
 use switchyard_server::server::CancellationToken;
 
 use crate::auth::Authenticator;
@@ -96,13 +97,14 @@ pub(crate) struct Limits {
     pub(crate) state: &'static [&'static str],
 }
 
-/// Serves one upgraded socket until it closes.
+/// Serves one upgraded socket until it closes; says how it ended (for its closing log line).
 pub(crate) async fn serve<Q, M, S>(
     socket: WebSocket,
     ctx: Socket<Q, M, S>,
     protocol_ok: bool,
     peer: Option<std::net::IpAddr>,
-) where
+) -> SocketEnd
+where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
     S: SubscriptionType + 'static,
@@ -117,11 +119,16 @@ pub(crate) async fn serve<Q, M, S>(
             ),
         )
         .await;
-        return;
+        return SocketEnd::Closed(close::SUBPROTOCOL_NOT_ACCEPTABLE);
     }
     let mut conn = Connection::new(ctx, peer);
     let closing = conn.run(&mut socket).await;
-    if let Some(closing) = closing {
-        close(socket, closing).await;
+    match closing {
+        Some(closing) => {
+            let code = closing.code();
+            close(socket, closing).await;
+            SocketEnd::Closed(code)
+        }
+        None => SocketEnd::ClientGone,
     }
 }

@@ -157,7 +157,8 @@ where
     else {
         return Ok(());
     };
-    crate::telemetry::init(config.log());
+    // Kept until `run` returns: dropping it flushes the spans not yet exported.
+    let _telemetry = crate::telemetry::init(config.log(), C::NAME)?;
     for warning in deprecated {
         tracing::warn!("{warning}");
     }

@@ -1,5 +1,5 @@
 //! Configuration loading: one TOML file per deployment, environment-variable overrides on top,
-//! and the sections every server binary has (`[server]`, `[log]`).
+//! and the sections every server binary has (`[server]`, `[log]` with `[log.otlp]`).
 //!
 //! Loading goes through [`Source`], which tests replace with an in-memory file and environment.
 //! The binary's defaults are the bottom layer; the file and then the environment are merged over
@@ -294,6 +294,8 @@ pub struct LogConfig {
     /// A tracing-subscriber filter such as `info` or `info,switchyard_core=debug`.
     /// `RUST_LOG`, when set, wins over this.
     pub filter: String,
+    /// `[log.otlp]`: OpenTelemetry spans exported over OTLP/HTTP, off unless `endpoint` is set.
+    pub otlp: OtlpConfig,
 }
 
 impl Default for LogConfig {
@@ -301,7 +303,72 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Human,
             filter: "info".into(),
+            otlp: OtlpConfig::default(),
         }
+    }
+}
+
+/// `[log.otlp]`: where and how spans are exported (docs/operations.md, "Tracing").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// The OTLP/HTTP collector's base URL, such as `http://127.0.0.1:4318`: spans are POSTed
+    /// (protobuf) to `{endpoint}/v1/traces`. Empty, the default: nothing is exported, and no
+    /// exporter is started.
+    pub endpoint: String,
+    /// The spans' `service.name`; empty: the binary's name (`bff-web`, `switchyard`, ...).
+    pub service_name: String,
+    /// The share of new traces recorded, 0.0 to 1.0. A trace a caller started (a valid
+    /// `traceparent`) is recorded when the caller's sampled flag says so, whatever this is.
+    pub sample_ratio: f64,
+    /// Longest one export request may take.
+    pub timeout_ms: u64,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            service_name: String::new(),
+            sample_ratio: 1.0,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+impl OtlpConfig {
+    /// The traces URL (`{endpoint}/v1/traces`), or `None` when export is off; an endpoint that
+    /// is not an `http://` or `https://` URL, or a ratio outside 0 to 1, is an error naming its
+    /// key.
+    pub fn traces_url(&self) -> Result<Option<String>, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: format!("log.otlp.{key}"),
+            message,
+        };
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(invalid(
+                "sample_ratio",
+                format!("{} is not between 0.0 and 1.0", self.sample_ratio),
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(invalid("timeout_ms", "must be at least 1".to_owned()));
+        }
+        let endpoint = self.endpoint.trim();
+        if endpoint.is_empty() {
+            return Ok(None);
+        }
+        let scheme_ok = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !scheme_ok || endpoint.parse::<axum::http::Uri>().is_err() {
+            return Err(invalid(
+                "endpoint",
+                format!("`{endpoint}` is not an http:// or https:// URL"),
+            ));
+        }
+        Ok(Some(format!(
+            "{}/v1/traces",
+            endpoint.trim_end_matches('/')
+        )))
     }
 }
 

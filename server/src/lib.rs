@@ -3,7 +3,8 @@
 //!
 //! - Binaries: [`cli`] (`--config`, `--print-config`, and the one `main` every server binary
 //!   calls), [`config`] (the config source: file, environment overrides, strict keys; the
-//!   `[server]` and `[log]` sections) and [`telemetry`] (logs).
+//!   `[server]` and `[log]` sections) and [`telemetry`] (logs, and spans over OTLP when
+//!   configured); [`lifecycle`] (each request and socket in its trace, their log lines).
 //! - Serving: [`server`] (the bounded accept loop, the drain, signals, `/healthz` and `/readyz`,
 //!   body limits), [`websocket`] (closing sockets per RFC 6455), [`ratelimit`] (the core's rate
 //!   limits as axum middleware).
@@ -20,6 +21,7 @@
 pub mod cli;
 pub mod config;
 pub mod errors;
+pub mod lifecycle;
 pub mod metrics;
 pub mod publish;
 pub mod ratelimit;

@@ -18,7 +18,6 @@ use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpListener;
 pub use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
 
 use switchyard_core::bus::Bus;
 use switchyard_core::upstream::Upstreams;
@@ -134,10 +133,11 @@ pub fn shutdown_token() -> CancellationToken {
     token
 }
 
-/// Adds the layers every server has: request tracing and the body limit.
+/// Adds the layers every server has: the body limit, and each request in its trace with its
+/// log line (`crate::lifecycle::requests`).
 pub fn with_common_layers(app: Router, config: &ServerConfig) -> Router {
     app.layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(crate::lifecycle::requests))
 }
 
 /// What `/readyz` checks: the backends a gateway calls and its bus.

@@ -5,13 +5,16 @@
 //! assigned by the bus when an event is published, start at 1, and grow by one per event on a
 //! topic. The epoch names one generation of a topic's history: it changes when history is lost
 //! (a restarted in-memory bus, a flushed broker), so a position from another epoch cannot be
-//! resumed from and gets a gap instead.
+//! resumed from and gets a gap instead. An event may carry the trace context of the write that
+//! published it ([`TraceContext`]), kept by every bus beside the payload.
 
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use crate::trace::TraceContext;
 
 /// A topic name: 1 to 200 characters of ASCII letters, digits and `. _ - : /`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -92,6 +95,9 @@ pub struct Event {
     pub offset: u64,
     /// The payload, opaque to the core.
     pub payload: Bytes,
+    /// The trace of the write that published it (the publisher's `traceparent`), if it gave one:
+    /// 25 bytes inline, so an event without one costs nothing more.
+    pub trace: Option<TraceContext>,
 }
 
 impl Event {
@@ -111,6 +117,7 @@ impl fmt::Debug for Event {
             .field("epoch", &self.epoch)
             .field("offset", &self.offset)
             .field("payload_bytes", &self.payload.len())
+            .field("trace", &self.trace)
             .finish()
     }
 }

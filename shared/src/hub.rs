@@ -384,6 +384,9 @@ async fn run_pump(shared: Arc<Subscribers>, mut source: Subscription, stop: Canc
         let Some(delivery) = delivery else {
             return;
         };
+        if let Delivery::Event(e) = &delivery {
+            crate::trace::delivered(e);
+        }
         match (shared.class, delivery) {
             (TopicClass::State, Delivery::Event(e)) => {
                 shared.state.send_replace(Some(e));

@@ -35,4 +35,5 @@ pub mod records;
 pub mod slots;
 pub mod sources;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

@@ -258,6 +258,7 @@ mod tests {
             epoch: 7,
             offset,
             payload: bytes::Bytes::from_static(br#"{"pair":"EUR/USD","rate":"1.0842","seq":3}"#),
+            trace: None,
         }
     }
 
@@ -372,6 +373,7 @@ mod tests {
             epoch: 7,
             offset,
             payload: bytes::Bytes::from(json.to_string()),
+            trace: None,
         }
     }
 

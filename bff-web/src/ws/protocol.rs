@@ -201,6 +201,7 @@ where
                         "Too many initialisation requests",
                     ));
                 }
+                crate::auth::adopt_trace(payload.as_ref());
                 let verified = match self.ctx.verifier.from_init_payload(payload.as_ref()).await {
                     Ok(p) => p,
                     Err(e) => {

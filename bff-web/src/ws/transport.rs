@@ -50,6 +50,11 @@ impl Closing {
         }
         Self(code, reason)
     }
+
+    /// The close code.
+    pub(crate) fn code(&self) -> u16 {
+        self.0
+    }
 }
 
 /// How long a close frame may take to reach the client, reading and discarding meanwhile.

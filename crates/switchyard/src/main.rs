@@ -53,7 +53,8 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    switchyard_server::telemetry::init(&config.log);
+    // Kept until the stack stops: dropping it flushes the spans not yet exported.
+    let _telemetry = switchyard_server::telemetry::init(&config.log, "switchyard")?;
     for warning in deprecated {
         tracing::warn!("{warning}");
     }

@@ -113,6 +113,9 @@ struct ScriptedState {
     /// Requests by method: GET, POST.
     gets: AtomicU64,
     posts: AtomicU64,
+    /// The `traceparent` header of each request, in order (`None` without one); the last
+    /// [`Scripted::TRACEPARENTS_KEPT`] only.
+    traceparents: std::sync::Mutex<std::collections::VecDeque<Option<String>>>,
 }
 
 impl Scripted {
@@ -173,6 +176,16 @@ impl Scripted {
         self.state.gets.load(Ordering::SeqCst)
     }
 
+    /// How many requests' `traceparent` headers are kept.
+    pub const TRACEPARENTS_KEPT: usize = 256;
+
+    /// The `traceparent` header of each request received (`None` for a request without one,
+    /// or with a value that is not text), oldest first.
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        let kept = self.state.traceparents.lock().expect("traceparents lock");
+        kept.iter().cloned().collect()
+    }
+
     /// The router serving the script on every path.
     pub fn router(&self) -> Router {
         let state = self.state.clone();
@@ -205,6 +218,18 @@ impl Drop for AbandonGuard {
 }
 
 async fn handle(state: Arc<ScriptedState>, req: axum::extract::Request) -> Response {
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    {
+        let mut kept = state.traceparents.lock().expect("traceparents lock");
+        if kept.len() == Scripted::TRACEPARENTS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(traceparent);
+    }
     state.received.fetch_add(1, Ordering::SeqCst);
     match *req.method() {
         axum::http::Method::GET => state.gets.fetch_add(1, Ordering::SeqCst),

@@ -46,9 +46,31 @@ impl Client {
         Self::connect_within(url, protocols, WAIT).await
     }
 
+    /// [`Client::connect_within`] with extra headers on the upgrade request (a `traceparent`).
+    pub async fn connect_with_headers(
+        url: &str,
+        protocols: &[&str],
+        headers: &[(&'static str, &str)],
+    ) -> Self {
+        Self::connect_as(url, protocols, headers, WAIT).await
+    }
+
     /// [`Client::connect`] waiting up to `wait` for the connection and for each message.
     pub async fn connect_within(url: &str, protocols: &[&str], wait: Duration) -> Self {
+        Self::connect_as(url, protocols, &[], wait).await
+    }
+
+    async fn connect_as(
+        url: &str,
+        protocols: &[&str],
+        headers: &[(&'static str, &str)],
+        wait: Duration,
+    ) -> Self {
         let mut req = url.into_client_request().expect("a ws:// URL");
+        for (name, value) in headers {
+            req.headers_mut()
+                .insert(*name, HeaderValue::from_str(value).expect("a header value"));
+        }
         if !protocols.is_empty() {
             req.headers_mut().insert(
                 "sec-websocket-protocol",

@@ -313,3 +313,38 @@ fn without_renames_an_old_key_is_still_unknown() {
         .unwrap_err();
     assert!(err.to_string().contains("max_frame_bytes"), "{err}");
 }
+
+#[test]
+fn log_otlp_is_off_by_default_and_checked_when_set() {
+    let off = super::OtlpConfig::default();
+    assert_eq!(off.traces_url().unwrap(), None);
+    let on = super::OtlpConfig {
+        endpoint: "http://127.0.0.1:4318/".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        on.traces_url().unwrap().as_deref(),
+        Some("http://127.0.0.1:4318/v1/traces")
+    );
+    for (bad, key) in [
+        (
+            super::OtlpConfig {
+                endpoint: "127.0.0.1:4318".into(),
+                ..Default::default()
+            },
+            "log.otlp.endpoint",
+        ),
+        (
+            super::OtlpConfig {
+                sample_ratio: 1.5,
+                ..Default::default()
+            },
+            "log.otlp.sample_ratio",
+        ),
+    ] {
+        match bad.traces_url() {
+            Err(super::ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+}

@@ -16,6 +16,7 @@ use serde_path_to_error::Segment;
 use switchyard_core::bus::{Bus, BusError, IdempotencyKey};
 use switchyard_core::channels::Resolved;
 use switchyard_core::event::Topic;
+use switchyard_core::trace::TraceContext;
 
 use super::PublishApi;
 use super::wire::{Batch, BatchLanded, Landed, Publish, Refusal, compact};
@@ -62,20 +63,22 @@ fn bus_key(scoped: &str, index: Option<usize>) -> Result<IdempotencyKey, Refusal
     key.map_err(|e| Refusal::bad_request(format!("Idempotency-Key: {e}")))
 }
 
-/// Publishes one checked event, once per key when there is one.
+/// Publishes one checked event, once per key when there is one, carrying `trace` (the
+/// request's: the publisher's `traceparent`, or the trace started for it).
 async fn land(
     bus: &Arc<dyn Bus>,
     item: Checked,
     key: Option<IdempotencyKey>,
+    trace: Option<TraceContext>,
 ) -> Result<Landed, (BusError, String)> {
     match key {
         None => bus
-            .publish(&item.topic, item.payload)
+            .publish_traced(&item.topic, item.payload, trace)
             .await
             .map(|event| Landed::new(&item.channel, &event))
             .map_err(|e| (e, item.channel)),
         Some(key) => bus
-            .publish_once(&item.topic, item.payload, &key)
+            .publish_once_traced(&item.topic, item.payload, &key, trace)
             .await
             .map(|published| Landed::once(&item.channel, &published))
             .map_err(|e| (e, item.channel)),
@@ -124,8 +127,10 @@ async fn publish_as(
     let item: Publish = parse(&body)?;
     let checked = check(api, &publisher, item)?;
     let bus = api.bus.clone();
+    // Read here: the task-local trace does not follow into the spawned task.
+    let trace = switchyard_core::trace::current();
     let published = tokio::spawn(async move {
-        land(&bus, checked, key)
+        land(&bus, checked, key, trace)
             .await
             .map_err(|(e, channel)| Refusal::bus(&e, &channel))
     })
@@ -180,10 +185,11 @@ async fn batch_as(
         .map(|i| scoped.as_deref().map(|k| bus_key(k, Some(i))).transpose())
         .collect::<Result<Vec<_>, _>>()?;
     let bus = api.bus.clone();
+    let trace = switchyard_core::trace::current();
     let done = tokio::spawn(async move {
         let mut results = Vec::with_capacity(checked.len());
         for (i, (item, key)) in checked.into_iter().zip(keys).enumerate() {
-            match land(&bus, item, key).await {
+            match land(&bus, item, key, trace).await {
                 Ok(landed) => results.push(landed),
                 Err((e, channel)) => {
                     return Err(Refusal::bus(&e, &channel).at(i).with_results(results));

@@ -34,7 +34,6 @@ use axum::routing::post;
 use switchyard_core::bus::Bus;
 use switchyard_core::channels::Catalog;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
 
 pub use config::{PublishConfig, PublisherKey};
 pub use stats::{OUTCOMES, PublishStats, UNKNOWN_PUBLISHER};
@@ -71,7 +70,8 @@ impl PublishApi {
         &self.stats
     }
 
-    /// The routes, with the body limit, request tracing, and JSON answers for unknown paths
+    /// The routes, with the body limit, each request in its trace (the publisher's `traceparent`,
+    /// kept in the events it publishes) with its log line, and JSON answers for unknown paths
     /// (404) and methods (405).
     pub fn router(&self) -> Router {
         Router::new()
@@ -83,7 +83,7 @@ impl PublishApi {
             .fallback(|| async { wire::Refusal::not_found().into_response() })
             .with_state(self.clone())
             .layer(DefaultBodyLimit::max(self.max_body_bytes))
-            .layer(TraceLayer::new_for_http())
+            .layer(axum::middleware::from_fn(crate::lifecycle::requests))
     }
 
     /// Serves the API on `listener` until `shutdown` is cancelled, then drains within

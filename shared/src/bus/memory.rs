@@ -23,6 +23,7 @@ use super::{
     Retention, StartAt, Subscription,
 };
 use crate::event::{Event, Position, Topic};
+use crate::trace::TraceContext;
 
 /// Events handed to a subscriber per lock of the ring.
 const BATCH: usize = 128;
@@ -110,7 +111,7 @@ impl MemoryBus {
     }
 
     /// Appends an event to the topic's ring and wakes its readers.
-    fn append(&self, topic: &Topic, payload: Bytes) -> Event {
+    fn append(&self, topic: &Topic, payload: Bytes, trace: Option<TraceContext>) -> Event {
         let log = self.log(topic);
         let event = {
             let mut ring = lock(&log.ring);
@@ -119,6 +120,7 @@ impl MemoryBus {
                 epoch: self.epoch,
                 offset: ring.next,
                 payload,
+                trace,
             };
             ring.next += 1;
             ring.events.push_back(event.clone());
@@ -134,15 +136,21 @@ impl MemoryBus {
 
 #[async_trait::async_trait]
 impl Bus for MemoryBus {
-    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<Event, BusError> {
-        Ok(self.append(topic, payload))
+    async fn publish_traced(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    ) -> Result<Event, BusError> {
+        Ok(self.append(topic, payload, trace))
     }
 
-    async fn publish_once(
+    async fn publish_once_traced(
         &self,
         topic: &Topic,
         payload: Bytes,
         key: &IdempotencyKey,
+        trace: Option<TraceContext>,
     ) -> Result<Published, BusError> {
         // Lock order: keys, then topics and rings (`append`); nothing takes them the other way.
         let mut recent = lock(&self.recent);
@@ -152,7 +160,7 @@ impl Bus for MemoryBus {
                 duplicate: true,
             });
         }
-        let position = self.append(topic, payload).position();
+        let position = self.append(topic, payload, trace).position();
         recent.insert(topic, key, position);
         Ok(Published {
             position,

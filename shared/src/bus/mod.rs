@@ -74,6 +74,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::event::{Event, Position, Topic};
+use crate::trace::TraceContext;
 
 /// A bus failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -136,7 +137,18 @@ pub type Subscription = BoxStream<'static, Delivery>;
 #[async_trait::async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Publishes `payload` on `topic`; the returned event carries its assigned offset.
-    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<Event, BusError>;
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<Event, BusError> {
+        self.publish_traced(topic, payload, None).await
+    }
+
+    /// [`Self::publish`], the event carrying `trace` (the trace of the write that caused it),
+    /// which every reader of the event gets with it.
+    async fn publish_traced(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    ) -> Result<Event, BusError>;
 
     /// Publishes `payload` on `topic` once per `key` within the bus's de-duplication window
     /// (`bus.idempotency_window_ms`): a publish repeating a key already published on that topic
@@ -148,6 +160,18 @@ pub trait Bus: Send + Sync + 'static {
         topic: &Topic,
         payload: Bytes,
         key: &IdempotencyKey,
+    ) -> Result<Published, BusError> {
+        self.publish_once_traced(topic, payload, key, None).await
+    }
+
+    /// [`Self::publish_once`], the event carrying `trace` (a duplicate keeps the first
+    /// publish's).
+    async fn publish_once_traced(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        key: &IdempotencyKey,
+        trace: Option<TraceContext>,
     ) -> Result<Published, BusError>;
 
     /// Reads up to `max` retained events after `after`.

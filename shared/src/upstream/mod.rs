@@ -27,6 +27,7 @@ use http::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 mod stats;
 mod stream;
@@ -437,13 +438,25 @@ async fn attempt_once(
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body.clone());
     }
+    // The call's span (exported when the server exports spans) and the trace context the
+    // backend gets: the caller's trace, this call as the parent.
+    let span = tracing::info_span!(
+        "backend call",
+        otel.kind = "client",
+        backend = %backend.name,
+        method = %call.method,
+        path = %call.path,
+    );
+    if let Some(trace) = crate::trace::outgoing(&span) {
+        request = request.header(crate::trace::TRACEPARENT, trace.header_value());
+    }
     let exchange = async {
         let response = request.send().await.map_err(classify)?;
         let status = response.status();
         let body = read_capped(response, backend.config.max_response_bytes).await?;
         Ok::<_, UpstreamErrorKind>((status, body))
     };
-    let (status, body) = tokio::time::timeout_at(attempt_deadline, exchange)
+    let (status, body) = tokio::time::timeout_at(attempt_deadline, exchange.instrument(span))
         .await
         .map_err(|_| UpstreamErrorKind::Timeout)??;
     if status.is_success() {

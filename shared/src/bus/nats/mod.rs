@@ -75,6 +75,7 @@ use super::{
     Subscription,
 };
 use crate::event::{Event, Position, Topic};
+use crate::trace::TraceContext;
 
 /// The NATS JetStream bus.
 pub struct NatsBus {
@@ -170,8 +171,12 @@ impl Inner {
         topic: &Topic,
         payload: Bytes,
         key: Option<&IdempotencyKey>,
+        trace: Option<TraceContext>,
     ) -> Result<(Event, bool), BusError> {
-        match self.publish_attempt(topic, payload.clone(), key).await {
+        match self
+            .publish_attempt(topic, payload.clone(), key, trace)
+            .await
+        {
             Ok(published) => Ok(published),
             Err(first) => {
                 // The stream may be gone (deleted, or lost by the server): learn it afresh,
@@ -180,7 +185,7 @@ impl Inner {
                 // first attempt that did land (its answer lost) makes this one its duplicate.
                 lock(&self.epochs).remove(topic);
                 self.stream(topic).await.map_err(|_| first)?;
-                self.publish_attempt(topic, payload, key).await
+                self.publish_attempt(topic, payload, key, trace).await
             }
         }
     }
@@ -197,17 +202,23 @@ impl std::fmt::Debug for NatsBus {
 
 #[async_trait::async_trait]
 impl Bus for NatsBus {
-    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<Event, BusError> {
-        Ok(self.inner.publish(topic, payload, None).await?.0)
+    async fn publish_traced(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    ) -> Result<Event, BusError> {
+        Ok(self.inner.publish(topic, payload, None, trace).await?.0)
     }
 
-    async fn publish_once(
+    async fn publish_once_traced(
         &self,
         topic: &Topic,
         payload: Bytes,
         key: &IdempotencyKey,
+        trace: Option<TraceContext>,
     ) -> Result<Published, BusError> {
-        let (event, duplicate) = self.inner.publish(topic, payload, Some(key)).await?;
+        let (event, duplicate) = self.inner.publish(topic, payload, Some(key), trace).await?;
         Ok(Published {
             position: event.position(),
             duplicate,

@@ -90,6 +90,7 @@ impl live::Source for Inner {
                         epoch,
                         offset: info.stream_sequence,
                         payload: msg.payload.clone(),
+                        trace: super::streams::trace_of(msg.headers.as_ref()),
                     }),
                     Err(_) => LiveItem::Resync,
                 };

@@ -10,6 +10,14 @@ use super::connection::connects;
 use super::{Inner, lock, unavailable};
 use crate::bus::{BusError, IdempotencyKey};
 use crate::event::{Event, Topic};
+use crate::trace::{TRACEPARENT, TraceContext};
+
+/// The trace context a message carries in its `traceparent` header, if a valid one (a message
+/// published without one, or by an older version, has none).
+pub(super) fn trace_of(headers: Option<&async_nats::HeaderMap>) -> Option<TraceContext> {
+    let value = headers?.get(TRACEPARENT)?;
+    TraceContext::parse(value.as_str().as_bytes())
+}
 
 /// The epoch of a stream: its creation time in nanoseconds (63 bits).
 pub(super) fn epoch_of(info: &stream::Info) -> u64 {
@@ -92,6 +100,7 @@ impl Inner {
             topic: topic.clone(),
             epoch,
             offset: msg.sequence,
+            trace: trace_of(Some(&msg.headers)),
             payload: msg.payload,
         })
     }
@@ -103,12 +112,17 @@ impl Inner {
         topic: &Topic,
         payload: Bytes,
         key: Option<&IdempotencyKey>,
+        trace: Option<TraceContext>,
     ) -> Result<(Event, bool), BusError> {
         let epoch = self.epoch(topic).await?;
         let (_, js) = self.connected().await?;
         let mut message = PublishMessage::build().payload(payload.clone());
         if let Some(key) = key {
             message = message.message_id(key.as_str());
+        }
+        if let Some(trace) = &trace {
+            let value = trace.to_string();
+            message = message.header(TRACEPARENT, value.as_str());
         }
         let ack = self
             .deadline("publish", async {
@@ -120,6 +134,7 @@ impl Inner {
             epoch,
             offset: ack.sequence,
             payload,
+            trace,
         };
         Ok((event, ack.duplicate))
     }

@@ -77,6 +77,12 @@ use super::{
     Subscription,
 };
 use crate::event::{Event, Position, Topic};
+use crate::trace::TraceContext;
+
+/// The publish scripts' `traceparent` argument: the value, or empty for none.
+fn traceparent_arg(trace: Option<&TraceContext>) -> Vec<u8> {
+    trace.map(|t| t.to_bytes().to_vec()).unwrap_or_default()
+}
 
 /// The Redis bus. Cheap to share: clone the `Arc` it is usually held in.
 pub struct RedisBus {
@@ -232,7 +238,12 @@ impl Inner {
 
 #[async_trait::async_trait]
 impl Bus for RedisBus {
-    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<Event, BusError> {
+    async fn publish_traced(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    ) -> Result<Event, BusError> {
         let inner = &self.inner;
         let mut inv = inner.publish.prepare_invoke();
         inv.key(inner.stream_key(topic))
@@ -240,7 +251,8 @@ impl Bus for RedisBus {
             .arg(payload.as_ref())
             .arg(inner.retention.history_of(topic))
             .arg(new_epoch().to_string())
-            .arg(inner.channel(topic));
+            .arg(inner.channel(topic))
+            .arg(traceparent_arg(trace.as_ref()).as_slice());
         let v = inner.run(inv).await?;
         let parsed = match &v {
             Value::Array(parts) if parts.len() == 2 => as_u64(&parts[0]).zip(as_u64(&parts[1])),
@@ -253,14 +265,16 @@ impl Bus for RedisBus {
             epoch,
             offset,
             payload,
+            trace,
         })
     }
 
-    async fn publish_once(
+    async fn publish_once_traced(
         &self,
         topic: &Topic,
         payload: Bytes,
         key: &IdempotencyKey,
+        trace: Option<TraceContext>,
     ) -> Result<Published, BusError> {
         let inner = &self.inner;
         let mut inv = inner.publish_once.prepare_invoke();
@@ -271,6 +285,7 @@ impl Bus for RedisBus {
             .arg(inner.retention.history_of(topic))
             .arg(new_epoch().to_string())
             .arg(inner.channel(topic))
+            .arg(traceparent_arg(trace.as_ref()).as_slice())
             .arg(inner.window_ms);
         let v = inner.run(inv).await?;
         let parsed = match &v {

@@ -8,9 +8,14 @@ use super::{Inner, unavailable};
 use crate::bus::live;
 use crate::bus::{BusError, Read};
 use crate::event::{Event, Position, Topic};
+use crate::trace::{TRACEPARENT_LEN, TraceContext};
 
 /// The body shared by the publish scripts: assigns the next offset, appends, trims and
-/// publishes, creating the epoch when missing; leaves `epoch` and `seq` set.
+/// publishes, creating the epoch when missing; leaves `epoch` and `seq` set. `ARGV[5]` is the
+/// event's `traceparent`, or empty: with one, the entry has a field `t` after `p`, and the
+/// channel message is `t{traceparent}:{epoch}:{offset}:{payload}` instead of
+/// `{epoch}:{offset}:{payload}` (an instance of a version before trace contexts finds that
+/// message malformed and reads the event from the stream instead: nothing is lost).
 macro_rules! publish_body {
     () => {
         r"
@@ -22,8 +27,14 @@ if not epoch then
 end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 local id = string.format('0-%d', seq)
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, 'p', ARGV[1])
-redis.call('PUBLISH', ARGV[4], epoch .. ':' .. string.format('%d', seq) .. ':' .. ARGV[1])
+local position = epoch .. ':' .. string.format('%d', seq) .. ':'
+if ARGV[5] == '' then
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, 'p', ARGV[1])
+  redis.call('PUBLISH', ARGV[4], position .. ARGV[1])
+else
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, 'p', ARGV[1], 't', ARGV[5])
+  redis.call('PUBLISH', ARGV[4], 't' .. ARGV[5] .. ':' .. position .. ARGV[1])
+end
 "
     };
 }
@@ -31,7 +42,7 @@ redis.call('PUBLISH', ARGV[4], epoch .. ':' .. string.format('%d', seq) .. ':' .
 /// Assigns the next offset, appends, trims and publishes, creating the epoch when missing.
 pub(super) const PUBLISH: &str = concat!(publish_body!(), "return {epoch, seq}\n");
 
-/// [`PUBLISH`] once per key (`KEYS[3]`, kept `ARGV[5]` milliseconds, holding `epoch:offset`):
+/// [`PUBLISH`] once per key (`KEYS[3]`, kept `ARGV[6]` milliseconds, holding `epoch:offset`):
 /// a key already there answers with its position and `1` (a duplicate), publishing nothing.
 pub(super) const PUBLISH_ONCE: &str = concat!(
     r"
@@ -43,7 +54,7 @@ end
 ",
     publish_body!(),
     r"
-redis.call('SET', KEYS[3], epoch .. ':' .. string.format('%d', seq), 'PX', ARGV[5])
+redis.call('SET', KEYS[3], epoch .. ':' .. string.format('%d', seq), 'PX', ARGV[6])
 return {epoch, seq, 0}
 "
 );
@@ -194,24 +205,36 @@ fn entry(topic: &Topic, epoch: u64, v: Value) -> Option<Event> {
         return None;
     };
     let offset = parse_id(&as_bytes(&parts.pop()?)?)?;
+    // `p` the payload; `t` the trace context, absent from entries published without one (and
+    // from every entry of a version before trace contexts); other fields are skipped.
+    let (mut payload, mut trace) = (None, None);
     let mut fields = fields.into_iter();
-    let payload = loop {
-        let name = as_bytes(&fields.next()?)?;
-        let value = fields.next()?;
-        if name == b"p" {
-            break as_bytes(&value)?;
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        match as_bytes(&name)?.as_slice() {
+            b"p" => payload = Some(as_bytes(&value)?),
+            b"t" => trace = as_bytes(&value).and_then(|t| TraceContext::parse(&t)),
+            _ => {}
         }
-    };
+    }
     Some(Event {
         topic: topic.clone(),
         epoch,
         offset,
-        payload: Bytes::from(payload),
+        payload: Bytes::from(payload?),
+        trace,
     })
 }
 
-/// A channel message `{epoch}:{offset}:{payload}` as an event.
+/// A channel message `{epoch}:{offset}:{payload}`, or `t{traceparent}:{epoch}:{offset}:{payload}`
+/// for an event with a trace context, as an event.
 pub(super) fn channel_event(topic: &Topic, msg: &[u8]) -> Option<Event> {
+    let (trace, msg) = match msg.strip_prefix(b"t") {
+        Some(rest) => {
+            let (traceparent, rest) = rest.split_at_checked(TRACEPARENT_LEN)?;
+            (TraceContext::parse(traceparent), rest.strip_prefix(b":")?)
+        }
+        None => (None, msg),
+    };
     let mut parts = msg.splitn(3, |b| *b == b':');
     let epoch = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
@@ -221,5 +244,31 @@ pub(super) fn channel_event(topic: &Topic, msg: &[u8]) -> Option<Event> {
         epoch,
         offset,
         payload: Bytes::copy_from_slice(payload),
+        trace,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_messages_with_and_without_a_trace() {
+        let topic = Topic::new("t").unwrap();
+        let plain = channel_event(&topic, b"7:3:a:b").unwrap();
+        assert_eq!(
+            (plain.epoch, plain.offset, &plain.payload[..]),
+            (7, 3, &b"a:b"[..])
+        );
+        assert_eq!(plain.trace, None);
+        let trace = TraceContext::new_root(true);
+        let msg = [b"t", &trace.to_bytes()[..], b":7:3:a:b"].concat();
+        let traced = channel_event(&topic, &msg).unwrap();
+        assert_eq!(
+            (traced.epoch, traced.offset, &traced.payload[..]),
+            (7, 3, &b"a:b"[..])
+        );
+        assert_eq!(traced.trace, Some(trace));
+        assert!(channel_event(&topic, b"t00-short:7:3:x").is_none());
+    }
 }
