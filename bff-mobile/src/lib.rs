@@ -197,6 +197,7 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
         sockets: runtime.sockets.clone(),
         shutdown: runtime.shutdown.clone(),
         limiter: runtime.limiter.clone(),
+        metrics: runtime.metrics.clone(),
     });
     let routes = Router::new().nest(
         "/v1",

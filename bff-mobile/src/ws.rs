@@ -89,10 +89,7 @@ async fn upgrade(
         .on_upgrade(move |socket| {
             // Counted in the gateway's metrics while the socket is open.
             let open = usage.map(|u| u.connection());
-            tracker.track_future(async move {
-                serve(socket, gw, encoding, peer).await;
-                drop(open);
-            })
+            tracker.track_future(serve(socket, gw, encoding, peer, open))
         })
 }
 
@@ -102,8 +99,10 @@ async fn serve(
     gw: Arc<Gateway>,
     encoding: Option<Encoding>,
     peer: Option<std::net::IpAddr>,
+    usage: Option<switchyard_server::metrics::ConnectionGuard>,
 ) {
     let mut io = Io::new(socket);
+    io.queue.conflations = Some(gw.parts.metrics.conflations());
     let Some(enc) = encoding else {
         io.close(Closing::new(
             close::SUBPROTOCOL_REQUIRED,
@@ -112,9 +111,15 @@ async fn serve(
         .await;
         return;
     };
-    let mut conn = Conn::new(gw, enc, peer);
+    let metrics = gw.parts.metrics.clone();
+    let mut conn = Conn::new(gw, enc, peer, usage);
     match conn.run(&mut io).await {
-        Some(closing) => io.close(closing).await,
+        Some(closing) => {
+            if closing.code == close::SLOW_CONSUMER {
+                metrics.cut_off(closing.reason.contains("queue is full"));
+            }
+            io.close(closing).await;
+        }
         None => io.finish().await,
     }
 }

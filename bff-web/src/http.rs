@@ -262,10 +262,7 @@ where
         .on_upgrade(move |ws_socket| {
             // Counted in the gateway's metrics while the socket is open.
             let open = usage.map(|u| u.connection());
-            tracker.track_future(async move {
-                ws::serve(ws_socket, socket, protocol_ok, peer).await;
-                drop(open);
-            })
+            tracker.track_future(ws::serve(ws_socket, socket, protocol_ok, peer, open))
         })
 }
 

@@ -60,6 +60,8 @@ pub(crate) struct Socket<Q, M, S> {
     pub(crate) limiter: std::sync::Arc<switchyard_core::ratelimit::RateLimiter>,
     /// The channel catalog, for what `channel` subscriptions may share ([`sharing`]).
     pub(crate) catalog: std::sync::Arc<switchyard_core::channels::Catalog>,
+    /// The gateway's metrics: sockets by client, cut-offs, conflations.
+    pub(crate) metrics: switchyard_server::metrics::Metrics,
 }
 
 impl<Q, M, S> Clone for Socket<Q, M, S> {
@@ -73,6 +75,7 @@ impl<Q, M, S> Clone for Socket<Q, M, S> {
             user_sockets: self.user_sockets.clone(),
             limiter: self.limiter.clone(),
             catalog: self.catalog.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -102,6 +105,7 @@ pub(crate) async fn serve<Q, M, S>(
     ctx: Socket<Q, M, S>,
     protocol_ok: bool,
     peer: Option<std::net::IpAddr>,
+    usage: Option<switchyard_server::metrics::ConnectionGuard>,
 ) where
     Q: ObjectType + 'static,
     M: ObjectType + 'static,
@@ -119,9 +123,13 @@ pub(crate) async fn serve<Q, M, S>(
         .await;
         return;
     }
-    let mut conn = Connection::new(ctx, peer);
+    let metrics = ctx.metrics.clone();
+    let mut conn = Connection::new(ctx, peer, usage);
     let closing = conn.run(&mut socket).await;
     if let Some(closing) = closing {
+        if let Some(queue_full) = closing.slow_consumer() {
+            metrics.cut_off(queue_full);
+        }
         close(socket, closing).await;
     }
 }

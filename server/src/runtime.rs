@@ -124,13 +124,16 @@ impl Runtime {
         let limiter = RateLimiter::new(C::NAME, config.rate_limits(), broker);
         config.metrics().validate()?;
         let publish_api = PublishApi::new(config.publish(), catalog.clone(), bus.clone());
-        let metrics = Metrics::new(
+        let metrics = Metrics::with(
             C::NAME,
             config.metrics(),
-            upstreams.clone(),
-            sources.clone(),
-            Some(publish_api.stats().clone()),
-            Some(hub.clone()),
+            crate::metrics::Sources {
+                upstreams: Some(upstreams.clone()),
+                sources: sources.clone(),
+                publish: Some(publish_api.stats().clone()),
+                hub: Some(hub.clone()),
+                bus: Some(broker.metrics()),
+            },
         );
         metrics.gauge(
             "switchyard_leases_held",

@@ -345,6 +345,9 @@ fn quotes_of_client_input_are_clipped() {
     let err = detail(client_json(&format!(r#"{{"t":"{long}"}}"#)));
     assert!(err.len() < 200, "{err}");
     assert!(err.contains("xxx…"));
-    let auth = Encoding::Cbor.encode_client(&ClientMsg::Auth(Auth { token: long }));
+    let auth = Encoding::Cbor.encode_client(&ClientMsg::Auth(Auth {
+        token: long,
+        client: None,
+    }));
     assert!(client_cbor(auth.as_bytes()).is_ok());
 }
