@@ -64,9 +64,15 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 }
 
 async fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
-    let answer = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape");
+    // The listener is bound once the gateway serves, just after the stack started.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        match reqwest::get(format!("http://{addr}/metrics")).await {
+            Ok(answer) => break answer,
+            Err(e) => assert!(Instant::now() < deadline, "scrape {addr}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(answer.status(), 200);
     let kind = answer.headers()["content-type"]
         .to_str()
