@@ -169,10 +169,15 @@ impl Runtime {
         cors: Option<CorsLayer>,
     ) -> Router {
         let readiness = Readiness::new(Some(self.upstreams.clone()), Some(self.bus.clone()));
-        let routes = routes.layer(axum::middleware::from_fn_with_state(
-            self.metrics.clone(),
-            crate::metrics::count,
-        ));
+        // Requests are counted only when someone can read the count (`[metrics] listen`).
+        let routes = if self.metrics_config.listen.is_empty() {
+            routes
+        } else {
+            routes.layer(axum::middleware::from_fn_with_state(
+                self.metrics.clone(),
+                crate::metrics::count,
+            ))
+        };
         let routes = routes.merge(server::health_routes(readiness));
         let mut router = crate::ratelimit::layer(routes, self.limiter.clone(), user_of, refuse);
         if let Some(cors) = cors {

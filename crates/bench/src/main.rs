@@ -11,6 +11,7 @@
 //! cargo run --release -p bench -- device-soak
 //! taskset -c 1 target/release/switchyard-bench publish
 //! taskset -c 1 target/release/switchyard-bench sources
+//! taskset -c 1 target/release/switchyard-bench metrics-cost
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run, because the machine is
@@ -26,6 +27,7 @@ mod device;
 mod device_serve;
 mod fanout;
 mod memory;
+mod metrics_cost;
 mod publish;
 mod publish_serve;
 mod publish_subs;
@@ -83,6 +85,10 @@ enum Bench {
     /// redis-pubsub, socketio) against the in-process publish, to 1,000 mobile subscribers (server
     /// in a child process, pinned).
     Sources(sources::Args),
+    /// What serving metrics costs: fan-out deliveries/s and composition p50 with every
+    /// gateway's `/metrics` served and scraped against none, two pinned server children in the
+    /// same run, interleaved.
+    MetricsCost(metrics_cost::Args),
     /// Runs the stack and the in-process publisher for `publish` and `sources`.
     #[command(hide = true)]
     ServePublish(publish_serve::Args),
@@ -121,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::DeviceSoak(args) => device::soak(args).await,
         Bench::Publish(args) => publish::run(args).await,
         Bench::Sources(args) => sources::run(args).await,
+        Bench::MetricsCost(args) => metrics_cost::run(args).await,
         Bench::ServePublish(args) => publish_serve::run(args).await,
         Bench::ServeDevice(args) => device_serve::run(args).await,
         Bench::ServeGateway(args) => serve::gateway(args).await,
