@@ -233,7 +233,7 @@ fn messages_are_read_strictly_with_errors_naming_the_key() {
         (r#"{"t":"auth"}"#, "`auth`: missing field `token`"),
         (
             r#"{"t":"auth","token":"x","tokn":"y"}"#,
-            "`auth`: `tokn`: unknown field `tokn`, expected `token`",
+            "`auth`: `tokn`: unknown field `tokn`, expected `token` or `client`",
         ),
         (
             r#"{"t":"sub","topic":"conversions","resume":{"e":1,"o":-1}}"#,
