@@ -52,9 +52,9 @@ pub const DEMO_DEVICE_KEY: &str = "demo-tv-key-change-me";
 /// The bearer token of bff-device's admin API in the one-process stack.
 pub const DEMO_ADMIN_TOKEN: &str = "switchyard-demo-admin-token-change-me";
 
-/// Where `switchyard up` serves each gateway's `/metrics` (internal ports, not the clients';
-/// 9464 is the port conventionally used by Prometheus exporters of OpenTelemetry SDKs, clear of
-/// Prometheus itself on 9090).
+/// Where `switchyard up` serves each gateway's and demo service's `/metrics` (internal ports,
+/// not the clients'; 9464 is the port conventionally used by Prometheus exporters of
+/// OpenTelemetry SDKs, clear of Prometheus itself on 9090).
 pub const DEFAULT_METRICS_LISTEN: [(&str, &str); 6] = [
     ("bff-web", "127.0.0.1:9464"),
     ("bff-mobile", "127.0.0.1:9465"),
