@@ -43,6 +43,14 @@ async fn start() -> Gateways {
     // A small send queue and write deadline, so that the slow consumer is cut off soon.
     config.mobile.websocket.send_queue_messages = 8;
     config.mobile.websocket.write_timeout_ms = 1_000;
+    // No rates for the demo device: nothing new may answer its held poll early.
+    config
+        .device
+        .devices
+        .get_mut(DEMO_DEVICE)
+        .expect("the demo device")
+        .rates
+        .clear();
     Gateways {
         stack: Stack::start(config).await.expect("stack starts"),
         web,
@@ -202,7 +210,7 @@ async fn each_gateway_shows_exactly_its_workload() {
         "{}/v1/devices/{DEMO_DEVICE}/events?wait=30",
         stack.url("bff-device")
     );
-    // The first poll answers at once (config, rates); its cursor makes the second one wait.
+    // The first poll answers at once (the configuration); its cursor makes the second one wait.
     let first: Value = http
         .get(format!(
             "{}/v1/devices/{DEMO_DEVICE}/events",
