@@ -299,3 +299,167 @@ fn compose_runs_two_instances_of_each_gateway_behind_nginx() {
         "NATS runs with JetStream"
     );
 }
+
+/// The metric names a PromQL expression uses (`switchyard_…`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("switchyard_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The Grafana dashboard (deploy/grafana/, its k8s copy identical) parses, and every metric its
+/// PromQL queries is in some gateway's `/metrics` output: scraped from the three gateways of a
+/// running stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_only_metrics_the_gateways_export() {
+    let text = read(&deploy_dir().join("grafana/switchyard-gateways.json"));
+    assert_eq!(
+        text,
+        read(&deploy_dir().join("k8s/monitoring/switchyard-gateways.json")),
+        "deploy/k8s/monitoring/switchyard-gateways.json is a copy of deploy/grafana's"
+    );
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut used = std::collections::BTreeSet::new();
+    let mut exprs = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            exprs += 1;
+            used.extend(metric_names(expr));
+        }
+    }
+    assert!(exprs >= 10, "{exprs} queries");
+
+    let mut config = switchyard::Config::ephemeral();
+    config.exchange.tick_interval_ms = 3_600_000;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    };
+    let addrs = [free(), free(), free()];
+    config.web.metrics.listen = addrs[0].to_string();
+    config.mobile.metrics.listen = addrs[1].to_string();
+    config.device.metrics.listen = addrs[2].to_string();
+    let stack = switchyard::Stack::start(config).await.expect("stack");
+    let mut exported = std::collections::BTreeSet::new();
+    for addr in addrs {
+        // The listener is bound once the gateway serves, just after the stack started.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let body = loop {
+            match reqwest::get(format!("http://{addr}/metrics")).await {
+                Ok(answer) => break answer.text().await.expect("body"),
+                Err(e) => assert!(std::time::Instant::now() < deadline, "{addr}: {e}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            exported.insert(name.to_owned());
+        }
+    }
+    stack.stop().await.ok();
+    let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, which no gateway exports"
+    );
+}
+
+/// Monitoring in both deployments: compose runs Prometheus on deploy/prometheus/ and Grafana
+/// with the dashboard; Kubernetes runs both, with a scrape configuration `promtool` accepts,
+/// headless Services finding every gateway and demo service pod, each with a `metrics` port.
+#[test]
+fn both_deployments_run_prometheus_and_grafana_on_every_metrics_port() {
+    let compose: Yaml =
+        serde_yaml::from_str(&read(&deploy_dir().join("compose.yaml"))).expect("compose YAML");
+    let mounts = |service: &str| -> Vec<String> {
+        get(&compose, &["services", service, "volumes"])
+            .and_then(Yaml::as_sequence)
+            .unwrap_or_else(|| panic!("compose runs {service} with volumes"))
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        mounts("prometheus")
+            .iter()
+            .any(|m| m.starts_with("./prometheus/prometheus.yml:"))
+    );
+    let grafana = mounts("grafana");
+    for file in [
+        "./grafana/switchyard-gateways.json:",
+        "./k8s/monitoring/grafana-datasources.yaml:",
+        "./k8s/monitoring/grafana-dashboards.yaml:",
+    ] {
+        assert!(
+            grafana.iter().any(|m| m.starts_with(file)),
+            "grafana mounts {file}"
+        );
+    }
+
+    let check = std::process::Command::new("/usr/bin/promtool")
+        .args(["check", "config"])
+        .arg(deploy_dir().join("k8s/monitoring/prometheus.yml"))
+        .output()
+        .expect("promtool (Debian's prometheus package; run scripts/services)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let objects = k8s_objects();
+    for kind in ["Deployment", "Service"] {
+        for name in ["prometheus", "grafana"] {
+            assert!(
+                objects.contains_key(&(kind.to_owned(), name.to_owned())),
+                "no {kind}/{name} in deploy/k8s"
+            );
+        }
+    }
+    let scrape = read(&deploy_dir().join("k8s/monitoring/prometheus.yml"));
+    for name in [
+        "bff-web",
+        "bff-mobile",
+        "bff-device",
+        "limits",
+        "exchange",
+        "conversions",
+    ] {
+        let headless = format!("{name}-metrics");
+        assert!(scrape.contains(&format!("\"{headless}\"")), "{headless}");
+        let svc = &objects[&("Service".to_owned(), headless.clone())];
+        assert_eq!(str_at(svc, &["spec", "clusterIP"]), "None", "{headless}");
+        let deployment = &objects[&("Deployment".to_owned(), name.to_owned())];
+        let labels =
+            get(deployment, &["spec", "template", "metadata", "labels"]).expect("pod labels");
+        let selects = get(svc, &["spec", "selector"])
+            .and_then(Yaml::as_mapping)
+            .is_some_and(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+        assert!(selects, "{headless} selects {name}'s pods");
+        let port = get(deployment, &["spec", "template", "spec", "containers"])
+            .and_then(|c| c.get(0))
+            .and_then(|c| get(c, &["ports"]))
+            .and_then(Yaml::as_sequence)
+            .is_some_and(|ps| {
+                ps.iter().any(|p| {
+                    p.get("name").and_then(Yaml::as_str) == Some("metrics")
+                        && p.get("containerPort").and_then(Yaml::as_u64) == Some(9464)
+                })
+            });
+        assert!(port, "{name}: a `metrics` container port 9464");
+        let config = read(&deploy_dir().join(format!("k8s/config/{name}.toml")));
+        assert!(
+            config.contains("[metrics]\n") && config.contains("listen = \"0.0.0.0:9464\""),
+            "{name}'s container configuration serves /metrics on 9464"
+        );
+    }
+}

@@ -2,7 +2,12 @@
 //! bff-device — requests per API version from known, unknown and unnamed clients, a backend
 //! taken down — the gateway's metrics listener shows exactly those counts; and a real Prometheus
 //! (Debian's `prometheus`, installed by `scripts/services`) scraping it answers the documented
-//! "who still uses bff-device /v1?" query with the expected series.
+//! "who still uses bff-device /v1?" query with the expected series. `metrics/workload.rs`: a
+//! scripted workload against all three gateways (versions, clients named by socket handshakes
+//! and device headers, deliveries, a slow consumer cut off) and exactly its counts.
+
+#[path = "metrics/workload.rs"]
+mod workload;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -59,9 +64,15 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 }
 
 async fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
-    let answer = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape");
+    // The listener is bound once the gateway serves, just after the stack started.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        match reqwest::get(format!("http://{addr}/metrics")).await {
+            Ok(answer) => break answer,
+            Err(e) => assert!(Instant::now() < deadline, "scrape {addr}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(answer.status(), 200);
     let kind = answer.headers()["content-type"]
         .to_str()
@@ -161,7 +172,10 @@ async fn a_scripted_workload_shows_exactly_its_counts() {
         0.0,
         "a device's quote withholds the limit"
     );
-    assert_eq!(m[r#"switchyard_held_polls{gateway="bff-device"}"#], 0.0);
+    assert_eq!(
+        m[r#"switchyard_held_polls{gateway="bff-device",version="v1",client="tv-app"}"#],
+        0.0
+    );
     assert!(m.contains_key(r#"switchyard_leases_held{gateway="bff-device"}"#));
     stack.stop().await.ok();
 }

@@ -78,6 +78,8 @@ pub(crate) struct Api {
     pub(crate) config: ApiConfig,
     pub(crate) held: Arc<AtomicUsize>,
     pub(crate) limiter: Arc<RateLimiter>,
+    /// Held polls by version × client (the device's model and firmware), resets and gaps.
+    pub(crate) metrics: switchyard_server::metrics::Metrics,
 }
 
 type Shared = State<(Arc<Api>, Version)>;
@@ -224,11 +226,17 @@ async fn events(
     } else {
         None
     };
+    let _counted = (wait > 0).then(|| api.metrics.usage(version.label(), &headers).held_poll());
     let batch = api
         .poller
         .poll(&device, cursor, Duration::from_secs(wait))
         .await
         .map_err(ApiError::from)?;
+    if batch.reset {
+        api.metrics.reset();
+    }
+    let gaps = batch.channels.iter().filter(|c| c.data.is_none()).count();
+    api.metrics.poll_gaps(gaps as u64);
     let mut res = json(StatusCode::OK, wire::encode(&batch, version));
     // A poll answer is for this device at this moment: no proxy on the way may keep it.
     res.headers_mut()

@@ -177,11 +177,6 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
     }
     let held = Arc::new(AtomicUsize::new(0));
     let holding = Arc::new(AtomicUsize::new(0));
-    runtime.metrics.gauge(
-        "switchyard_held_polls",
-        "Long-polls being held right now (all API versions)",
-        held.clone(),
-    );
     let api = Arc::new(api::Api {
         registry: registry.clone(),
         poller: poll::Poller {
@@ -198,6 +193,7 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
         config: config.api.clone(),
         held: held.clone(),
         limiter: runtime.limiter.clone(),
+        metrics: runtime.metrics.clone(),
     });
     let versions = Router::new()
         .nest(

@@ -42,6 +42,16 @@ pub(crate) enum Version {
     V2,
 }
 
+impl Version {
+    /// Its path segment, the `version` label of the metrics (`v1`).
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct CommandOut<'a> {
     i: &'a str,

@@ -202,6 +202,7 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
         sockets: runtime.sockets.clone(),
         shutdown: runtime.shutdown.clone(),
         limiter: runtime.limiter.clone(),
+        metrics: runtime.metrics.clone(),
     });
     let pass = switchyard_server::streaming::Passthrough::new(
         runtime.upstreams.clone(),

@@ -95,9 +95,7 @@ async fn upgrade(
             // Counted in the gateway's metrics while the socket is open.
             let open = usage.map(|u| u.connection());
             tracker.track_future(lifecycle::socket("bff-mobile", "v1", trace, async move {
-                let end = serve(socket, gw, encoding, peer).await;
-                drop(open);
-                end
+                serve(socket, gw, encoding, peer, open).await
             }))
         })
 }
@@ -108,8 +106,10 @@ async fn serve(
     gw: Arc<Gateway>,
     encoding: Option<Encoding>,
     peer: Option<std::net::IpAddr>,
+    usage: Option<switchyard_server::metrics::ConnectionGuard>,
 ) -> SocketEnd {
     let mut io = Io::new(socket);
+    io.queue.conflations = Some(gw.parts.metrics.conflations());
     let Some(enc) = encoding else {
         io.close(Closing::new(
             close::SUBPROTOCOL_REQUIRED,
@@ -118,10 +118,14 @@ async fn serve(
         .await;
         return SocketEnd::Closed(close::SUBPROTOCOL_REQUIRED);
     };
-    let mut conn = Conn::new(gw, enc, peer);
+    let metrics = gw.parts.metrics.clone();
+    let mut conn = Conn::new(gw, enc, peer, usage);
     match conn.run(&mut io).await {
         Some(closing) => {
             let code = closing.code;
+            if code == close::SLOW_CONSUMER {
+                metrics.cut_off(closing.reason.contains("queue is full"));
+            }
             io.close(closing).await;
             SocketEnd::Closed(code)
         }

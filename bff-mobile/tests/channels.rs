@@ -265,6 +265,7 @@ async fn reauthentication_without_the_claim_ends_the_channels_it_no_longer_admit
         // Re-authentication as another user is refused outright (4403), as for every topic.
         c.send(&ClientMsg::Auth(mobile_proto::Auth {
             token: token("bob"),
+            client: None,
         }))
         .await;
         assert_eq!(c.closed().await, mobile_proto::close::FORBIDDEN);

@@ -17,7 +17,11 @@ fn no_leeway() -> bff_mobile::Config {
 }
 
 async fn auth(c: &mut Client, token: String) {
-    c.send(&ClientMsg::Auth(mobile_proto::Auth { token })).await;
+    c.send(&ClientMsg::Auth(mobile_proto::Auth {
+        token,
+        client: None,
+    }))
+    .await;
 }
 
 /// Reads (skipping everything else) until the socket closes; its close code, or `None` when it

@@ -17,6 +17,7 @@ async fn auth_gets_welcome_with_limits_in_both_encodings() {
         assert_eq!(c.enc, Some(enc));
         c.send(&ClientMsg::Auth(mobile_proto::Auth {
             token: token("alice"),
+            client: None,
         }))
         .await;
         let ServerMsg::Welcome(w) = c.recv().await else {
@@ -61,8 +62,11 @@ async fn refused_tokens_close_with_4401() {
         "garbage".to_owned(),
     ] {
         let mut c = Client::connect(&gw.ws_url(), &[mobile_proto::SUBPROTOCOL_JSON]).await;
-        c.send(&ClientMsg::Auth(mobile_proto::Auth { token: bad }))
-            .await;
+        c.send(&ClientMsg::Auth(mobile_proto::Auth {
+            token: bad,
+            client: None,
+        }))
+        .await;
         assert_eq!(c.closed().await, close::UNAUTHENTICATED);
     }
 }
@@ -99,6 +103,7 @@ async fn a_users_connection_over_the_cap_is_closed_with_4429_while_others_get_in
     third
         .send(&ClientMsg::Auth(mobile_proto::Auth {
             token: token("alice"),
+            client: None,
         }))
         .await;
     assert_eq!(third.closed().await, close::TOO_MANY_CONNECTIONS);
@@ -109,6 +114,7 @@ async fn a_users_connection_over_the_cap_is_closed_with_4429_while_others_get_in
         let mut c = Client::connect(&gw.ws_url(), &[mobile_proto::SUBPROTOCOL_CBOR]).await;
         c.send(&ClientMsg::Auth(mobile_proto::Auth {
             token: token("alice"),
+            client: None,
         }))
         .await;
         matches!(c.recv_within(WAIT).await, Ok(ServerMsg::Welcome(_)))
@@ -317,6 +323,7 @@ async fn protocol_violations_close_with_their_codes() {
     let mut c = gw.signed_in(Encoding::Cbor, "gina").await;
     c.send(&ClientMsg::Auth(mobile_proto::Auth {
         token: token("gina"),
+        client: None,
     }))
     .await;
     assert!(matches!(
@@ -434,8 +441,11 @@ async fn running_with_a_socket(
         &[mobile_proto::SUBPROTOCOL_JSON],
     )
     .await;
-    c.send(&ClientMsg::Auth(mobile_proto::Auth { token: token(user) }))
-        .await;
+    c.send(&ClientMsg::Auth(mobile_proto::Auth {
+        token: token(user),
+        client: None,
+    }))
+    .await;
     assert!(matches!(c.recv().await, ServerMsg::Welcome(_)));
     (shutdown, running, c)
 }

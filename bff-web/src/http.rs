@@ -269,11 +269,7 @@ where
             // Counted in the gateway's metrics while the socket is open.
             let open = usage.map(|u| u.connection());
             tracker.track_future(async move {
-                let serve = async move {
-                    let end = ws::serve(ws_socket, socket, protocol_ok, peer).await;
-                    drop(open);
-                    end
-                };
+                let serve = ws::serve(ws_socket, socket, protocol_ok, peer, open);
                 switchyard_server::lifecycle::socket("bff-web", &version, trace, serve).await;
             })
         })

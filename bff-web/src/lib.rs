@@ -256,6 +256,12 @@ impl App {
         self.v1_fanout.running()
     }
 
+    /// The gateway's metrics (served on `[metrics].listen`): the launcher adds its own publish
+    /// API's calls to them.
+    pub fn metrics(&self) -> &switchyard_server::metrics::Metrics {
+        &self.runtime.metrics
+    }
+
     /// A handle on what the gateway holds now, readable while it serves.
     pub fn stats(&self) -> Stats {
         Stats {
@@ -305,6 +311,7 @@ pub fn app(config: &Config, broker: &Broker, shutdown: CancellationToken) -> any
         user_sockets: switchyard_core::slots::Slots::new(config.websocket.max_sockets_per_user, 0),
         limiter: runtime.limiter.clone(),
         catalog: runtime.catalog.clone(),
+        metrics: runtime.metrics.clone(),
     };
     let data = || ContextData {
         ops: ops.clone(),
@@ -358,6 +365,7 @@ struct EndpointParts<'a> {
     user_sockets: switchyard_core::slots::Slots<String>,
     limiter: Arc<RateLimiter>,
     catalog: Arc<switchyard_core::channels::Catalog>,
+    metrics: switchyard_server::metrics::Metrics,
 }
 
 impl EndpointParts<'_> {
@@ -398,6 +406,7 @@ impl EndpointParts<'_> {
                 user_sockets: self.user_sockets.clone(),
                 limiter: self.limiter.clone(),
                 catalog: self.catalog.clone(),
+                metrics: self.metrics.clone(),
             },
             websocket: ws_config.clone(),
             origins: self.origins.clone(),

@@ -61,6 +61,8 @@ pub(crate) struct Socket<Q, M, S> {
     pub(crate) limiter: std::sync::Arc<switchyard_core::ratelimit::RateLimiter>,
     /// The channel catalog, for what `channel` subscriptions may share ([`sharing`]).
     pub(crate) catalog: std::sync::Arc<switchyard_core::channels::Catalog>,
+    /// The gateway's metrics: sockets by client, cut-offs, conflations.
+    pub(crate) metrics: switchyard_server::metrics::Metrics,
 }
 
 impl<Q, M, S> Clone for Socket<Q, M, S> {
@@ -74,6 +76,7 @@ impl<Q, M, S> Clone for Socket<Q, M, S> {
             user_sockets: self.user_sockets.clone(),
             limiter: self.limiter.clone(),
             catalog: self.catalog.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -103,6 +106,7 @@ pub(crate) async fn serve<Q, M, S>(
     ctx: Socket<Q, M, S>,
     protocol_ok: bool,
     peer: Option<std::net::IpAddr>,
+    usage: Option<switchyard_server::metrics::ConnectionGuard>,
 ) -> SocketEnd
 where
     Q: ObjectType + 'static,
@@ -121,10 +125,14 @@ where
         .await;
         return SocketEnd::Closed(close::SUBPROTOCOL_NOT_ACCEPTABLE);
     }
-    let mut conn = Connection::new(ctx, peer);
+    let metrics = ctx.metrics.clone();
+    let mut conn = Connection::new(ctx, peer, usage);
     let closing = conn.run(&mut socket).await;
     match closing {
         Some(closing) => {
+            if let Some(queue_full) = closing.slow_consumer() {
+                metrics.cut_off(queue_full);
+            }
             let code = closing.code();
             close(socket, closing).await;
             SocketEnd::Closed(code)

@@ -124,13 +124,16 @@ impl Runtime {
         let limiter = RateLimiter::new(C::NAME, config.rate_limits(), broker);
         config.metrics().validate()?;
         let publish_api = PublishApi::new(config.publish(), catalog.clone(), bus.clone());
-        let metrics = Metrics::new(
+        let metrics = Metrics::with(
             C::NAME,
             config.metrics(),
-            upstreams.clone(),
-            sources.clone(),
-            Some(publish_api.stats().clone()),
-            Some(hub.clone()),
+            crate::metrics::Sources {
+                upstreams: Some(upstreams.clone()),
+                sources: sources.clone(),
+                publish: Some(publish_api.stats().clone()),
+                hub: Some(hub.clone()),
+                bus: Some(broker.metrics()),
+            },
         );
         metrics.gauge(
             "switchyard_leases_held",
@@ -166,10 +169,15 @@ impl Runtime {
         cors: Option<CorsLayer>,
     ) -> Router {
         let readiness = Readiness::new(Some(self.upstreams.clone()), Some(self.bus.clone()));
-        let routes = routes.layer(axum::middleware::from_fn_with_state(
-            self.metrics.clone(),
-            crate::metrics::count,
-        ));
+        // Requests are counted only when someone can read the count (`[metrics] listen`).
+        let routes = if self.metrics_config.listen.is_empty() {
+            routes
+        } else {
+            routes.layer(axum::middleware::from_fn_with_state(
+                self.metrics.clone(),
+                crate::metrics::count,
+            ))
+        };
         let routes = routes.merge(server::health_routes(readiness));
         let mut router = crate::ratelimit::layer(routes, self.limiter.clone(), user_of, refuse);
         if let Some(cors) = cors {

@@ -24,7 +24,8 @@
 //! feeder talks to.
 //!
 //! Its counters by channel pattern (subscriptions, deliveries, gaps, catch-ups; `stats.rs`) are
-//! read with [`Hub::stats`], for `/metrics`.
+//! read with [`Hub::stats`], for `/metrics`; the depth of its subscribers' queues with
+//! [`Hub::queue_depths`], at scrape time.
 
 use futures::StreamExt;
 use std::any::Any;
@@ -40,7 +41,7 @@ use crate::bus::{Bus, BusError, Delivery, Read, StartAt, Subscription};
 use crate::channels::Catalog;
 use crate::event::{Event, Position, Topic, TopicClass};
 pub use config::HubConfig;
-pub use stats::{OTHER_PATTERN, PatternSnapshot};
+pub use stats::{OTHER_PATTERN, PatternSnapshot, QueueDepths};
 
 /// Events read from history per bus call while a subscriber catches up.
 const REPLAY_PAGE: usize = 256;
@@ -199,6 +200,22 @@ impl Hub {
     /// Topics with at least one local subscriber (each has exactly one source subscription).
     pub fn active_topics(&self) -> usize {
         lock(&self.inner.topics).len()
+    }
+
+    /// The events waiting in stream subscribers' queues now: their sum and the deepest queue.
+    /// Read at scrape time (it takes the topics' locks once each), never per delivery.
+    pub fn queue_depths(&self) -> QueueDepths {
+        let topics = lock(&self.inner.topics);
+        let mut depths = QueueDepths::default();
+        for entry in topics.values() {
+            for slot in lock(&entry.shared.stream).values() {
+                let queued = (slot.tx.max_capacity() - slot.tx.capacity()) as u64;
+                depths.queued += queued;
+                depths.max = depths.max.max(queued);
+                depths.queues += 1;
+            }
+        }
+        depths
     }
 
     /// Subscribes to `topic`, live or after a position.

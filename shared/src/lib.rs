@@ -28,6 +28,7 @@ pub mod compose;
 pub mod event;
 pub mod hub;
 pub mod keyhash;
+pub mod latency;
 pub mod leased;
 pub mod origin;
 pub mod ratelimit;

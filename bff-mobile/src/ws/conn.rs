@@ -72,12 +72,23 @@ pub(super) struct Conn {
     /// When the token of the last `auth` stops being valid (`exp` + leeway): the socket closes
     /// with 4440 then, unless a re-authentication moved it.
     token_valid_until: Option<Instant>,
+    /// The socket in the gateway's metrics: its client (named by `auth`), its queue depth.
+    usage: Option<switchyard_server::metrics::ConnectionGuard>,
+    queue_depth: switchyard_server::metrics::QueueDepth,
 }
 
 impl Conn {
-    pub(super) fn new(gw: Arc<Gateway>, enc: Encoding, peer: Option<std::net::IpAddr>) -> Self {
+    pub(super) fn new(
+        gw: Arc<Gateway>,
+        enc: Encoding,
+        peer: Option<std::net::IpAddr>,
+        usage: Option<switchyard_server::metrics::ConnectionGuard>,
+    ) -> Self {
         let now = Instant::now();
+        let queue_depth = gw.parts.metrics.socket_queue();
         Self {
+            usage,
+            queue_depth,
             gw,
             enc,
             user: None,
@@ -224,6 +235,7 @@ impl Conn {
                     }
                 }
             }
+            self.queue_depth.set(io.queue.len());
             if io.queue.len() > self.reply_bound() {
                 // Only a client that keeps asking while it does not read gets here.
                 return Some(Closing::new(
@@ -353,6 +365,9 @@ impl Conn {
                         }
                     }
                     self.token_valid_until = Some(v.deadline());
+                    if let Some(usage) = &mut self.usage {
+                        usage.identify(a.client.as_deref());
+                    }
                     self.claims = v.claims;
                     let user = v.subject;
                     let c = self.config();

@@ -1,5 +1,5 @@
 //! What every socket of the gateway shares: the hub, the channel catalog, the operations, the token verifier, the
-//! configuration, the drain, the rate limiter, the sockets per user and the encoded-once event
+//! metrics, the configuration, the drain, the rate limiter, the sockets per user and the encoded-once event
 //! frames ([`Frames`]). Built once by the gateway's `app`, read by every socket; it holds no
 //! per-socket state and runs nothing itself.
 
@@ -31,6 +31,8 @@ pub(crate) struct GatewayParts {
     pub(crate) shutdown: CancellationToken,
     /// Message and subscription rate limits.
     pub(crate) limiter: Arc<switchyard_core::ratelimit::RateLimiter>,
+    /// The gateway's metrics: sockets by client, cut-offs, conflations, send queue depths.
+    pub(crate) metrics: switchyard_server::metrics::Metrics,
 }
 
 /// The shared state of every socket.

@@ -68,6 +68,8 @@ pub(super) struct Queue {
     dirty: bool,
     /// When the queue last moved (or last became non-empty).
     progress: Instant,
+    /// Where conflations are counted (the gateway's metrics).
+    pub(super) conflations: Option<switchyard_server::metrics::Counter>,
 }
 
 impl Default for Queue {
@@ -76,6 +78,7 @@ impl Default for Queue {
             items: VecDeque::new(),
             dirty: false,
             progress: Instant::now(),
+            conflations: None,
         }
     }
 }
@@ -106,6 +109,9 @@ impl Queue {
             // Conflation: the newer value replaces the unsent one, in its place.
             if kind != Kind::Ping {
                 slot.1 = msg;
+            }
+            if let (Kind::State(_), Some(c)) = (&kind, &self.conflations) {
+                c.add(1);
             }
             return;
         }

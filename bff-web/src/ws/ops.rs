@@ -34,6 +34,8 @@ pub(super) struct Running {
 pub(super) struct Streams {
     streams: StreamMap<String, SubStream>,
     active: HashMap<String, Active>,
+    /// Where skipped state values are counted (the gateway's metrics).
+    pub(super) conflations: Option<switchyard_server::metrics::Counter>,
 }
 
 struct Active {
@@ -200,6 +202,9 @@ impl Streams {
                         return Some(Err(missed));
                     }
                     // State subscriptions conflate: the next frame is the newest value.
+                    if let Some(c) = &self.conflations {
+                        c.add(missed);
+                    }
                 }
             }
         }

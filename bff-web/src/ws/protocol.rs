@@ -72,6 +72,8 @@ pub(super) struct Connection<Q, M, S> {
     _user_slot: Option<Slot<String>>,
     /// The client's IP address, for rate limits before (or without) a signed-in user.
     peer: Option<std::net::IpAddr>,
+    /// The socket in the gateway's metrics, its client named by `connection_init`.
+    usage: Option<switchyard_server::metrics::ConnectionGuard>,
 }
 
 impl<Q, M, S> Connection<Q, M, S>
@@ -81,12 +83,19 @@ where
     S: SubscriptionType + 'static,
 {
     /// A connection waiting for `connection_init` from now on.
-    pub(super) fn new(ctx: Socket<Q, M, S>, peer: Option<std::net::IpAddr>) -> Self {
+    pub(super) fn new(
+        ctx: Socket<Q, M, S>,
+        peer: Option<std::net::IpAddr>,
+        usage: Option<switchyard_server::metrics::ConnectionGuard>,
+    ) -> Self {
+        let mut ops = Running::default();
+        ops.streams.conflations = Some(ctx.metrics.conflations());
         Self {
+            usage,
             ctx,
             init: Init::Waiting(Instant::now()),
             token_valid_until: None,
-            ops: Running::default(),
+            ops,
             _user_slot: None,
             peer,
         }
@@ -228,6 +237,9 @@ where
                 }
                 self.token_valid_until = verified.as_ref().map(|v| v.deadline());
                 self.init = Init::Acked(verified.map(|v| v.subject));
+                if let Some(usage) = &mut self.usage {
+                    usage.identify(client_of(payload.as_ref()));
+                }
                 if let Err(closing) = send_text(
                     socket,
                     r#"{"type":"connection_ack"}"#.to_owned(),
@@ -361,6 +373,11 @@ fn refused_frame() -> Frame {
         "extensions": {"code": "FORBIDDEN"}
     }]);
     Frame::Error(errors.to_string().into())
+}
+
+/// The client application a `connection_init` payload names: `{"client": "name/version"}`.
+fn client_of(payload: Option<&Value>) -> Option<&str> {
+    payload?.get("client")?.as_str()
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

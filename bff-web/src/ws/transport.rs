@@ -55,6 +55,12 @@ impl Closing {
     pub(crate) fn code(&self) -> u16 {
         self.0
     }
+
+    /// For a slow consumer's close (1013), whether its queue was full (events were missed)
+    /// rather than a write timing out; `None` for any other close.
+    pub(crate) fn slow_consumer(&self) -> Option<bool> {
+        (self.0 == close::SLOW_CONSUMER).then(|| self.1.contains("missed"))
+    }
 }
 
 /// How long a close frame may take to reach the client, reading and discarding meanwhile.

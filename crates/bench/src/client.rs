@@ -134,6 +134,7 @@ pub(crate) async fn init(ws: &mut Ws, protocol: Protocol, token: &str) -> anyhow
     if protocol == Protocol::Mobile {
         let auth = mobile_proto::ClientMsg::Auth(mobile_proto::Auth {
             token: token.to_owned(),
+            client: None,
         });
         return mobile_step(ws, auth, "welcome").await;
     }

@@ -13,6 +13,7 @@
 //! taskset -c 1 target/release/switchyard-bench sources
 //! taskset -c 1 target/release/switchyard-bench files
 //! target/release/switchyard-bench soak
+//! taskset -c 1 target/release/switchyard-bench metrics-cost
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run, because the machine is
@@ -30,6 +31,7 @@ mod fanout;
 mod fanout_serve;
 mod files;
 mod memory;
+mod metrics_cost;
 mod publish;
 mod publish_serve;
 mod publish_subs;
@@ -102,6 +104,10 @@ enum Bench {
     /// Runs the soak's stack (server child of `soak`).
     #[command(hide = true)]
     ServeSoak(bench::soak::ServeArgs),
+    /// What serving metrics costs: fan-out deliveries/s and composition p50 with every
+    /// gateway's `/metrics` served and scraped against none, two pinned server children in the
+    /// same run, interleaved.
+    MetricsCost(metrics_cost::Args),
     /// Runs the stack and the in-process publisher for `publish` and `sources`.
     #[command(hide = true)]
     ServePublish(publish_serve::Args),
@@ -157,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Bench::ServeSoak(args) => bench::soak::serve(args).await,
+        Bench::MetricsCost(args) => metrics_cost::run(args).await,
         Bench::ServePublish(args) => publish_serve::run(args).await,
         Bench::ServeFanout(args) => fanout_serve::run(args).await,
         Bench::ServeDevice(args) => device_serve::run(args).await,

@@ -12,6 +12,9 @@
 //!   bus has it.
 //! - `fire <run> <k>`: as `one`, with no answer (the `sources` benchmark's: no write on the
 //!   server's core while the event fans out).
+//! - `flood <run> <events>`: publishes events `0..events` of run `run` on `announcements` one
+//!   after the other, as fast as the bus takes them (yielding after each); answers `ok` once all
+//!   are published (the `metrics-cost` benchmark's fan-out runs).
 //! - `burst <run> <publishers> <millis>`: `publishers` tasks publish on [`LOAD_CHANNEL`] (which
 //!   nobody subscribes to) as fast as they can for `millis` ms, each yielding to the runtime after
 //!   every publish as a request handler would; answers `ok <publishes>`.
@@ -51,6 +54,11 @@ pub(crate) struct Args {
     /// `sources` benchmark's.
     #[arg(long)]
     sources: Option<String>,
+    /// `/metrics` listeners of bff-web, bff-mobile and bff-device (`[metrics] listen`, comma
+    /// separated, in that order): the `metrics-cost` benchmark's "metrics on" server. None by
+    /// default (the launcher's ephemeral stack serves no metrics).
+    #[arg(long, value_delimiter = ',')]
+    metrics_listen: Vec<String>,
 }
 
 /// The catalog entry the `sources` benchmark's sources feed.
@@ -98,6 +106,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // Idle subscribers send nothing: no heartbeat pings in the middle of a measurement.
     config.mobile.websocket.heartbeat_ms = 3_600_000;
     config.channels = catalog(config.channels);
+    for (gateway, listen) in [
+        &mut config.web.metrics.listen,
+        &mut config.mobile.metrics.listen,
+        &mut config.device.metrics.listen,
+    ]
+    .into_iter()
+    .zip(&args.metrics_listen)
+    {
+        gateway.clone_from(listen);
+    }
     if let Some(sources) = &args.sources {
         config.sources = serde_json::from_str(sources).context("--sources")?;
         config.channels.catalog.push(ChannelConfig {
@@ -179,6 +197,15 @@ async fn command(
             bus.publish(channel, Bytes::from(data)).await?;
             Ok(String::new())
         }
+        Some("flood") => {
+            let (run, events) = (number(1)?, number(2)?);
+            for k in 0..events {
+                let data = payload(run, k, now_us());
+                bus.publish(channel, Bytes::from(data)).await?;
+                tokio::task::yield_now().await;
+            }
+            Ok(String::new())
+        }
         Some("burst") => {
             let (run, publishers, millis) = (number(1)?, number(2)?, number(3)?);
             let n = burst(bus, load, run, publishers.max(1), millis).await?;
@@ -239,6 +266,16 @@ impl Server {
 
     /// [`Server::spawn`], with `--sources` (JSON) when given.
     pub(crate) async fn spawn_with(cpus: &str, sources: Option<&str>) -> anyhow::Result<Self> {
+        Self::spawn_args(cpus, sources, &[]).await
+    }
+
+    /// [`Server::spawn_with`], its gateways serving `/metrics` on `metrics` (web, mobile,
+    /// device) when given.
+    pub(crate) async fn spawn_args(
+        cpus: &str,
+        sources: Option<&str>,
+        metrics: &[String],
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut command = if cpus.is_empty() {
             Command::new(exe)
@@ -250,6 +287,9 @@ impl Server {
         command.arg("serve-publish");
         if let Some(sources) = sources {
             command.args(["--sources", sources]);
+        }
+        if !metrics.is_empty() {
+            command.arg("--metrics-listen").arg(metrics.join(","));
         }
         let mut child = command
             .stdin(Stdio::piped())

@@ -687,6 +687,7 @@ async fn mobile_client(
         };
         let auth = ClientMsg::Auth(mobile_proto::Auth {
             token: token.clone(),
+            client: None,
         });
         if ws.send(mobile_frame(&auth)).await.is_err() {
             first = false;

@@ -42,7 +42,8 @@ use switchyard_core::upstream::BackendConfig;
 use switchyard_core::upstream::{UpstreamError, UpstreamErrorKind, Upstreams};
 use switchyard_server::config::{LogConfig, ServerConfig};
 use switchyard_server::errors::{JsonError, upstream_error};
-use switchyard_server::server::{self, CancellationToken, Readiness};
+use switchyard_server::metrics::service::{ServiceMetrics, ServiceMetricsConfig};
+use switchyard_server::server::{CancellationToken, Readiness};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -83,6 +84,8 @@ pub struct Config {
     pub deadline_ms: u64,
     /// Recent conversions kept per user for `GET /v1/conversions` (at least 1).
     pub recent_per_user: usize,
+    /// `/metrics` on an internal listener of its own (none by default).
+    pub metrics: ServiceMetricsConfig,
 }
 
 impl Default for Config {
@@ -94,6 +97,7 @@ impl Default for Config {
             backends: default_backends(),
             deadline_ms: 2_000,
             recent_per_user: 100,
+            metrics: ServiceMetricsConfig::default(),
         }
     }
 }
@@ -144,14 +148,29 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(&config, bus)?;
-    server::serve_with(listener, app, shutdown, &config.server).await?;
-    Ok(())
+    let (app, metrics) = build(&config, bus)?;
+    http::serve(
+        listener,
+        app,
+        metrics,
+        &config.metrics,
+        shutdown,
+        &config.server,
+    )
+    .await
 }
+
+/// The routes counted in its metrics.
+const ROUTES: [&str; 2] = ["/v1/conversions", "/ui/{file}"];
 
 /// The full application: API routes, health routes (checking both backends and the bus) and the
 /// common layers.
 pub fn router(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Router> {
+    Ok(build(config, bus)?.0)
+}
+
+fn build(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<(Router, ServiceMetrics)> {
+    let metrics = ServiceMetrics::new("conversions", &ROUTES);
     for name in [LIMITS, EXCHANGE] {
         anyhow::ensure!(
             config.backends.contains_key(name),
@@ -175,11 +194,13 @@ pub fn router(config: &Config, bus: Arc<dyn Bus>) -> anyhow::Result<Router> {
         .route("/v1/conversions", post(create).get(list))
         .with_state(service);
     let api = api.merge(crate::ui::routes(crate::ui::CONVERSIONS));
-    Ok(http::finish(
+    let app = http::finish(
         api,
         Readiness::new(Some(upstreams), Some(bus)),
         &config.server,
-    ))
+        &metrics,
+    );
+    Ok((app, metrics))
 }
 
 /// What the handlers share.

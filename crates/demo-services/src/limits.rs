@@ -22,7 +22,8 @@ use demo_api::{ConsumeRequest, Decimal, Limit, UserId, parse_amount};
 use serde::{Deserialize, Serialize};
 use switchyard_server::config::{LogConfig, ServerConfig};
 use switchyard_server::errors::JsonError;
-use switchyard_server::server::{self, CancellationToken, Readiness};
+use switchyard_server::metrics::service::{ServiceMetrics, ServiceMetricsConfig};
+use switchyard_server::server::{CancellationToken, Readiness};
 use time::Date;
 use tokio::net::TcpListener;
 
@@ -44,6 +45,8 @@ pub struct Config {
     pub default_daily_limit: Decimal,
     /// Per-user daily limits that replace the default, by user id (`alice = "500.00"`).
     pub users: BTreeMap<String, Decimal>,
+    /// `/metrics` on an internal listener of its own (none by default).
+    pub metrics: ServiceMetricsConfig,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             log: LogConfig::default(),
             default_daily_limit: Decimal::new(1_000_000, 2),
             users: BTreeMap::new(),
+            metrics: ServiceMetricsConfig::default(),
         }
     }
 }
@@ -72,24 +76,40 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(&config)?;
-    server::serve_with(listener, app, shutdown, &config.server).await?;
-    Ok(())
+    let (app, metrics) = build(&config)?;
+    http::serve(
+        listener,
+        app,
+        metrics,
+        &config.metrics,
+        shutdown,
+        &config.server,
+    )
+    .await
 }
+
+/// The routes counted in its metrics.
+const ROUTES: [&str; 3] = [
+    "/v1/limits/{user}",
+    "/v1/limits/{user}/consume",
+    "/ui/{file}",
+];
 
 /// The full application: API routes, health routes and the common layers.
 pub fn router(config: &Config) -> anyhow::Result<Router> {
+    Ok(build(config)?.0)
+}
+
+fn build(config: &Config) -> anyhow::Result<(Router, ServiceMetrics)> {
+    let metrics = ServiceMetrics::new("limits", &ROUTES);
     let service = Arc::new(Limits::new(config, MAX_USERS)?);
     let api = Router::new()
         .route("/v1/limits/{user}", get(get_limit))
         .route("/v1/limits/{user}/consume", post(consume))
         .with_state(service);
     let api = api.merge(crate::ui::routes(crate::ui::LIMITS));
-    Ok(http::finish(
-        api,
-        Readiness::new(None, None),
-        &config.server,
-    ))
+    let app = http::finish(api, Readiness::new(None, None), &config.server, &metrics);
+    Ok((app, metrics))
 }
 
 async fn get_limit(

@@ -20,6 +20,7 @@
 
 mod csv;
 
+use switchyard_server::metrics::service::{ServiceMetrics, ServiceMetricsConfig};
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use switchyard_server::config::{LogConfig, ServerConfig};
 use switchyard_server::errors::JsonError;
-use switchyard_server::server::{self, CancellationToken, Readiness};
+use switchyard_server::server::{CancellationToken, Readiness};
 use switchyard_server::streaming::{ClientBody, content_length};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
@@ -68,6 +69,8 @@ pub struct Config {
     pub default_rows: u64,
     /// Longest wait for the next chunk of a receipt's body, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// `/metrics` on an internal listener of its own (none by default).
+    pub metrics: ServiceMetricsConfig,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             max_rows: 100_000_000,
             default_rows: 1_000,
             idle_timeout_ms: 30_000,
+            metrics: ServiceMetricsConfig::default(),
         }
     }
 }
@@ -143,14 +147,28 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (app, _) = app(&config)?;
-    server::serve_with(listener, app, shutdown, &config.server).await?;
-    Ok(())
+    let (app, _, metrics) = build(&config)?;
+    http::serve(
+        listener,
+        app,
+        metrics,
+        &config.metrics,
+        shutdown,
+        &config.server,
+    )
+    .await
 }
+
+/// The routes counted in its metrics.
+const ROUTES: [&str; 2] = ["/v1/statements/{user}", "/v1/receipts/{user}/{name}"];
 
 /// The full application and its [`Stats`]. Fails on an invalid configuration, or when the
 /// receipts directory cannot be created.
 pub fn app(config: &Config) -> anyhow::Result<(Router, Stats)> {
+    build(config).map(|(app, stats, _)| (app, stats))
+}
+
+fn build(config: &Config) -> anyhow::Result<(Router, Stats, ServiceMetrics)> {
     anyhow::ensure!(config.max_rows >= 1, "max_rows must be at least 1");
     anyhow::ensure!(
         (1..=config.max_rows).contains(&config.default_rows),
@@ -175,8 +193,9 @@ pub fn app(config: &Config) -> anyhow::Result<(Router, Stats)> {
         .route("/v1/statements/{user}", get(statement))
         .route("/v1/receipts/{user}/{name}", put(receipt))
         .with_state(service);
-    let app = http::finish(api, Readiness::new(None, None), &config.server);
-    Ok((app, stats))
+    let metrics = ServiceMetrics::new("statements", &ROUTES);
+    let app = http::finish(api, Readiness::new(None, None), &config.server, &metrics);
+    Ok((app, stats, metrics))
 }
 
 struct Service {

@@ -108,6 +108,9 @@ pub struct Config {
     pub subscription_buffer: usize,
     /// Largest server message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// The application and its version, `name/version`, sent in `auth` for the server's usage
+    /// metrics; `None` (the default) sends none.
+    pub client: Option<String>,
 }
 
 impl Config {
@@ -123,7 +126,14 @@ impl Config {
             call_timeout_ms: 30_000,
             subscription_buffer: 256,
             max_message_bytes: 1 << 20,
+            client: None,
         }
+    }
+
+    /// The same naming the application as `client` (`name/version`) in `auth`.
+    pub fn with_client(mut self, client: impl Into<String>) -> Self {
+        self.client = Some(client.into());
+        self
     }
 
     /// The same with `encoding`.

@@ -123,6 +123,7 @@ pub(crate) async fn connect_once(config: &Config) -> Result<Conn, Error> {
         }
         let auth = ClientMsg::Auth(mobile_proto::Auth {
             token: config.token.clone(),
+            client: config.client.clone(),
         });
         send(&mut ws, enc, &auth).await?;
         loop {
@@ -534,7 +535,10 @@ impl Task {
             Command::Reauthenticate { token, reply } => {
                 self.config.token = token.clone();
                 self.reauths.push(reply);
-                let msg = ClientMsg::Auth(mobile_proto::Auth { token });
+                let msg = ClientMsg::Auth(mobile_proto::Auth {
+                    token,
+                    client: None,
+                });
                 send(ws, enc, &msg).await.map_err(|_| Broken)
             }
             Command::Close { .. } => Ok(()),

@@ -89,6 +89,7 @@ pub fn all() -> Vec<Example> {
             "auth",
             Client(ClientMsg::Auth(Auth {
                 token: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.sig".into(),
+                client: None,
             })),
         ),
         ex(

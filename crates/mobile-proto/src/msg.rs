@@ -39,6 +39,11 @@ pub struct Position {
 pub struct Auth {
     /// The token (a JWT), without any `Bearer ` prefix.
     pub token: String,
+    /// The client application and its version, `name/version` (`ios-app/4.2.0`), for the
+    /// server's usage metrics (like the `X-Client-App` header on HTTP). Optional, additive to v1;
+    /// read at the first `auth` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// `sub`: subscribe to a topic, optionally resuming after a position.

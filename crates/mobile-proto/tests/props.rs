@@ -87,7 +87,8 @@ fn text() -> impl Strategy<Value = String> {
 
 fn client_msg(json: bool) -> impl Strategy<Value = ClientMsg> {
     prop_oneof![
-        text().prop_map(|token| ClientMsg::Auth(Auth { token })),
+        (text(), prop::option::of(text()))
+            .prop_map(|(token, client)| ClientMsg::Auth(Auth { token, client })),
         (text(), prop::option::of(position()))
             .prop_map(|(topic, resume)| ClientMsg::Sub(Sub { topic, resume })),
         text().prop_map(|topic| ClientMsg::Unsub(Unsub { topic })),

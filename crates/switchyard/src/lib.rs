@@ -53,14 +53,21 @@ pub const DEMO_DEVICE_KEY: &str = "demo-tv-key-change-me";
 /// The bearer token of bff-device's admin API in the one-process stack.
 pub const DEMO_ADMIN_TOKEN: &str = "switchyard-demo-admin-token-change-me";
 
-/// Where `switchyard up` serves each gateway's `/metrics` (internal ports, not the clients';
-/// 9464 is the port conventionally used by Prometheus exporters of OpenTelemetry SDKs, clear of
-/// Prometheus itself on 9090).
-pub const DEFAULT_METRICS_LISTEN: [(&str, &str); 3] = [
+/// Where `switchyard up` serves each gateway's and demo service's `/metrics` (internal ports,
+/// not the clients'; 9464 is the port conventionally used by Prometheus exporters of
+/// OpenTelemetry SDKs, clear of Prometheus itself on 9090).
+pub const DEFAULT_METRICS_LISTEN: [(&str, &str); 6] = [
     ("bff-web", "127.0.0.1:9464"),
     ("bff-mobile", "127.0.0.1:9465"),
     ("bff-device", "127.0.0.1:9466"),
+    ("limits", "127.0.0.1:9467"),
+    ("exchange", "127.0.0.1:9468"),
+    ("conversions", "127.0.0.1:9469"),
 ];
+
+/// The `gateway` label of the stack's own publish API's calls, exported on bff-web's
+/// `/metrics` (`switchyard_publish_calls_total{gateway="switchyard"}`).
+pub const LAUNCHER: &str = "switchyard";
 
 /// The publisher the one-process stack's publish API knows ([`DEMO_PUBLISHER_KEY`] is its key).
 pub const DEMO_PUBLISHER: &str = "demo";
@@ -121,6 +128,12 @@ impl Default for Config {
         web.metrics.listen = DEFAULT_METRICS_LISTEN[0].1.to_owned();
         mobile.metrics.listen = DEFAULT_METRICS_LISTEN[1].1.to_owned();
         device.metrics.listen = DEFAULT_METRICS_LISTEN[2].1.to_owned();
+        let mut limits = demo_services::limits::Config::default();
+        limits.metrics.listen = DEFAULT_METRICS_LISTEN[3].1.to_owned();
+        let mut exchange = demo_services::exchange::Config::default();
+        exchange.metrics.listen = DEFAULT_METRICS_LISTEN[4].1.to_owned();
+        let mut conversions = demo_services::conversions::Config::default();
+        conversions.metrics.listen = DEFAULT_METRICS_LISTEN[5].1.to_owned();
         device.devices.insert(
             DEMO_DEVICE.to_owned(),
             bff_device::DeviceConfig {
@@ -145,9 +158,9 @@ impl Default for Config {
                 }],
                 ..PublishConfig::default()
             },
-            limits: Default::default(),
-            exchange: Default::default(),
-            conversions: Default::default(),
+            limits,
+            exchange,
+            conversions,
             statements: Default::default(),
             web,
             mobile,
@@ -173,16 +186,22 @@ impl Config {
         c.web.metrics.listen.clear();
         c.mobile.metrics.listen.clear();
         c.device.metrics.listen.clear();
+        c.limits.metrics.listen.clear();
+        c.exchange.metrics.listen.clear();
+        c.conversions.metrics.listen.clear();
         c
     }
 
-    /// Each gateway's `/metrics` URL, for those whose `[metrics].listen` is set; `None` for a
+    /// Each gateway's and demo service's `/metrics` URL, for those whose `[metrics].listen` is set; `None` for a
     /// port chosen at start (port 0: the gateway logs it as `metrics_addr`).
     pub fn metrics_urls(&self) -> Vec<(&'static str, Option<String>)> {
         [
             ("bff-web", &self.web.metrics.listen),
             ("bff-mobile", &self.mobile.metrics.listen),
             ("bff-device", &self.device.metrics.listen),
+            ("limits", &self.limits.metrics.listen),
+            ("exchange", &self.exchange.metrics.listen),
+            ("conversions", &self.conversions.metrics.listen),
         ]
         .into_iter()
         .filter(|(_, listen)| !listen.is_empty())
@@ -390,20 +409,29 @@ impl Stack {
                 demo_services::statements::run(statements, l, t).await,
             )
         });
+        // The stack's publish API, counted on bff-web's `/metrics` (gateway="switchyard").
+        let publish_api = publish_listener
+            .as_ref()
+            .map(|_| PublishApi::new(&publish, catalog, bus.clone()));
         let (l, t) = take("bff-web");
-        let b = broker.clone();
         let web_config = web.clone();
-        tasks.spawn(async move { ("bff-web", bff_web::run(web, b, l, t).await) });
+        let web_app =
+            bff_web::app(&web, &broker, t).map_err(|e| anyhow::anyhow!("bff-web: {e:#}"))?;
+        if let Some(api) = &publish_api {
+            web_app
+                .metrics()
+                .add_publish_api(LAUNCHER, api.stats().clone());
+        }
+        tasks.spawn(async move { ("bff-web", web_app.serve(l).await) });
         let (l, t) = take("bff-mobile");
         let b = broker.clone();
         tasks.spawn(async move { ("bff-mobile", bff_mobile::run(mobile, b, l, t).await) });
         let (l, t) = take("bff-device");
         let b = broker.clone();
         tasks.spawn(async move { ("bff-device", bff_device::run(device, b, l, t).await) });
-        if let Some(listener) = publish_listener {
+        if let (Some(listener), Some(api)) = (publish_listener, publish_api) {
             // Its callers are the stack's backends: no cap per client address.
             let server = ServerConfig::backend(listener.local_addr()?);
-            let api = PublishApi::new(&publish, catalog, bus.clone());
             let token = root.child_token();
             tokens.insert("publish", token.clone());
             tasks.spawn(async move {

@@ -26,7 +26,14 @@ fn up() -> Command {
         );
     }
     cmd.env("SWITCHYARD__PUBLISH__LISTEN", "127.0.0.1:0");
-    for gateway in ["web", "mobile", "device"] {
+    for gateway in [
+        "web",
+        "mobile",
+        "device",
+        "limits",
+        "exchange",
+        "conversions",
+    ] {
         cmd.env(
             format!("SWITCHYARD__{}__METRICS__LISTEN", gateway.to_uppercase()),
             "127.0.0.1:0",
@@ -127,13 +134,21 @@ async fn all_healthy(lines: &[String]) {
 async fn up_prints_every_url_and_stops_cleanly_on_ctrl_c() {
     let (mut child, lines) = start();
     all_healthy(&lines).await;
-    // Each gateway's metrics listener (on port 0 here: chosen at start, and said so).
+    // Each gateway's and service's metrics listener (on port 0 here: chosen at start, and said
+    // so).
     let metrics: Vec<&String> = lines
         .iter()
         .filter(|l| l.trim_start().starts_with("metrics"))
         .collect();
-    assert_eq!(metrics.len(), 3, "{lines:?}");
-    for gateway in ["bff-web", "bff-mobile", "bff-device"] {
+    assert_eq!(metrics.len(), 6, "{lines:?}");
+    for gateway in [
+        "bff-web",
+        "bff-mobile",
+        "bff-device",
+        "limits",
+        "exchange",
+        "conversions",
+    ] {
         assert!(metrics.iter().any(|l| l.contains(gateway)), "{metrics:?}");
     }
     let quote = format!(

@@ -328,6 +328,12 @@ fn up_serves_each_gateways_metrics_on_an_internal_port_and_tests_on_none() {
                 "bff-device",
                 Some("http://127.0.0.1:9466/metrics".to_owned())
             ),
+            ("limits", Some("http://127.0.0.1:9467/metrics".to_owned())),
+            ("exchange", Some("http://127.0.0.1:9468/metrics".to_owned())),
+            (
+                "conversions",
+                Some("http://127.0.0.1:9469/metrics".to_owned())
+            ),
         ]
     );
     assert!(switchyard::Config::ephemeral().metrics_urls().is_empty());

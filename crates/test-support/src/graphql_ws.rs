@@ -72,9 +72,15 @@ impl Client {
     /// Connects to `url` (`ws://host:port/v1/graphql`) and completes `connection_init` with the
     /// token, if any.
     pub async fn connect(url: &str, token: Option<&str>) -> Self {
+        let payload = token.map(|t| json!({"authorization": format!("Bearer {t}")}));
+        Self::connect_with_payload(url, payload.unwrap_or(Value::Null)).await
+    }
+
+    /// Connects to `url` and completes `connection_init` with `payload` (`null`: none).
+    pub async fn connect_with_payload(url: &str, payload: Value) -> Self {
         let ws = connect_raw(url, Some("graphql-transport-ws"), None).await;
         let mut client = Self { ws };
-        let payload = token.map(|t| json!({"authorization": format!("Bearer {t}")}));
+        let payload = (!payload.is_null()).then_some(payload);
         client
             .send(json!({"type": "connection_init", "payload": payload}))
             .await;

@@ -103,7 +103,13 @@ impl Client {
 
     /// Sends `auth` with `token`; the answer must be `welcome` for `user`.
     pub async fn sign_in(&mut self, token: String, user: &str) {
-        self.send(&ClientMsg::Auth(mobile_proto::Auth { token }))
+        self.sign_in_as(token, user, None).await;
+    }
+
+    /// [`Self::sign_in`], naming the client application (`name/version`) in `auth`.
+    pub async fn sign_in_as(&mut self, token: String, user: &str, client: Option<&str>) {
+        let client = client.map(str::to_owned);
+        self.send(&ClientMsg::Auth(mobile_proto::Auth { token, client }))
             .await;
         match self.recv().await {
             ServerMsg::Welcome(w) => assert_eq!(w.user, user),

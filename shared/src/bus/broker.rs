@@ -7,14 +7,27 @@
 //! starts while its broker is down and reports not-ready ([`super::Bus::check`]) until it answers.
 //! This module does not know what rate limits or records store; they take a [`Broker`] and use
 //! its connections ([`crate::ratelimit::RateLimiter::new`], [`crate::records::on`]).
+//!
+//! The broker's counters ([`BusMetrics`]: publish latency, connections lost, live-feed repairs)
+//! are one set per broker ([`Broker::metrics`]); its bus times every publish ([`Metered`]).
 
 use std::sync::Arc;
 
+use std::time::Instant;
+
+use bytes::Bytes;
+
 use super::lease::{Lease, MemoryLease};
 use super::memory::MemoryBus;
+use super::metrics::BusMetrics;
 use super::nats::NatsBus;
 use super::redis::RedisBus;
-use super::{Bus, BusConfig, BusKind, Retention};
+use super::{
+    Bus, BusConfig, BusError, BusKind, IdempotencyKey, Published, Read, Retention, StartAt,
+    Subscription,
+};
+use crate::event::{Event, Position, Topic};
+use crate::trace::TraceContext;
 
 /// A process's broker: its bus, its lease service and their shared connections. Cheap to clone
 /// (clones share everything).
@@ -23,6 +36,7 @@ pub struct Broker {
     bus: Arc<dyn Bus>,
     lease: Arc<dyn Lease>,
     clients: Clients,
+    metrics: Arc<BusMetrics>,
 }
 
 /// The broker clients behind a [`Broker`], for the core's other shared state.
@@ -49,29 +63,39 @@ impl Broker {
     /// [`Self::connect`], keeping what `retention` says per topic (a catalog channel's own
     /// `history_events`) instead of `config.history_events` for all.
     pub fn connect_with(config: &BusConfig, retention: Retention) -> Self {
-        match config.kind {
-            BusKind::Memory => Self {
-                bus: Arc::new(MemoryBus::with(retention, config.idempotency_window())),
-                lease: Arc::new(MemoryLease::new()),
-                clients: Clients::Memory,
-            },
+        let (bus, lease, clients, metrics): (Arc<dyn Bus>, Arc<dyn Lease>, _, _) = match config.kind
+        {
+            BusKind::Memory => (
+                Arc::new(MemoryBus::with(retention, config.idempotency_window())),
+                Arc::new(MemoryLease::new()),
+                Clients::Memory,
+                Arc::new(BusMetrics::default()),
+            ),
             BusKind::Redis => {
                 let redis = Arc::new(RedisBus::with(config, retention));
-                Self {
-                    bus: redis.clone(),
-                    lease: redis.clone(),
-                    clients: Clients::Redis(redis),
-                }
+                let metrics = redis.metrics();
+                (redis.clone(), redis.clone(), Clients::Redis(redis), metrics)
             }
             BusKind::Nats => {
                 let nats = Arc::new(NatsBus::with(config, retention));
-                Self {
-                    bus: nats.clone(),
-                    lease: nats.clone(),
-                    clients: Clients::Nats(nats),
-                }
+                let metrics = nats.metrics();
+                (nats.clone(), nats.clone(), Clients::Nats(nats), metrics)
             }
+        };
+        Self {
+            bus: Arc::new(Metered {
+                bus,
+                metrics: metrics.clone(),
+            }),
+            lease,
+            clients,
+            metrics,
         }
+    }
+
+    /// The broker's counters (publish latency, connections lost, live-feed repairs).
+    pub fn metrics(&self) -> Arc<BusMetrics> {
+        self.metrics.clone()
     }
 
     /// The in-memory broker keeping the last `history_events` events of each topic:
@@ -114,5 +138,63 @@ impl std::fmt::Debug for Broker {
         f.debug_struct("Broker")
             .field("kind", &self.kind())
             .finish_non_exhaustive()
+    }
+}
+
+/// A bus whose publishes are timed into the broker's [`BusMetrics`]; everything else passes
+/// through.
+struct Metered {
+    bus: Arc<dyn Bus>,
+    metrics: Arc<BusMetrics>,
+}
+
+#[async_trait::async_trait]
+impl Bus for Metered {
+    async fn publish_traced(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    ) -> Result<Event, BusError> {
+        let start = Instant::now();
+        let published = self.bus.publish_traced(topic, payload, trace).await;
+        self.metrics.published(published.is_ok(), start.elapsed());
+        published
+    }
+
+    async fn publish_once_traced(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        key: &IdempotencyKey,
+        trace: Option<TraceContext>,
+    ) -> Result<Published, BusError> {
+        let start = Instant::now();
+        let published = self
+            .bus
+            .publish_once_traced(topic, payload, key, trace)
+            .await;
+        self.metrics.published(published.is_ok(), start.elapsed());
+        published
+    }
+
+    async fn read(&self, topic: &Topic, after: Position, max: usize) -> Result<Read, BusError> {
+        self.bus.read(topic, after, max).await
+    }
+
+    async fn latest(&self, topic: &Topic) -> Result<Option<Event>, BusError> {
+        self.bus.latest(topic).await
+    }
+
+    async fn head(&self, topic: &Topic) -> Result<Position, BusError> {
+        self.bus.head(topic).await
+    }
+
+    async fn subscribe(&self, topic: &Topic, from: StartAt) -> Result<Subscription, BusError> {
+        self.bus.subscribe(topic, from).await
+    }
+
+    async fn check(&self) -> Result<(), BusError> {
+        self.bus.check().await
     }
 }

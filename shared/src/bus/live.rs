@@ -9,6 +9,9 @@
 //! another epoch, a resync signal, the feed ending — sends it back to history, which answers with
 //! the missing events or an explicit gap. Duplicates are dropped by offset.
 //!
+//! Every repair — a jump, a resync signal, a lost feed — is counted in the broker's
+//! [`super::BusMetrics`].
+//!
 //! The driver holds at most one history page of events; it never buffers while the broker is
 //! down: it waits with backoff and retries. It does not know any broker.
 
@@ -18,6 +21,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+use super::metrics::Repair;
 use super::{BusError, Delivery, Read, StartAt, Subscription};
 use crate::event::{Event, Position, Topic};
 
@@ -51,6 +55,9 @@ pub(crate) trait Source: Send + Sync + 'static {
         topic: &Topic,
         after: Option<Position>,
     ) -> Result<(LiveFeed, Position), BusError>;
+
+    /// The broker's counters, where repairs are counted.
+    fn metrics(&self) -> &super::BusMetrics;
 }
 
 /// Reconnect and resubscribe delays: the core's one backoff (full jitter).
@@ -168,11 +175,16 @@ impl<S: Source> Driver<S> {
                     if !(same_epoch && e.offset <= self.cursor.offset) {
                         // A jump or another epoch: history says what happened in between.
                         self.catch_up = true;
+                        self.source.metrics().repaired(Repair::Jump);
                     }
                 }
-                Some(LiveItem::Resync) => self.catch_up = true,
+                Some(LiveItem::Resync) => {
+                    self.catch_up = true;
+                    self.source.metrics().repaired(Repair::Resync);
+                }
                 None => {
                     tracing::debug!(topic = %self.topic, "bus live feed lost; reopening");
+                    self.source.metrics().repaired(Repair::Lost);
                     self.live = None;
                     self.backoff.wait().await;
                 }

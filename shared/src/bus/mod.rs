@@ -58,6 +58,7 @@ mod idempotency;
 pub mod lease;
 mod live;
 pub mod memory;
+pub mod metrics;
 pub mod nats;
 pub mod redis;
 mod retention;
@@ -68,6 +69,7 @@ pub use config::{BusConfig, BusKind};
 pub use idempotency::{
     IdempotencyKey, InvalidIdempotencyKey, MAX_KEY_BYTES, MAX_REMEMBERED_KEYS, Published,
 };
+pub use metrics::{BusMetrics, BusMetricsSnapshot, REPAIR_REASONS};
 pub use retention::Retention;
 
 use bytes::Bytes;

@@ -39,6 +39,17 @@ pub struct PatternSnapshot {
     pub catch_ups: u64,
 }
 
+/// The stream subscribers' queues at one moment (`Hub::queue_depths`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    /// Events queued, summed over every stream subscriber.
+    pub queued: u64,
+    /// The deepest subscriber queue.
+    pub max: u64,
+    /// Stream subscribers with a queue (hooked into the live fan-out).
+    pub queues: u64,
+}
+
 /// The hub's counters, by pattern.
 #[derive(Debug)]
 pub(super) struct HubStats {

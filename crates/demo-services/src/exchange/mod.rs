@@ -28,7 +28,8 @@ use demo_api::{Currency, ExchangeStats, Pair, Rate};
 use serde::{Deserialize, Serialize};
 use switchyard_server::config::{LogConfig, ServerConfig};
 use switchyard_server::errors::JsonError;
-use switchyard_server::server::{self, CancellationToken, Readiness};
+use switchyard_server::metrics::service::{ServiceMetrics, ServiceMetricsConfig};
+use switchyard_server::server::{CancellationToken, Readiness};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
@@ -56,6 +57,8 @@ pub struct Config {
     /// Largest WebSocket message accepted from a client, in bytes; a larger one closes the
     /// connection with code 1009.
     pub max_message_bytes: usize,
+    /// `/metrics` on an internal listener of its own (none by default).
+    pub metrics: ServiceMetricsConfig,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             seed: 42,
             max_pairs_per_connection: 32,
             max_message_bytes: 4_096,
+            metrics: ServiceMetricsConfig::default(),
         }
     }
 }
@@ -91,9 +95,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let stop = shutdown.child_token();
     let _stop_on_drop = stop.clone().drop_guard();
-    let (app, sockets) = build(&config, stop.clone())?;
+    let (app, sockets, metrics) = build(&config, stop.clone())?;
     let drain = config.server.drain_timeout();
-    let served = server::serve_with(listener, app, shutdown, &config.server).await;
+    let served = http::serve(
+        listener,
+        app,
+        metrics,
+        &config.metrics,
+        shutdown,
+        &config.server,
+    )
+    .await;
     // The server may also have ended on its own: make sure the sockets are told.
     stop.cancel();
     sockets.close();
@@ -115,8 +127,23 @@ pub fn router(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Ro
     Ok(build(config, shutdown)?.0)
 }
 
+/// The routes counted in its metrics.
+const ROUTES: [&str; 4] = [
+    "/v1/rates/{from}/{to}",
+    "/v1/ticks",
+    "/v1/stats",
+    "/ui/{file}",
+];
+
+fn metrics() -> ServiceMetrics {
+    ServiceMetrics::new("exchange", &ROUTES)
+}
+
 /// The application, and the tracker of its WebSocket connections.
-fn build(config: &Config, shutdown: CancellationToken) -> anyhow::Result<(Router, TaskTracker)> {
+fn build(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Router, TaskTracker, ServiceMetrics)> {
     anyhow::ensure!(
         config.tick_interval_ms >= 1,
         "tick_interval_ms must be at least 1"
@@ -153,8 +180,9 @@ fn build(config: &Config, shutdown: CancellationToken) -> anyhow::Result<(Router
         .route("/v1/stats", get(stats))
         .with_state(exchange);
     let api = api.merge(crate::ui::routes(crate::ui::EXCHANGE));
-    let app = http::finish(api, Readiness::new(None, None), &config.server);
-    Ok((app, sockets))
+    let metrics = metrics();
+    let app = http::finish(api, Readiness::new(None, None), &config.server, &metrics);
+    Ok((app, sockets, metrics))
 }
 
 /// What the handlers share.

@@ -233,7 +233,7 @@ fn messages_are_read_strictly_with_errors_naming_the_key() {
         (r#"{"t":"auth"}"#, "`auth`: missing field `token`"),
         (
             r#"{"t":"auth","token":"x","tokn":"y"}"#,
-            "`auth`: `tokn`: unknown field `tokn`, expected `token`",
+            "`auth`: `tokn`: unknown field `tokn`, expected `token` or `client`",
         ),
         (
             r#"{"t":"sub","topic":"conversions","resume":{"e":1,"o":-1}}"#,
@@ -345,6 +345,9 @@ fn quotes_of_client_input_are_clipped() {
     let err = detail(client_json(&format!(r#"{{"t":"{long}"}}"#)));
     assert!(err.len() < 200, "{err}");
     assert!(err.contains("xxx…"));
-    let auth = Encoding::Cbor.encode_client(&ClientMsg::Auth(Auth { token: long }));
+    let auth = Encoding::Cbor.encode_client(&ClientMsg::Auth(Auth {
+        token: long,
+        client: None,
+    }));
     assert!(client_cbor(auth.as_bytes()).is_ok());
 }

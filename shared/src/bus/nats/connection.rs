@@ -25,6 +25,7 @@ impl Inner {
         &self,
     ) -> Result<&(async_nats::Client, jetstream::Context), BusError> {
         let generation = self.generation.clone();
+        let metrics = self.metrics.clone();
         let (initial, max) = self.reconnect;
         let made = self
             .conn
@@ -41,6 +42,7 @@ impl Inner {
                     })
                     .event_callback(move |event| {
                         let generation = generation.clone();
+                        let metrics = metrics.clone();
                         async move {
                             match event {
                                 async_nats::Event::Connected => {
@@ -49,6 +51,7 @@ impl Inner {
                                 }
                                 async_nats::Event::Disconnected => {
                                     tracing::warn!("nats bus disconnected; reconnecting");
+                                    metrics.connection_lost();
                                     generation.send_modify(|g| *g += 1);
                                 }
                                 other => tracing::debug!(event = %other, "nats bus event"),

@@ -99,6 +99,8 @@ struct Inner {
     /// learned: an epoch learned before the latest reconnect is not trusted.
     epochs: Mutex<HashMap<Topic, (u64, u64)>>,
     received: Arc<AtomicU64>,
+    /// Connections lost, live-feed repairs (publishes are timed by the broker).
+    metrics: Arc<crate::bus::BusMetrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -138,8 +140,14 @@ impl NatsBus {
                 generation: Arc::new(watch::channel(0).0),
                 epochs: Mutex::new(HashMap::new()),
                 received: Arc::new(AtomicU64::new(0)),
+                metrics: Arc::default(),
             }),
         }
+    }
+
+    /// Its connections lost and live-feed repairs, for `/metrics`.
+    pub fn metrics(&self) -> Arc<crate::bus::BusMetrics> {
+        self.inner.metrics.clone()
     }
 
     /// Counters of this bus instance.

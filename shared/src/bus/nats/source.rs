@@ -14,6 +14,10 @@ use crate::event::{Event, Position, Topic};
 
 #[async_trait::async_trait]
 impl live::Source for Inner {
+    fn metrics(&self) -> &crate::bus::BusMetrics {
+        &self.metrics
+    }
+
     async fn read(&self, topic: &Topic, after: Position, max: usize) -> Result<Read, BusError> {
         let (stream, head) = self.head(topic).await?;
         if let Some(resume) = live::uncovered(after, head.epoch, head.oldest, head.last) {

@@ -73,6 +73,7 @@ impl Inner {
         let mut c = self.commands.lock().await;
         if c.conn.take().is_some() {
             tracing::warn!("redis bus connection lost; reconnecting");
+            self.metrics.connection_lost();
         }
         c.retry_at = Some(Instant::now() + c.backoff.delay());
     }

@@ -38,6 +38,7 @@ impl Inner {
             channels: HashMap::new(),
             up: self.live_up.clone(),
             received: self.received.clone(),
+            metrics: self.metrics.clone(),
         };
         tokio::spawn(task.run(rx));
         *d = Some(tx.clone());
@@ -75,6 +76,7 @@ struct Dispatcher {
     channels: HashMap<String, HashMap<u64, Target>>,
     up: Arc<AtomicBool>,
     received: Arc<AtomicU64>,
+    metrics: Arc<crate::bus::BusMetrics>,
 }
 
 impl Dispatcher {
@@ -135,6 +137,7 @@ impl Dispatcher {
             };
             if !alive {
                 tracing::warn!("redis bus pub/sub connection lost; reconnecting");
+                self.metrics.connection_lost();
                 conn = None;
                 self.up.store(false, Ordering::Relaxed);
                 retry_at = tokio::time::Instant::now() + self.backoff.delay();

@@ -18,6 +18,10 @@ const FEED_QUEUE: usize = 1024;
 
 #[async_trait::async_trait]
 impl live::Source for Inner {
+    fn metrics(&self) -> &crate::bus::BusMetrics {
+        &self.metrics
+    }
+
     async fn read(&self, topic: &Topic, after: Position, max: usize) -> Result<Read, BusError> {
         let view = self.view(topic, after.offset, max, false).await?;
         Ok(view.read(after))

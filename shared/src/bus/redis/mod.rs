@@ -108,6 +108,8 @@ struct Inner {
     /// subscription; `true` until then so an idle bus is judged by its command connection).
     live_up: Arc<AtomicBool>,
     received: Arc<AtomicU64>,
+    /// Connections lost, live-feed repairs (publishes are timed by the broker).
+    metrics: Arc<crate::bus::BusMetrics>,
     next_id: AtomicU64,
 }
 
@@ -160,9 +162,15 @@ impl RedisBus {
                 dispatcher: Mutex::new(None),
                 live_up: Arc::new(AtomicBool::new(true)),
                 received: Arc::new(AtomicU64::new(0)),
+                metrics: Arc::default(),
                 next_id: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// Its connections lost and live-feed repairs, for `/metrics`.
+    pub fn metrics(&self) -> Arc<crate::bus::BusMetrics> {
+        self.inner.metrics.clone()
     }
 
     /// Counters of this bus instance.
