@@ -195,6 +195,9 @@ async fn events(
     params: Result<Query<PollParams>, QueryRejection>,
 ) -> Result<Response, Refusal> {
     let device = authenticate(&api, &headers, &id).await?;
+    // The request head's bytes (hyper's read buffer, which every header value points into) must
+    // not live across the hold: hyper would then read the next request into a second buffer.
+    drop(headers);
     let Query(params) = params.map_err(rejection)?;
     let cursor = match params.cursor.as_deref() {
         Some(raw) => Some((
