@@ -451,7 +451,11 @@ async fn memory(server: &Server, args: &HoldArgs) -> anyhow::Result<(MemReading,
     server.holding(args.warmup).await?;
     let warm_kib = crate::memory::settled_rss(pid).await?;
     let heap = cfg!(feature = "dhat-heap");
-    let warm_heap = if heap { server.control("/bench/heap").await? } else { 0 };
+    let warm_heap = if heap {
+        server.control("/bench/heap").await?
+    } else {
+        0
+    };
     let mut conns = open(
         server,
         args.warmup..args.warmup + args.polls,
@@ -459,11 +463,19 @@ async fn memory(server: &Server, args: &HoldArgs) -> anyhow::Result<(MemReading,
     )
     .await?;
     let open_kib = crate::memory::settled_rss(pid).await?;
-    let open_heap = if heap { server.control("/bench/heap").await? } else { 0 };
+    let open_heap = if heap {
+        server.control("/bench/heap").await?
+    } else {
+        0
+    };
     send_held(&mut conns).await?;
     server.holding(args.warmup + args.polls).await?;
     let held_kib = crate::memory::settled_rss(pid).await?;
-    let held_heap = if heap { server.control("/bench/heap").await? } else { 0 };
+    let held_heap = if heap {
+        server.control("/bench/heap").await?
+    } else {
+        0
+    };
     warm.extend(conns);
     Ok((
         MemReading {

@@ -11,6 +11,9 @@
 //! - `--baseline`: a minimal long-poll server (axum, one shared `watch`, no auth, no cursor
 //!   decoding, no bus) with the same routes, to set the gateway's memory per held poll against.
 //!
+//! Both also answer `GET /bench/heap`: their live heap in bytes when the bench is built with
+//! `--features dhat-heap` (which also writes a dhat profile of the child on exit), else 0.
+//!
 //! Like `serve-gateway`, a child prints `url http://…` once it accepts connections and runs until
 //! its standard input closes.
 
@@ -136,7 +139,11 @@ fn gateway(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Router> {
         .route("/bench/published", get(published))
         .route("/bench/holding", get(holding))
         .with_state(control);
-    Ok(app.router.clone().merge(bench).route("/bench/heap", get(heap)))
+    Ok(app
+        .router
+        .clone()
+        .merge(bench)
+        .route("/bench/heap", get(heap)))
 }
 
 /// The live heap in bytes (with `--features dhat-heap`; 0 without).
