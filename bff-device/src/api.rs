@@ -197,6 +197,11 @@ async fn events(
     params: Result<Query<PollParams>, QueryRejection>,
 ) -> Result<Response, Refusal> {
     let device = authenticate(&api, &headers, &id).await?;
+    // The client label is read now, before the headers go.
+    let usage = api.metrics.usage(version.label(), &headers);
+    // The request head's bytes (hyper's read buffer, which every header value points into) must
+    // not live across the hold: hyper would then read the next request into a second buffer.
+    drop(headers);
     let Query(params) = params.map_err(rejection)?;
     let cursor = match params.cursor.as_deref() {
         Some(raw) => Some((
@@ -226,7 +231,7 @@ async fn events(
     } else {
         None
     };
-    let _counted = (wait > 0).then(|| api.metrics.usage(version.label(), &headers).held_poll());
+    let _counted = (wait > 0).then(|| usage.held_poll());
     let batch = api
         .poller
         .poll(&device, cursor, Duration::from_secs(wait))

@@ -256,7 +256,7 @@ impl Server {
     }
 
     async fn control(&self, path: &str) -> anyhow::Result<u64> {
-        let req = if path == "/bench/holding" || path == "/bench/published" {
+        let req = if matches!(path, "/bench/holding" | "/bench/published" | "/bench/heap") {
             self.http.get(format!("{}{path}", self.url))
         } else {
             self.http.post(format!("{}{path}", self.url))
@@ -424,6 +424,23 @@ struct MemReading {
     warm: u64,
     open: u64,
     held: u64,
+    /// The child's live heap in bytes at the same three moments (`--features dhat-heap`).
+    heap: Option<[u64; 3]>,
+}
+
+impl MemReading {
+    /// With `--features dhat-heap`: heap bytes per idle connection and per held poll.
+    fn heap_line(&self, polls: usize) -> String {
+        match self.heap {
+            Some([w, o, h]) => format!(
+                "; live heap per held poll {:.0} B (idle connection {:.0} + held poll {:.0})",
+                (h as f64 - w as f64) / polls as f64,
+                (o as f64 - w as f64) / polls as f64,
+                (h as f64 - o as f64) / polls as f64,
+            ),
+            None => String::new(),
+        }
+    }
 }
 
 /// Memory: warm-up polls held, then `polls` more connections (idle), then their polls held.
@@ -433,6 +450,12 @@ async fn memory(server: &Server, args: &HoldArgs) -> anyhow::Result<(MemReading,
     send_held(&mut warm).await?;
     server.holding(args.warmup).await?;
     let warm_kib = crate::memory::settled_rss(pid).await?;
+    let heap = cfg!(feature = "dhat-heap");
+    let warm_heap = if heap {
+        server.control("/bench/heap").await?
+    } else {
+        0
+    };
     let mut conns = open(
         server,
         args.warmup..args.warmup + args.polls,
@@ -440,15 +463,26 @@ async fn memory(server: &Server, args: &HoldArgs) -> anyhow::Result<(MemReading,
     )
     .await?;
     let open_kib = crate::memory::settled_rss(pid).await?;
+    let open_heap = if heap {
+        server.control("/bench/heap").await?
+    } else {
+        0
+    };
     send_held(&mut conns).await?;
     server.holding(args.warmup + args.polls).await?;
     let held_kib = crate::memory::settled_rss(pid).await?;
+    let held_heap = if heap {
+        server.control("/bench/heap").await?
+    } else {
+        0
+    };
     warm.extend(conns);
     Ok((
         MemReading {
             warm: warm_kib,
             open: open_kib,
             held: held_kib,
+            heap: heap.then_some([warm_heap, open_heap, held_heap]),
         },
         warm,
     ))
@@ -479,12 +513,13 @@ pub(crate) async fn hold(args: HoldArgs) -> anyhow::Result<()> {
         let (m, conns) = memory(&base, &args).await.context("baseline memory")?;
         println!(
             "run {run} baseline (minimal long-poll)  RSS {} → {} KiB  per held poll {:.2} KiB \
-             (idle connection {:.2} + held poll {:.2})",
+             (idle connection {:.2} + held poll {:.2}){}",
             m.warm,
             m.held,
             kib_per(m.warm, m.held, args.polls),
             kib_per(m.warm, m.open, args.polls),
             kib_per(m.open, m.held, args.polls),
+            m.heap_line(args.polls),
         );
         mem_base.push(kib_per(m.warm, m.held, args.polls));
         drop(conns);
@@ -496,12 +531,13 @@ pub(crate) async fn hold(args: HoldArgs) -> anyhow::Result<()> {
         let (m, mut conns) = memory(&gw, &args).await.context("gateway memory")?;
         println!(
             "run {run} bff-device                RSS {} → {} KiB  per held poll {:.2} KiB \
-             (idle connection {:.2} + held poll {:.2})",
+             (idle connection {:.2} + held poll {:.2}){}",
             m.warm,
             m.held,
             kib_per(m.warm, m.held, args.polls),
             kib_per(m.warm, m.open, args.polls),
             kib_per(m.open, m.held, args.polls),
+            m.heap_line(args.polls),
         );
         mem_gw.push(kib_per(m.warm, m.held, args.polls));
 

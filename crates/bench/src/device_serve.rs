@@ -11,6 +11,9 @@
 //! - `--baseline`: a minimal long-poll server (axum, one shared `watch`, no auth, no cursor
 //!   decoding, no bus) with the same routes, to set the gateway's memory per held poll against.
 //!
+//! Both also answer `GET /bench/heap`: their live heap in bytes when the bench is built with
+//! `--features dhat-heap` (which also writes a dhat profile of the child on exit), else 0.
+//!
 //! Like `serve-gateway`, a child prints `url http://…` once it accepts connections and runs until
 //! its standard input closes.
 
@@ -53,6 +56,16 @@ fn unix_ns() -> u64 {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    // With `--features dhat-heap`: a heap profile of this child, written to
+    // `dhat-heap.json` (in the working directory) when it exits.
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::builder()
+        .file_name(if args.baseline {
+            "dhat-heap-baseline.json"
+        } else {
+            "dhat-heap.json"
+        })
+        .build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
@@ -126,7 +139,19 @@ fn gateway(args: &Args, shutdown: CancellationToken) -> anyhow::Result<Router> {
         .route("/bench/published", get(published))
         .route("/bench/holding", get(holding))
         .with_state(control);
-    Ok(app.router.clone().merge(bench))
+    Ok(app
+        .router
+        .clone()
+        .merge(bench)
+        .route("/bench/heap", get(heap)))
+}
+
+/// The live heap in bytes (with `--features dhat-heap`; 0 without).
+async fn heap() -> String {
+    #[cfg(feature = "dhat-heap")]
+    return dhat::HeapStats::get().curr_bytes.to_string();
+    #[cfg(not(feature = "dhat-heap"))]
+    "0".to_owned()
 }
 
 async fn rate(State(c): State<Control>) -> Result<String, String> {
@@ -212,6 +237,7 @@ fn baseline() -> Router {
         .route("/bench/rate", post(minimal_publish))
         .route("/bench/holding", get(minimal_holding))
         .with_state(state)
+        .route("/bench/heap", get(heap))
 }
 
 async fn minimal_poll(State(s): State<Minimal>, Query(p): Query<PollParams>) -> String {

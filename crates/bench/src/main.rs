@@ -126,6 +126,11 @@ enum Bench {
     ServeBaseline(serve::BaselineArgs),
 }
 
+/// With `--features dhat-heap`, every allocation goes through dhat (see `device_serve.rs`).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let bench = Cli::parse().bench;
