@@ -20,12 +20,12 @@
 
 mod csv;
 
-use switchyard_server::metrics::service::{ServiceMetrics, ServiceMetricsConfig};
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use switchyard_server::metrics::service::{ServiceMetrics, ServiceMetricsConfig};
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};

@@ -56,13 +56,14 @@ pub const DEMO_ADMIN_TOKEN: &str = "switchyard-demo-admin-token-change-me";
 /// Where `switchyard up` serves each gateway's and demo service's `/metrics` (internal ports,
 /// not the clients'; 9464 is the port conventionally used by Prometheus exporters of
 /// OpenTelemetry SDKs, clear of Prometheus itself on 9090).
-pub const DEFAULT_METRICS_LISTEN: [(&str, &str); 6] = [
+pub const DEFAULT_METRICS_LISTEN: [(&str, &str); 7] = [
     ("bff-web", "127.0.0.1:9464"),
     ("bff-mobile", "127.0.0.1:9465"),
     ("bff-device", "127.0.0.1:9466"),
     ("limits", "127.0.0.1:9467"),
     ("exchange", "127.0.0.1:9468"),
     ("conversions", "127.0.0.1:9469"),
+    ("statements", "127.0.0.1:9470"),
 ];
 
 /// The `gateway` label of the stack's own publish API's calls, exported on bff-web's
@@ -134,6 +135,8 @@ impl Default for Config {
         exchange.metrics.listen = DEFAULT_METRICS_LISTEN[4].1.to_owned();
         let mut conversions = demo_services::conversions::Config::default();
         conversions.metrics.listen = DEFAULT_METRICS_LISTEN[5].1.to_owned();
+        let mut statements = demo_services::statements::Config::default();
+        statements.metrics.listen = DEFAULT_METRICS_LISTEN[6].1.to_owned();
         device.devices.insert(
             DEMO_DEVICE.to_owned(),
             bff_device::DeviceConfig {
@@ -161,7 +164,7 @@ impl Default for Config {
             limits,
             exchange,
             conversions,
-            statements: Default::default(),
+            statements,
             web,
             mobile,
             device,
@@ -189,6 +192,7 @@ impl Config {
         c.limits.metrics.listen.clear();
         c.exchange.metrics.listen.clear();
         c.conversions.metrics.listen.clear();
+        c.statements.metrics.listen.clear();
         c
     }
 
@@ -202,6 +206,7 @@ impl Config {
             ("limits", &self.limits.metrics.listen),
             ("exchange", &self.exchange.metrics.listen),
             ("conversions", &self.conversions.metrics.listen),
+            ("statements", &self.statements.metrics.listen),
         ]
         .into_iter()
         .filter(|(_, listen)| !listen.is_empty())

@@ -334,6 +334,10 @@ fn up_serves_each_gateways_metrics_on_an_internal_port_and_tests_on_none() {
                 "conversions",
                 Some("http://127.0.0.1:9469/metrics".to_owned())
             ),
+            (
+                "statements",
+                Some("http://127.0.0.1:9470/metrics".to_owned())
+            ),
         ]
     );
     assert!(switchyard::Config::ephemeral().metrics_urls().is_empty());
