@@ -182,7 +182,7 @@ impl Remote {
 
     /// The child's CPU time so far (user + system), in seconds.
     pub(crate) fn cpu_s(&self) -> anyhow::Result<f64> {
-        Ok(cpu_ticks(self.pid)? / self.ticks_per_s)
+        Ok(crate::stats::cpu_ticks(self.pid)? / self.ticks_per_s)
     }
 
     /// The child's resident memory, in KiB.
@@ -203,24 +203,4 @@ impl Remote {
             let _ = child.kill().await;
         }
     }
-}
-
-/// utime + stime of process `pid`, in clock ticks (every thread, from `/proc/<pid>/stat`).
-pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces): utime is field 14, stime 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat: {stat}"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| -> anyhow::Result<f64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .map(|t| t as f64)
-            .ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat: {stat}"))
-    };
-    Ok(tick(11)? + tick(12)?)
 }

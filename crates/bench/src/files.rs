@@ -124,11 +124,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
     for round in 0..=args.runs {
         for (i, (name, url)) in targets.iter().enumerate() {
-            let cpu_before = cpu_ticks(pid)?;
+            let cpu_before = crate::stats::cpu_ticks(pid)?;
             let started = Instant::now();
             let got = download(&client, url, &token).await.context(*name)?;
             let took = started.elapsed().as_secs_f64();
-            let cpu = (cpu_ticks(pid)? - cpu_before) / ticks;
+            let cpu = (crate::stats::cpu_ticks(pid)? - cpu_before) / ticks;
             if got != bytes {
                 bail!("{name}: got {got} bytes, expected {bytes}");
             }
@@ -228,23 +228,4 @@ async fn spawn(cpus: &str) -> anyhow::Result<(Child, u32, [String; 3])> {
         pid,
         [statements.to_owned(), web.to_owned(), mobile.to_owned()],
     ))
-}
-
-/// A process's CPU time so far (user + system), in clock ticks, from `/proc/<pid>/stat`.
-fn cpu_ticks(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces): utime is field 14, stime 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let tick = |i: usize| -> anyhow::Result<f64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .map(|t| t as f64)
-            .ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat: {stat}"))
-    };
-    Ok(tick(11)? + tick(12)?)
 }

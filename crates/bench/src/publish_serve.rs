@@ -353,23 +353,7 @@ impl Server {
 
     /// The server's CPU time so far (user + system), in clock ticks.
     pub(crate) fn cpu_ticks(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .with_context(|| format!("reading /proc/{}/stat", self.pid))?;
-        // Fields after the command name (which may hold spaces): state is field 3, utime 14,
-        // stime 15.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .ok_or_else(|| anyhow!("unexpected /proc/{}/stat: {stat}", self.pid))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let tick = |i: usize| -> anyhow::Result<f64> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .map(|t| t as f64)
-                .ok_or_else(|| anyhow!("unexpected /proc/{}/stat: {stat}", self.pid))
-        };
-        Ok(tick(11)? + tick(12)?)
+        crate::stats::cpu_ticks(self.pid)
     }
 
     /// Closes the child's standard input (it stops) and waits for it, killing it after 10 s.

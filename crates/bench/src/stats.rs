@@ -1,4 +1,4 @@
-//! Latency samples and their summary (throughput, p50, p99).
+//! Latency samples and their summary (throughput, p50, p99), and a process's CPU time from `/proc`.
 
 use std::time::Duration;
 
@@ -43,4 +43,23 @@ pub(crate) fn percentile_ns(sorted: &[u64], p: f64) -> u64 {
 /// Nanoseconds as milliseconds with three decimals.
 pub(crate) fn ms_ns(ns: u64) -> String {
     ms(Duration::from_nanos(ns))
+}
+
+/// utime + stime of process `pid` (every thread), in clock ticks, from `/proc/<pid>/stat`.
+pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| anyhow::anyhow!("reading /proc/{pid}/stat: {e}"))?;
+    // Fields after the command name (which may hold spaces): utime is field 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| -> anyhow::Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .map(|t| t as f64)
+            .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat: {stat}"))
+    };
+    Ok(tick(11)? + tick(12)?)
 }
