@@ -433,6 +433,7 @@ fn both_deployments_run_prometheus_and_grafana_on_every_metrics_port() {
         "limits",
         "exchange",
         "conversions",
+        "statements",
     ] {
         let headless = format!("{name}-metrics");
         assert!(scrape.contains(&format!("\"{headless}\"")), "{headless}");

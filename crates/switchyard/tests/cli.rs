@@ -33,6 +33,7 @@ fn up() -> Command {
         "limits",
         "exchange",
         "conversions",
+        "statements",
     ] {
         cmd.env(
             format!("SWITCHYARD__{}__METRICS__LISTEN", gateway.to_uppercase()),
@@ -140,7 +141,7 @@ async fn up_prints_every_url_and_stops_cleanly_on_ctrl_c() {
         .iter()
         .filter(|l| l.trim_start().starts_with("metrics"))
         .collect();
-    assert_eq!(metrics.len(), 6, "{lines:?}");
+    assert_eq!(metrics.len(), 7, "{lines:?}");
     for gateway in [
         "bff-web",
         "bff-mobile",
@@ -148,6 +149,7 @@ async fn up_prints_every_url_and_stops_cleanly_on_ctrl_c() {
         "limits",
         "exchange",
         "conversions",
+        "statements",
     ] {
         assert!(metrics.iter().any(|l| l.contains(gateway)), "{metrics:?}");
     }

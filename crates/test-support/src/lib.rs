@@ -330,6 +330,8 @@ impl QuoteBackends {
             ("exchange", self.servers.0.url()),
             ("limits", self.servers.1.url()),
             ("conversions", "http://127.0.0.1:9".to_owned()),
+            // The file routes' backend, which bff-web and bff-mobile need configured.
+            ("statements", "http://127.0.0.1:9".to_owned()),
         ]
         .into_iter()
         .map(|(name, url)| (name.to_owned(), make(url)))
