@@ -229,6 +229,12 @@ pub struct ServerConfig {
     /// Time a client has to send a whole request body, counted from the end of its head; a body
     /// not complete in time gets 408 and the connection is closed.
     pub body_read_timeout_ms: u64,
+    /// Time a write to a client may wait for the client to read (no byte accepted by its
+    /// socket for this long while an answer, a streamed body or a WebSocket frame is pending);
+    /// the connection is then closed. Counted only while a write waits, never while idle or
+    /// while a long poll is held. 0 = no timeout (not advised: a client that stops reading
+    /// would hold its connection, and a streamed download's backend call, for ever).
+    pub send_timeout_ms: u64,
     /// Connections open at once from one client address (an IPv6 client: its /64); more are
     /// accepted and closed at once. 0 = no cap (behind a proxy every connection comes from the
     /// proxy's address: cap per client there).
@@ -269,6 +275,11 @@ impl ServerConfig {
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_millis(self.body_read_timeout_ms)
     }
+
+    /// The write stall timeout as a duration.
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
 }
 
 impl Default for ServerConfig {
@@ -279,6 +290,7 @@ impl Default for ServerConfig {
             drain_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
+            send_timeout_ms: 60_000,
             max_connections_per_ip: 256,
             max_connections: 10_000,
         }

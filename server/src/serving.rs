@@ -9,6 +9,10 @@
 //!   `Connection: close`. A streamed route (`crate::streaming`) turns that deadline into an idle
 //!   timeout through the request's [`BodyDeadline`] extension: then the body is cut off only when
 //!   no chunk came for that long.
+//! - **Writes**: a write that waits `send_timeout_ms` for a client that reads nothing (its
+//!   socket full) fails, and the connection closes — an answer, a streamed download (whose
+//!   backend call is dropped with it) or a WebSocket alike. Only a waiting write is timed: an
+//!   idle connection or a held long poll is not.
 //! - **Connections**: at most `max_connections_per_ip` open at once per client address (an IPv6
 //!   client counts by its /64) and `max_connections` in all. Over a cap the connection is
 //!   accepted and closed at once, without an answer (the cheapest refusal: nothing is read or
@@ -80,6 +84,7 @@ pub(crate) async fn serve(
         .keep_alive(true)
         .header_read_timeout(nonzero(config.header_read_timeout()));
     let body_timeout = nonzero(config.body_read_timeout());
+    let send_timeout = nonzero(config.send_timeout());
     let mut conns = JoinSet::new();
     let mut refusals = Throttled::default();
     let mut accept_errors = Throttled::default();
@@ -124,7 +129,11 @@ pub(crate) async fn serve(
         };
         // Answers are written whole; Nagle's algorithm would only delay small ones.
         let _ = tcp.set_nodelay(true);
-        let io = TokioIo::new(Guarded { tcp, _slot: slot });
+        let io = TokioIo::new(Guarded {
+            tcp,
+            _slot: slot,
+            stall: Stall::new(send_timeout),
+        });
         let app = app.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let app = app.clone();
@@ -270,10 +279,72 @@ impl HttpBody for DeadlineBody {
 }
 
 /// The TCP stream together with its connection slot: the slot lives exactly as long as the
-/// socket, including after an upgrade (hyper moves the IO into the upgraded connection).
+/// socket, including after an upgrade (hyper moves the IO into the upgraded connection). It
+/// also bounds how long a write may wait for the client to read ([`Stall`]).
 struct Guarded {
     tcp: TcpStream,
     _slot: Slot<IpAddr>,
+    stall: Stall,
+}
+
+/// The send timeout: armed when a write finds the client's socket full, disarmed as soon as
+/// the socket takes a byte again; once it fires, every write fails with `TimedOut`, which ends
+/// the connection (and whatever it was streaming). No timer exists while writes go through,
+/// so a fast connection pays nothing for it; the timer is allocated on a connection's first
+/// stall and reused.
+struct Stall {
+    timeout: Option<Duration>,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Stall {
+    fn new(timeout: Option<Duration>) -> Self {
+        Self {
+            timeout,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// Passes a write's result on, timing how long it has been pending.
+    fn watch(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        let Some(timeout) = self.timeout else {
+            return result;
+        };
+        if result.is_ready() {
+            self.armed = false;
+            return result;
+        }
+        if !self.armed {
+            let deadline = Instant::now() + timeout;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        let Some(timer) = &mut self.timer else {
+            return result;
+        };
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                tracing::debug!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "closing a connection whose client stopped reading"
+                );
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client read nothing within the send timeout",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Guarded {
@@ -292,7 +363,9 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.stall.watch(cx, result)
     }
 
     fn poll_write_vectored(
@@ -300,7 +373,9 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.stall.watch(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -308,6 +383,7 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A TCP stream's flush and shutdown never wait: only writes are timed.
         Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
     }
 

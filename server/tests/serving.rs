@@ -1,6 +1,6 @@
 //! The accept loop's bounds, with raw TCP clients on loopback: the time to send a request head
-//! and a body, connections per client address and in all (WebSockets included), and the peer
-//! address handed to handlers.
+//! and a body, the time a write may wait for a client that reads nothing, connections per
+//! client address and in all (WebSockets included), and the peer address handed to handlers.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -50,6 +50,7 @@ fn app() -> Router {
             "/echo",
             post(|body: String| async move { body.len().to_string() }),
         )
+        .route("/endless", get(endless))
         .route(
             "/peer",
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
@@ -64,10 +65,31 @@ fn app() -> Router {
         )
 }
 
+/// Set when the body of a `/endless` answer is dropped: the connection that carried it ended.
+static ENDLESS_DROPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// An answer that never ends (64 KiB chunks, as fast as the client reads): a download of a
+/// client that may stop reading.
+async fn endless() -> axum::body::Body {
+    struct Endless;
+    impl Drop for Endless {
+        fn drop(&mut self) {
+            ENDLESS_DROPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    let guard = Endless;
+    axum::body::Body::from_stream(futures::stream::repeat_with(move || {
+        let _held = &guard;
+        Ok::<_, std::io::Error>(chunk.clone())
+    }))
+}
+
 fn config() -> ServerConfig {
     ServerConfig {
         header_read_timeout_ms: 300,
         body_read_timeout_ms: 300,
+        send_timeout_ms: 300,
         ..ServerConfig::default()
     }
 }
@@ -288,4 +310,60 @@ async fn handlers_see_the_peer_address() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with(&local.to_string()), "{text}");
+}
+
+/// The `/endless` answers dropped so far.
+fn endless_dropped() -> usize {
+    ENDLESS_DROPPED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let server = start(config()).await;
+    let before = endless_dropped();
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    tcp.write_all(b"GET /endless HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .expect("write");
+    // Never read: the socket's buffers fill, the server's write waits, the timeout fires and the
+    // answer's body (the backend call of a real download) is dropped with the connection.
+    let dropped = tokio::time::timeout(WAIT * 2, async {
+        while endless_dropped() == before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(dropped.is_ok(), "the stalled answer was never dropped");
+    // The connection is closed: what the buffers held can still be read, then the end (or a
+    // reset).
+    assert!(
+        read_to_close(&mut tcp).await.is_some(),
+        "the connection stayed open"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
+    let server = start(config()).await;
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    tcp.write_all(b"GET /endless HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .expect("write");
+    // Slower than the server can write (the socket stays full), but never silent for as long as
+    // the send timeout: 16 KiB every 50 ms, for three times the timeout and more.
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0usize;
+    for _ in 0..40 {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("the server went silent")
+            .expect("read");
+        assert!(
+            n > 0,
+            "the server closed a connection that was reading, after {total} bytes"
+        );
+        total += n;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(total >= 40, "read {total} bytes");
 }
