@@ -12,12 +12,9 @@ use switchyard_core::bus::StartAt;
 use switchyard_core::event::Topic;
 use switchyard_core::hub::{Hub, Item, Subscriber};
 
+/// A subscriber's items (a hub `Subscriber` is a stream of them).
 fn items(sub: Subscriber) -> futures::stream::BoxStream<'static, Item> {
-    stream::unfold(
-        sub,
-        |mut sub| async move { sub.next().await.map(|i| (i, sub)) },
-    )
-    .boxed()
+    sub.boxed()
 }
 
 fn unavailable(e: impl std::fmt::Display) -> async_graphql::Error {

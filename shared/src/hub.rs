@@ -29,7 +29,7 @@
 
 use futures::StreamExt;
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch};
@@ -37,11 +37,14 @@ use tokio_util::sync::CancellationToken;
 
 mod config;
 mod stats;
-use crate::bus::{Bus, BusError, Delivery, Read, StartAt, Subscription};
+mod subscriber;
+use crate::bus::{Bus, BusError, Delivery, StartAt, Subscription};
 use crate::channels::Catalog;
 use crate::event::{Event, Position, Topic, TopicClass};
 pub use config::HubConfig;
 pub use stats::{OTHER_PATTERN, PatternSnapshot, QueueDepths};
+pub use subscriber::Subscriber;
+use subscriber::{Kind, Replay};
 
 /// Events read from history per bus call while a subscriber catches up.
 const REPLAY_PAGE: usize = 256;
@@ -255,11 +258,7 @@ impl Hub {
                 lagged,
                 replay: match from {
                     StartAt::Live => None,
-                    StartAt::After(p) => Some(Replay {
-                        cursor: p,
-                        buf: VecDeque::new(),
-                        done: false,
-                    }),
+                    StartAt::After(p) => Some(Replay::after(p)),
                 },
                 last: match from {
                     StartAt::Live => None,
@@ -270,7 +269,9 @@ impl Hub {
             _ => {
                 let mut rx = shared.state.subscribe();
                 rx.mark_changed();
-                Kind::State(rx)
+                Kind::State(tokio_util::sync::ReusableBoxFuture::new(
+                    subscriber::changed(rx),
+                ))
             }
         };
         let counters = self.counters();
@@ -432,148 +433,5 @@ impl Subscribers {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
-    }
-}
-
-/// One local subscription. Dropping it leaves the topic.
-pub struct Subscriber {
-    hub: Hub,
-    topic: Topic,
-    id: u64,
-    /// The index of its pattern in the hub's counters.
-    pattern: usize,
-    kind: Kind,
-}
-
-enum Kind {
-    State(watch::Receiver<Option<Event>>),
-    Stream {
-        rx: mpsc::Receiver<Arc<Item>>,
-        lagged: Arc<AtomicBool>,
-        replay: Option<Replay>,
-        /// The last position delivered (or asked to resume from), to drop live duplicates.
-        last: Option<Position>,
-        /// Where to catch up from after lagging when nothing has been delivered yet.
-        start: Position,
-    },
-}
-
-struct Replay {
-    cursor: Position,
-    buf: VecDeque<Event>,
-    done: bool,
-}
-
-impl Subscriber {
-    /// The subscribed topic.
-    pub fn topic(&self) -> &Topic {
-        &self.topic
-    }
-
-    /// The next item; `None` when the hub has stopped this topic's source. Counted in the
-    /// hub's counters of its pattern.
-    pub async fn next(&mut self) -> Option<Item> {
-        let item = self.next_uncounted().await;
-        match &item {
-            Some(Item::Event(_)) => self.hub.counters().delivered(self.pattern),
-            Some(Item::Gap { .. }) => self.hub.counters().gap(self.pattern),
-            None => {}
-        }
-        item
-    }
-
-    async fn next_uncounted(&mut self) -> Option<Item> {
-        match &mut self.kind {
-            Kind::State(rx) => loop {
-                rx.changed().await.ok()?;
-                if let Some(e) = rx.borrow_and_update().clone() {
-                    return Some(Item::Event(e));
-                }
-            },
-            Kind::Stream {
-                rx,
-                lagged,
-                replay,
-                last,
-                start,
-            } => loop {
-                if let Some(r) = replay {
-                    match next_replayed(&self.hub, &self.topic, r).await {
-                        Some(item) => {
-                            *last = Some(match &item {
-                                Item::Event(e) => e.position(),
-                                Item::Gap { resume, .. } => *resume,
-                            });
-                            return Some(item);
-                        }
-                        None => *replay = None,
-                    }
-                }
-                let Some(item) = rx.recv().await else {
-                    if !lagged.load(Ordering::Acquire) {
-                        return None;
-                    }
-                    // Unhooked for lagging: catch up from history, then rejoin live delivery.
-                    *rx = self.hub.rejoin(&self.topic, self.id, lagged)?;
-                    self.hub.counters().caught_up(self.pattern);
-                    *replay = Some(Replay {
-                        cursor: last.unwrap_or(*start),
-                        buf: VecDeque::new(),
-                        done: false,
-                    });
-                    tracing::debug!(topic = %self.topic, "subscriber lagged; catching up from history");
-                    continue;
-                };
-                let item = Arc::unwrap_or_clone(item);
-                if let (Item::Event(e), Some(l)) = (&item, *last)
-                    && e.epoch == l.epoch
-                    && e.offset <= l.offset
-                {
-                    continue; // Already delivered from history.
-                }
-                if let Item::Event(e) = &item {
-                    *last = Some(e.position());
-                }
-                return Some(item);
-            },
-        }
-    }
-}
-
-/// The next item from history, or `None` once history has caught up with the head.
-async fn next_replayed(hub: &Hub, topic: &Topic, r: &mut Replay) -> Option<Item> {
-    if let Some(e) = r.buf.pop_front() {
-        return Some(Item::Event(e));
-    }
-    if r.done {
-        return None;
-    }
-    match hub.inner.bus.read(topic, r.cursor, REPLAY_PAGE).await {
-        Ok(Read::Events { events, next }) => {
-            r.cursor = next;
-            r.buf.extend(events);
-            r.buf.pop_front().map(Item::Event)
-        }
-        Ok(Read::Gap { resume }) => {
-            let after = r.cursor;
-            r.cursor = resume;
-            Some(Item::Gap { after, resume })
-        }
-        Err(e) => {
-            // History cannot be read: never skip silently; signal a gap, then go live.
-            tracing::warn!(%topic, error = %e, "history read failed during resume");
-            let after = r.cursor;
-            let resume = hub.inner.bus.head(topic).await.unwrap_or(after);
-            r.cursor = resume;
-            r.done = true;
-            Some(Item::Gap { after, resume })
-        }
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        self.hub.counters().left(self.pattern);
-        self.hub.leave(&self.topic, self.id);
     }
 }

@@ -9,8 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::BoxStream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::Stream;
 use switchyard_core::bus::{BusError, StartAt};
 use switchyard_core::event::{Position, Topic, TopicClass};
 use switchyard_core::hub::{Hub, Item, Subscriber};
@@ -22,8 +24,29 @@ use super::events::TopicFrames;
 /// Longest wait for the bus when a subscription starts (its head, and the hub joining it).
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One subscription's items; `None` once, when the hub ended it.
-type SubStream = BoxStream<'static, Option<Item>>;
+/// One subscription's items: `Some(item)` each, then `None` once, when the hub ended it (so
+/// the client is never left subscribed to a silent topic). Polls the hub's subscriber directly:
+/// no future is built per item.
+pub(super) struct SubStream(Option<Subscriber>);
+
+impl Stream for SubStream {
+    type Item = Option<Item>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(sub) = &mut this.0 else {
+            return Poll::Ready(None);
+        };
+        match sub.poll_item(cx) {
+            Poll::Ready(Some(item)) => Poll::Ready(Some(Some(item))),
+            Poll::Ready(None) => {
+                this.0 = None;
+                Poll::Ready(Some(None))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 /// One subscription of a socket.
 pub(super) struct Sub {
@@ -159,15 +182,7 @@ impl Subscriptions {
         access: Option<Access>,
         started: Started,
     ) {
-        let stream = futures::stream::unfold(Some(started.subscriber), |s| async move {
-            let mut s = s?;
-            match s.next().await {
-                Some(item) => Some((Some(item), Some(s))),
-                // Said once, so the client is never left subscribed to a silent topic.
-                None => Some((None, None)),
-            }
-        })
-        .boxed();
+        let stream = SubStream(Some(started.subscriber));
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.streams.insert(id, stream);

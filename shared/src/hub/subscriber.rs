@@ -1,0 +1,251 @@
+//! One local subscription of the hub ([`Subscriber`]): its items read as a [`Stream`], poll by
+//! poll, so that the live path — the next event from its queue — costs a queue pop and a
+//! position comparison, with no future built per item.
+//!
+//! A stream subscriber reads its bounded queue; after lagging (the pump unhooked it when its
+//! queue was full) or when it starts after a position, it first reads the bus's history, a page
+//! at a time, then its queue again, dropping what history already gave (by position). Those
+//! history reads are the only futures it keeps, boxed, while one is in flight. A state
+//! subscriber reads the topic's watch slot (the newest value, never a backlog).
+//!
+//! It does not encode anything and never waits for anyone but its own queue and the bus.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::ReusableBoxFuture;
+
+use super::{Hub, Item, REPLAY_PAGE};
+use crate::bus::Read;
+use crate::event::{Event, Position, Topic};
+
+/// One local subscription. Dropping it leaves the topic.
+pub struct Subscriber {
+    pub(super) hub: Hub,
+    pub(super) topic: Topic,
+    pub(super) id: u64,
+    /// The index of its pattern in the hub's counters.
+    pub(super) pattern: usize,
+    pub(super) kind: Kind,
+}
+
+pub(super) enum Kind {
+    State(StateRx),
+    Stream {
+        rx: mpsc::Receiver<Arc<Item>>,
+        lagged: Arc<AtomicBool>,
+        replay: Option<Replay>,
+        /// The last position delivered (or asked to resume from), to drop live duplicates.
+        last: Option<Position>,
+        /// Where to catch up from after lagging when nothing has been delivered yet.
+        start: Position,
+    },
+}
+
+/// A state subscriber's wait for the topic's next value (one allocation, reused).
+pub(super) type StateRx = ReusableBoxFuture<'static, Changed>;
+
+/// A state topic's slot once it changed (or its sender is gone: `Err`), with the receiver back.
+pub(super) type Changed = (
+    Result<(), watch::error::RecvError>,
+    watch::Receiver<Option<Event>>,
+);
+
+/// The wait for the next change of `rx`.
+pub(super) async fn changed(mut rx: watch::Receiver<Option<Event>>) -> Changed {
+    let r = rx.changed().await;
+    (r, rx)
+}
+
+/// A catch-up from history in progress.
+pub(super) struct Replay {
+    cursor: Position,
+    buf: VecDeque<Event>,
+    done: bool,
+    /// The bus call in flight, if any.
+    fetch: Option<Pin<Box<dyn Future<Output = Fetched> + Send>>>,
+}
+
+impl Replay {
+    /// A catch-up of what follows `cursor`.
+    pub(super) fn after(cursor: Position) -> Self {
+        Self {
+            cursor,
+            buf: VecDeque::new(),
+            done: false,
+            fetch: None,
+        }
+    }
+}
+
+/// What a history call of a catch-up answered.
+enum Fetched {
+    /// A page of history after the cursor.
+    Page(Result<Read, crate::bus::BusError>),
+    /// History could not be read: a gap from `after` to the head (or `after` itself).
+    Head { after: Position, head: Position },
+}
+
+impl Subscriber {
+    /// The subscribed topic.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// The next item; `None` when the hub has stopped this topic's source. Counted in the
+    /// hub's counters of its pattern.
+    pub async fn next(&mut self) -> Option<Item> {
+        std::future::poll_fn(|cx| self.poll_item(cx)).await
+    }
+
+    /// Polls for the next item (counted, like [`Subscriber::next`]).
+    pub fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let item = ready!(self.poll_uncounted(cx));
+        match &item {
+            Some(Item::Event(_)) => self.hub.counters().delivered(self.pattern),
+            Some(Item::Gap { .. }) => self.hub.counters().gap(self.pattern),
+            None => {}
+        }
+        Poll::Ready(item)
+    }
+
+    fn poll_uncounted(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        match &mut self.kind {
+            Kind::State(wait) => loop {
+                let (changed, mut rx) = ready!(wait.poll(cx));
+                let value = changed.is_ok().then(|| rx.borrow_and_update().clone());
+                let ended = changed.is_err();
+                wait.set(self::changed(rx));
+                if ended {
+                    return Poll::Ready(None);
+                }
+                if let Some(Some(e)) = value {
+                    return Poll::Ready(Some(Item::Event(e)));
+                }
+            },
+            Kind::Stream {
+                rx,
+                lagged,
+                replay,
+                last,
+                start,
+            } => loop {
+                if let Some(r) = replay {
+                    match ready!(poll_replayed(&self.hub, &self.topic, r, cx)) {
+                        Some(item) => {
+                            *last = Some(match &item {
+                                Item::Event(e) => e.position(),
+                                Item::Gap { resume, .. } => *resume,
+                            });
+                            return Poll::Ready(Some(item));
+                        }
+                        None => *replay = None,
+                    }
+                }
+                let Some(item) = ready!(rx.poll_recv(cx)) else {
+                    if !lagged.load(Ordering::Acquire) {
+                        return Poll::Ready(None);
+                    }
+                    // Unhooked for lagging: catch up from history, then rejoin live delivery.
+                    let Some(fresh) = self.hub.rejoin(&self.topic, self.id, lagged) else {
+                        return Poll::Ready(None);
+                    };
+                    *rx = fresh;
+                    self.hub.counters().caught_up(self.pattern);
+                    *replay = Some(Replay::after(last.unwrap_or(*start)));
+                    tracing::debug!(topic = %self.topic, "subscriber lagged; catching up from history");
+                    continue;
+                };
+                let item = Arc::unwrap_or_clone(item);
+                if let (Item::Event(e), Some(l)) = (&item, *last)
+                    && e.epoch == l.epoch
+                    && e.offset <= l.offset
+                {
+                    continue; // Already delivered from history.
+                }
+                if let Item::Event(e) = &item {
+                    *last = Some(e.position());
+                }
+                return Poll::Ready(Some(item));
+            },
+        }
+    }
+}
+
+impl Stream for Subscriber {
+    type Item = Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        self.get_mut().poll_item(cx)
+    }
+}
+
+/// The next item from history, or `None` once history has caught up with the head.
+fn poll_replayed(
+    hub: &Hub,
+    topic: &Topic,
+    r: &mut Replay,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Item>> {
+    loop {
+        if let Some(e) = r.buf.pop_front() {
+            return Poll::Ready(Some(Item::Event(e)));
+        }
+        if r.done && r.fetch.is_none() {
+            return Poll::Ready(None);
+        }
+        let fetch = r.fetch.get_or_insert_with(|| {
+            let bus = hub.inner.bus.clone();
+            let topic = topic.clone();
+            let cursor = r.cursor;
+            Box::pin(async move { Fetched::Page(bus.read(&topic, cursor, REPLAY_PAGE).await) })
+        });
+        let fetched = ready!(fetch.as_mut().poll(cx));
+        r.fetch = None;
+        match fetched {
+            Fetched::Page(Ok(Read::Events { events, next })) => {
+                r.cursor = next;
+                r.buf.extend(events);
+                // An empty page: history has caught up with the head.
+                return Poll::Ready(r.buf.pop_front().map(Item::Event));
+            }
+            Fetched::Page(Ok(Read::Gap { resume })) => {
+                let after = r.cursor;
+                r.cursor = resume;
+                return Poll::Ready(Some(Item::Gap { after, resume }));
+            }
+            Fetched::Page(Err(e)) => {
+                // History cannot be read: never skip silently; signal a gap, then go live.
+                tracing::warn!(%topic, error = %e, "history read failed during resume");
+                let bus = hub.inner.bus.clone();
+                let topic = topic.clone();
+                let after = r.cursor;
+                r.done = true;
+                r.fetch = Some(Box::pin(async move {
+                    let head = bus.head(&topic).await.unwrap_or(after);
+                    Fetched::Head { after, head }
+                }));
+            }
+            Fetched::Head { after, head } => {
+                r.cursor = head;
+                return Poll::Ready(Some(Item::Gap {
+                    after,
+                    resume: head,
+                }));
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.hub.counters().left(self.pattern);
+        self.hub.leave(&self.topic, self.id);
+    }
+}
