@@ -271,10 +271,12 @@ impl Conn {
             self.reply(io, &msg);
             return None;
         };
-        let sub = self.subs.get(id)?;
+        let enc = self.enc;
+        let send_queue = self.config().send_queue_messages;
+        let sub = self.subs.get_mut(id)?;
         let (kind, msg) = match item {
             Item::Event(event) => {
-                let msg = sub.frames.frame(self.enc, &event)?;
+                let msg = sub.frames.frame_at(enc, &event, &mut sub.cursor)?;
                 match sub.class {
                     TopicClass::State => (Kind::State(id), msg),
                     TopicClass::Stream => (Kind::Stream, msg),
@@ -290,7 +292,7 @@ impl Conn {
                 (Kind::Stream, message(self.enc.encode_server(&gap)))
             }
         };
-        if kind == Kind::Stream && io.queue.len() >= self.config().send_queue_messages {
+        if kind == Kind::Stream && io.queue.len() >= send_queue {
             tracing::info!(topic = %sub.hub_topic(), "cutting off a client too slow for a stream topic");
             return Some(Closing::new(
                 close::SLOW_CONSUMER,

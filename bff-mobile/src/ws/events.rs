@@ -120,11 +120,20 @@ pub(super) struct TopicFrames {
 }
 
 /// One event in one encoding: made by the first socket that needs it, read by all.
-struct Encoded {
+pub(super) struct Encoded {
     position: Position,
     /// The `event` frame; `None` when the payload could not be read.
     frame: OnceLock<Option<Message>>,
+    /// The event put in the ring after this one (weakly: the ring owns its frames), so that a
+    /// socket in step with the route finds its next frame from its last one without a lock.
+    next: OnceLock<Weak<Encoded>>,
 }
+
+/// Where a subscription is in its route's frames: the last frame it took. Its next one is
+/// usually that frame's successor in the ring ([`Encoded::next`]), found with no lock and no
+/// search; anything else takes the ring's path.
+#[derive(Default)]
+pub(super) struct Cursor(Option<Arc<Encoded>>);
 
 /// The slot of an encoding in [`TopicFrames::recent`].
 fn slot(enc: Encoding) -> usize {
@@ -142,11 +151,37 @@ impl TopicFrames {
 
     /// The `event` frame of `event` in `enc`; `None` (logged once) when its payload cannot be
     /// read.
+    #[cfg(test)]
     pub(super) fn frame(self: &Arc<Self>, enc: Encoding, event: &Event) -> Option<Message> {
+        self.frame_at(enc, event, &mut Cursor::default())
+    }
+
+    /// [`TopicFrames::frame`] for a subscription at `cursor` (moved to this event's frame).
+    pub(super) fn frame_at(
+        self: &Arc<Self>,
+        enc: Encoding,
+        event: &Event,
+        cursor: &mut Cursor,
+    ) -> Option<Message> {
         let position = Position {
             epoch: event.epoch,
             offset: event.offset,
         };
+        // The fast path: the successor of the subscription's last frame is this event's.
+        if let Some(next) = cursor
+            .0
+            .as_ref()
+            .and_then(|last| last.next.get())
+            .and_then(Weak::upgrade)
+            && next.position == position
+        {
+            let frame = next
+                .frame
+                .get_or_init(|| encode_event(enc, &self.route, position, event).map(message))
+                .clone();
+            cursor.0 = Some(next);
+            return frame;
+        }
         let ring = &self.recent[slot(enc)];
         // Newest first: a socket is usually at or near the newest event.
         let find = |recent: &VecDeque<Arc<Encoded>>| {
@@ -166,7 +201,14 @@ impl TopicFrames {
                 let e = Arc::new(Encoded {
                     position,
                     frame: OnceLock::new(),
+                    next: OnceLock::new(),
                 });
+                // Linked after the newest: sockets in step take them in this order. A wrong
+                // guess (a socket replaying) costs a miss, never a wrong frame: the position is
+                // checked.
+                if let Some(newest) = recent.back() {
+                    let _ = newest.next.set(Arc::downgrade(&e));
+                }
                 // The route's subscriptions each hold one reference; the table's is weak.
                 let keep = Arc::strong_count(self).clamp(1, RING);
                 while recent.len() >= keep {
@@ -176,10 +218,12 @@ impl TopicFrames {
                 e
             })
         });
-        encoded
+        let frame = encoded
             .frame
             .get_or_init(|| encode_event(enc, &self.route, position, event).map(message))
-            .clone()
+            .clone();
+        cursor.0 = Some(encoded);
+        frame
     }
 }
 
@@ -267,6 +311,55 @@ mod tests {
             Message::Binary(b) => b.as_ptr(),
             Message::Text(t) => t.as_str().as_ptr(),
             _ => std::ptr::null(),
+        }
+    }
+
+    /// The offset of the event a frame carries.
+    fn offset_of(m: &Message) -> u64 {
+        let Message::Binary(bytes) = m else {
+            panic!("CBOR travels in binary frames")
+        };
+        let ServerMsg::Event(ev) = Encoding::Cbor
+            .decode_server(FrameKind::Binary, bytes, 1 << 20)
+            .unwrap()
+        else {
+            panic!("an event")
+        };
+        ev.offset
+    }
+
+    #[test]
+    fn sockets_in_step_follow_the_ring_and_sockets_out_of_step_still_get_their_own_event() {
+        let frames = Frames::default();
+        let subs: Vec<_> = (0..4).map(|_| frames.of(&rates_route())).collect();
+        let (mut a, mut b) = (Cursor::default(), Cursor::default());
+        for o in 1..=6 {
+            let first = subs[0]
+                .frame_at(Encoding::Cbor, &rate_event(o), &mut a)
+                .unwrap();
+            // The second socket finds the same bytes from its cursor (after its first frame,
+            // through the link from its last one).
+            let second = subs[1]
+                .frame_at(Encoding::Cbor, &rate_event(o), &mut b)
+                .unwrap();
+            assert_eq!(ptr(&first), ptr(&second), "offset {o}");
+            assert_eq!(offset_of(&second), o);
+        }
+        // A socket replaying out of order (6, then 3, then 5, then 4): every frame is its own
+        // event's, whatever the links say.
+        let mut c = Cursor::default();
+        for o in [6, 3, 5, 4, 5] {
+            let frame = subs[2]
+                .frame_at(Encoding::Cbor, &rate_event(o), &mut c)
+                .unwrap();
+            assert_eq!(offset_of(&frame), o);
+        }
+        // A new event after the replay: the in-step cursors still get it right.
+        for cursor in [&mut a, &mut b] {
+            let frame = subs[0]
+                .frame_at(Encoding::Cbor, &rate_event(7), cursor)
+                .unwrap();
+            assert_eq!(offset_of(&frame), 7);
         }
     }
 

@@ -16,10 +16,9 @@ use futures::Stream;
 use switchyard_core::bus::{BusError, StartAt};
 use switchyard_core::event::{Position, Topic, TopicClass};
 use switchyard_core::hub::{Hub, Item, Subscriber};
-use tokio_stream::StreamMap;
 
 use super::channels::Access;
-use super::events::TopicFrames;
+use super::events::{Cursor, TopicFrames};
 
 /// Longest wait for the bus when a subscription starts (its head, and the hub joining it).
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,6 +51,8 @@ impl Stream for SubStream {
 pub(super) struct Sub {
     /// The frames of its route (its client topic, hub topic and payload type).
     pub(super) frames: Arc<TopicFrames>,
+    /// Its place in the route's frames.
+    pub(super) cursor: Cursor,
     pub(super) class: TopicClass,
     /// A catalog channel's access, judged again on re-authentication; `None` for the demo's
     /// topics (their access depends on the user alone, who never changes on a socket).
@@ -122,12 +123,66 @@ pub(super) async fn start(
     }
 }
 
+/// The item streams of a socket's subscriptions, merged: polled in turn, starting one further
+/// each time so that a busy subscription cannot starve the others (a socket has at most
+/// `max_subscriptions`, a handful, so a scan beats a map). A stream that ends is dropped.
+#[derive(Default)]
+pub(super) struct Merged {
+    streams: Vec<(u32, SubStream)>,
+    start: usize,
+}
+
+impl Merged {
+    fn insert(&mut self, id: u32, stream: SubStream) {
+        self.streams.push((id, stream));
+    }
+
+    fn remove(&mut self, id: &u32) {
+        self.streams.retain(|(i, _)| i != id);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+}
+
+impl Stream for Merged {
+    type Item = (u32, Option<Item>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let mut tried = 0;
+        while tried < this.streams.len() {
+            let index = (this.start + tried) % this.streams.len();
+            let (id, stream) = &mut this.streams[index];
+            match Pin::new(stream).poll_next(cx) {
+                Poll::Ready(Some(item)) => {
+                    let id = *id;
+                    this.start = index + 1;
+                    return Poll::Ready(Some((id, item)));
+                }
+                // Ended (after saying so with `Some(None)`): dropped; the same index now holds
+                // another stream, so it is tried without counting.
+                Poll::Ready(None) => {
+                    this.streams.swap_remove(index);
+                }
+                Poll::Pending => tried += 1,
+            }
+        }
+        if this.streams.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 /// The subscriptions of one socket, by id.
 #[derive(Default)]
 pub(super) struct Subscriptions {
     subs: Vec<(u32, Sub)>,
     /// Keyed by the subscription's id (cheap to copy on every item).
-    streams: StreamMap<u32, SubStream>,
+    streams: Merged,
     next_id: u32,
 }
 
@@ -149,9 +204,9 @@ impl Subscriptions {
         }
     }
 
-    /// The subscription `id`.
-    pub(super) fn get(&self, id: u32) -> Option<&Sub> {
-        self.subs.iter().find(|(i, _)| *i == id).map(|(_, s)| s)
+    /// The subscription `id`, to move its cursor.
+    pub(super) fn get_mut(&mut self, id: u32) -> Option<&mut Sub> {
+        self.subs.iter_mut().find(|(i, _)| *i == id).map(|(_, s)| s)
     }
 
     /// Forgets the subscription `id`, whose stream the hub ended.
@@ -190,6 +245,7 @@ impl Subscriptions {
             id,
             Sub {
                 frames,
+                cursor: Cursor::default(),
                 class: started.class,
                 access,
             },
@@ -202,7 +258,7 @@ impl Subscriptions {
     }
 
     /// The merged items of every subscription, with the subscription's id.
-    pub(super) fn items(&mut self) -> &mut StreamMap<u32, SubStream> {
+    pub(super) fn items(&mut self) -> &mut Merged {
         &mut self.streams
     }
 }
