@@ -285,28 +285,90 @@ impl Upstreams {
             .stats
             .record(head.as_ref().map(|_| ()), started.elapsed());
         let headers = response.headers().clone();
-        let name = backend.name.clone();
-        let idle = limits.idle_timeout;
-        let body = futures::stream::unfold(Some(response), move |state| {
-            let name = name.clone();
-            async move {
-                let mut response = state?;
-                let failed = |kind| UpstreamError {
-                    backend: name.clone(),
-                    kind,
-                };
-                match tokio::time::timeout(idle, response.chunk()).await {
-                    Ok(Ok(Some(chunk))) => Some((Ok(chunk), Some(response))),
-                    Ok(Ok(None)) => None,
-                    Ok(Err(e)) => Some((Err(failed(classify(e))), None)),
-                    Err(_) => Some((Err(failed(UpstreamErrorKind::Timeout)), None)),
-                }
-            }
-        });
+        let body = IdleTimed {
+            chunks: Box::pin(futures::stream::unfold(
+                response,
+                |mut response| async move {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => Some((Ok(chunk), response)),
+                        Ok(None) => None,
+                        Err(e) => Some((Err(e), response)),
+                    }
+                },
+            )),
+            idle: limits.idle_timeout,
+            last: Instant::now(),
+            timer: None,
+            backend: Some(backend.name.clone()),
+        };
         Ok(Streamed {
             status,
             headers,
             body: Box::pin(body),
         })
+    }
+}
+
+/// A backend's answer body, failed when no chunk comes for `idle`. The timer is not moved per
+/// chunk: a chunk only notes when it came (one clock read), and the one timer, when it fires,
+/// is re-armed from the last chunk if one came meanwhile — a timer operation per idle period,
+/// not per chunk.
+struct IdleTimed {
+    chunks: BoxStream<'static, reqwest::Result<Bytes>>,
+    idle: Duration,
+    /// When the last chunk came (or the body started).
+    last: Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The backend's name, for its errors; `None` once the body ended.
+    backend: Option<Arc<str>>,
+}
+
+impl Stream for IdleTimed {
+    type Item = Result<Bytes, UpstreamError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(backend) = &this.backend else {
+            return Poll::Ready(None);
+        };
+        let failed = |kind| UpstreamError {
+            backend: backend.clone(),
+            kind,
+        };
+        match this.chunks.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.last = Instant::now();
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let e = failed(classify(e));
+                this.backend = None;
+                return Poll::Ready(Some(Err(e)));
+            }
+            Poll::Ready(None) => {
+                this.backend = None;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        loop {
+            let deadline = this.last + this.idle;
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Fired: silent for `idle` since the last chunk (the deadline is from it).
+                Poll::Ready(()) if Instant::now() >= this.last + this.idle => {
+                    let e = failed(UpstreamErrorKind::Timeout);
+                    this.backend = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(()) => {}
+            }
+        }
     }
 }
