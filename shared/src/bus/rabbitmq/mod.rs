@@ -107,7 +107,7 @@ struct Inner {
     connect_timeout: Duration,
     op_timeout: Duration,
     backoff: Backoff,
-    state: State,
+    state: Arc<State>,
     slot: tokio::sync::Mutex<Slot>,
     /// Streams known to exist, by topic: the connection serial and metadata-update count when
     /// that was learnt.
@@ -180,7 +180,7 @@ impl RabbitBus {
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms.max(1)),
                 op_timeout: Duration::from_millis(config.operation_timeout_ms.max(1)),
                 backoff: backoff.clone(),
-                state: State::new(state),
+                state: Arc::new(State::new(state)),
                 slot: tokio::sync::Mutex::new(Slot {
                     conn: None,
                     serial: 0,

@@ -163,9 +163,9 @@ impl live::Source for Inner {
                 return Err(unavailable(e));
             }
         };
-        let (topic, received) = (topic.clone(), self.received.clone());
-        let feed = futures::stream::unfold(consumer, move |mut consumer| {
-            let (topic, received) = (topic.clone(), received.clone());
+        let (topic, received, state) = (topic.clone(), self.received.clone(), self.state.clone());
+        let feed = futures::stream::unfold((consumer, head), move |(mut consumer, mut known)| {
+            let (topic, received, state) = (topic.clone(), received.clone(), state.clone());
             async move {
                 let chunk = consumer.next().await?;
                 let items: Vec<LiveItem> = (chunk.first..)
@@ -174,7 +174,18 @@ impl live::Source for Inner {
                     .map(|(offset, m)| LiveItem::Event(event(&topic, epoch, offset, m)))
                     .collect();
                 received.fetch_add(items.len() as u64, Ordering::Relaxed);
-                Some((futures::stream::iter(items), consumer))
+                // An event is delivered only once the head covers it, so that a reader woken by
+                // it finds it in history: its publisher raises the head right after reading it
+                // back, but may not have yet (or may have died). The events exist, so raising
+                // the head to them is right; another epoch means the stream was re-created.
+                let last = chunk.first + chunk.messages.len() as u64;
+                if last > known {
+                    match state.advance(&topic, last).await {
+                        Ok(now) if now == epoch => known = last,
+                        _ => return None,
+                    }
+                }
+                Some((futures::stream::iter(items), (consumer, known)))
             }
         })
         .flatten();
