@@ -24,7 +24,8 @@
 //! keeps, per topic, a tail consumer (`tail.rs`) subscribed before its first publish; a publish
 //! completes when the tail reads its message back, and its offset is the answer. The head in
 //! the state store is then raised to it (`head`, `latest` and reads stop there: 3.10 has no
-//! command answering a stream's last offset). A publish that fails (or times out) has an
+//! command answering a stream's last offset); a live feed raises it too, to the events it is
+//! about to deliver, so that whatever was delivered live can be read. A publish that fails (or times out) has an
 //! unknown outcome, as on the other broker buses: retry with `publish_once`.
 //!
 //! `publish_once` claims the key in the state store (`SET NX` with a short time to live), then
