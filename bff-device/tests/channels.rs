@@ -307,3 +307,8 @@ async fn a_cursor_continues_on_another_instance_on_redis() {
 async fn a_cursor_continues_on_another_instance_on_nats() {
     across_instances(switchyard_core::bus::BusKind::Nats).await;
 }
+
+#[tokio::test]
+async fn a_cursor_continues_on_another_instance_on_rabbitmq() {
+    across_instances(switchyard_core::bus::BusKind::Rabbitmq).await;
+}

@@ -1,5 +1,5 @@
-//! What two instances of bff-device on one broker share (the real Redis and NATS of this
-//! machine, a fresh prefix per test): credentials issued by the admin API (known by every
+//! What two instances of bff-device on one broker share (the real Redis, NATS and RabbitMQ —
+//! with its Redis state store — of this machine, a fresh prefix per test): credentials issued by the admin API (known by every
 //! instance at once, and after a restart) and the per-IP request budget. Also the command-result
 //! check (a result names a command sent to that device) and the in-memory limiter.
 
@@ -134,6 +134,13 @@ async fn cleanup(kind: BusKind, bus: &BusConfig) {
                 .delete_all()
                 .await;
         }
+        // The state store's keys; the streams are the gateways' (a RabbitMQ instance deletes
+        // only the streams it used itself, and the protocol cannot list them).
+        BusKind::Rabbitmq => {
+            let _ = switchyard_core::bus::rabbitmq::RabbitBus::new(bus)
+                .delete_all()
+                .await;
+        }
         BusKind::Memory => {}
     }
 }
@@ -146,6 +153,11 @@ async fn a_key_issued_on_one_instance_works_on_another_and_after_a_restart_redis
 #[tokio::test]
 async fn a_key_issued_on_one_instance_works_on_another_and_after_a_restart_nats() {
     issued_keys_are_shared_and_survive_a_restart(BusKind::Nats).await;
+}
+
+#[tokio::test]
+async fn a_key_issued_on_one_instance_works_on_another_and_after_a_restart_rabbitmq() {
+    issued_keys_are_shared_and_survive_a_restart(BusKind::Rabbitmq).await;
 }
 
 async fn the_request_budget_per_ip_is_shared(kind: BusKind) {
@@ -195,6 +207,11 @@ async fn two_instances_share_one_request_budget_per_ip_redis() {
 #[tokio::test]
 async fn two_instances_share_one_request_budget_per_ip_nats() {
     the_request_budget_per_ip_is_shared(BusKind::Nats).await;
+}
+
+#[tokio::test]
+async fn two_instances_share_one_request_budget_per_ip_rabbitmq() {
+    the_request_budget_per_ip_is_shared(BusKind::Rabbitmq).await;
 }
 
 #[tokio::test]

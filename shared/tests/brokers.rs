@@ -1,4 +1,4 @@
-//! The broker buses across instances, on the real Redis and NATS of this machine: shared offsets
+//! The broker buses across instances, on the real Redis, NATS and RabbitMQ of this machine: shared offsets
 //! and resume on another instance, interest-based routing (an instance receives only the topics
 //! it has subscribers for), and outages — a broker of the test's own, stopped and restarted
 //! mid-stream, after which every subscriber has every event or a gap.
@@ -344,7 +344,8 @@ async fn the_bus_recovers_from_a_broker_restart_mid_stream(kind: Kind) {
             );
             assert_eq!(seen[1].events, acked, "every acknowledged event, in order");
         }
-        Kind::Memory => {}
+        // No private RabbitMQ: its outage test is `rabbitmq_outage.rs`.
+        Kind::Memory | Kind::Rabbitmq => {}
     }
 }
 
@@ -424,5 +425,21 @@ mod nats_bus {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_bus_starts_while_its_broker_is_down_and_recovers() {
         super::a_bus_starts_while_its_broker_is_down_and_recovers(Kind::Nats).await;
+    }
+}
+
+/// RabbitMQ runs one node per machine: its outage test (lost connections, a deleted stream)
+/// is `rabbitmq_outage.rs`.
+mod rabbitmq_bus {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_instance_shares_offsets_history_and_latest() {
+        super::every_instance_shares_offsets_history_and_latest(Kind::Rabbitmq).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_receives_only_topics_it_has_subscribers_for() {
+        super::an_instance_receives_only_topics_it_has_subscribers_for(Kind::Rabbitmq).await;
     }
 }

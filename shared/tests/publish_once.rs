@@ -231,6 +231,7 @@ fn the_window_must_be_positive_and_at_most_a_day() {
 async fn a_publish_to_an_unreachable_broker_fails_at_once(kind: Kind) {
     let url = match kind {
         Kind::Redis => "redis://127.0.0.1:1",
+        Kind::Rabbitmq => "rabbitmq-stream://127.0.0.1:1",
         _ => "nats://127.0.0.1:1",
     };
     let kit = Kit::at(kind, url);
@@ -330,5 +331,14 @@ mod nats_down {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_publish_never_lands_later() {
         super::a_failed_publish_never_lands_later(Kind::Nats).await;
+    }
+}
+
+mod rabbitmq_down {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_to_an_unreachable_broker_fails_at_once() {
+        super::a_publish_to_an_unreachable_broker_fails_at_once(Kind::Rabbitmq).await;
     }
 }

@@ -1,5 +1,6 @@
-//! The cluster fixtures, against the REAL brokers of this machine: Redis (127.0.0.1:6379) and
-//! NATS JetStream (127.0.0.1:4222). Two in-process instances of a gateway (A and B), each on
+//! The cluster fixtures, against the REAL brokers of this machine: Redis (127.0.0.1:6379),
+//! NATS JetStream (127.0.0.1:4222) and RabbitMQ Streams (127.0.0.1:5552, its state store the
+//! Redis). Two in-process instances of a gateway (A and B), each on
 //! its OWN [`Broker`] (its own connections to the broker), plus a third bus client standing for
 //! a backend that publishes; a fresh bus `prefix` per test, so runs never see each other's keys,
 //! streams or subjects. A broker that cannot be reached FAILS the tests (`scripts/services`
@@ -32,8 +33,8 @@ pub const ADMIN: &str = "cluster-admin-token-0123456789";
 pub const DEVICE: &str = "tv-1";
 pub const DEVICE_KEY: &str = "tv-1-key-0123456789";
 
-/// Both broker buses.
-pub const BROKERS: [BusKind; 2] = [BusKind::Redis, BusKind::Nats];
+/// Every broker bus.
+pub const BROKERS: [BusKind; 3] = [BusKind::Redis, BusKind::Nats, BusKind::Rabbitmq];
 
 /// A bus configuration of `kind` with a prefix no other run uses.
 pub fn bus_config(kind: BusKind) -> BusConfig {

@@ -73,7 +73,8 @@ enum Bench {
     /// bff-mobile versus the minimal broadcast server, each in a child process.
     MobileMemory(memory::Args),
     /// Bus delivery latency: publish through instance A, receive on A and on B, for the
-    /// in-memory bus (baseline), Redis and NATS (needs the local Redis and NATS).
+    /// in-memory bus (baseline), Redis, NATS and RabbitMQ Streams (needs the local Redis, NATS
+    /// and RabbitMQ with its stream plugin).
     BusLatency(bus::Args),
     /// Device long-poll: memory per held poll (10,000 held polls, bff-device versus a minimal
     /// long-poll server, each in a child process) and the time to answer them all when one event

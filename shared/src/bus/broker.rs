@@ -2,7 +2,9 @@
 //! the connections that rate limits and records keep their shared state on.
 //!
 //! With a broker bus every one of those works over ONE client of the broker (Redis: one command
-//! connection, plus the pub/sub connection once something subscribes; NATS: one client), opened
+//! connection, plus the pub/sub connection once something subscribes; NATS: one client; RabbitMQ:
+//! one stream connection, and its Redis state store's, which leases, rate limits and records
+//! use), opened
 //! lazily and in the background, so [`Broker::connect`] never waits and never fails: a process
 //! starts while its broker is down and reports not-ready ([`super::Bus::check`]) until it answers.
 //! This module does not know what rate limits or records store; they take a [`Broker`] and use
@@ -21,6 +23,7 @@ use super::lease::{Lease, MemoryLease};
 use super::memory::MemoryBus;
 use super::metrics::BusMetrics;
 use super::nats::NatsBus;
+use super::rabbitmq::RabbitBus;
 use super::redis::RedisBus;
 use super::{
     Bus, BusConfig, BusError, BusKind, IdempotencyKey, Published, Read, Retention, StartAt,
@@ -33,6 +36,7 @@ use crate::trace::TraceContext;
 /// (clones share everything).
 #[derive(Clone)]
 pub struct Broker {
+    kind: BusKind,
     bus: Arc<dyn Bus>,
     lease: Arc<dyn Lease>,
     clients: Clients,
@@ -81,8 +85,17 @@ impl Broker {
                 let metrics = nats.metrics();
                 (nats.clone(), nats.clone(), Clients::Nats(nats), metrics)
             }
+            BusKind::Rabbitmq => {
+                // The state store: a Redis bus on `[bus.state]`, whose leases, rate limits and
+                // records are the broker's.
+                let redis = super::rabbitmq::state_store(config, retention.clone());
+                let rabbit = Arc::new(RabbitBus::with(config, retention, redis.clone()));
+                let metrics = rabbit.metrics();
+                (rabbit, redis.clone(), Clients::Redis(redis), metrics)
+            }
         };
         Self {
+            kind: config.kind,
             bus: Arc::new(Metered {
                 bus,
                 metrics: metrics.clone(),
@@ -120,11 +133,7 @@ impl Broker {
     /// Which kind of bus this is; anything but [`BusKind::Memory`] shares its state with every
     /// instance on the same broker and prefix.
     pub fn kind(&self) -> BusKind {
-        match self.clients {
-            Clients::Memory => BusKind::Memory,
-            Clients::Redis(_) => BusKind::Redis,
-            Clients::Nats(_) => BusKind::Nats,
-        }
+        self.kind
     }
 
     /// The broker clients, for rate limits and records.

@@ -12,15 +12,19 @@ const MAX_IDEMPOTENCY_WINDOW_MS: u64 = 86_400_000;
 
 /// The event bus a process uses.
 ///
-/// `memory` keeps history in this process only; `redis` and `nats` share it through a broker, so
-/// every instance of a gateway delivers the same offsets and a client can resume on any of them.
+/// `memory` keeps history in this process only; `redis`, `nats` and `rabbitmq` share it through a
+/// broker, so every instance of a gateway delivers the same offsets and a client can resume on any
+/// of them. `rabbitmq` also needs a state store (`state`, the `[bus.state]` table).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default, try_from = "BusConfigFields")]
 pub struct BusConfig {
-    /// `memory` (one process, the default), `redis` (Redis Streams) or `nats` (NATS JetStream).
+    /// `memory` (one process, the default), `redis` (Redis Streams), `nats` (NATS JetStream) or
+    /// `rabbitmq` (RabbitMQ Streams, with a state store: `state`).
     pub kind: BusKind,
-    /// Broker URL, such as `redis://127.0.0.1:6379` or `nats://127.0.0.1:4222`; empty means the
-    /// kind's local default (those two). Unused by `memory`.
+    /// Broker URL, such as `redis://127.0.0.1:6379`, `nats://127.0.0.1:4222` or
+    /// `rabbitmq-stream://guest:guest@127.0.0.1:5552/%2f` (the stream protocol's port; the path
+    /// is the percent-encoded virtual host); empty means the kind's local default (those three).
+    /// Unused by `memory`.
     pub url: String,
     /// Namespace of every broker key, channel, subject and stream this bus uses, so several
     /// deployments (or tests) can share one broker: 1 to 64 of A-Z a-z 0-9 and `-`.
@@ -41,6 +45,41 @@ pub struct BusConfig {
     /// How long an idempotent publish's key is remembered ([`super::Bus::publish_once`]): a
     /// publish repeating a key within this window publishes nothing. 1 to 86_400_000 (a day).
     pub idempotency_window_ms: u64,
+    /// The state store of a `rabbitmq` bus (`[bus.state]`): required by `rabbitmq`, refused by
+    /// every other kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<BusStateConfig>,
+}
+
+/// `[bus.state]`: where a `rabbitmq` bus keeps what RabbitMQ Streams cannot — each topic's epoch
+/// and head, idempotent publishes' keys — and the broker's leases, rate limits and records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BusStateConfig {
+    /// `redis` (the only state store so far).
+    pub kind: String,
+    /// Its URL; empty means `redis://127.0.0.1:6379`.
+    #[serde(default)]
+    pub url: String,
+}
+
+impl BusStateConfig {
+    /// A Redis state store at `url` (empty: the local default).
+    pub fn redis(url: &str) -> Self {
+        Self {
+            kind: "redis".into(),
+            url: url.into(),
+        }
+    }
+
+    /// The state store's URL, the local default when `url` is empty.
+    pub fn store_url(&self) -> &str {
+        if self.url.is_empty() {
+            "redis://127.0.0.1:6379"
+        } else {
+            &self.url
+        }
+    }
 }
 
 impl Default for BusConfig {
@@ -55,15 +94,18 @@ impl Default for BusConfig {
             reconnect_initial_ms: 100,
             reconnect_max_ms: 5_000,
             idempotency_window_ms: 120_000,
+            state: None,
         }
     }
 }
 
 impl BusConfig {
-    /// A bus config of `kind` with the default URL and settings.
+    /// A bus config of `kind` with the default URL and settings (for `rabbitmq`, the local
+    /// Redis as its state store).
     pub fn of(kind: BusKind) -> Self {
         Self {
             kind,
+            state: (kind == BusKind::Rabbitmq).then(|| BusStateConfig::redis("")),
             ..Self::default()
         }
     }
@@ -74,6 +116,7 @@ impl BusConfig {
             (_, false) => &self.url,
             (BusKind::Redis, true) => "redis://127.0.0.1:6379",
             (BusKind::Nats, true) => "nats://127.0.0.1:4222",
+            (BusKind::Rabbitmq, true) => "rabbitmq-stream://guest:guest@127.0.0.1:5552/%2f",
             (BusKind::Memory, true) => "",
         }
     }
@@ -104,7 +147,29 @@ impl BusConfig {
                 self.prefix
             ));
         }
-        check_url(self.kind, self.broker_url()).map_err(|e| format!("bus.url `{}`: {e}", self.url))
+        check_url(self.kind, self.broker_url())
+            .map_err(|e| format!("bus.url `{}`: {e}", self.url))?;
+        match (self.kind, &self.state) {
+            (BusKind::Rabbitmq, None) => Err(
+                "bus.state: a `rabbitmq` bus needs a state store: add [bus.state] with \
+                 kind = \"redis\" and its url (docs/rabbitmq.md)"
+                    .into(),
+            ),
+            (BusKind::Rabbitmq, Some(state)) => {
+                if state.kind != "redis" {
+                    return Err(format!(
+                        "bus.state.kind `{}`: use `redis` (the only state store so far)",
+                        state.kind
+                    ));
+                }
+                check_url(BusKind::Redis, state.store_url())
+                    .map_err(|e| format!("bus.state.url `{}`: {e}", state.url))
+            }
+            (_, Some(_)) => {
+                Err("bus.state: only a `rabbitmq` bus has a state store; remove [bus.state]".into())
+            }
+            (_, None) => Ok(()),
+        }
     }
 }
 
@@ -124,6 +189,7 @@ fn check_url(kind: BusKind, url: &str) -> Result<(), String> {
             }
             Ok(())
         }
+        BusKind::Rabbitmq => super::rabbitmq::Address::parse(url).map(|_| ()),
     }
 }
 
@@ -140,6 +206,7 @@ struct BusConfigFields {
     reconnect_initial_ms: u64,
     reconnect_max_ms: u64,
     idempotency_window_ms: u64,
+    state: Option<BusStateConfig>,
 }
 
 impl Default for BusConfigFields {
@@ -155,6 +222,7 @@ impl Default for BusConfigFields {
             reconnect_initial_ms: d.reconnect_initial_ms,
             reconnect_max_ms: d.reconnect_max_ms,
             idempotency_window_ms: d.idempotency_window_ms,
+            state: d.state,
         }
     }
 }
@@ -173,6 +241,7 @@ impl TryFrom<BusConfigFields> for BusConfig {
             reconnect_initial_ms: f.reconnect_initial_ms,
             reconnect_max_ms: f.reconnect_max_ms,
             idempotency_window_ms: f.idempotency_window_ms,
+            state: f.state,
         };
         config.validate()?;
         Ok(config)
@@ -180,10 +249,6 @@ impl TryFrom<BusConfigFields> for BusConfig {
 }
 
 /// Which bus implementation to run.
-///
-/// `rabbitmq` is refused with its own message (see docs/rabbitmq.md): RabbitMQ Streams alone
-/// cannot keep the bus's contract on the servers the project runs, so there is no RabbitMQ bus
-/// yet, and a configuration asking for one fails to load instead of falling back to another.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum BusKind {
@@ -193,23 +258,22 @@ pub enum BusKind {
     Redis,
     /// NATS: one JetStream stream per topic for history and live delivery.
     Nats,
+    /// RabbitMQ: one stream per topic for history and live delivery, a state store beside it.
+    Rabbitmq,
 }
 
 /// The names `kind` accepts.
-const KIND_NAMES: &[&str] = &["memory", "redis", "nats"];
+const KIND_NAMES: &[&str] = &["memory", "redis", "nats", "rabbitmq"];
 
 impl<'de> Deserialize<'de> for BusKind {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
+        use serde::de::Error as _;
         let name = String::deserialize(deserializer)?;
         match name.as_str() {
             "memory" => Ok(Self::Memory),
             "redis" => Ok(Self::Redis),
             "nats" => Ok(Self::Nats),
-            "rabbitmq" => Err(D::Error::custom(
-                "bus.kind `rabbitmq` is not available: RabbitMQ Streams cannot carry the bus \
-                 on their own yet (docs/rabbitmq.md says why); use `redis` or `nats`",
-            )),
+            "rabbitmq" => Ok(Self::Rabbitmq),
             other => Err(D::Error::unknown_variant(other, KIND_NAMES)),
         }
     }
@@ -224,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn kinds_load_by_name_and_rabbitmq_is_refused_with_a_pointer() {
+    fn kinds_load_by_name() {
         for (name, kind) in [
             ("memory", BusKind::Memory),
             ("redis", BusKind::Redis),
@@ -236,9 +300,34 @@ mod tests {
             let text = toml::to_string(&config).expect("serialise");
             assert_eq!(load(&text).expect("reload").kind, kind);
         }
-        let err = load("kind = \"rabbitmq\"\n").expect_err("rabbitmq");
-        assert!(err.contains("docs/rabbitmq.md"), "{err}");
+        let rabbit = "kind = \"rabbitmq\"\n[state]\nkind = \"redis\"\n";
+        let config = load(rabbit).expect("rabbitmq");
+        assert_eq!(config.kind, BusKind::Rabbitmq);
+        let text = toml::to_string(&config).expect("serialise");
+        assert_eq!(load(&text).expect("reload"), config);
         let err = load("kind = \"kafka\"\n").expect_err("kafka");
         assert!(err.contains("kafka") && err.contains("nats"), "{err}");
+    }
+
+    #[test]
+    fn rabbitmq_needs_a_redis_state_store_and_no_other_kind_takes_one() {
+        let err = load("kind = \"rabbitmq\"\n").expect_err("no state");
+        assert!(
+            err.contains("bus.state") && err.contains("docs/rabbitmq.md"),
+            "{err}"
+        );
+        let err = load("kind = \"rabbitmq\"\n[state]\nkind = \"nats\"\n").expect_err("nats");
+        assert!(err.contains("bus.state.kind `nats`"), "{err}");
+        let err = load("kind = \"rabbitmq\"\n[state]\nkind = \"redis\"\nurl = \"nope\"\n")
+            .expect_err("bad url");
+        assert!(err.contains("bus.state.url `nope`"), "{err}");
+        let err = load("kind = \"redis\"\n[state]\nkind = \"redis\"\n").expect_err("redis");
+        assert!(err.contains("only a `rabbitmq` bus"), "{err}");
+        let err = load("kind = \"rabbitmq\"\nurl = \"amqp://x\"\n[state]\nkind = \"redis\"\n")
+            .expect_err("amqp");
+        assert!(
+            err.contains("bus.url `amqp://x`") && err.contains("rabbitmq-stream"),
+            "{err}"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! and lets a reader ask for the events after a position — learning explicitly, through
 //! [`Delivery::Gap`] or [`Read::Gap`], when history no longer covers that position. The in-memory
 //! bus ([`memory`]) is the embedded default; the broker buses — [`redis`] (Redis Streams and
-//! pub/sub) and [`nats`] (NATS JetStream) — implement the same trait, chosen by configuration
+//! pub/sub), [`nats`] (NATS JetStream) and [`rabbitmq`] (RabbitMQ Streams, with a Redis state
+//! store beside them) — implement the same trait, chosen by configuration
 //! ([`BusConfig`], the `[bus]` section), so callers do not change. With a broker bus the history, the offsets and
 //! the epochs are shared: every instance delivers the same offsets, so a client can resume on any
 //! of them.
@@ -47,7 +48,8 @@
 //! `bus.idempotency_window_ms`: a repeat publishes nothing and answers with the first publish's
 //! position ([`Published`]). The memory bus remembers at most [`MAX_REMEMBERED_KEYS`] keys (the
 //! oldest forgotten first), the Redis bus one key with that time to live per publish, the NATS
-//! bus uses JetStream's de-duplication (`Nats-Msg-Id`, the stream's `duplicate_window`).
+//! bus uses JetStream's de-duplication (`Nats-Msg-Id`, the stream's `duplicate_window`), the
+//! RabbitMQ bus one key per publish in its state store.
 //!
 //! This module does not retry publishes: a publish while the broker is down fails with
 //! [`BusError::Unavailable`], and the caller decides.
@@ -60,12 +62,13 @@ mod live;
 pub mod memory;
 pub mod metrics;
 pub mod nats;
+pub mod rabbitmq;
 pub mod redis;
 mod retention;
 
 pub use broker::Broker;
 pub(crate) use broker::Clients;
-pub use config::{BusConfig, BusKind};
+pub use config::{BusConfig, BusKind, BusStateConfig};
 pub use idempotency::{
     IdempotencyKey, InvalidIdempotencyKey, MAX_KEY_BYTES, MAX_REMEMBERED_KEYS, Published,
 };

@@ -1,6 +1,6 @@
-//! Buses for the tests that run against every implementation: the in-memory bus, and the Redis
-//! and NATS buses on the real servers of this machine (127.0.0.1:6379 and :4222, started by
-//! `scripts/services`). Each kit has a namespace of its own (test-support's
+//! Buses for the tests that run against every implementation: the in-memory bus, and the Redis,
+//! NATS and RabbitMQ buses on the real servers of this machine (127.0.0.1:6379, :4222 and the
+//! RabbitMQ stream port :5552 with its Redis state store, started by `scripts/services`). Each kit has a namespace of its own (test-support's
 //! [`test_support::unique_name`]), so tests run in parallel and repeatedly without seeing each
 //! other; a test that ends normally deletes its keys and streams. A broker that is down makes the
 //! test fail, never skip.
@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use switchyard_core::bus::Bus;
 use switchyard_core::bus::memory::MemoryBus;
 use switchyard_core::bus::nats::NatsBus;
+use switchyard_core::bus::rabbitmq::{self, RabbitBus};
 use switchyard_core::bus::redis::RedisBus;
-use switchyard_core::bus::{BusConfig, BusKind, Retention};
+use switchyard_core::bus::{BusConfig, BusKind, BusStateConfig, Retention};
 
 // Not every test file that includes this module stops a broker of its own.
 #[allow(unused_imports)]
@@ -30,6 +31,7 @@ pub enum Kind {
     Memory,
     Redis,
     Nats,
+    Rabbitmq,
 }
 
 /// Makes buses of one kind sharing one namespace (for brokers: instances of one deployment).
@@ -44,6 +46,7 @@ enum Made {
     Memory,
     Redis(Arc<RedisBus>),
     Nats(Arc<NatsBus>),
+    Rabbitmq(Arc<RabbitBus>),
 }
 
 impl Kit {
@@ -70,6 +73,7 @@ impl Kit {
                 Kind::Memory => BusKind::Memory,
                 Kind::Redis => BusKind::Redis,
                 Kind::Nats => BusKind::Nats,
+                Kind::Rabbitmq => BusKind::Rabbitmq,
             },
             url: self.url.clone().unwrap_or_default(),
             prefix: self.prefix.clone(),
@@ -79,6 +83,7 @@ impl Kit {
             reconnect_initial_ms: 20,
             reconnect_max_ms: 200,
             idempotency_window_ms: 120_000,
+            state: (self.kind == Kind::Rabbitmq).then(|| BusStateConfig::redis("")),
         }
     }
 
@@ -100,6 +105,15 @@ impl Kit {
             Kind::Nats => {
                 let bus = Arc::new(NatsBus::with(config, retention));
                 self.made.lock().expect("kit").push(Made::Nats(bus.clone()));
+                bus
+            }
+            Kind::Rabbitmq => {
+                let state = rabbitmq::state_store(config, retention.clone());
+                let bus = Arc::new(RabbitBus::with(config, retention, state));
+                self.made
+                    .lock()
+                    .expect("kit")
+                    .push(Made::Rabbitmq(bus.clone()));
                 bus
             }
         }
@@ -127,6 +141,17 @@ impl Kit {
         bus
     }
 
+    /// A RabbitMQ bus instance (the kit must be a RabbitMQ kit); its state store
+    /// ([`RabbitBus::state`]) is its lease service.
+    pub fn rabbitmq(&self, history: usize) -> Arc<RabbitBus> {
+        let bus = Arc::new(RabbitBus::new(&self.config(history)));
+        self.made
+            .lock()
+            .expect("kit")
+            .push(Made::Rabbitmq(bus.clone()));
+        bus
+    }
+
     /// A new bus instance and its received-message counter.
     pub fn typed(&self, history: usize) -> (Arc<dyn Bus>, Box<dyn Fn() -> u64 + Send + Sync>) {
         match self.kind {
@@ -144,15 +169,35 @@ impl Kit {
                 let b = bus.clone();
                 (bus, Box::new(move || b.stats().received))
             }
+            Kind::Rabbitmq => {
+                let bus = self.rabbitmq(history);
+                let b = bus.clone();
+                (bus, Box::new(move || b.stats().received))
+            }
         }
     }
 
     /// Deletes what this kit's buses stored on the broker.
     pub async fn cleanup(&self) {
+        // Each RabbitMQ instance deletes the streams it used (the protocol cannot list them).
+        let rabbits: Vec<Arc<RabbitBus>> = self
+            .made
+            .lock()
+            .expect("kit")
+            .iter()
+            .filter_map(|m| match m {
+                Made::Rabbitmq(b) => Some(b.clone()),
+                _ => None,
+            })
+            .collect();
+        for bus in rabbits {
+            bus.delete_all().await.expect("delete test streams");
+        }
         let first = self.made.lock().expect("kit").first().map(|m| match m {
             Made::Memory => None,
             Made::Redis(b) => Some(Made::Redis(b.clone())),
             Made::Nats(b) => Some(Made::Nats(b.clone())),
+            Made::Rabbitmq(_) => None,
         });
         match first.flatten() {
             Some(Made::Redis(b)) => {
@@ -167,7 +212,7 @@ impl Kit {
 }
 
 /// Declares, for each test function `name(Kind)` given, one test per bus kind:
-/// `memory::name`, `redis::name`, `nats::name`.
+/// `memory::name`, `redis::name`, `nats::name`, `rabbitmq::name`.
 #[macro_export]
 macro_rules! for_every_bus {
     ($($name:ident),* $(,)?) => {
@@ -182,6 +227,10 @@ macro_rules! for_every_bus {
         mod nats {
             $(#[tokio::test]
             async fn $name() { super::$name($crate::common::Kind::Nats).await })*
+        }
+        mod rabbitmq {
+            $(#[tokio::test]
+            async fn $name() { super::$name($crate::common::Kind::Rabbitmq).await })*
         }
     };
 }

@@ -40,7 +40,7 @@ impl OwnBroker {
         match self.kind {
             Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
             Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
-            Kind::Memory => unreachable!("no broker for memory"),
+            Kind::Memory | Kind::Rabbitmq => unreachable!("no private broker for {:?}", self.kind),
         }
     }
 
@@ -67,7 +67,9 @@ impl OwnBroker {
                     .arg(&self.dir);
                 c
             }
-            Kind::Memory => unreachable!("no broker for memory"),
+            Kind::Memory | Kind::Rabbitmq => {
+                unreachable!("no private broker for {:?}", self.kind)
+            }
         };
         let child = cmd
             .stdout(Stdio::null())
