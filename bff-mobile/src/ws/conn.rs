@@ -233,6 +233,14 @@ impl Conn {
                             return Some(closing);
                         }
                     }
+                    // Write the batch now rather than on the next turn of the loop: one pass
+                    // less per batch. A write the socket cannot take yet is left (it is
+                    // cancel-safe) to the loop's write branch, which waits for it.
+                    if io.queue.busy()
+                        && let Some(Err(_)) = write_queued(&mut io.sink, &mut io.queue).now_or_never()
+                    {
+                        return None;
+                    }
                 }
             }
             self.queue_depth.set(io.queue.len());

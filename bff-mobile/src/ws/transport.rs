@@ -156,16 +156,18 @@ pub(super) async fn write_queued(
                 moved = true;
             }
         }
-        if moved {
-            queue.progress = Instant::now();
-        }
         match sink.poll_flush_unpin(cx) {
             Poll::Ready(Ok(())) => {
                 queue.dirty = false;
                 queue.progress = Instant::now();
                 Poll::Ready(Ok(()))
             }
-            other => other,
+            other => {
+                if moved {
+                    queue.progress = Instant::now();
+                }
+                other
+            }
         }
     })
     .await
