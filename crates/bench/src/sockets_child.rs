@@ -1,0 +1,290 @@
+//! The two child processes of the `sockets` benchmark (hidden subcommands), each bounded by the
+//! machine's per-process limit on open files, which is why there are many of each:
+//!
+//! - `serve-sockets`: one shard of the server side — the launcher's stack (bff-mobile on the
+//!   Redis bus, so that ONE publish reaches every shard, as it reaches every instance of a
+//!   deployment) with bff-mobile's heartbeat and sign-in timeouts out of the way of idle sockets.
+//!   Prints `url <ws://…>` once it serves; stops when its standard input closes.
+//! - `sockets-client`: the lean load generator for one shard — one small tokio task per socket
+//!   holding a tokio-tungstenite stream with a small read buffer and no write buffer; each socket
+//!   opens from a source address of its own among 127.1.0.1–127.1.15.250 (bind before connect),
+//!   signs in (`auth` → `welcome`), subscribes (`sub conversions` → `subbed`), then only reads:
+//!   it answers server pings and checks every event it gets against the id it was told to expect.
+//!
+//! `sockets-client` reads commands on its standard input, one per line, and answers each with
+//! one line: `open <n>` → `opened <total>` (or `error <why>`: sockets opened before the failure
+//! stay open); `expect <k>` → `armed` (counters reset; event `moon-<k>` expected);
+//! `wait <seconds>` → `got <received> <sockets> <lost> <wrong> <first_ns> <last_ns>` once every
+//! open socket has received event `k` (or the time is up; `lost`: sockets the server closed;
+//! `wrong`: any other message; times are Unix nanoseconds of the first and last receipt).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use switchyard_core::bus::{BusConfig, BusKind};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::client::{self, Protocol, Ws};
+
+/// Arguments of `serve-sockets`.
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The Redis every shard's bus uses.
+    #[arg(long)]
+    redis_url: String,
+    /// The bus's key prefix (the same for every shard of a run).
+    #[arg(long)]
+    prefix: String,
+}
+
+/// The bus of every shard of a run, and of the publisher.
+pub(crate) fn bus_config(redis_url: &str, prefix: &str) -> BusConfig {
+    BusConfig {
+        kind: BusKind::Redis,
+        url: redis_url.to_owned(),
+        prefix: prefix.to_owned(),
+        ..BusConfig::default()
+    }
+}
+
+/// Runs one server shard until standard input closes.
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
+    let mut config = switchyard::Config::ephemeral();
+    crate::serve::unlimited(&mut config);
+    config.exchange.tick_interval_ms = 3_600_000;
+    config.log.filter = "warn".into();
+    config.bus = bus_config(&args.redis_url, &args.prefix);
+    // Idle sockets send nothing: no server ping every 20 s (a million sockets would be 50,000
+    // pings and pongs a second — a load of its own, not an idle socket) and no silence close.
+    config.mobile.websocket.heartbeat_ms = 3_600_000;
+    crate::serve::lift_connection_caps(&mut config);
+    let stack = switchyard::Stack::start(config).await?;
+    crate::serve::announce(&crate::fanout::gateway_url(&stack, Protocol::Mobile));
+    crate::serve::until_stdin_closes().await;
+    // The parent kills a shard rather than waiting for a drain of thousands of sockets; this is
+    // the orderly path when it does not.
+    tokio::time::timeout(Duration::from_secs(10), stack.stop())
+        .await
+        .map_err(|_| anyhow!("the stack did not stop within 10 s"))??;
+    Ok(())
+}
+
+/// Arguments of `sockets-client`.
+#[derive(clap::Args)]
+pub(crate) struct ClientArgs {
+    /// The shard's WebSocket URL (`ws://127.0.0.1:<port>/v1/ws`).
+    #[arg(long)]
+    url: String,
+    /// The run-wide index of this client's first socket (picks its source addresses).
+    #[arg(long, default_value_t = 0)]
+    first: usize,
+    /// Sockets being opened at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Each socket's read buffer (bytes; tungstenite keeps it resident).
+    #[arg(long, default_value_t = 256)]
+    read_buffer: usize,
+}
+
+/// Counters every socket task of the client shares.
+#[derive(Default)]
+struct Shared {
+    /// The event expected: `moon-<k>`.
+    expected: AtomicU64,
+    received: AtomicUsize,
+    wrong: AtomicUsize,
+    lost: AtomicUsize,
+    first_ns: AtomicU64,
+    last_ns: AtomicU64,
+}
+
+/// The parts of a server message the client reads (CBOR; other keys are skipped).
+#[derive(Deserialize)]
+struct Msg {
+    t: String,
+    #[serde(default)]
+    d: Option<Data>,
+    #[serde(default)]
+    n: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    id: String,
+}
+
+/// Unix time in nanoseconds: the one clock every process of the run shares.
+pub(crate) fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Source address of run-wide socket `g`: 4,000 addresses, so a million sockets take 250
+/// ephemeral ports of each.
+fn source(g: usize) -> Ipv4Addr {
+    let n = g % 4_000;
+    Ipv4Addr::new(127, 1, (n / 250) as u8, (n % 250 + 1) as u8)
+}
+
+/// Opens one socket from its own source address, signs in and subscribes.
+async fn open(
+    addr: SocketAddr,
+    url: &str,
+    g: usize,
+    read_buffer: usize,
+    token: &str,
+) -> anyhow::Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    let from = source(g);
+    socket
+        .bind((from, 0).into())
+        .with_context(|| format!("binding {from}:0"))?;
+    let tcp = tokio::time::timeout(client::STEP_TIMEOUT, socket.connect(addr))
+        .await
+        .map_err(|_| anyhow!("no TCP connection within {:?}", client::STEP_TIMEOUT))?
+        .with_context(|| format!("connecting {from} → {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(Protocol::Mobile.subprotocol()),
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(read_buffer)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio::time::timeout(
+        client::STEP_TIMEOUT,
+        tokio_tungstenite::client_async_with_config(request, tcp, Some(config)),
+    )
+    .await
+    .map_err(|_| anyhow!("no WebSocket handshake within {:?}", client::STEP_TIMEOUT))??;
+    client::init(&mut ws, Protocol::Mobile, token).await?;
+    client::subscribe(&mut ws, Protocol::Mobile).await?;
+    Ok(ws)
+}
+
+/// One idle socket: reads until the server closes it, checking events.
+async fn idle(mut ws: Ws, shared: Arc<Shared>) {
+    while let Some(Ok(msg)) = ws.next().await {
+        let bytes = match &msg {
+            Message::Binary(b) => b,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        match ciborium::from_reader::<Msg, _>(bytes.as_ref()) {
+            Ok(Msg { t, d: Some(d), .. }) if t == "event" => {
+                let now = unix_ns();
+                let k =
+                    d.id.strip_prefix("moon-")
+                        .and_then(|k| k.parse::<u64>().ok());
+                if k == Some(shared.expected.load(Ordering::Acquire)) {
+                    shared.first_ns.fetch_min(now, Ordering::AcqRel);
+                    shared.last_ns.fetch_max(now, Ordering::AcqRel);
+                    shared.received.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    shared.wrong.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            Ok(Msg { t, n: Some(n), .. }) if t == "ping" => {
+                let pong = mobile_proto::ClientMsg::Pong(mobile_proto::Pong { n });
+                let pong = client::mobile_message(client::MOBILE.encode_client(&pong));
+                if ws.send(pong).await.is_err() {
+                    break;
+                }
+            }
+            _ => {
+                shared.wrong.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+    shared.lost.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Runs the client of one shard: commands on standard input, answers on standard output.
+pub(crate) async fn client(args: ClientArgs) -> anyhow::Result<()> {
+    rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
+    let authority = args
+        .url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| anyhow!("not a ws:// URL: {}", args.url))?;
+    let addr: SocketAddr = authority
+        .parse()
+        .with_context(|| format!("not an IP address and port: {authority}"))?;
+    let token = client::token();
+    let shared = Arc::new(Shared::default());
+    let mut opened = 0usize;
+    let mut out = tokio::io::stdout();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let mut words = line.split_whitespace();
+        let answer = match (words.next(), words.next().map(str::parse::<u64>)) {
+            (Some("open"), Some(Ok(n))) => {
+                let from = args.first + opened;
+                let (url, token, read_buffer) = (&args.url, token.as_str(), args.read_buffer);
+                let mut results = futures::stream::iter(from..from + n as usize)
+                    .map(|g| async move { open(addr, url, g, read_buffer, token).await })
+                    .buffer_unordered(args.concurrency.max(1));
+                let mut failure = None;
+                while let Some(result) = results.next().await {
+                    match result {
+                        Ok(ws) => {
+                            opened += 1;
+                            tokio::spawn(idle(ws, shared.clone()));
+                        }
+                        Err(e) if failure.is_none() => failure = Some(format!("{e:#}")),
+                        Err(_) => {}
+                    }
+                }
+                match failure {
+                    None => format!("opened {opened}"),
+                    Some(why) => format!("error after {opened} sockets: {why}"),
+                }
+            }
+            (Some("expect"), Some(Ok(k))) => {
+                shared.received.store(0, Ordering::Release);
+                shared.wrong.store(0, Ordering::Release);
+                shared.first_ns.store(u64::MAX, Ordering::Release);
+                shared.last_ns.store(0, Ordering::Release);
+                shared.expected.store(k, Ordering::Release);
+                "armed".to_owned()
+            }
+            (Some("wait"), Some(Ok(secs))) => {
+                let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+                loop {
+                    let done = shared.received.load(Ordering::Acquire)
+                        + shared.lost.load(Ordering::Acquire);
+                    if done >= opened || tokio::time::Instant::now() >= end {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                format!(
+                    "got {} {opened} {} {} {} {}",
+                    shared.received.load(Ordering::Acquire),
+                    shared.lost.load(Ordering::Acquire),
+                    shared.wrong.load(Ordering::Acquire),
+                    shared.first_ns.load(Ordering::Acquire),
+                    shared.last_ns.load(Ordering::Acquire),
+                )
+            }
+            _ => format!("error unknown command: {line}"),
+        };
+        out.write_all(format!("{answer}\n").as_bytes()).await?;
+        out.flush().await?;
+    }
+    Ok(())
+}
