@@ -39,6 +39,7 @@ mod publish_subs;
 mod serve;
 mod sockets;
 mod sockets_child;
+mod sockets_wire;
 mod sources;
 mod stats;
 

@@ -62,9 +62,6 @@ pub(crate) struct Args {
     /// Sockets each client opens at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Each client socket's read buffer (bytes).
-    #[arg(long, default_value_t = 256)]
-    client_read_buffer: usize,
     /// Longest wait for one event to reach every socket (s).
     #[arg(long, default_value_t = 300)]
     deliver_timeout_s: u64,
@@ -366,8 +363,6 @@ async fn start_shard(args: &Args, prefix: &str, first: usize) -> anyhow::Result<
             first.to_string(),
             "--concurrency".into(),
             args.concurrency.to_string(),
-            "--read-buffer".into(),
-            args.client_read_buffer.to_string(),
         ],
     )
     .await?;

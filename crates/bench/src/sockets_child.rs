@@ -6,7 +6,7 @@
 //!   deployment) with bff-mobile's heartbeat and sign-in timeouts out of the way of idle sockets.
 //!   Prints `url <ws://…>` once it serves; stops when its standard input closes.
 //! - `sockets-client`: the lean load generator for one shard — one small tokio task per socket
-//!   holding a tokio-tungstenite stream with a small read buffer and no write buffer; each socket
+//!   holding its `TcpStream` and no buffer ([`crate::sockets_wire`]); each socket
 //!   opens from a source address of its own among 127.1.0.1–127.1.15.250 (bind before connect),
 //!   signs in (`auth` → `welcome`), subscribes (`sub conversions` → `subbed`), then only reads:
 //!   it answers server pings and checks every event it gets against the id it was told to expect.
@@ -23,18 +23,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, anyhow};
-use futures::{SinkExt, StreamExt};
+use anyhow::{Context, anyhow, bail};
+use futures::StreamExt;
 use serde::Deserialize;
 use switchyard_core::bus::{BusConfig, BusKind};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::net::{TcpSocket, TcpStream};
 
-use crate::client::{self, Protocol, Ws};
+use crate::client::{self, Protocol};
+use crate::sockets_wire as wire;
 
 /// Arguments of `serve-sockets`.
 #[derive(clap::Args)]
@@ -92,9 +89,6 @@ pub(crate) struct ClientArgs {
     /// Sockets being opened at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Each socket's read buffer (bytes; tungstenite keeps it resident).
-    #[arg(long, default_value_t = 256)]
-    read_buffer: usize,
 }
 
 /// Counters every socket task of the client shares.
@@ -140,74 +134,138 @@ fn source(g: usize) -> Ipv4Addr {
 }
 
 /// Opens one socket from its own source address, signs in and subscribes.
-async fn open(
-    addr: SocketAddr,
-    url: &str,
-    g: usize,
-    read_buffer: usize,
-    token: &str,
-) -> anyhow::Result<Ws> {
+async fn open(addr: SocketAddr, path: &str, g: usize, token: &str) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     let from = source(g);
     socket
         .bind((from, 0).into())
         .with_context(|| format!("binding {from}:0"))?;
-    let tcp = tokio::time::timeout(client::STEP_TIMEOUT, socket.connect(addr))
+    let steps = async {
+        let mut tcp = socket
+            .connect(addr)
+            .await
+            .with_context(|| format!("connecting {from} → {addr}"))?;
+        tcp.set_nodelay(true)?;
+        let mut pending = wire::handshake(
+            &mut tcp,
+            &addr.to_string(),
+            path,
+            Protocol::Mobile.subprotocol(),
+        )
+        .await?;
+        let auth = mobile_proto::ClientMsg::Auth(mobile_proto::Auth {
+            token: token.to_owned(),
+            client: None,
+        });
+        step(&mut tcp, &mut pending, &auth, "welcome").await?;
+        let sub = mobile_proto::ClientMsg::Sub(mobile_proto::Sub {
+            topic: mobile_proto::topic::CONVERSIONS.to_owned(),
+            resume: None,
+        });
+        step(&mut tcp, &mut pending, &sub, "subbed").await?;
+        if !pending.is_empty() {
+            bail!("unexpected bytes after `subbed`");
+        }
+        anyhow::Ok(tcp)
+    };
+    tokio::time::timeout(client::STEP_TIMEOUT, steps)
         .await
-        .map_err(|_| anyhow!("no TCP connection within {:?}", client::STEP_TIMEOUT))?
-        .with_context(|| format!("connecting {from} → {addr}"))?;
-    tcp.set_nodelay(true)?;
-    let mut request = url.into_client_request()?;
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static(Protocol::Mobile.subprotocol()),
-    );
-    let config = WebSocketConfig::default()
-        .read_buffer_size(read_buffer)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio::time::timeout(
-        client::STEP_TIMEOUT,
-        tokio_tungstenite::client_async_with_config(request, tcp, Some(config)),
-    )
-    .await
-    .map_err(|_| anyhow!("no WebSocket handshake within {:?}", client::STEP_TIMEOUT))??;
-    client::init(&mut ws, Protocol::Mobile, token).await?;
-    client::subscribe(&mut ws, Protocol::Mobile).await?;
-    Ok(ws)
+        .map_err(|_| anyhow!("not subscribed within {:?}", client::STEP_TIMEOUT))?
 }
 
-/// One idle socket: reads until the server closes it, checking events.
-async fn idle(mut ws: Ws, shared: Arc<Shared>) {
-    while let Some(Ok(msg)) = ws.next().await {
-        let bytes = match &msg {
-            Message::Binary(b) => b,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        match ciborium::from_reader::<Msg, _>(bytes.as_ref()) {
-            Ok(Msg { t, d: Some(d), .. }) if t == "event" => {
-                let now = unix_ns();
-                let k =
-                    d.id.strip_prefix("moon-")
-                        .and_then(|k| k.parse::<u64>().ok());
-                if k == Some(shared.expected.load(Ordering::Acquire)) {
-                    shared.first_ns.fetch_min(now, Ordering::AcqRel);
-                    shared.last_ns.fetch_max(now, Ordering::AcqRel);
-                    shared.received.fetch_add(1, Ordering::AcqRel);
-                } else {
+/// Sends `msg` and reads until the answer of type `ty` (server pings are answered).
+async fn step(
+    tcp: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    msg: &mobile_proto::ClientMsg,
+    ty: &str,
+) -> anyhow::Result<()> {
+    tcp.write_all(&wire::client_frame(&encode(msg))).await?;
+    loop {
+        let frame = wire::read_frame(tcp, pending).await?;
+        if frame.opcode == wire::OP_CLOSE {
+            bail!("closed by the server before `{ty}`");
+        }
+        if frame.opcode != wire::OP_BINARY {
+            continue;
+        }
+        let msg = client::MOBILE
+            .decode_server(mobile_proto::FrameKind::Binary, &frame.payload, 1 << 20)
+            .map_err(|e| anyhow!("undecodable server message: {e}"))?;
+        match msg {
+            mobile_proto::ServerMsg::Ping(p) => {
+                let pong = mobile_proto::ClientMsg::Pong(mobile_proto::Pong { n: p.n });
+                tcp.write_all(&wire::client_frame(&encode(&pong))).await?;
+            }
+            m if m.type_name() == ty => return Ok(()),
+            m => bail!("expected `{ty}`, got {m:?}"),
+        }
+    }
+}
+
+/// A client message in CBOR.
+fn encode(msg: &mobile_proto::ClientMsg) -> Vec<u8> {
+    match client::MOBILE.encode_client(msg) {
+        mobile_proto::Frame::Binary(b) => b,
+        mobile_proto::Frame::Text(t) => t.into_bytes(),
+    }
+}
+
+/// One idle socket: reads until the server closes it, checking events; holds no buffer while
+/// nothing is half-read.
+async fn idle(mut tcp: TcpStream, shared: Arc<Shared>) {
+    let mut pending = Vec::new();
+    'socket: while let Ok(true) = wire::read_more(&tcp, &mut pending).await {
+        loop {
+            let frame = match wire::take_frame(&mut pending) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => break 'socket,
+            };
+            match frame.opcode {
+                wire::OP_BINARY => {}
+                wire::OP_CLOSE => break 'socket,
+                wire::OP_PING => {
+                    let pong = wire::masked(wire::OP_PONG, &frame.payload);
+                    if tcp.write_all(&pong).await.is_err() {
+                        break 'socket;
+                    }
+                    continue;
+                }
+                _ => continue,
+            }
+            match ciborium::from_reader::<Msg, _>(frame.payload.as_slice()) {
+                Ok(Msg { t, d: Some(d), .. }) if t == "event" => {
+                    let now = unix_ns();
+                    let k =
+                        d.id.strip_prefix("moon-")
+                            .and_then(|k| k.parse::<u64>().ok());
+                    if k == Some(shared.expected.load(Ordering::Acquire)) {
+                        shared.first_ns.fetch_min(now, Ordering::AcqRel);
+                        shared.last_ns.fetch_max(now, Ordering::AcqRel);
+                        shared.received.fetch_add(1, Ordering::AcqRel);
+                    } else {
+                        shared.wrong.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                Ok(Msg { t, n: Some(n), .. }) if t == "ping" => {
+                    let pong = mobile_proto::ClientMsg::Pong(mobile_proto::Pong { n });
+                    if tcp
+                        .write_all(&wire::client_frame(&encode(&pong)))
+                        .await
+                        .is_err()
+                    {
+                        break 'socket;
+                    }
+                }
+                _ => {
                     shared.wrong.fetch_add(1, Ordering::AcqRel);
                 }
             }
-            Ok(Msg { t, n: Some(n), .. }) if t == "ping" => {
-                let pong = mobile_proto::ClientMsg::Pong(mobile_proto::Pong { n });
-                let pong = client::mobile_message(client::MOBILE.encode_client(&pong));
-                if ws.send(pong).await.is_err() {
-                    break;
-                }
-            }
-            _ => {
-                shared.wrong.fetch_add(1, Ordering::AcqRel);
-            }
+        }
+        if pending.is_empty() {
+            // Frees what the last read allocated: an idle socket keeps nothing.
+            pending = Vec::new();
         }
     }
     shared.lost.fetch_add(1, Ordering::AcqRel);
@@ -216,11 +274,12 @@ async fn idle(mut ws: Ws, shared: Arc<Shared>) {
 /// Runs the client of one shard: commands on standard input, answers on standard output.
 pub(crate) async fn client(args: ClientArgs) -> anyhow::Result<()> {
     rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
-    let authority = args
+    let (authority, path) = args
         .url
         .strip_prefix("ws://")
-        .and_then(|rest| rest.split('/').next())
-        .ok_or_else(|| anyhow!("not a ws:// URL: {}", args.url))?;
+        .and_then(|rest| rest.split_once('/'))
+        .ok_or_else(|| anyhow!("not a ws://host:port/path URL: {}", args.url))?;
+    let path = format!("/{path}");
     let addr: SocketAddr = authority
         .parse()
         .with_context(|| format!("not an IP address and port: {authority}"))?;
@@ -234,16 +293,16 @@ pub(crate) async fn client(args: ClientArgs) -> anyhow::Result<()> {
         let answer = match (words.next(), words.next().map(str::parse::<u64>)) {
             (Some("open"), Some(Ok(n))) => {
                 let from = args.first + opened;
-                let (url, token, read_buffer) = (&args.url, token.as_str(), args.read_buffer);
+                let (path, token) = (path.as_str(), token.as_str());
                 let mut results = futures::stream::iter(from..from + n as usize)
-                    .map(|g| async move { open(addr, url, g, read_buffer, token).await })
+                    .map(|g| async move { open(addr, path, g, token).await })
                     .buffer_unordered(args.concurrency.max(1));
                 let mut failure = None;
                 while let Some(result) = results.next().await {
                     match result {
-                        Ok(ws) => {
+                        Ok(tcp) => {
                             opened += 1;
-                            tokio::spawn(idle(ws, shared.clone()));
+                            tokio::spawn(idle(tcp, shared.clone()));
                         }
                         Err(e) if failure.is_none() => failure = Some(format!("{e:#}")),
                         Err(_) => {}
