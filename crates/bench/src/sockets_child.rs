@@ -57,6 +57,11 @@ pub(crate) fn bus_config(redis_url: &str, prefix: &str) -> BusConfig {
 /// Runs one server shard until standard input closes.
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
+    // With `--features dhat-heap`: a heap profile of this shard, written to `dhat-heap.json` (in
+    // the working directory) when its standard input closes — while its sockets are still
+    // open, so the blocks live at the end are what the idle sockets hold.
+    #[cfg(feature = "dhat-heap")]
+    let profiler = dhat::Profiler::new_heap();
     let mut config = switchyard::Config::ephemeral();
     crate::serve::unlimited(&mut config);
     config.exchange.tick_interval_ms = 3_600_000;
@@ -69,6 +74,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stack = switchyard::Stack::start(config).await?;
     crate::serve::announce(&crate::fanout::gateway_url(&stack, Protocol::Mobile));
     crate::serve::until_stdin_closes().await;
+    #[cfg(feature = "dhat-heap")]
+    drop(profiler);
     // The parent kills a shard rather than waiting for a drain of thousands of sockets; this is
     // the orderly path when it does not.
     tokio::time::timeout(Duration::from_secs(10), stack.stop())
