@@ -42,6 +42,13 @@ pub(crate) use gateway::{Gateway, GatewayParts};
 use switchyard_server::lifecycle::{self, SocketEnd};
 use transport::{Closing, Io};
 
+/// The socket's read buffer. tungstenite keeps it for the socket's life and fills it with zeros
+/// up to this size before every read, so every idle socket holds it resident: the client's
+/// messages are small (`auth`'s token is the largest; a bigger frame grows the buffer to its
+/// size and is read in more system calls), so 512 bytes, not 4 KiB (issue 15: a million idle
+/// sockets).
+const READ_BUFFER_BYTES: usize = 512;
+
 /// The `/ws` route.
 pub(crate) fn routes(gateway: Arc<Gateway>) -> Router {
     Router::new().route("/ws", get(upgrade)).with_state(gateway)
@@ -78,7 +85,7 @@ async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         // Small buffers: an idle socket should cost kilobytes, not tungstenite's default 128 KiB.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(READ_BUFFER_BYTES)
         // Frames handed over together are written together (one system call per batch, not
         // per frame) up to this much; the buffer is empty until a socket has traffic.
         .write_buffer_size(switchyard_server::websocket::WRITE_BATCH_BYTES)
@@ -94,9 +101,11 @@ async fn upgrade(
         .on_upgrade(move |socket| {
             // Counted in the gateway's metrics while the socket is open.
             let open = usage.map(|u| u.connection());
-            tracker.track_future(lifecycle::socket("bff-mobile", "v1", trace, async move {
-                serve(socket, gw, encoding, peer, open).await
-            }))
+            // Boxed: the wrappers (tracking, lifecycle, axum's upgrade task) each hold the future
+            // they wrap, and an async wrapper's state holds it more than once — unboxed, each
+            // socket's task was about three times the size of `serve`'s own state.
+            let serve = Box::pin(serve(socket, gw, encoding, peer, open));
+            tracker.track_future(lifecycle::socket("bff-mobile", "v1", trace, serve))
         })
 }
 

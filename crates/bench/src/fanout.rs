@@ -566,7 +566,7 @@ impl Server {
 }
 
 /// The conversion event the gateway is fed; only its id changes.
-fn template(user: UserId) -> anyhow::Result<ConversionEvent> {
+pub(crate) fn template(user: UserId) -> anyhow::Result<ConversionEvent> {
     let currency = |c| Currency::parse(c).map_err(|e| anyhow::anyhow!("{e}"));
     Ok(ConversionEvent {
         kind: demo_api::CONVERSION_COMPLETED.to_owned(),

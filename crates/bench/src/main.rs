@@ -14,6 +14,7 @@
 //! taskset -c 1 target/release/switchyard-bench files
 //! target/release/switchyard-bench soak
 //! taskset -c 1 target/release/switchyard-bench metrics-cost
+//! flock /tmp/bench.lock target/release/switchyard-bench sockets
 //! ```
 //!
 //! Every figure is printed beside a baseline measured in the same run, because the machine is
@@ -36,6 +37,9 @@ mod publish;
 mod publish_serve;
 mod publish_subs;
 mod serve;
+mod sockets;
+mod sockets_child;
+mod sockets_wire;
 mod sources;
 mod stats;
 
@@ -109,6 +113,16 @@ enum Bench {
     /// gateway's `/metrics` served and scraped against none, two pinned server children in the
     /// same run, interleaved.
     MetricsCost(metrics_cost::Args),
+    /// A million idle, authenticated, subscribed bff-mobile sockets (steps 100k, 250k, 500k, 1M):
+    /// server and client memory and CPU per socket, and the time for one event to reach them
+    /// all; server shards (pinned, on one Redis bus) because of the per-process file limit.
+    Sockets(sockets::Args),
+    /// Runs one server shard of `sockets`.
+    #[command(hide = true)]
+    ServeSockets(sockets_child::ServeArgs),
+    /// Runs the client of one shard of `sockets`.
+    #[command(hide = true)]
+    SocketsClient(sockets_child::ClientArgs),
     /// Runs the stack and the in-process publisher for `publish` and `sources`.
     #[command(hide = true)]
     ServePublish(publish_serve::Args),
@@ -144,6 +158,8 @@ async fn main() -> anyhow::Result<()> {
             | Bench::ServeFanout(_)
             | Bench::ServeFiles(_)
             | Bench::ServeSoak(_)
+            | Bench::ServeSockets(_)
+            | Bench::SocketsClient(_)
     );
     if cfg!(debug_assertions) && !is_child {
         eprintln!("warning: a debug build; run benchmarks with --release");
@@ -170,6 +186,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Bench::ServeSoak(args) => bench::soak::serve(args).await,
         Bench::MetricsCost(args) => metrics_cost::run(args).await,
+        Bench::Sockets(args) => sockets::run(args).await,
+        Bench::ServeSockets(args) => sockets_child::serve(args).await,
+        Bench::SocketsClient(args) => sockets_child::client(args).await,
         Bench::ServePublish(args) => publish_serve::run(args).await,
         Bench::ServeFanout(args) => fanout_serve::run(args).await,
         Bench::ServeDevice(args) => device_serve::run(args).await,
