@@ -1,8 +1,14 @@
-//! The RabbitMQ bus through outages, on the machine's RabbitMQ (one node per machine, shared, so
-//! no test stops it): a publisher and two subscribers (live, and from the start) while every
-//! connection is dropped mid-stream and then the topic's stream is deleted. Every acknowledged
-//! event is delivered or announced lost by a gap, in offset order, without duplicates; the
-//! deleted stream's history comes back as a new epoch, after a gap.
+//! The RabbitMQ bus through outages, on the machine's RabbitMQ (one node per machine, shared):
+//! a publisher and two subscribers (live, and from the start) while
+//!
+//! - every connection is dropped mid-stream and then the topic's stream is deleted: the deleted
+//!   stream's history comes back as a new epoch, after a gap;
+//! - the broker itself is restarted mid-stream (`rabbitmqctl stop_app` / `start_app`: the node's
+//!   RabbitMQ application stops, every connection with it, and its streams come back from disk).
+//!
+//! Every acknowledged event is delivered or announced lost by a gap, in offset order, without
+//! duplicates. The two run one after the other (the restart would disturb the other), and this
+//! binary holds no other test, so no other test of the suite sees the restart.
 
 mod common;
 
@@ -74,8 +80,12 @@ fn collect(mut sub: Subscription) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<
     (seen, task)
 }
 
+/// Held by each test: they never run at once.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_or_a_gap_across_lost_connections_and_a_deleted_stream() {
+    let _serial = SERIAL.lock().await;
     let kit = Kit::new(Kind::Rabbitmq);
     let (publisher, subscriber) = (kit.rabbitmq(10_000), kit.rabbitmq(10_000));
     let t = Topic::new("conversions.outage").expect("topic");
@@ -148,6 +158,100 @@ async fn every_event_or_a_gap_across_lost_connections_and_a_deleted_stream() {
         assert!(
             !seen.gaps.is_empty(),
             "the deleted history is signalled by a gap"
+        );
+        task.abort();
+    }
+    kit.cleanup().await;
+}
+
+/// Runs `rabbitmqctl` with `args`; panics with its output when it fails.
+async fn rabbitmqctl(args: &[&str]) {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .expect("rabbitmqctl runs (scripts/services installs and starts RabbitMQ)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_or_a_gap_across_a_broker_restart() {
+    let _serial = SERIAL.lock().await;
+    let kit = Kit::new(Kind::Rabbitmq);
+    let (publisher, subscriber) = (kit.rabbitmq(10_000), kit.rabbitmq(10_000));
+    let t = Topic::new("conversions.restart").expect("topic");
+    let live = subscriber.subscribe(&t, StartAt::Live).await.expect("live");
+    let start = subscriber.head(&t).await.expect("head");
+    let from_start = subscriber
+        .subscribe(&t, StartAt::After(start))
+        .await
+        .expect("from the start");
+    let collectors = [collect(live), collect(from_start)];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let pub_task = {
+        let (bus, t, stop) = (publisher.clone(), t.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut acked, mut refused) = (Vec::new(), 0u32);
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                match bus.publish(&t, Bytes::from(format!("r{i}"))).await {
+                    Ok(e) => acked.push(e.position()),
+                    // While the broker is down: refused or timed out, never acknowledged.
+                    Err(_) => refused += 1,
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (acked, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rabbitmqctl(&["stop_app"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rabbitmqctl(&["start_app"]).await;
+    rabbitmqctl(&["await_startup"]).await;
+    // Publishing goes on once the bus has reconnected: wait for acknowledgements after the
+    // restart, then stop.
+    let restarted = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, refused) = tokio::time::timeout(Duration::from_secs(60), pub_task)
+        .await
+        .expect("the publisher finished")
+        .expect("publisher task");
+    assert!(
+        refused > 0,
+        "publishes were refused while the broker was down"
+    );
+    assert!(
+        publisher.metrics().snapshot().connections_lost >= 1,
+        "the publisher noticed its connection was lost"
+    );
+    let last = *acked.last().expect("acknowledged events");
+    let before = acked.len();
+    assert!(before > 0);
+    for (seen, task) in &collectors {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.lock().expect("seen").cursor != Some(last) {
+            assert!(
+                Instant::now() < deadline,
+                "subscription stalled at {:?} (last acknowledged {last:?}, restarted {:?} ago)",
+                seen.lock().expect("seen").cursor,
+                restarted.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen = seen.lock().expect("seen");
+        let missing: Vec<&Position> = acked.iter().filter(|p| !seen.accounts_for(**p)).collect();
+        assert!(
+            missing.is_empty(),
+            "events neither delivered nor in a gap: {missing:?}"
         );
         task.abort();
     }
