@@ -80,6 +80,10 @@ pub struct Args {
     /// Run the server in this process instead of a pinned child (what the CI test does).
     #[arg(long)]
     pub in_process: bool,
+    /// Bus restarts, spread evenly over the last two thirds of the run (one: two thirds of the
+    /// way in). A leak grows with each restart; an allocator's high-water mark does not.
+    #[arg(long, default_value_t = 1)]
+    pub bus_restarts: u32,
 }
 
 impl Args {
@@ -96,6 +100,7 @@ impl Args {
             server_cpus: String::new(),
             redis_server: "redis-server".to_owned(),
             in_process: true,
+            bus_restarts: 1,
         }
     }
 }
@@ -953,8 +958,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     // The run: paced publishes, the quote every second, the restarts, RSS reports.
     let duration = Duration::from_secs(args.duration_s);
-    let (backend_at, broker_at) = (duration / 3, duration * 2 / 3);
-    let (mut backend_done, mut broker_done) = (false, false);
+    let backend_at = duration / 3;
+    let mut backend_done = false;
+    // Bus restart k of n at 1/3 + (k + 1)/(n + 1) · 2/3 of the run: one restart at 2/3.
+    let restarts = args.bus_restarts;
+    let mut broker_at: std::collections::VecDeque<Duration> = (0..restarts)
+        .map(|k| duration / 3 + duration * 2 * (k + 1) / (3 * (restarts + 1)))
+        .collect();
     let begin = tokio::time::Instant::now();
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1012,8 +1022,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             );
             server.restart_backend().await?;
         }
-        if !broker_done && now >= broker_at {
-            broker_done = true;
+        if broker_at.front().is_some_and(|at| now >= *at) {
+            broker_at.pop_front();
             println!(
                 "soak: restarting the bus (redis-server) at t={} s",
                 now.as_secs()
