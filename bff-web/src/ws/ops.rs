@@ -125,7 +125,7 @@ impl Running {
                     &variables,
                     operation_name.as_deref(),
                     visibility,
-                    (state, reach.from_position()),
+                    (state, reach.starts_after_a_position()),
                     make_request,
                 );
                 let stream = SubStream {

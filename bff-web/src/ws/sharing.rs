@@ -79,7 +79,7 @@ impl Reach {
     }
 
     /// Whether it may start after a position (a `channel` with `after`).
-    pub(super) fn from_position(&self) -> bool {
+    pub(super) fn starts_after_a_position(&self) -> bool {
         self.channels.iter().any(|c| c.after)
     }
 
