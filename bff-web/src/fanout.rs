@@ -12,8 +12,8 @@
 //! value instead of waiting for the next change.
 //!
 //! A subscription that starts **after a position** (`channel(after:)`) is shared only with
-//! identical ones — the same position — and only while its execution has emitted at most one
-//! send queue of results: the execution keeps what it emitted until then, and a socket joining
+//! identical ones — the same position — and only while its execution has emitted at most
+//! [`PACED_QUEUE`] results: the execution keeps what it emitted until then, and a socket joining
 //! it gets all of it first, so it misses nothing a socket of its own would have replayed. This
 //! is what a gap does to a shared live execution: every socket of it gets the same `resume`
 //! position and subscribes again after it at about the same time — sharing one execution
@@ -37,6 +37,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::AbortHandle;
+
+/// The queue of an execution starting after a position (paced by its readers, it never cuts one
+/// off), and its window: the results it keeps for joiners. Sockets told of one gap subscribe
+/// again within a few results; a later joiner starts a new execution, which has a window too.
+const PACED_QUEUE: usize = 16;
 
 /// What one execution emits, already serialised.
 #[derive(Debug, Clone)]
@@ -152,7 +157,7 @@ impl Drop for Execution {
 
 impl Execution {
     /// Sends `frame` to every reader, and logs it for joiners while the window is open (at
-    /// most `capacity` results; a joiner would get more than a send queue at once after that).
+    /// most `capacity` results; a joiner would get more than a queue at once after that).
     fn emit(&self, frame: Frame, capacity: usize) {
         let mut window = lock(&self.window);
         if let Some(emitted) = window.as_mut() {
@@ -291,12 +296,16 @@ where
             }
             closed.push(execution);
         }
-        let (tx, rx) = broadcast::channel(self.capacity);
         // An execution starting after a position runs at its slowest reader's pace — replaying
         // a long history never overruns a socket's queue — instead of cutting readers off for
-        // lagging.
+        // lagging; so a short queue is enough, and its window is as short.
+        let capacity = if from_position {
+            self.capacity.min(PACED_QUEUE)
+        } else {
+            self.capacity
+        };
+        let (tx, rx) = broadcast::channel(capacity);
         let paced = from_position.then(|| Arc::new(Notify::new()));
-        let capacity = self.capacity;
         self.counts.executions.fetch_add(1, Ordering::Relaxed);
         let execution = Arc::new(Execution {
             paced: paced.clone(),
