@@ -138,6 +138,15 @@ struct Counters {
     silent: AtomicU64,
     gaps: AtomicU64,
     reconnects: AtomicU64,
+    /// Reconnects by kind of client: web, mobile, device.
+    by_kind: [AtomicU64; 3],
+}
+
+impl Counters {
+    fn reconnected(&self, kind: usize) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.by_kind[kind].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One client's position in its channel, checked as events come.
@@ -587,7 +596,7 @@ async fn web_client(
     let mut n = 0u64;
     loop {
         if !first {
-            c.reconnects.fetch_add(1, Ordering::Relaxed);
+            c.reconnected(0);
             tokio::time::sleep(Duration::from_millis(200 + (i % 800) as u64)).await;
         }
         let Ok(mut ws) = websocket(addr, "/v1/graphql", "graphql-transport-ws", i).await else {
@@ -683,7 +692,7 @@ async fn mobile_client(
     let topic = format!("soak.{channel}");
     loop {
         if !first {
-            c.reconnects.fetch_add(1, Ordering::Relaxed);
+            c.reconnected(1);
             tokio::time::sleep(Duration::from_millis(200 + (i % 800) as u64)).await;
         }
         let Ok(mut ws) = websocket(addr, "/v1/ws", mobile_proto::SUBPROTOCOL_CBOR, i).await else {
@@ -781,7 +790,7 @@ async fn device_client(
             _ => None,
         };
         let Some(body) = body else {
-            c.reconnects.fetch_add(1, Ordering::Relaxed);
+            c.reconnected(2);
             tokio::time::sleep(Duration::from_millis(200 + (i % 800) as u64)).await;
             continue;
         };
@@ -1003,7 +1012,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             let r = report.lock().await;
             println!(
                 "soak: rss t={} s {kib} KiB; published {} refused {}; delivered {} duplicates {} \
-                 silent losses {} gaps {} reconnects {}",
+                 silent losses {} gaps {} reconnects {} (web {} mobile {} device {})",
                 now.as_secs(),
                 r.published,
                 r.refused,
@@ -1012,6 +1021,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 counters.silent.load(Ordering::Relaxed),
                 counters.gaps.load(Ordering::Relaxed),
                 counters.reconnects.load(Ordering::Relaxed),
+                counters.by_kind[0].load(Ordering::Relaxed),
+                counters.by_kind[1].load(Ordering::Relaxed),
+                counters.by_kind[2].load(Ordering::Relaxed),
             );
         }
         if !backend_done && now >= backend_at {
