@@ -13,14 +13,14 @@
 //!
 //! A subscription that starts **after a position** (`channel(after:)`) is shared only with
 //! identical ones — the same position — and only while its execution has emitted at most
-//! [`PACED_QUEUE`] results: the execution keeps what it emitted until then, and a socket joining
+//! [`JOIN_WINDOW`] results: the execution keeps what it emitted until then, and a socket joining
 //! it gets all of it first, so it misses nothing a socket of its own would have replayed. This
 //! is what a gap does to a shared live execution: every socket of it gets the same `resume`
 //! position and subscribes again after it at about the same time — sharing one execution
 //! again instead of running one each (which cost every socket tens of KiB and every event one
-//! encoding per socket). Such an execution runs at the pace of its slowest reader (a replay of
-//! a long history never overruns the sockets' queues); a reader that stops reading is cut off
-//! by the socket's write timeout, which releases the others.
+//! encoding per socket). While it has one reader, such an execution runs at that reader's pace
+//! (a replay of a long history never overruns the socket's queue); with more, like a live one,
+//! it never waits for a slow reader, which learns it lagged.
 //!
 //! Each subscriber reads from a bounded broadcast channel: a subscriber that falls more than its
 //! capacity behind learns it lagged (the socket layer then conflates or cuts the client off). The
@@ -38,10 +38,10 @@ use futures::StreamExt;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::AbortHandle;
 
-/// The queue of an execution starting after a position (paced by its readers, it never cuts one
-/// off), and its window: the results it keeps for joiners. Sockets told of one gap subscribe
-/// again within a few results; a later joiner starts a new execution, which has a window too.
-const PACED_QUEUE: usize = 16;
+/// The window of an execution starting after a position: the results it keeps for joiners (or
+/// the send queue, if shorter). Sockets told of one gap subscribe again within a few results; a
+/// later joiner starts a new execution, whose window the next ones share.
+const JOIN_WINDOW: usize = 16;
 
 /// What one execution emits, already serialised.
 #[derive(Debug, Clone)]
@@ -117,12 +117,12 @@ struct Key {
 pub(crate) struct Execution {
     tx: broadcast::Sender<Frame>,
     /// For an execution that starts after a position: signalled each time a reader takes a
-    /// result (or leaves), so that the execution waits for room instead of running ahead of
-    /// its slowest socket.
+    /// result (or leaves), so that while it has one reader it waits for room instead of
+    /// running ahead of its socket.
     paced: Option<Arc<Notify>>,
     last: Mutex<Option<Frame>>,
     /// For an execution that starts after a position: every result it has emitted while it may
-    /// still be joined (at most `capacity`); `None` once it may not (or for a live one). A result
+    /// still be joined (at most its window); `None` once it may not (or for a live one). A result
     /// is logged and sent under this lock, so a joiner gets each exactly once.
     window: Mutex<Option<Vec<Frame>>>,
     task: Mutex<Option<AbortHandle>>,
@@ -157,11 +157,11 @@ impl Drop for Execution {
 
 impl Execution {
     /// Sends `frame` to every reader, and logs it for joiners while the window is open (at
-    /// most `capacity` results; a joiner would get more than a queue at once after that).
-    fn emit(&self, frame: Frame, capacity: usize) {
+    /// most `window` results).
+    fn emit(&self, frame: Frame, window_len: usize) {
         let mut window = lock(&self.window);
         if let Some(emitted) = window.as_mut() {
-            if emitted.len() < capacity {
+            if emitted.len() < window_len {
                 emitted.push(frame.clone());
             } else {
                 *window = None;
@@ -296,14 +296,12 @@ where
             }
             closed.push(execution);
         }
-        // An execution starting after a position runs at its slowest reader's pace — replaying
-        // a long history never overruns a socket's queue — instead of cutting readers off for
-        // lagging; so a short queue is enough, and its window is as short.
-        let capacity = if from_position {
-            self.capacity.min(PACED_QUEUE)
-        } else {
-            self.capacity
-        };
+        // An execution starting after a position runs at its one reader's pace — replaying a
+        // long history never overruns the socket's queue — instead of cutting it off for
+        // lagging; with more readers it waits for none (one slow socket must not hold back the
+        // others), like a live one.
+        let capacity = self.capacity;
+        let window = capacity.min(JOIN_WINDOW);
         let (tx, rx) = broadcast::channel(capacity);
         let paced = from_position.then(|| Arc::new(Notify::new()));
         self.counts.executions.fetch_add(1, Ordering::Relaxed);
@@ -327,13 +325,15 @@ where
                 first = false;
                 if let Some(room) = &paced {
                     // Wait (holding no strong reference, so a leaving subscriber still ends
-                    // the execution) until the reader has room for one more result.
+                    // the execution) until its one reader has room for one more result.
                     loop {
                         let notified = room.notified();
                         let mut notified = std::pin::pin!(notified);
                         notified.as_mut().enable();
                         match weak.upgrade() {
-                            Some(execution) if execution.tx.len() >= capacity => {}
+                            Some(execution)
+                                if execution.tx.len() >= capacity
+                                    && execution.tx.receiver_count() <= 1 => {}
                             Some(_) => break,
                             None => return,
                         }
@@ -347,13 +347,13 @@ where
                     *lock(&execution.last) = Some(frame.clone());
                 }
                 let ended = matches!(frame, Frame::Error(_));
-                execution.emit(frame, capacity);
+                execution.emit(frame, window);
                 if ended {
                     return;
                 }
             }
             if let Some(execution) = weak.upgrade() {
-                execution.emit(Frame::Complete, capacity);
+                execution.emit(Frame::Complete, window);
             }
         });
         *lock(&execution.task) = Some(task.abort_handle());
