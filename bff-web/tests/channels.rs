@@ -7,7 +7,8 @@
 //! strings; resume with `after`; a gap ends with `HISTORY_GAP` and a resume position that works;
 //! refusals (`FORBIDDEN`, `CHANNEL_NOT_FOUND`) under every spelling of another user's channel,
 //! never an event, also while that user is subscribed with the very same document (shared
-//! executions); claim rules; anonymous callers; a re-authentication dropping a role.
+//! executions); claim rules; anonymous callers; a re-authentication dropping a role; sockets
+//! resuming at one position sharing one execution.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,11 @@ impl Drop for Gateway {
 impl Gateway {
     /// A gateway whose bus keeps `history` events per topic.
     async fn start(history: usize) -> Self {
+        Self::start_with(history, |_| {}).await
+    }
+
+    /// A gateway whose bus keeps `history` events per topic, its configuration `tune`d.
+    async fn start_with(history: usize, tune: impl FnOnce(&mut bff_web::Config)) -> Self {
         let mut config = bff_web::Config::default();
         config.auth.hs256_secret = SECRET.into();
         config.sources.clear();
@@ -71,6 +77,7 @@ impl Gateway {
                 entry("prices.{symbol}", TopicClass::State, SubscribeRule::Public),
             ],
         };
+        tune(&mut config);
         let broker = Broker::memory(history);
         let bus = broker.bus();
         let shutdown = CancellationToken::new();
@@ -244,6 +251,87 @@ async fn resuming_after_a_position_gets_the_missed_events_in_order() {
         }
         bob.complete("2").await;
     }
+}
+
+/// What a gap does to a shared live execution: all its sockets get the same resume position and
+/// subscribe again after it. They must share one execution again — not run one each, which
+/// held tens of KiB per socket for as long as it stayed (the soak's RSS after a bus restart) —
+/// and each must still get every event after the position, joining early or late; once the
+/// execution has emitted more than a send queue, a joiner gets one of its own. All of it is
+/// released with the last socket.
+#[tokio::test]
+async fn sockets_resuming_at_one_position_share_one_execution_and_miss_nothing() {
+    let gw = Gateway::start_with(100, |c| c.websocket.send_queue_messages = 4).await;
+    let first = gw.publish("announcements", &json!({"n": 0})).await;
+    let (epoch, offset) = strings(&first);
+    let after = json!({"epoch": epoch, "offset": offset});
+    let mut early = Vec::new();
+    for _ in 0..5 {
+        let mut c = client(&gw, "v1", None).await;
+        sub(&mut c, "r", "announcements", Some(after.clone())).await;
+        early.push(c);
+    }
+    gw.subscribed(1).await;
+    assert_eq!(
+        gw.app.v1_executions(),
+        1,
+        "five identical resumes share one execution"
+    );
+    for n in 1..=3 {
+        gw.publish("announcements", &json!({"n": n})).await;
+    }
+    for c in &mut early {
+        for n in 1..=3 {
+            assert_eq!(event(c, "r").await["data"], json!({"n": n}));
+        }
+    }
+    // A socket joining after three results still gets them, from the execution's window.
+    let mut late = client(&gw, "v1", None).await;
+    sub(&mut late, "r", "announcements", Some(after.clone())).await;
+    for n in 1..=3 {
+        assert_eq!(event(&mut late, "r").await["data"], json!({"n": n}));
+    }
+    assert_eq!(gw.app.v1_executions(), 1, "the late joiner shares it too");
+    // Past a send queue (4) of results the window closes: a joiner gets an execution of its
+    // own, which replays from history.
+    for n in 4..=5 {
+        gw.publish("announcements", &json!({"n": n})).await;
+    }
+    for c in early.iter_mut().chain([&mut late]) {
+        for n in 4..=5 {
+            assert_eq!(event(c, "r").await["data"], json!({"n": n}));
+        }
+    }
+    let mut last = client(&gw, "v1", None).await;
+    sub(&mut last, "r", "announcements", Some(after.clone())).await;
+    for n in 1..=5 {
+        assert_eq!(event(&mut last, "r").await["data"], json!({"n": n}));
+    }
+    assert_eq!(gw.app.v1_executions(), 2);
+    // Another position is another execution; live delivery goes on for every one of them.
+    let mut other = client(&gw, "v1", None).await;
+    let third = json!({"epoch": epoch, "offset": (first.offset + 3).to_string()});
+    sub(&mut other, "r", "announcements", Some(third)).await;
+    for n in 4..=5 {
+        assert_eq!(event(&mut other, "r").await["data"], json!({"n": n}));
+    }
+    assert_eq!(gw.app.v1_executions(), 3);
+    gw.publish("announcements", &json!({"n": 6})).await;
+    for c in early.iter_mut().chain([&mut late, &mut last, &mut other]) {
+        assert_eq!(event(c, "r").await["data"], json!({"n": 6}));
+        assert_eq!(c.recv_within(QUIET).await, None, "each event once");
+    }
+    drop((early, late, last, other));
+    let released = test_support::eventually(Duration::from_secs(5), || async {
+        gw.app.v1_executions() == 0 && gw.app.active_topics() == 0
+    })
+    .await;
+    assert!(
+        released,
+        "executions {} and hub topics {} are released with the last socket",
+        gw.app.v1_executions(),
+        gw.app.active_topics()
+    );
 }
 
 #[tokio::test]

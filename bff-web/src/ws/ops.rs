@@ -106,7 +106,6 @@ impl Running {
                 // token's claims too when a channel's rule may read them.
                 let (visibility, principal) = match share {
                     Share::Public => (Visibility::Public, None),
-                    Share::Own => (Visibility::own(), principal),
                     Share::Principal => {
                         let visibility = match &principal {
                             Some(p) => Visibility::User {
@@ -126,11 +125,11 @@ impl Running {
                     &variables,
                     operation_name.as_deref(),
                     visibility,
-                    state,
+                    (state, reach.starts_after_a_position()),
                     make_request,
                 );
                 let stream = SubStream {
-                    initial: sub.initial,
+                    initial: sub.initial.into(),
                     rx: tokio_stream::wrappers::BroadcastStream::new(sub.rx),
                     execution: sub.execution,
                 };
@@ -231,9 +230,11 @@ impl Singles {
     }
 }
 
-/// A socket's view of a shared execution: the replayed latest result, then the broadcast.
+/// A socket's view of a shared execution: the results it joined after (the latest one, or what
+/// an execution starting after a position had emitted), then the broadcast. The guard is
+/// dropped after the receiver (field order), so a paced execution sees the reader gone.
 struct SubStream {
-    initial: Option<Frame>,
+    initial: std::collections::VecDeque<Frame>,
     rx: tokio_stream::wrappers::BroadcastStream<Frame>,
     execution: crate::fanout::ExecutionGuard,
 }
@@ -244,7 +245,7 @@ impl futures::Stream for SubStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        if let Some(f) = self.initial.take() {
+        if let Some(f) = self.initial.pop_front() {
             return std::task::Poll::Ready(Some(Ok(f)));
         }
         let polled = self.rx.poll_next_unpin(cx);

@@ -7,11 +7,13 @@
 //!   string variable — a channel whose catalog entry's rule is `public`, without `after`.
 //!   Anything not known for sure (a name from a missing variable, an unknown or invalid name,
 //!   an unknown fragment) is not public.
-//! - **Own** (never shared): any `channel` with `after` (or one that may have it): a socket
-//!   joining a running execution would miss the events replayed before it joined.
 //! - Otherwise keyed by principal; with a `channel` field the key also holds the token's claims,
 //!   so two tokens of one user with different claims (roles) never share what a claim rule
 //!   decided for one of them.
+//!
+//! A subscription with a `channel` that has `after` (or may have it) **starts after a
+//! position**: whichever its visibility, it is shared only with identical subscriptions, while
+//! its execution can still give a joiner everything it emitted ([`crate::fanout`]).
 //!
 //! A subscription is **state** (replayed to late joiners, conflated when a client lags) when
 //! every reachable field is a state field (`rates`) or a `channel` of a state entry.
@@ -63,8 +65,6 @@ pub(super) enum Share {
     Public,
     /// With the same principal's sockets only.
     Principal,
-    /// With nobody.
-    Own,
 }
 
 impl Reach {
@@ -78,11 +78,13 @@ impl Reach {
         self.channels.iter().map(|c| c.name.clone()).collect()
     }
 
+    /// Whether it may start after a position (a `channel` with `after`).
+    pub(super) fn starts_after_a_position(&self) -> bool {
+        self.channels.iter().any(|c| c.after)
+    }
+
     /// How it may be shared.
     pub(super) fn share(&self, limits: &Limits, catalog: &Catalog) -> Share {
-        if self.channels.iter().any(|c| c.after) {
-            return Share::Own;
-        }
         let public_channel = |c: &ChannelRef| {
             c.name.as_deref().is_some_and(|name| {
                 catalog

@@ -80,6 +80,10 @@ pub struct Args {
     /// Run the server in this process instead of a pinned child (what the CI test does).
     #[arg(long)]
     pub in_process: bool,
+    /// Bus restarts, spread evenly over the last two thirds of the run (one: two thirds of the
+    /// way in). A leak grows with each restart; an allocator's high-water mark does not.
+    #[arg(long, default_value_t = 1)]
+    pub bus_restarts: u32,
 }
 
 impl Args {
@@ -96,6 +100,7 @@ impl Args {
             server_cpus: String::new(),
             redis_server: "redis-server".to_owned(),
             in_process: true,
+            bus_restarts: 1,
         }
     }
 }
@@ -133,6 +138,15 @@ struct Counters {
     silent: AtomicU64,
     gaps: AtomicU64,
     reconnects: AtomicU64,
+    /// Reconnects by kind of client: web, mobile, device.
+    by_kind: [AtomicU64; 3],
+}
+
+impl Counters {
+    fn reconnected(&self, kind: usize) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.by_kind[kind].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One client's position in its channel, checked as events come.
@@ -582,7 +596,7 @@ async fn web_client(
     let mut n = 0u64;
     loop {
         if !first {
-            c.reconnects.fetch_add(1, Ordering::Relaxed);
+            c.reconnected(0);
             tokio::time::sleep(Duration::from_millis(200 + (i % 800) as u64)).await;
         }
         let Ok(mut ws) = websocket(addr, "/v1/graphql", "graphql-transport-ws", i).await else {
@@ -678,7 +692,7 @@ async fn mobile_client(
     let topic = format!("soak.{channel}");
     loop {
         if !first {
-            c.reconnects.fetch_add(1, Ordering::Relaxed);
+            c.reconnected(1);
             tokio::time::sleep(Duration::from_millis(200 + (i % 800) as u64)).await;
         }
         let Ok(mut ws) = websocket(addr, "/v1/ws", mobile_proto::SUBPROTOCOL_CBOR, i).await else {
@@ -776,7 +790,7 @@ async fn device_client(
             _ => None,
         };
         let Some(body) = body else {
-            c.reconnects.fetch_add(1, Ordering::Relaxed);
+            c.reconnected(2);
             tokio::time::sleep(Duration::from_millis(200 + (i % 800) as u64)).await;
             continue;
         };
@@ -953,8 +967,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     // The run: paced publishes, the quote every second, the restarts, RSS reports.
     let duration = Duration::from_secs(args.duration_s);
-    let (backend_at, broker_at) = (duration / 3, duration * 2 / 3);
-    let (mut backend_done, mut broker_done) = (false, false);
+    let backend_at = duration / 3;
+    let mut backend_done = false;
+    // Bus restart k of n at 1/3 + (k + 1)/(n + 1) · 2/3 of the run: one restart at 2/3.
+    let restarts = args.bus_restarts;
+    let mut broker_at: std::collections::VecDeque<Duration> = (0..restarts)
+        .map(|k| duration / 3 + duration * 2 * (k + 1) / (3 * (restarts + 1)))
+        .collect();
     let begin = tokio::time::Instant::now();
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -993,7 +1012,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             let r = report.lock().await;
             println!(
                 "soak: rss t={} s {kib} KiB; published {} refused {}; delivered {} duplicates {} \
-                 silent losses {} gaps {} reconnects {}",
+                 silent losses {} gaps {} reconnects {} (web {} mobile {} device {})",
                 now.as_secs(),
                 r.published,
                 r.refused,
@@ -1002,6 +1021,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 counters.silent.load(Ordering::Relaxed),
                 counters.gaps.load(Ordering::Relaxed),
                 counters.reconnects.load(Ordering::Relaxed),
+                counters.by_kind[0].load(Ordering::Relaxed),
+                counters.by_kind[1].load(Ordering::Relaxed),
+                counters.by_kind[2].load(Ordering::Relaxed),
             );
         }
         if !backend_done && now >= backend_at {
@@ -1012,8 +1034,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             );
             server.restart_backend().await?;
         }
-        if !broker_done && now >= broker_at {
-            broker_done = true;
+        if broker_at.front().is_some_and(|at| now >= *at) {
+            broker_at.pop_front();
             println!(
                 "soak: restarting the bus (redis-server) at t={} s",
                 now.as_secs()
