@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use futures::StreamExt;
-use switchyard_core::bus::{Bus, BusConfig, BusKind, Retention, StartAt};
+use switchyard_core::bus::{BusConfig, BusKind, Retention, StartAt};
 use switchyard_core::channels::{Catalog, ChannelConfig, ChannelsConfig, SubscribeRule};
 use switchyard_core::event::{Topic, TopicClass};
 use switchyard_core::hub::{Hub, HubConfig, Item};

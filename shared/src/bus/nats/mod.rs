@@ -33,10 +33,10 @@
 //!
 //! - Each message carries its channel position in headers: `Sy-Epoch`, `Sy-Offset`, and
 //!   `Sy-Prev` (the stream sequence of the channel's previous message).
-//! - A publish reads the channel's last message (direct get last-by-subject) and publishes offset
-//!   + 1 in its epoch with `Nats-Expected-Last-Subject-Sequence` = its sequence: a compare-and-set,
-//!   so of two instances publishing at once one lands and the other reads again and retries
-//!   (within `operation_timeout_ms`). Offsets stay contiguous per channel.
+//! - A publish reads the channel's last message (direct get last-by-subject) and publishes the
+//!   next offset in its epoch with `Nats-Expected-Last-Subject-Sequence` = its sequence: a
+//!   compare-and-set, so of two instances publishing at once one lands and the other reads again
+//!   and retries (within `operation_timeout_ms`). Offsets stay contiguous per channel.
 //! - An empty subject (never used, or every message expired) has no epoch: the first write gives
 //!   it a random one — a publish (offset 1), or an epoch marker (offset 0, no payload) that a
 //!   read or subscribe writes so the position it hands out stays valid. Both are compare-and-set
