@@ -312,13 +312,21 @@ async fn run_layout(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss1 = rss_kib(std::process::id())?;
     let (mem2, _) = server.memory().await?;
-    // A delivery on a sample of them, to show they are live.
+    // A delivery on a sample of them, to show they are live (after a gap if the channel
+    // expired meanwhile: a run longer than the idle expiry).
     for i in (0..subs).step_by((subs / 10).max(1)) {
         bus.publish(&topic_of(grouped, i), payload.clone()).await?;
-        match tokio::time::timeout(Duration::from_secs(10), made[i].next()).await {
-            Ok(Some(Item::Event(_))) => {}
-            other => bail!("{label}: subscription {i} got {other:?}"),
-        }
+        let delivered = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match made[i].next().await {
+                    Some(Item::Event(_)) => return Ok(()),
+                    Some(Item::Gap { .. }) => {}
+                    other => return Err(anyhow!("{label}: subscription {i} got {other:?}")),
+                }
+            }
+        })
+        .await;
+        delivered.map_err(|_| anyhow!("{label}: subscription {i} got nothing"))??;
     }
     drop(made);
     drop(hub);
@@ -363,55 +371,59 @@ async fn run_layout(
 /// Runs `channels-scale`.
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     crate::memory::raise_nofile(4096)?;
-    let mut all = Vec::new();
+    print_header();
     for broker in args.brokers.split(',').map(str::trim) {
         match broker {
             "redis" => {
-                all.push(run_layout(&args, BusKind::Redis, true, args.channels, "redis").await?);
+                print_row(&run_layout(&args, BusKind::Redis, true, args.channels, "redis").await?)
             }
             "nats" => {
                 let label = "nats, one stream per pattern";
-                all.push(run_layout(&args, BusKind::Nats, true, args.channels, label).await?);
+                print_row(&run_layout(&args, BusKind::Nats, true, args.channels, label).await?);
                 if args.old_layout_channels > 0 {
                     let n = args.old_layout_channels;
                     let label = "nats, one stream per pattern (same size)";
-                    all.push(run_layout(&args, BusKind::Nats, true, n, label).await?);
+                    print_row(&run_layout(&args, BusKind::Nats, true, n, label).await?);
                     let label = "nats, a stream per channel (old layout)";
-                    all.push(run_layout(&args, BusKind::Nats, false, n, label).await?);
+                    print_row(&run_layout(&args, BusKind::Nats, false, n, label).await?);
                 }
             }
             other => bail!("unknown broker `{other}`: use redis, nats"),
         }
     }
+    Ok(())
+}
+
+fn print_header() {
     println!(
         "\n| layout | channels | publish wall µs | publish CPU µs client / broker | broker B/channel | \
          store B/channel | client B/channel | subscriptions | subscribe CPU µs client / broker | client B/sub | \
          broker B/sub | after expiry: broker B/channel, store B/channel |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for f in &all {
-        println!(
-            "| {} | {} | {:.1} | {:.1} / {:.1} | {:.0} | {} | {:.0} | {} | {:.1} / {:.1} | {:.0} | {:.0} | {} |",
-            f.label,
-            f.channels,
-            f.pub_wall_us,
-            f.pub_client_us,
-            f.pub_broker_us,
-            f.broker_bytes_per_channel,
-            if f.store_bytes_per_channel > 0.0 {
-                format!("{:.0}", f.store_bytes_per_channel)
-            } else {
-                "–".into()
-            },
-            f.client_bytes_per_channel,
-            f.subs,
-            f.sub_client_us,
-            f.sub_broker_us,
-            f.client_bytes_per_sub,
-            f.broker_bytes_per_sub,
-            f.after_expiry_bytes_per_channel
-                .map_or("–".into(), |(b, s)| format!("{b:.0}, {s:.0}")),
-        );
-    }
-    Ok(())
+}
+
+fn print_row(f: &Figures) {
+    println!(
+        "| {} | {} | {:.1} | {:.1} / {:.1} | {:.0} | {} | {:.0} | {} | {:.1} / {:.1} | {:.0} | {:.0} | {} |",
+        f.label,
+        f.channels,
+        f.pub_wall_us,
+        f.pub_client_us,
+        f.pub_broker_us,
+        f.broker_bytes_per_channel,
+        if f.store_bytes_per_channel > 0.0 {
+            format!("{:.0}", f.store_bytes_per_channel)
+        } else {
+            "–".into()
+        },
+        f.client_bytes_per_channel,
+        f.subs,
+        f.sub_client_us,
+        f.sub_broker_us,
+        f.client_bytes_per_sub,
+        f.broker_bytes_per_sub,
+        f.after_expiry_bytes_per_channel
+            .map_or("–".into(), |(b, s)| format!("{b:.0}, {s:.0}")),
+    );
 }
