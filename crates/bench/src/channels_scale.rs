@@ -316,7 +316,8 @@ async fn run_layout(
     // expired meanwhile: a run longer than the idle expiry).
     for i in (0..subs).step_by((subs / 10).max(1)) {
         bus.publish(&topic_of(grouped, i), payload.clone()).await?;
-        let delivered = tokio::time::timeout(Duration::from_secs(10), async {
+        let sent = Instant::now();
+        let delivered = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
                 match made[i].next().await {
                     Some(Item::Event(_)) => return Ok(()),
@@ -326,7 +327,10 @@ async fn run_layout(
             }
         })
         .await;
-        delivered.map_err(|_| anyhow!("{label}: subscription {i} got nothing"))??;
+        delivered.map_err(|_| anyhow!("{label}: subscription {i} got nothing in 60 s"))??;
+        if sent.elapsed() > Duration::from_secs(1) {
+            eprintln!("{label}: subscription {i} took {:?}", sent.elapsed());
+        }
     }
     drop(made);
     drop(hub);
