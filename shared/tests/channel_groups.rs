@@ -2,7 +2,7 @@
 //! catalog pattern (`conversions.{user}`) — on NATS all in ONE stream, one subject each — keep
 //! contiguous offsets per channel when two instances publish on one channel at once, a channel
 //! idle past its entry's `idle_expiry_ms` is gone from the broker and a reader of it gets a gap,
-//! and 10,000 channels live in one stream.
+//! 10,000 channels live in one stream, and 2,000 live subscriptions each get their own events.
 
 mod common;
 
@@ -14,6 +14,7 @@ use futures::StreamExt;
 use switchyard_core::bus::{Bus, Delivery, Read, Retention, StartAt};
 use switchyard_core::channels::{Catalog, ChannelConfig, ChannelsConfig, SubscribeRule};
 use switchyard_core::event::{Event, Position, Topic, TopicClass};
+use switchyard_core::hub::{Hub, HubConfig, Item};
 
 use common::{Kind, Kit};
 
@@ -253,6 +254,42 @@ async fn ten_thousand_channels_live_in_one_stream(kind: Kind) {
     kit.cleanup().await;
 }
 
+/// 2,000 live hub subscriptions, one per channel of the pattern, opened at once: an event
+/// published on any of them reaches exactly its subscription.
+async fn many_live_subscriptions_each_get_their_channels_events(kind: Kind) {
+    const CHANNELS: usize = 2_000;
+    let kit = Kit::new(kind);
+    let config = kit.config(10);
+    let bus = kit.configured(&config, Retention::new(10, Some(catalog(10, None))));
+    let hub = Hub::new(bus.clone(), HubConfig::default());
+    let mut subs: Vec<_> = futures::stream::iter(0..CHANNELS)
+        .map(|i| {
+            let hub = hub.clone();
+            async move {
+                hub.subscribe(&channel(&format!("s{i}")), StartAt::Live)
+                    .await
+                    .expect("subscribe")
+            }
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    for i in (0..CHANNELS).step_by(97) {
+        let t = channel(&format!("s{i}"));
+        let e = bus
+            .publish(&t, Bytes::from(format!("to {i}")))
+            .await
+            .expect("publish");
+        match tokio::time::timeout(Duration::from_secs(10), subs[i].next()).await {
+            Ok(Some(Item::Event(got))) => {
+                assert_eq!((got.position(), got.payload), (e.position(), e.payload));
+            }
+            other => panic!("subscription {i}: {other:?}"),
+        }
+    }
+    kit.cleanup().await;
+}
+
 macro_rules! on_brokers {
     ($($name:ident),* $(,)?) => {
         mod redis {
@@ -270,4 +307,5 @@ on_brokers!(
     two_instances_racing_on_one_channel_keep_offsets_contiguous,
     an_idle_channel_expires_and_a_resume_gets_a_gap,
     ten_thousand_channels_live_in_one_stream,
+    many_live_subscriptions_each_get_their_channels_events,
 );
