@@ -25,6 +25,7 @@ fn channel(pattern: &str, class: TopicClass, subscribe: SubscribeRule) -> Channe
         max_payload_bytes: 64 * 1024,
         subscribe,
         publishers: vec!["demo".to_owned()],
+        idle_expiry_ms: None,
     }
 }
 

@@ -34,6 +34,7 @@ fn entry(pattern: &str, class: TopicClass, subscribe: SubscribeRule) -> ChannelC
         max_payload_bytes: 4096,
         subscribe,
         publishers: vec!["demo".into()],
+        idle_expiry_ms: None,
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use switchyard_core::bus::{Broker, BusConfig, BusKind, Delivery, StartAt};
+use switchyard_core::bus::{Broker, BusConfig, BusKind, Delivery, Retention, StartAt};
 use switchyard_core::event::Topic;
 use switchyard_core::ratelimit::{Key, RateLimitConfig, RateLimiter, Rule, Scope};
 
@@ -121,10 +121,14 @@ impl Drop for Server {
 
 /// Uses every part of one broker, then counts its clients on the server: `expected` (Redis: the
 /// command connection and the pub/sub connection; NATS: one client).
-async fn everything_shares_one_client(kind: BusKind, expected: usize) {
+async fn everything_shares_one_client(kind: BusKind, expected: usize, grouped: bool) {
     let server = Server::start(kind);
     let config = server.config();
-    let broker = Broker::connect(&config);
+    let mut retention = Retention::new(config.history_events, None);
+    if grouped {
+        retention = retention.grouped("rates.{pair}");
+    }
+    let broker = Broker::connect_with(&config, retention);
     assert_eq!(broker.kind(), kind);
 
     let bus = broker.bus();
@@ -167,10 +171,15 @@ async fn everything_shares_one_client(kind: BusKind, expected: usize) {
 
 #[tokio::test]
 async fn on_redis_the_bus_leases_rate_limits_and_records_share_two_connections() {
-    everything_shares_one_client(BusKind::Redis, 2).await;
+    everything_shares_one_client(BusKind::Redis, 2, false).await;
 }
 
 #[tokio::test]
 async fn on_nats_the_bus_leases_rate_limits_and_records_share_one_client() {
-    everything_shares_one_client(BusKind::Nats, 1).await;
+    everything_shares_one_client(BusKind::Nats, 1, false).await;
+}
+
+#[tokio::test]
+async fn on_nats_channels_of_one_pattern_share_the_one_client_too() {
+    everything_shares_one_client(BusKind::Nats, 1, true).await;
 }

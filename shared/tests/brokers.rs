@@ -336,7 +336,7 @@ async fn the_bus_recovers_from_a_broker_restart_mid_stream(kind: Kind) {
             assert!(!seen[0].gaps.is_empty(), "the lost history is signalled");
         }
         // JetStream's file store survived: nothing was lost, so every event and no gap.
-        Kind::Nats => {
+        Kind::Nats | Kind::NatsChannels => {
             assert!(
                 seen[0].gaps.is_empty() && seen[1].gaps.is_empty(),
                 "no gap: {:?}",
@@ -441,5 +441,30 @@ mod rabbitmq_bus {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_instance_receives_only_topics_it_has_subscribers_for() {
         super::an_instance_receives_only_topics_it_has_subscribers_for(Kind::Rabbitmq).await;
+    }
+}
+
+/// The same, every topic a channel of one pattern (one stream for all, one subject each).
+mod nats_channels_bus {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_instance_shares_offsets_history_and_latest() {
+        super::every_instance_shares_offsets_history_and_latest(Kind::NatsChannels).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_receives_only_topics_it_has_subscribers_for() {
+        super::an_instance_receives_only_topics_it_has_subscribers_for(Kind::NatsChannels).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_bus_recovers_from_a_broker_restart_mid_stream() {
+        super::the_bus_recovers_from_a_broker_restart_mid_stream(Kind::NatsChannels).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bus_starts_while_its_broker_is_down_and_recovers() {
+        super::a_bus_starts_while_its_broker_is_down_and_recovers(Kind::NatsChannels).await;
     }
 }

@@ -19,7 +19,7 @@ fn instances(kit: &Kit, n: usize) -> Vec<Arc<dyn Lease>> {
             match kit.kind {
                 Kind::Memory => memory.clone(),
                 Kind::Redis => kit.redis(10),
-                Kind::Nats => kit.nats(10),
+                Kind::Nats | Kind::NatsChannels => kit.nats(10),
                 Kind::Rabbitmq => kit.rabbitmq(10).state(),
             }
         })

@@ -34,6 +34,7 @@ fn catalog() -> Arc<Catalog> {
             max_payload_bytes: 1024,
             subscribe: SubscribeRule::Public,
             publishers: Vec::new(),
+            idle_expiry_ms: None,
         }],
     };
     Arc::new(Catalog::new(&config).expect("catalog"))
@@ -299,7 +300,7 @@ async fn a_failed_publish_never_lands_later(kind: Kind) {
         .filter(|p| p.as_ref() == b"during")
         .count();
     assert_eq!(during, 1, "{seen:?}");
-    if kind == Kind::Nats {
+    if kind.is_nats() {
         // NATS kept its store: the first publish is still there, before the retry.
         assert_eq!(seen[0].position(), first.position);
         assert_eq!(seen.len(), 2);
@@ -340,5 +341,19 @@ mod rabbitmq_down {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_publish_to_an_unreachable_broker_fails_at_once() {
         super::a_publish_to_an_unreachable_broker_fails_at_once(Kind::Rabbitmq).await;
+    }
+}
+
+mod nats_channels_down {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_to_an_unreachable_broker_fails_at_once() {
+        super::a_publish_to_an_unreachable_broker_fails_at_once(Kind::NatsChannels).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_publish_never_lands_later() {
+        super::a_failed_publish_never_lands_later(Kind::NatsChannels).await;
     }
 }

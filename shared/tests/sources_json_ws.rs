@@ -85,6 +85,7 @@ fn catalog(class: TopicClass) -> Arc<Catalog> {
         max_payload_bytes: MAX_PAYLOAD_BYTES,
         subscribe: SubscribeRule::Public,
         publishers: Vec::new(),
+        idle_expiry_ms: None,
     };
     Arc::new(
         Catalog::new(&ChannelsConfig {

@@ -403,6 +403,7 @@ fn catalog() -> Arc<Catalog> {
             max_payload_bytes: 1024,
             subscribe: SubscribeRule::Public,
             publishers: Vec::new(),
+            idle_expiry_ms: None,
         }],
     };
     Arc::new(Catalog::new(&config).expect("catalog"))

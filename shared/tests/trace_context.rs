@@ -23,7 +23,7 @@ async fn traces_survive_the_bus(kind: Kind) {
     let publisher = kit.bus(100);
     let reader = match kind {
         Kind::Memory => publisher.clone(),
-        Kind::Redis | Kind::Nats | Kind::Rabbitmq => kit.bus(100),
+        Kind::Redis | Kind::Nats | Kind::NatsChannels | Kind::Rabbitmq => kit.bus(100),
     };
     let t = Topic::new("orders.traced").expect("topic");
     let mut live = reader

@@ -96,6 +96,7 @@ mod tests {
             max_payload_bytes: 1024,
             subscribe,
             publishers: vec![],
+            idle_expiry_ms: None,
         }
     }
 

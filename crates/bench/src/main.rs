@@ -7,6 +7,7 @@
 //! cargo run --release -p bench -- mobile-fanout
 //! cargo run --release -p bench -- mobile-memory
 //! cargo run --release -p bench -- bus-latency
+//! flock /tmp/bench.lock taskset -c 1 target/release/switchyard-bench channels-scale
 //! cargo run --release -p bench -- device-hold
 //! cargo run --release -p bench -- device-soak
 //! taskset -c 1 target/release/switchyard-bench publish
@@ -24,6 +25,7 @@
 
 mod baseline;
 mod bus;
+mod channels_scale;
 mod client;
 mod compose;
 mod device;
@@ -80,6 +82,11 @@ enum Bench {
     /// in-memory bus (baseline), Redis, NATS and RabbitMQ Streams (needs the local Redis, NATS
     /// and RabbitMQ with its stream plugin).
     BusLatency(bus::Args),
+    /// Per-user channels at scale: 1,000,000 channels of one pattern on private Redis and NATS
+    /// servers (pinned): broker and client memory per channel and per live subscription,
+    /// publish and subscribe CPU per channel, memory after the idle expiry, and NATS's one
+    /// stream per pattern against a stream per channel.
+    ChannelsScale(channels_scale::Args),
     /// Device long-poll: memory per held poll (10,000 held polls, bff-device versus a minimal
     /// long-poll server, each in a child process) and the time to answer them all when one event
     /// wakes them, versus 10,000 polls that find the event pending, in the same run.
@@ -171,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::MobileFanout(args) => fanout::run(args, Protocol::Mobile).await,
         Bench::MobileMemory(args) => memory::run(args, Protocol::Mobile).await,
         Bench::BusLatency(args) => bus::run(args).await,
+        Bench::ChannelsScale(args) => channels_scale::run(args).await,
         Bench::DeviceHold(args) => device::hold(args).await,
         Bench::DeviceSoak(args) => device::soak(args).await,
         Bench::Publish(args) => publish::run(args).await,

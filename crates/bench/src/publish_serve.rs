@@ -88,6 +88,7 @@ fn catalog(mut channels: ChannelsConfig) -> ChannelsConfig {
         max_payload_bytes: 64 * 1024,
         subscribe: SubscribeRule::Public,
         publishers: vec![PUBLISHER.to_owned()],
+        idle_expiry_ms: None,
     };
     if !channels.catalog.iter().any(|e| e.pattern == CHANNEL) {
         channels.catalog.push(entry(CHANNEL));
@@ -125,6 +126,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             max_payload_bytes: 64 * 1024,
             subscribe: SubscribeRule::Public,
             publishers: Vec::new(),
+            idle_expiry_ms: None,
         });
     }
     let catalog = Catalog::new(&config.channels)?;

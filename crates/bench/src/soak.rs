@@ -239,6 +239,7 @@ impl SoakStack {
             max_payload_bytes: 4096,
             subscribe: SubscribeRule::Public,
             publishers: Vec::new(),
+            idle_expiry_ms: None,
         });
         for i in 0..devices {
             config.device.devices.insert(
@@ -853,6 +854,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 max_payload_bytes: 4096,
                 subscribe: SubscribeRule::Public,
                 publishers: Vec::new(),
+                idle_expiry_ms: None,
             }],
         })?;
     let broker = Broker::connect_with(

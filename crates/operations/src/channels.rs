@@ -50,6 +50,7 @@ pub fn demo() -> ChannelsConfig {
         max_payload_bytes: MAX_PAYLOAD_BYTES,
         subscribe,
         publishers: publishers.iter().map(|p| (*p).to_owned()).collect(),
+        idle_expiry_ms: None,
     };
     ChannelsConfig {
         catalog: vec![

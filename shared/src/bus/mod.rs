@@ -73,7 +73,7 @@ pub use idempotency::{
     IdempotencyKey, InvalidIdempotencyKey, MAX_KEY_BYTES, MAX_REMEMBERED_KEYS, Published,
 };
 pub use metrics::{BusMetrics, BusMetricsSnapshot, REPAIR_REASONS};
-pub use retention::Retention;
+pub use retention::{Group, Retention};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;

@@ -64,6 +64,13 @@ pub struct ChannelConfig {
     /// none may.
     #[serde(default)]
     pub publishers: Vec<String>,
+    /// How long a channel of this entry may go without a publish before the broker forgets it
+    /// (its history, offsets and epoch; a reader of the old epoch then gets a gap), in
+    /// milliseconds: 100 to 31_536_000_000 (a year). None, the default: kept until trimmed.
+    /// Redis expires a channel's keys this long after its last publish; NATS drops each message
+    /// this long after it was published (the stream's `max_age`). The memory bus ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_expiry_ms: Option<u64>,
 }
 
 /// Who may subscribe to an entry's channels: a table whose `rule` says which, with exactly the

@@ -36,6 +36,12 @@ use crate::event::{Topic, TopicClass};
 /// Longest publisher name in an entry's `publishers`.
 const MAX_PUBLISHER_BYTES: usize = 64;
 
+/// Shortest `idle_expiry_ms` accepted.
+pub const MIN_IDLE_EXPIRY_MS: u64 = 100;
+
+/// Longest `idle_expiry_ms` accepted: a year.
+pub const MAX_IDLE_EXPIRY_MS: u64 = 31_536_000_000;
+
 /// A channel name a client or publisher gave that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelError {
@@ -96,6 +102,9 @@ pub enum CatalogProblem {
     /// `max_payload_bytes` is zero.
     #[error("max_payload_bytes must be above zero")]
     ZeroPayload,
+    /// `idle_expiry_ms` outside its range.
+    #[error("idle_expiry_ms {0}: use {MIN_IDLE_EXPIRY_MS} to {MAX_IDLE_EXPIRY_MS} (a year)")]
+    IdleExpiry(u64),
     /// A publisher name that is empty, too long or outside `A-Z a-z 0-9 - _ .`.
     #[error("publisher name `{0}` must be 1 to 64 of A-Z a-z 0-9 - _ .")]
     BadPublisher(String),
@@ -120,6 +129,7 @@ pub struct Entry {
     max_payload_bytes: usize,
     subscribe: SubscribeRule,
     publishers: Vec<String>,
+    idle_expiry_ms: Option<u64>,
 }
 
 impl Entry {
@@ -151,6 +161,11 @@ impl Entry {
     /// The publishers allowed.
     pub fn publishers(&self) -> &[String] {
         &self.publishers
+    }
+
+    /// How long a channel of this entry may go without a publish before the broker forgets it.
+    pub fn idle_expiry(&self) -> Option<std::time::Duration> {
+        self.idle_expiry_ms.map(std::time::Duration::from_millis)
     }
 }
 
@@ -323,6 +338,11 @@ fn check_entry(entry: &ChannelConfig) -> Result<Entry, CatalogProblem> {
     if let Some(bad) = entry.publishers.iter().find(|p| !is_publisher_name(p)) {
         return Err(CatalogProblem::BadPublisher(bad.clone()));
     }
+    if let Some(ms) = entry.idle_expiry_ms
+        && !(MIN_IDLE_EXPIRY_MS..=MAX_IDLE_EXPIRY_MS).contains(&ms)
+    {
+        return Err(CatalogProblem::IdleExpiry(ms));
+    }
     Ok(Entry {
         pattern,
         class: entry.class,
@@ -330,6 +350,7 @@ fn check_entry(entry: &ChannelConfig) -> Result<Entry, CatalogProblem> {
         max_payload_bytes: entry.max_payload_bytes,
         subscribe: entry.subscribe.clone(),
         publishers: entry.publishers.clone(),
+        idle_expiry_ms: entry.idle_expiry_ms,
     })
 }
 

@@ -5,6 +5,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use std::time::Duration;
 
 mod props;
 
@@ -161,6 +162,7 @@ fn entry(pattern: &str, subscribe: SubscribeRule) -> ChannelConfig {
         max_payload_bytes: 10,
         subscribe,
         publishers: vec![],
+        idle_expiry_ms: None,
     }
 }
 
@@ -274,6 +276,7 @@ fn every_catalog_error_names_its_entry() {
         (
             ChannelConfig {
                 publishers: vec!["ok".into(), "bad name".into()],
+                idle_expiry_ms: None,
                 ..entry("a", R::Public)
             },
             P::BadPublisher("bad name".into()),
@@ -454,4 +457,32 @@ fn publishers_payloads_and_topics() {
         let topic = Topic::new(not_a_channel).unwrap();
         assert_eq!(ChannelName::from_topic(&topic), None, "{not_a_channel}");
     }
+}
+
+#[test]
+fn idle_expiry_is_checked_at_load_and_optional() {
+    let with = |ms| ChannelConfig {
+        idle_expiry_ms: ms,
+        ..entry("conversions.{user}", SubscribeRule::User)
+    };
+    for bad in [0, 99, MAX_IDLE_EXPIRY_MS + 1] {
+        let err = load(vec![with(Some(bad))]).expect_err("out of range");
+        assert_eq!(err.problem, CatalogProblem::IdleExpiry(bad));
+        assert!(err.to_string().contains("idle_expiry_ms"), "{err}");
+    }
+    for good in [MIN_IDLE_EXPIRY_MS, 86_400_000, MAX_IDLE_EXPIRY_MS] {
+        let catalog = load(vec![with(Some(good))]).expect("in range");
+        let entry = catalog.entries().next().expect("entry");
+        assert_eq!(entry.idle_expiry(), Some(Duration::from_millis(good)));
+    }
+    let catalog = load(vec![with(None)]).expect("none");
+    assert_eq!(catalog.entries().next().expect("entry").idle_expiry(), None);
+    // As written in a configuration file.
+    let text = "[[catalog]]\npattern = \"conversions.{user}\"\nsubscribe = { rule = \"user\" }\n\
+                idle_expiry_ms = 60000\n";
+    let config: ChannelsConfig = toml::from_str(text).expect("parses");
+    assert_eq!(config.catalog[0].idle_expiry_ms, Some(60_000));
+    let text = text.replace("60000", "5");
+    let err = toml::from_str::<ChannelsConfig>(&text).expect_err("refused at load");
+    assert!(err.to_string().contains("idle_expiry_ms"), "{err}");
 }

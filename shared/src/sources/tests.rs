@@ -101,6 +101,7 @@ async fn at_most_max_channels_are_wanted_at_once() {
                 max_payload_bytes: 1024,
                 subscribe: crate::channels::SubscribeRule::Public,
                 publishers: Vec::new(),
+                idle_expiry_ms: None,
             }],
         })
         .unwrap(),

@@ -5,6 +5,9 @@
 //! other; a test that ends normally deletes its keys and streams. A broker that is down makes the
 //! test fail, never skip.
 //!
+//! [`Kind::NatsChannels`] is the NATS bus with every topic a channel of one pattern (the group
+//! layout: one stream for all of them, one subject each), so every suite also runs on it.
+//!
 //! This is the core's adapter, not a copy of a shared fixture: it builds the core's own bus
 //! types, which test-support cannot name (the core's tests depend on it).
 
@@ -32,7 +35,19 @@ pub enum Kind {
     Redis,
     Nats,
     Rabbitmq,
+    /// NATS, every topic a channel of one group ([`Retention::grouped`]).
+    NatsChannels,
 }
+
+impl Kind {
+    /// Whether this is a NATS bus (either layout).
+    pub fn is_nats(self) -> bool {
+        matches!(self, Kind::Nats | Kind::NatsChannels)
+    }
+}
+
+/// The group every topic of a [`Kind::NatsChannels`] kit belongs to.
+pub const GROUP: &str = "conformance.{topic}";
 
 /// Makes buses of one kind sharing one namespace (for brokers: instances of one deployment).
 pub struct Kit {
@@ -72,7 +87,7 @@ impl Kit {
             kind: match self.kind {
                 Kind::Memory => BusKind::Memory,
                 Kind::Redis => BusKind::Redis,
-                Kind::Nats => BusKind::Nats,
+                Kind::Nats | Kind::NatsChannels => BusKind::Nats,
                 Kind::Rabbitmq => BusKind::Rabbitmq,
             },
             url: self.url.clone().unwrap_or_default(),
@@ -102,7 +117,12 @@ impl Kit {
                     .push(Made::Redis(bus.clone()));
                 bus
             }
-            Kind::Nats => {
+            Kind::Nats | Kind::NatsChannels => {
+                let retention = if self.kind == Kind::NatsChannels {
+                    retention.grouped(GROUP)
+                } else {
+                    retention
+                };
                 let bus = Arc::new(NatsBus::with(config, retention));
                 self.made.lock().expect("kit").push(Made::Nats(bus.clone()));
                 bus
@@ -136,7 +156,11 @@ impl Kit {
 
     /// A NATS bus instance (the kit must be a NATS kit).
     pub fn nats(&self, history: usize) -> Arc<NatsBus> {
-        let bus = Arc::new(NatsBus::new(&self.config(history)));
+        let mut retention = Retention::new(history, None);
+        if self.kind == Kind::NatsChannels {
+            retention = retention.grouped(GROUP);
+        }
+        let bus = Arc::new(NatsBus::with(&self.config(history), retention));
         self.made.lock().expect("kit").push(Made::Nats(bus.clone()));
         bus
     }
@@ -164,7 +188,7 @@ impl Kit {
                 let b = bus.clone();
                 (bus, Box::new(move || b.stats().received))
             }
-            Kind::Nats => {
+            Kind::Nats | Kind::NatsChannels => {
                 let bus = self.nats(history);
                 let b = bus.clone();
                 (bus, Box::new(move || b.stats().received))
@@ -212,7 +236,7 @@ impl Kit {
 }
 
 /// Declares, for each test function `name(Kind)` given, one test per bus kind:
-/// `memory::name`, `redis::name`, `nats::name`, `rabbitmq::name`.
+/// `memory::name`, `redis::name`, `nats::name`, `nats_channels::name`, `rabbitmq::name`.
 #[macro_export]
 macro_rules! for_every_bus {
     ($($name:ident),* $(,)?) => {
@@ -231,6 +255,10 @@ macro_rules! for_every_bus {
         mod rabbitmq {
             $(#[tokio::test]
             async fn $name() { super::$name($crate::common::Kind::Rabbitmq).await })*
+        }
+        mod nats_channels {
+            $(#[tokio::test]
+            async fn $name() { super::$name($crate::common::Kind::NatsChannels).await })*
         }
     };
 }

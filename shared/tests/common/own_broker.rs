@@ -39,7 +39,7 @@ impl OwnBroker {
     pub fn url(&self) -> String {
         match self.kind {
             Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
-            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
+            Kind::Nats | Kind::NatsChannels => format!("nats://127.0.0.1:{}", self.port),
             Kind::Memory | Kind::Rabbitmq => unreachable!("no private broker for {:?}", self.kind),
         }
     }
@@ -61,7 +61,7 @@ impl OwnBroker {
                 ]);
                 c
             }
-            Kind::Nats => {
+            Kind::Nats | Kind::NatsChannels => {
                 let mut c = Command::new("nats-server");
                 c.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
                     .arg(&self.dir);

@@ -1,5 +1,6 @@
 //! The NATS bus: one JetStream stream per topic keeps its shared history and carries its live
-//! events, so the stream's sequence *is* the topic's offset.
+//! events, so the stream's sequence *is* the topic's offset — except the channels of one catalog
+//! pattern, which share one stream, a subject each, with their offsets in headers.
 //!
 //! # Layout (prefix `P`, topic encoded as `E`)
 //!
@@ -20,6 +21,37 @@
 //!   again, or lost by the server, is a new history, and positions of the old one get a gap.
 //!   The epoch of each stream is cached and forgotten whenever the connection drops (a server
 //!   that restarted may have lost it) or a publish finds the stream gone.
+//!
+//! # Channels of one pattern: one stream for all of them
+//!
+//! The channels of a catalog pattern with a placeholder (a [`Group`](crate::bus::Group), from the
+//! bus's [`Retention`]) do not get a stream each: the group has one stream `P_g_9G` (`G` the
+//! pattern encoded by `naming::encode_group`) on `P.g.G.>`, and a channel is the subject
+//! `P.g.G.E` in it. The stream keeps `max_msgs_per_subject` = the pattern's history (so each
+//! channel its own), `max_age` = its `idle_expiry_ms` (a channel idle that long has no message
+//! left), allows direct gets, and republishes every stored message to `P.gl.G.E`.
+//!
+//! - Each message carries its channel position in headers: `Sy-Epoch`, `Sy-Offset`, and
+//!   `Sy-Prev` (the stream sequence of the channel's previous message).
+//! - A publish reads the channel's last message (direct get last-by-subject) and publishes the
+//!   next offset in its epoch with `Nats-Expected-Last-Subject-Sequence` = its sequence: a
+//!   compare-and-set, so of two instances publishing at once one lands and the other reads again
+//!   and retries (within `operation_timeout_ms`). Offsets stay contiguous per channel.
+//! - An empty subject (never used, or every message expired) has no epoch: the first write gives
+//!   it a random one — a publish (offset 1), or an epoch marker (offset 0, no payload) that a
+//!   read or subscribe writes so the position it hands out stays valid. Both are compare-and-set
+//!   on sequence 0, so one epoch wins, and all the messages on a subject share it. A reader of an
+//!   expired epoch gets a gap.
+//! - `publish_once`: the message id is `E#KEY` (de-duplication is per stream); a duplicate's
+//!   position is read from the original message (a duplicate of a message no longer retained
+//!   fails `Unavailable` rather than answer a wrong position).
+//! - Reads walk the channel's messages one direct get each, forwards from its oldest or
+//!   backwards along `Sy-Prev` from its newest, whichever is shorter.
+//! - Live delivery is a plain subscription to the republished subject, made before the head is
+//!   read: only stored messages are republished, so a publish that lost its compare-and-set or
+//!   was a duplicate reaches nobody. One server subscription per bus subscription, no consumer.
+//!
+//! Topics outside the catalog and exact channel names keep a stream each (below).
 //!
 //! # Live delivery and interest
 //!
@@ -45,16 +77,20 @@
 //! # Files
 //!
 //! This file holds the bus itself ([`NatsBus`] and its [`Bus`] methods); `naming.rs` the topic
-//! encoding, `connection.rs` the client, `streams.rs` the topics' streams (creation, epochs,
-//! heads, reads, publishing), `source.rs` history reads and live feeds for the shared driver,
+//! and group encodings, `connection.rs` the client, `streams.rs` the topics' streams (creation,
+//! epochs, heads, reads, publishing), `groups.rs` the channels of one pattern in one stream (`group_reads.rs` their reads and live
+//! feeds), `source.rs` history reads and live feeds for the shared driver,
 //! `lease.rs` leases, `cas.rs` the compare-and-set streams of rate limits and records.
 //!
 //! Not done here: one stream per topic costs the server a stream per topic ever used (fine for
-//! thousands, not for millions: per-subject sequences in one stream would need an offset index);
-//! reads fetch messages one request each (pipelined), as NATS 2.9 has no batched direct get.
+//! thousands, not for millions — which is why a pattern's channels share one, above); reads fetch
+//! messages one request each (pipelined for a topic's stream, a walk for a channel of a group), as
+//! NATS 2.9 has no batched direct get.
 
 mod cas;
 mod connection;
+mod group_reads;
+mod groups;
 mod lease;
 mod naming;
 mod source;
@@ -98,6 +134,9 @@ struct Inner {
     /// Epochs of the streams, by topic, with the client's connection count when they were
     /// learned: an epoch learned before the latest reconnect is not trusted.
     epochs: Mutex<HashMap<Topic, (u64, u64)>>,
+    /// The groups' streams, by stream name, with the client's connection count when they were
+    /// looked up (looked up again after a reconnect).
+    groups: Mutex<HashMap<String, (jetstream::stream::Stream, u64)>>,
     received: Arc<AtomicU64>,
     /// Connections lost, live-feed repairs (publishes are timed by the broker).
     metrics: Arc<crate::bus::BusMetrics>,
@@ -139,6 +178,7 @@ impl NatsBus {
                 conn: OnceCell::new(),
                 generation: Arc::new(watch::channel(0).0),
                 epochs: Mutex::new(HashMap::new()),
+                groups: Mutex::new(HashMap::new()),
                 received: Arc::new(AtomicU64::new(0)),
                 metrics: Arc::default(),
             }),
@@ -168,6 +208,7 @@ impl NatsBus {
             js.delete_stream(name).await.map_err(unavailable)?;
         }
         lock(&self.inner.epochs).clear();
+        lock(&self.inner.groups).clear();
         Ok(names.len())
     }
 }
@@ -181,6 +222,9 @@ impl Inner {
         key: Option<&IdempotencyKey>,
         trace: Option<TraceContext>,
     ) -> Result<(Event, bool), BusError> {
+        if let Some(group) = self.retention.group_of(topic) {
+            return self.group_publish(topic, &group, payload, key, trace).await;
+        }
         match self
             .publish_attempt(topic, payload.clone(), key, trace)
             .await
@@ -238,6 +282,9 @@ impl Bus for NatsBus {
     }
 
     async fn latest(&self, topic: &Topic) -> Result<Option<Event>, BusError> {
+        if let Some(group) = self.inner.retention.group_of(topic) {
+            return self.inner.group_latest(topic, &group).await;
+        }
         let (stream, head) = self.inner.head(topic).await?;
         if head.oldest > head.last {
             return Ok(None);
@@ -250,6 +297,13 @@ impl Bus for NatsBus {
     }
 
     async fn head(&self, topic: &Topic) -> Result<Position, BusError> {
+        if let Some(group) = self.inner.retention.group_of(topic) {
+            let (_, head, _) = self.inner.group_head(topic, &group).await?;
+            return Ok(Position {
+                epoch: head.epoch,
+                offset: head.offset,
+            });
+        }
         let (_, head) = self.inner.head(topic).await?;
         Ok(Position {
             epoch: head.epoch,

@@ -34,6 +34,32 @@ pub(super) fn encode(topic: &Topic) -> String {
     out
 }
 
+/// A group's name (a catalog pattern such as `conversions.{user}`) as a stream-name and subject
+/// token: letters, digits and `-` stay, `_` becomes `__`, `.` `_d`, `{` `_l`, `}` `_r`, any other
+/// byte `_x` and its two hex digits; longer than 100 characters, cut at 60 and given a 64-bit
+/// hash of the whole name.
+pub(super) fn encode_group(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 8);
+    for b in name.bytes() {
+        match b {
+            b'_' => out.push_str("__"),
+            b'.' => out.push_str("_d"),
+            b'{' => out.push_str("_l"),
+            b'}' => out.push_str("_r"),
+            b if b.is_ascii_alphanumeric() || b == b'-' => out.push(char::from(b)),
+            b => out.push_str(&format!("_x{b:02x}")),
+        }
+    }
+    if out.len() > 100 {
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        out.truncate(60);
+        out.push_str(&format!("_h{hash:016x}"));
+    }
+    out
+}
+
 impl Inner {
     /// The topic's stream: `P_E`.
     pub(super) fn stream_name(&self, topic: &Topic) -> String {
@@ -63,6 +89,21 @@ mod tests {
         assert_ne!(t(&long_a), t(&long_b));
         assert!(
             t(&long_a)
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        );
+    }
+
+    #[test]
+    fn group_names_encode_apart_and_within_limits() {
+        assert_eq!(encode_group("conversions.{user}"), "conversions_d_luser_r");
+        assert_ne!(encode_group("a_b"), encode_group("a.b"));
+        assert_ne!(encode_group("a b"), encode_group("a_b"));
+        let long = "x".repeat(300);
+        assert!(encode_group(&long).len() <= 100);
+        assert_ne!(encode_group(&long), encode_group(&format!("{long}y")));
+        assert!(
+            encode_group("t.{a}.{b_c}.é")
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         );

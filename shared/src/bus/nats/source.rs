@@ -19,6 +19,9 @@ impl live::Source for Inner {
     }
 
     async fn read(&self, topic: &Topic, after: Position, max: usize) -> Result<Read, BusError> {
+        if let Some(group) = self.retention.group_of(topic) {
+            return self.group_read(topic, &group, after, max).await;
+        }
         let (stream, head) = self.head(topic).await?;
         if let Some(resume) = live::uncovered(after, head.epoch, head.oldest, head.last) {
             return Ok(Read::Gap { resume });
@@ -56,6 +59,9 @@ impl live::Source for Inner {
         topic: &Topic,
         after: Option<Position>,
     ) -> Result<(LiveFeed, Position), BusError> {
+        if let Some(group) = self.retention.group_of(topic) {
+            return self.group_open(topic, &group, after).await;
+        }
         // Subscribed first: a connection change while the consumer is made ends the feed too.
         let gen_rx = self.generation.subscribe();
         let (stream, head) = self.head(topic).await?;

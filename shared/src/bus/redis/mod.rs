@@ -13,7 +13,10 @@
 //!   times the window.
 //!
 //! A topic's stream keeps what the bus's [`Retention`] says: a catalog channel's
-//! `history_events`, else `history_events` of `[bus]`.
+//! `history_events`, else `history_events` of `[bus]`. A catalog channel with an
+//! `idle_expiry_ms` has its stream and hash `PEXPIRE`d to it at every publish (and its hash when
+//! a read creates it), so a channel nobody publishes on for that long is gone from Redis; its next
+//! use starts a new epoch, and a reader of the old one gets a gap.
 //!
 //! Publishing is one Lua script, so offsets are assigned once, atomically, in the shared history:
 //! it creates the epoch if the hash is missing (a fresh topic, or a broker that lost its data —
@@ -51,8 +54,7 @@
 //! `dispatcher.rs` the task owning the pub/sub connection, `feed.rs` a subscription's live feed
 //! (what the shared driver reads), `lease.rs` leases.
 //!
-//! Not done here: Redis Cluster (the keys of a topic would need a hash tag), and expiry of idle
-//! topics' keys.
+//! Not done here: Redis Cluster (the keys of a topic would need a hash tag).
 
 mod connection;
 mod dispatcher;
@@ -237,6 +239,13 @@ impl Inner {
         format!("{}:i:{topic}#{key}", self.prefix)
     }
 
+    /// The topic's idle expiry in milliseconds, `0` for none (the scripts' argument).
+    fn expiry_ms(&self, topic: &Topic) -> u64 {
+        self.retention.idle_expiry_of(topic).map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        })
+    }
+
     fn client(&self) -> Result<&redis::Client, BusError> {
         self.client
             .as_ref()
@@ -260,7 +269,8 @@ impl Bus for RedisBus {
             .arg(inner.retention.history_of(topic))
             .arg(new_epoch().to_string())
             .arg(inner.channel(topic))
-            .arg(traceparent_arg(trace.as_ref()).as_slice());
+            .arg(traceparent_arg(trace.as_ref()).as_slice())
+            .arg(inner.expiry_ms(topic));
         let v = inner.run(inv).await?;
         let parsed = match &v {
             Value::Array(parts) if parts.len() == 2 => as_u64(&parts[0]).zip(as_u64(&parts[1])),
@@ -294,6 +304,7 @@ impl Bus for RedisBus {
             .arg(new_epoch().to_string())
             .arg(inner.channel(topic))
             .arg(traceparent_arg(trace.as_ref()).as_slice())
+            .arg(inner.expiry_ms(topic))
             .arg(inner.window_ms);
         let v = inner.run(inv).await?;
         let parsed = match &v {

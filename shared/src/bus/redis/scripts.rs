@@ -15,7 +15,10 @@ use crate::trace::{TRACEPARENT_LEN, TraceContext};
 /// event's `traceparent`, or empty: with one, the entry has a field `t` after `p`, and the
 /// channel message is `t{traceparent}:{epoch}:{offset}:{payload}` instead of
 /// `{epoch}:{offset}:{payload}` (an instance of a version before trace contexts finds that
-/// message malformed and reads the event from the stream instead: nothing is lost).
+/// message malformed and reads the event from the stream instead: nothing is lost). `ARGV[6]`
+/// is the channel's idle expiry in milliseconds (`0`: none): the stream and the hash are given
+/// that time to live at every publish, so a channel idle that long is gone, and its next use is
+/// a new epoch.
 macro_rules! publish_body {
     () => {
         r"
@@ -35,6 +38,10 @@ else
   redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, 'p', ARGV[1], 't', ARGV[5])
   redis.call('PUBLISH', ARGV[4], 't' .. ARGV[5] .. ':' .. position .. ARGV[1])
 end
+if ARGV[6] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
 "
     };
 }
@@ -42,7 +49,7 @@ end
 /// Assigns the next offset, appends, trims and publishes, creating the epoch when missing.
 pub(super) const PUBLISH: &str = concat!(publish_body!(), "return {epoch, seq}\n");
 
-/// [`PUBLISH`] once per key (`KEYS[3]`, kept `ARGV[6]` milliseconds, holding `epoch:offset`):
+/// [`PUBLISH`] once per key (`KEYS[3]`, kept `ARGV[7]` milliseconds, holding `epoch:offset`):
 /// a key already there answers with its position and `1` (a duplicate), publishing nothing.
 pub(super) const PUBLISH_ONCE: &str = concat!(
     r"
@@ -54,18 +61,20 @@ end
 ",
     publish_body!(),
     r"
-redis.call('SET', KEYS[3], epoch .. ':' .. string.format('%d', seq), 'PX', ARGV[6])
+redis.call('SET', KEYS[3], epoch .. ':' .. string.format('%d', seq), 'PX', ARGV[7])
 return {epoch, seq, 0}
 "
 );
 
-/// Epoch, head, oldest retained entry, entries after a position, and the last entry.
+/// Epoch, head, oldest retained entry, entries after a position, and the last entry. An epoch
+/// it creates expires after the channel's idle expiry (`ARGV[5]`, `0`: none), like a publish's.
 pub(super) const READ: &str = r"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0)
+  if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
 end
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq'))
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
@@ -96,7 +105,8 @@ impl Inner {
             .arg(new_epoch().to_string())
             .arg(after)
             .arg(max)
-            .arg(if last { "1" } else { "0" });
+            .arg(if last { "1" } else { "0" })
+            .arg(self.expiry_ms(topic));
         let v = self.run(inv).await?;
         View::parse(topic, v).ok_or_else(|| unavailable("unexpected reply to the read script"))
     }
