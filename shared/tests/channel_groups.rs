@@ -309,3 +309,41 @@ on_brokers!(
     ten_thousand_channels_live_in_one_stream,
     many_live_subscriptions_each_get_their_channels_events,
 );
+
+/// Through a `Broker` (what the gateways run), a pattern's channels share a NATS stream only with
+/// `bus.nats_pattern_streams`; without it (the default) each keeps a stream of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_groups_a_patterns_channels_on_nats_only_when_asked() {
+    for (on, expected_streams) in [(false, 3), (true, 1)] {
+        let kit = Kit::new(Kind::Nats);
+        let config = switchyard_core::bus::BusConfig {
+            nats_pattern_streams: on,
+            ..kit.config(10)
+        };
+        let broker = switchyard_core::bus::Broker::connect_with(
+            &config,
+            Retention::new(10, Some(catalog(10, None))),
+        );
+        let bus = broker.bus();
+        for user in ["a", "b", "c"] {
+            let e = bus
+                .publish(&channel(user), Bytes::from_static(b"x"))
+                .await
+                .expect("publish");
+            assert_eq!(e.offset, 1, "each channel's own offsets");
+        }
+        let streams = nats_streams(&kit).await;
+        assert_eq!(
+            streams.len(),
+            expected_streams,
+            "nats_pattern_streams = {on}: {streams:?}"
+        );
+        // The kit did not make this bus: remove its streams by prefix.
+        let client = async_nats::connect("127.0.0.1:4222").await.expect("nats");
+        let js = async_nats::jetstream::new(client);
+        for (name, _, _) in streams {
+            js.delete_stream(&name).await.expect("delete");
+        }
+        kit.cleanup().await;
+    }
+}

@@ -253,6 +253,8 @@ async fn run_layout(
         prefix: "scale".into(),
         history_events: usize::try_from(args.history_events)?,
         operation_timeout_ms: 30_000,
+        // The grouped layout is opt-in on NATS; the old one is measured with it off.
+        nats_pattern_streams: grouped,
         ..BusConfig::of(kind)
     };
     let retention = Retention::new(config.history_events, Some(catalog(args)?));

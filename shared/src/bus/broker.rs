@@ -81,6 +81,12 @@ impl Broker {
                 (redis.clone(), redis.clone(), Clients::Redis(redis), metrics)
             }
             BusKind::Nats => {
+                // Pattern streams only when asked for (`nats_pattern_streams`).
+                let retention = if config.nats_pattern_streams {
+                    retention
+                } else {
+                    retention.without_pattern_groups()
+                };
                 let nats = Arc::new(NatsBus::with(config, retention));
                 let metrics = nats.metrics();
                 (nats.clone(), nats.clone(), Clients::Nats(nats), metrics)

@@ -49,6 +49,12 @@ pub struct BusConfig {
     /// every other kind.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<BusStateConfig>,
+    /// NATS only: the channels of one catalog pattern share ONE JetStream stream, a subject each
+    /// (docs/ARCHITECTURE.md, "Channels of one pattern"), instead of a stream per channel. Off
+    /// by default while an open defect stands: at 20,000 live subscriptions on 100,000 channels
+    /// a delivery was seen never to arrive (docs/benchmarks.md, `channels-scale`). Every
+    /// instance on one prefix must agree.
+    pub nats_pattern_streams: bool,
 }
 
 /// `[bus.state]`: where a `rabbitmq` bus keeps what RabbitMQ Streams cannot — each topic's epoch
@@ -95,6 +101,7 @@ impl Default for BusConfig {
             reconnect_max_ms: 5_000,
             idempotency_window_ms: 120_000,
             state: None,
+            nats_pattern_streams: false,
         }
     }
 }
@@ -207,6 +214,7 @@ struct BusConfigFields {
     reconnect_max_ms: u64,
     idempotency_window_ms: u64,
     state: Option<BusStateConfig>,
+    nats_pattern_streams: bool,
 }
 
 impl Default for BusConfigFields {
@@ -223,6 +231,7 @@ impl Default for BusConfigFields {
             reconnect_max_ms: d.reconnect_max_ms,
             idempotency_window_ms: d.idempotency_window_ms,
             state: d.state,
+            nats_pattern_streams: d.nats_pattern_streams,
         }
     }
 }
@@ -242,6 +251,7 @@ impl TryFrom<BusConfigFields> for BusConfig {
             reconnect_max_ms: f.reconnect_max_ms,
             idempotency_window_ms: f.idempotency_window_ms,
             state: f.state,
+            nats_pattern_streams: f.nats_pattern_streams,
         };
         config.validate()?;
         Ok(config)

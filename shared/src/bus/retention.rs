@@ -24,6 +24,8 @@ pub struct Retention {
     catalog: Option<Arc<Catalog>>,
     /// The group every topic outside the catalog belongs to, if any ([`Self::grouped`]).
     default_group: Option<Arc<str>>,
+    /// Whether a catalog pattern's channels are a group ([`Self::without_pattern_groups`]).
+    pattern_groups: bool,
 }
 
 /// The channels of one catalog pattern with a placeholder (`conversions.{user}`), kept together
@@ -46,6 +48,16 @@ impl Retention {
             default: default.max(1),
             catalog,
             default_group: None,
+            pattern_groups: true,
+        }
+    }
+
+    /// The same, a catalog pattern's channels being no group: each keeps a stream of its own on
+    /// NATS (what a `Broker` does unless `bus.nats_pattern_streams` is set).
+    pub fn without_pattern_groups(self) -> Self {
+        Self {
+            pattern_groups: false,
+            ..self
         }
     }
 
@@ -76,6 +88,7 @@ impl Retention {
             .as_deref()
             .and_then(|catalog| catalog.entry_of_topic(topic));
         match entry {
+            Some(_) if !self.pattern_groups => None,
             Some(entry) => {
                 let pattern = entry.pattern();
                 let placeholders = pattern

@@ -99,6 +99,8 @@ impl Kit {
             reconnect_max_ms: 200,
             idempotency_window_ms: 120_000,
             state: (self.kind == Kind::Rabbitmq).then(|| BusStateConfig::redis("")),
+            // Buses built here are `NatsBus::with` a retention that says the layout itself.
+            nats_pattern_streams: self.kind == Kind::NatsChannels,
         }
     }
 
