@@ -17,6 +17,7 @@ use switchyard_core::hub::HubConfig;
 use switchyard_core::hub::{Hub, Item};
 use tokio::time::timeout;
 
+use common::seen::Seen;
 use common::{Kind, Kit, OwnBroker};
 
 fn topic(name: &str) -> Topic {
@@ -168,53 +169,6 @@ async fn an_instance_receives_only_topics_it_has_subscribers_for(kind: Kind) {
         assert_eq!(counts[1].1, 0, "{counts:?}");
     }
     kit.cleanup().await;
-}
-
-/// What a subscriber saw, checked as it arrives: events in offset order without duplicates,
-/// gaps that start where it was.
-#[derive(Default)]
-struct Seen {
-    cursor: Option<Position>,
-    events: Vec<Position>,
-    gaps: Vec<(Position, Position)>,
-}
-
-impl Seen {
-    fn take(&mut self, d: Delivery) {
-        match d {
-            Delivery::Event(e) => {
-                if let Some(c) = self.cursor {
-                    assert!(
-                        e.epoch == c.epoch && e.offset == c.offset + 1,
-                        "event {:?} after {c:?}: out of order, duplicated, or a silent hole",
-                        e.position()
-                    );
-                }
-                self.cursor = Some(e.position());
-                self.events.push(e.position());
-            }
-            Delivery::Gap { after, resume } => {
-                if let Some(c) = self.cursor {
-                    assert_eq!(after, c, "a gap must start where the subscriber was");
-                }
-                self.cursor = Some(resume);
-                self.gaps.push((after, resume));
-            }
-        }
-    }
-
-    /// Whether the event at `p` was delivered or announced lost by a gap.
-    fn accounts_for(&self, p: Position) -> bool {
-        self.events.contains(&p)
-            || self.gaps.iter().any(|(after, resume)| {
-                if after.epoch == resume.epoch {
-                    p.epoch == after.epoch && p.offset > after.offset && p.offset <= resume.offset
-                } else {
-                    (p.epoch == after.epoch && p.offset > after.offset)
-                        || (p.epoch == resume.epoch && p.offset <= resume.offset)
-                }
-            })
-    }
 }
 
 async fn the_bus_recovers_from_a_broker_restart_mid_stream(kind: Kind) {

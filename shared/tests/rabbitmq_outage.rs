@@ -18,55 +18,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use switchyard_core::bus::{Bus, BusError, Delivery, StartAt, Subscription};
+use switchyard_core::bus::{Bus, BusError, StartAt, Subscription};
 use switchyard_core::event::{Position, Topic};
 
+use common::seen::Seen;
 use common::{Kind, Kit};
-
-/// What a subscriber saw, checked as it arrives.
-#[derive(Default)]
-struct Seen {
-    cursor: Option<Position>,
-    events: Vec<Position>,
-    gaps: Vec<(Position, Position)>,
-}
-
-impl Seen {
-    fn take(&mut self, d: Delivery) {
-        match d {
-            Delivery::Event(e) => {
-                if let Some(c) = self.cursor {
-                    assert!(
-                        e.epoch == c.epoch && e.offset == c.offset + 1,
-                        "event {:?} after {c:?}: out of order, duplicated, or a silent hole",
-                        e.position()
-                    );
-                }
-                self.cursor = Some(e.position());
-                self.events.push(e.position());
-            }
-            Delivery::Gap { after, resume } => {
-                if let Some(c) = self.cursor {
-                    assert_eq!(after, c, "a gap must start where the subscriber was");
-                }
-                self.cursor = Some(resume);
-                self.gaps.push((after, resume));
-            }
-        }
-    }
-
-    fn accounts_for(&self, p: Position) -> bool {
-        self.events.contains(&p)
-            || self.gaps.iter().any(|(after, resume)| {
-                if after.epoch == resume.epoch {
-                    p.epoch == after.epoch && p.offset > after.offset && p.offset <= resume.offset
-                } else {
-                    (p.epoch == after.epoch && p.offset > after.offset)
-                        || (p.epoch == resume.epoch && p.offset <= resume.offset)
-                }
-            })
-    }
-}
 
 /// Reads `sub` into a shared [`Seen`] until dropped.
 fn collect(mut sub: Subscription) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {

@@ -14,6 +14,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 mod own_broker;
+pub mod seen;
 
 use std::sync::{Arc, Mutex};
 
