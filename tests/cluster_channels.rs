@@ -63,6 +63,15 @@ async fn published_on_a_received_and_resumed_on_b() {
             sha256: keyhash::to_hex(&keyhash::sha256(KEY.as_bytes())),
         }];
         let a = web_instance_with(&config, a_config).await;
+        // The instance is up once its main listener is; its publish listener is bound by the
+        // task that serves it, a moment later.
+        assert!(
+            test_support::eventually(common::PATIENCE, || async {
+                tokio::net::TcpStream::connect(publish_addr).await.is_ok()
+            })
+            .await,
+            "{kind:?}: the publish listener {publish_addr} never accepted"
+        );
         let b_web = web_instance(&config).await;
         let b_mobile = mobile_instance(&config).await;
         let url = format!("http://{publish_addr}/v1/publish");
