@@ -350,7 +350,7 @@ on_brokers!(
 );
 
 /// Through a `Broker` (what the gateways run), a pattern's channels share a NATS stream only with
-/// `bus.nats_pattern_streams`; without it (the default) each keeps a stream of its own.
+/// `bus.nats_pattern_streams` (the default); without it each keeps a stream of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_groups_a_patterns_channels_on_nats_only_when_asked() {
     for (on, expected_streams) in [(false, 3), (true, 1)] {

@@ -50,6 +50,8 @@
 //! - Live delivery is a plain subscription to the republished subject, made before the head is
 //!   read: only stored messages are republished, so a publish that lost its compare-and-set or
 //!   was a duplicate reaches nobody. One server subscription per bus subscription, no consumer.
+//!   The client drops a message when a subscription's buffer is full and says so in a
+//!   slow-consumer event naming the subscription: that feed then resyncs from history.
 //!
 //! Topics outside the catalog and exact channel names keep a stream each (below).
 //!
