@@ -290,6 +290,44 @@ async fn many_live_subscriptions_each_get_their_channels_events(kind: Kind) {
     kit.cleanup().await;
 }
 
+/// A live subscription whose client buffer overflows (4,096 messages, the bus's
+/// `SUBSCRIPTION_CAPACITY`): the NATS client drops the rest and says so only in a slow-consumer
+/// event. The subscription must still get every event, in order — the feed resyncs from history
+/// — not stop silently at the 4,096th (what it did before the event was heeded).
+async fn a_subscription_whose_client_buffer_overflows_still_gets_every_event(kind: Kind) {
+    const EVENTS: u64 = 4_096 + 300;
+    let kit = Kit::new(kind);
+    let config = kit.config(10_000);
+    let bus = kit.configured(&config, Retention::new(10_000, Some(catalog(10_000, None))));
+    let t = channel("slow");
+    // Connected first (a feed opened while the client makes its first connection ends at once
+    // and is reopened, which would hide the loss); opened, then not read while everything is
+    // published.
+    bus.head(&t).await.expect("head");
+    let mut sub = bus.subscribe(&t, StartAt::Live).await.expect("subscribe");
+    let mut last = None;
+    for i in 1..=EVENTS {
+        let e = bus
+            .publish(&t, Bytes::from(format!("e{i}")))
+            .await
+            .expect("publish");
+        last = Some(e.position());
+    }
+    let last = last.expect("published");
+    let mut offset = 0;
+    while offset < last.offset {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+            Ok(Some(Delivery::Event(e))) => {
+                assert_eq!(e.offset, offset + 1, "in order, none lost");
+                assert_eq!(e.payload, Bytes::from(format!("e{}", e.offset)));
+                offset = e.offset;
+            }
+            other => panic!("after offset {offset} of {}: {other:?}", last.offset),
+        }
+    }
+    kit.cleanup().await;
+}
+
 macro_rules! on_brokers {
     ($($name:ident),* $(,)?) => {
         mod redis {
@@ -308,10 +346,11 @@ on_brokers!(
     an_idle_channel_expires_and_a_resume_gets_a_gap,
     ten_thousand_channels_live_in_one_stream,
     many_live_subscriptions_each_get_their_channels_events,
+    a_subscription_whose_client_buffer_overflows_still_gets_every_event,
 );
 
 /// Through a `Broker` (what the gateways run), a pattern's channels share a NATS stream only with
-/// `bus.nats_pattern_streams`; without it (the default) each keeps a stream of its own.
+/// `bus.nats_pattern_streams` (the default); without it each keeps a stream of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_groups_a_patterns_channels_on_nats_only_when_asked() {
     for (on, expected_streams) in [(false, 3), (true, 1)] {

@@ -298,15 +298,19 @@ async fn run_layout(
     let rss0 = rss_kib(std::process::id())?;
     let hub = Hub::new(bus.clone(), HubConfig::default());
     let subscribe = async {
-        let made: Vec<_> = futures::stream::iter(0..subs)
+        // In completion order: each subscription is put back at its channel's index (the
+        // samples below publish on channel i and read subscription i).
+        let mut made: Vec<_> = futures::stream::iter(0..subs)
             .map(|i| {
                 let hub = hub.clone();
-                async move { hub.subscribe(&topic_of(grouped, i), StartAt::Live).await }
+                async move { (i, hub.subscribe(&topic_of(grouped, i), StartAt::Live).await) }
             })
             .buffer_unordered(args.concurrency)
             .collect()
             .await;
+        made.sort_unstable_by_key(|(i, _)| *i);
         made.into_iter()
+            .map(|(_, sub)| sub)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow!("{label}: subscribe: {e:?}"))
     };

@@ -81,7 +81,7 @@ impl Broker {
                 (redis.clone(), redis.clone(), Clients::Redis(redis), metrics)
             }
             BusKind::Nats => {
-                // Pattern streams only when asked for (`nats_pattern_streams`).
+                // Pattern streams unless turned off (`nats_pattern_streams`, on by default).
                 let retention = if config.nats_pattern_streams {
                     retention
                 } else {

@@ -50,10 +50,9 @@ pub struct BusConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<BusStateConfig>,
     /// NATS only: the channels of one catalog pattern share ONE JetStream stream, a subject each
-    /// (docs/ARCHITECTURE.md, "Channels of one pattern"), instead of a stream per channel. Off
-    /// by default while an open defect stands: at 20,000 live subscriptions on 100,000 channels
-    /// a delivery was seen never to arrive (docs/benchmarks.md, `channels-scale`). Every
-    /// instance on one prefix must agree.
+    /// (docs/ARCHITECTURE.md, "Channels of one pattern"), instead of a stream per channel. On
+    /// by default (measured at 1,000,000 channels: docs/benchmarks.md, `channels-scale`); off
+    /// keeps the older stream per channel. Every instance on one prefix must agree.
     pub nats_pattern_streams: bool,
 }
 
@@ -101,7 +100,7 @@ impl Default for BusConfig {
             reconnect_max_ms: 5_000,
             idempotency_window_ms: 120_000,
             state: None,
-            nats_pattern_streams: false,
+            nats_pattern_streams: true,
         }
     }
 }

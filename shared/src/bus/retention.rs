@@ -53,7 +53,7 @@ impl Retention {
     }
 
     /// The same, a catalog pattern's channels being no group: each keeps a stream of its own on
-    /// NATS (what a `Broker` does unless `bus.nats_pattern_streams` is set).
+    /// NATS (what a `Broker` does when `bus.nats_pattern_streams` is off).
     pub fn without_pattern_groups(self) -> Self {
         Self {
             pattern_groups: false,

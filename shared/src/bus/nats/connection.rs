@@ -26,6 +26,7 @@ impl Inner {
     ) -> Result<&(async_nats::Client, jetstream::Context), BusError> {
         let generation = self.generation.clone();
         let metrics = self.metrics.clone();
+        let slow = self.slow.clone();
         let (initial, max) = self.reconnect;
         let made = self
             .conn
@@ -43,6 +44,7 @@ impl Inner {
                     .event_callback(move |event| {
                         let generation = generation.clone();
                         let metrics = metrics.clone();
+                        let slow = slow.clone();
                         async move {
                             match event {
                                 async_nats::Event::Connected => {
@@ -53,6 +55,14 @@ impl Inner {
                                     tracing::warn!("nats bus disconnected; reconnecting");
                                     metrics.connection_lost();
                                     generation.send_modify(|g| *g += 1);
+                                }
+                                async_nats::Event::SlowConsumer(sid) => {
+                                    // A message for subscription `sid` was dropped: its feed
+                                    // (a group channel's) resyncs from history.
+                                    tracing::debug!(sid, "nats bus: slow consumer, a live message was dropped; resyncing");
+                                    if let Some(feed) = super::lock(&slow).get(&sid) {
+                                        feed.notify_one();
+                                    }
                                 }
                                 other => tracing::debug!(event = %other, "nats bus event"),
                             }

@@ -10,6 +10,8 @@ use crate::bus::live::{self, LiveFeed, LiveItem};
 use crate::bus::{BusError, Group, Read};
 use crate::event::{Event, Position, Topic};
 use async_nats::jetstream::message::StreamMessage;
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 impl Inner {
     /// Reads a channel's history after `after`: from its head, the oldest retained message, and
@@ -156,6 +158,9 @@ impl Inner {
         let sub = self
             .deadline("subscribe", client.subscribe(ch.live.clone()))
             .await?;
+        // Registered before anything can be dropped for it: the subscription's flush comes
+        // after, and the client only drops once the buffer is full.
+        let slow = SlowGuard::register(&self.slow, &sub);
         self.deadline("subscribe", client.flush()).await?;
         let (_, head, _) = self.group_head(topic, group).await?;
         let cursor = after.unwrap_or(Position {
@@ -163,7 +168,8 @@ impl Inner {
             offset: head.offset,
         });
         let (topic, received) = (topic.clone(), self.received.clone());
-        let feed = futures::stream::unfold((sub, gen_rx), move |(mut sub, mut gen_rx)| {
+        let state = (sub, gen_rx, slow);
+        let feed = futures::stream::unfold(state, move |(mut sub, mut gen_rx, slow)| {
             let topic = topic.clone();
             let received = received.clone();
             async move {
@@ -172,6 +178,11 @@ impl Inner {
                         msg = sub.next() => msg?,
                         // The connection dropped or came back: the feed may have missed some.
                         _ = gen_rx.changed() => return None,
+                        // The client dropped a message of this subscription (its buffer was
+                        // full): history has it.
+                        () = slow.notified() => {
+                            return Some((LiveItem::Resync, (sub, gen_rx, slow)));
+                        }
                     };
                     received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let value = |name: &str| -> Option<u64> {
@@ -189,10 +200,62 @@ impl Inner {
                         }),
                         _ => LiveItem::Resync,
                     };
-                    return Some((item, (sub, gen_rx)));
+                    return Some((item, (sub, gen_rx, slow)));
                 }
             }
         });
         Ok((Box::pin(feed), cursor))
     }
+}
+
+/// A group feed's registration for the client's slow-consumer events (`Inner::slow`), removed
+/// when the feed is dropped.
+struct SlowGuard {
+    feeds: super::SlowFeeds,
+    sid: Option<u64>,
+    notify: Arc<Notify>,
+}
+
+impl SlowGuard {
+    fn register(feeds: &super::SlowFeeds, sub: &async_nats::Subscriber) -> Self {
+        let notify = Arc::new(Notify::new());
+        let sid = sid_of(sub);
+        match sid {
+            Some(sid) => {
+                super::lock(feeds).insert(sid, notify.clone());
+            }
+            None => tracing::warn!(
+                "nats bus: no subscription id in the client's subscriber; a message it drops \
+                 is repaired only by the channel's next one"
+            ),
+        }
+        Self {
+            feeds: feeds.clone(),
+            sid,
+            notify,
+        }
+    }
+
+    /// Resolves when the client dropped a message of this feed's subscription.
+    async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for SlowGuard {
+    fn drop(&mut self) {
+        if let Some(sid) = self.sid {
+            super::lock(&self.feeds).remove(&sid);
+        }
+    }
+}
+
+/// The client's id of a subscription, the one its slow-consumer events name. async-nats keeps
+/// it private; its `Debug` shows it (`Subscriber { sid: 7, .. }`), which the tests rely on
+/// (`shared/tests/channel_groups.rs`, a subscription whose buffer overflows).
+fn sid_of(sub: &async_nats::Subscriber) -> Option<u64> {
+    let debug = format!("{sub:?}");
+    let rest = debug.split_once("sid: ")?.1;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }

@@ -50,6 +50,8 @@
 //! - Live delivery is a plain subscription to the republished subject, made before the head is
 //!   read: only stored messages are republished, so a publish that lost its compare-and-set or
 //!   was a duplicate reaches nobody. One server subscription per bus subscription, no consumer.
+//!   The client drops a message when a subscription's buffer is full and says so in a
+//!   slow-consumer event naming the subscription: that feed then resyncs from history.
 //!
 //! Topics outside the catalog and exact channel names keep a stream each (below).
 //!
@@ -138,9 +140,16 @@ struct Inner {
     /// looked up (looked up again after a reconnect).
     groups: Mutex<HashMap<String, (jetstream::stream::Stream, u64)>>,
     received: Arc<AtomicU64>,
+    /// The live feeds of group channels, by client subscription id: the client drops a message
+    /// for a subscription whose buffer is full (a slow consumer) and says so only in an event,
+    /// which wakes the feed of that subscription to resync from history (`group_reads.rs`).
+    slow: SlowFeeds,
     /// Connections lost, live-feed repairs (publishes are timed by the broker).
     metrics: Arc<crate::bus::BusMetrics>,
 }
+
+/// Group live feeds by the client's subscription id (see `Inner::slow`).
+type SlowFeeds = Arc<Mutex<HashMap<u64, Arc<tokio::sync::Notify>>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections here are single map operations; none can leave torn state.
@@ -180,6 +189,7 @@ impl NatsBus {
                 epochs: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
                 received: Arc::new(AtomicU64::new(0)),
+                slow: SlowFeeds::default(),
                 metrics: Arc::default(),
             }),
         }
