@@ -25,6 +25,35 @@ fn free_port() -> u16 {
     free.local_addr().expect("its address").port()
 }
 
+/// `n` distinct ports free on every interface right now, below the ephemeral range (Linux's
+/// default 32768–60999): a port picked there can be taken by any outgoing connection (the
+/// gateways reconnecting, say) before a RabbitMQ node binds it, at its boot or its restart,
+/// and its start then fails (`dist_port_already_used`).
+fn listen_ports(n: usize) -> Vec<u16> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let mut ports = Vec::new();
+    let mut candidate = 20_000 + (seed % 12_000) as u16;
+    for _ in 0..12_000 {
+        candidate = if candidate >= 31_999 {
+            20_000
+        } else {
+            candidate + 1
+        };
+        if !ports.contains(&candidate)
+            && std::net::TcpListener::bind(("0.0.0.0", candidate)).is_ok()
+        {
+            ports.push(candidate);
+            if ports.len() == n {
+                return ports;
+            }
+        }
+    }
+    panic!("no {n} free ports in 20000..32000");
+}
+
 /// How long a private RabbitMQ node may take to boot (Erlang and RabbitMQ start in 7–12 s on
 /// the 2-core test machine under load).
 const RABBITMQ_BOOT: Duration = Duration::from_secs(120);
@@ -36,10 +65,11 @@ const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 impl PrivateBroker {
     pub(crate) async fn start(kind: BusKind) -> Self {
         let port = free_port();
-        let rabbit_ports = if kind == BusKind::Rabbitmq {
-            (free_port(), free_port())
+        let (port, rabbit_ports) = if kind == BusKind::Rabbitmq {
+            let ports = listen_ports(3);
+            (ports[0], (ports[1], ports[2]))
         } else {
-            (0, 0)
+            (port, (0, 0))
         };
         let dir = std::env::temp_dir().join(test_support::unique_name("faults-broker"));
         let mut broker = Self {
@@ -207,11 +237,19 @@ impl PrivateBroker {
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
-            assert!(
-                exited.is_none(),
-                "the private RabbitMQ node exited ({exited:?}): see {}",
-                self.dir.join("log").display()
-            );
+            if exited.is_some() {
+                let logs: Vec<String> = std::fs::read_dir(self.dir.join("log"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+                    .map(|text| {
+                        let tail = text.len().saturating_sub(3000);
+                        text[text.floor_char_boundary(tail)..].to_owned()
+                    })
+                    .collect();
+                panic!("the private RabbitMQ node exited ({exited:?}); its logs end: {logs:#?}");
+            }
             assert!(
                 started.elapsed() < RABBITMQ_BOOT,
                 "the private RabbitMQ node did not listen"
