@@ -11,8 +11,9 @@
 //!   dropped mid-stream, then half-open (bytes silently dropped, no FIN) until the keep-alive
 //!   notices.
 //! - c. A `redis-server` (no persistence) or a `nats-server` (JetStream in a scratch directory,
-//!   removed when it stops) of the test's own, on its own port, under bff-mobile, bff-web and
-//!   bff-device on that bus, restarted mid-stream.
+//!   removed when it stops) or a RabbitMQ node (its own name, ports and data directory; stopped
+//!   and restarted on its data) of the test's own, on its own port, under bff-mobile, bff-web
+//!   and bff-device on that bus, restarted mid-stream.
 //! - d. The same private brokers partitioned from one of two instances of each gateway for 10 s
 //!   (`faults/partition.rs`).
 //! - e. Clients on a lossy link (latency, sliced) and on a slow one under a burst, resuming as
@@ -23,8 +24,9 @@
 //! Each prints its figures (`FIGURES | case | client | published | delivered | gaps |
 //! duplicates | recovery |`), the rows of docs/reliability.md. Run:
 //! `cargo test -p switchyard-e2e --test faults -- --nocapture --test-threads 1`.
-//! Needs node (>= 20) with `npm ci --prefix tests/js`, `redis-server` and `nats-server`
-//! (scripts/services).
+//! Needs node (>= 20) with `npm ci --prefix tests/js`, `redis-server`, `nats-server` and
+//! RabbitMQ 3.10+ installed (`/usr/lib/rabbitmq/bin/rabbitmq-server`; scripts/services), and the
+//! machine's Redis (the private RabbitMQ bus's state store).
 //! Every wait ends as soon as its condition holds; the bounds are guards against hangs.
 
 #[path = "faults/backend.rs"]

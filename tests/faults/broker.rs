@@ -1,27 +1,81 @@
-//! Case c: a private Redis or NATS restarted mid-stream under bff-mobile, bff-web and bff-device
-//! on that bus, with a publisher that publishes with idempotency keys and retries.
+//! Case c: a private Redis, NATS or RabbitMQ restarted mid-stream under bff-mobile, bff-web and
+//! bff-device on that bus, with a publisher that publishes with idempotency keys and retries.
 
 use super::*;
 
 /// A broker of the test's own on a free port: `redis-server` without persistence, or
 /// `nats-server` with JetStream in a scratch directory that is removed when it stops — so a
-/// restart loses the history either way.
+/// restart loses the history either way — or a RabbitMQ node of its own (its own node name,
+/// ports, cookie, data and log directories, the stream plugin enabled; `port` is its stream
+/// port), stopped (SIGTERM) and restarted on its data directory, so its streams come back from
+/// disk. The RabbitMQ bus's state store is the machine's Redis, under the
+/// test's own prefix: it is not restarted. The machine's shared RabbitMQ node is never touched.
 pub(crate) struct PrivateBroker {
     kind: BusKind,
     pub(crate) port: u16,
+    /// RabbitMQ's AMQP and Erlang distribution ports (unused by the other kinds).
+    rabbit_ports: (u16, u16),
     dir: PathBuf,
     child: Option<Child>,
 }
 
+/// A port free on loopback right now.
+fn free_port() -> u16 {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    free.local_addr().expect("its address").port()
+}
+
+/// `n` distinct ports free on every interface right now, below the ephemeral range (Linux's
+/// default 32768–60999): a port picked there can be taken by any outgoing connection (the
+/// gateways reconnecting, say) before a RabbitMQ node binds it, at its boot or its restart,
+/// and its start then fails (`dist_port_already_used`).
+fn listen_ports(n: usize) -> Vec<u16> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let mut ports = Vec::new();
+    let mut candidate = 20_000 + (seed % 12_000) as u16;
+    for _ in 0..12_000 {
+        candidate = if candidate >= 31_999 {
+            20_000
+        } else {
+            candidate + 1
+        };
+        if !ports.contains(&candidate)
+            && std::net::TcpListener::bind(("0.0.0.0", candidate)).is_ok()
+        {
+            ports.push(candidate);
+            if ports.len() == n {
+                return ports;
+            }
+        }
+    }
+    panic!("no {n} free ports in 20000..32000");
+}
+
+/// How long a private RabbitMQ node may take to boot (Erlang and RabbitMQ start in 7–12 s on
+/// the 2-core test machine under load).
+const RABBITMQ_BOOT: Duration = Duration::from_secs(120);
+
+/// The RabbitMQ start script run directly (the `/usr/sbin` wrapper switches to the system's
+/// `rabbitmq` user and its node).
+const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
 impl PrivateBroker {
     pub(crate) async fn start(kind: BusKind) -> Self {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
-        let port = free.local_addr().expect("its address").port();
-        drop(free);
+        let port = free_port();
+        let (port, rabbit_ports) = if kind == BusKind::Rabbitmq {
+            let ports = listen_ports(3);
+            (ports[0], (ports[1], ports[2]))
+        } else {
+            (port, (0, 0))
+        };
         let dir = std::env::temp_dir().join(test_support::unique_name("faults-broker"));
         let mut broker = Self {
             kind,
             port,
+            rabbit_ports,
             dir,
             child: None,
         };
@@ -34,6 +88,9 @@ impl PrivateBroker {
         let mut config = BusConfig::of(self.kind);
         config.url = match self.kind {
             BusKind::Nats => format!("nats://127.0.0.1:{}", self.port),
+            BusKind::Rabbitmq => {
+                format!("rabbitmq-stream://guest:guest@127.0.0.1:{}/%2f", self.port)
+            }
             _ => format!("redis://127.0.0.1:{}", self.port),
         };
         config.prefix = test_support::unique_name("faults");
@@ -43,6 +100,9 @@ impl PrivateBroker {
     }
 
     pub(crate) async fn up(&mut self) {
+        if self.kind == BusKind::Rabbitmq {
+            return self.rabbitmq_up().await;
+        }
         let port = self.port.to_string();
         let (program, args): (&str, Vec<&str>) = match self.kind {
             BusKind::Nats => {
@@ -86,15 +146,141 @@ impl PrivateBroker {
     }
 
     pub(crate) async fn down(&mut self) {
+        if self.kind == BusKind::Rabbitmq {
+            // SIGTERM to the node's process group (the start script, `beam.smp` and its
+            // helpers): the node stops as `rabbitmqctl stop` stops it, closing every connection;
+            // its data directory stays for the restart. Then until it no longer listens on any
+            // of its ports (its name is free again in epmd).
+            if let Some(mut child) = self.child.take() {
+                signal_group(&child, "-TERM");
+                child.wait().await.expect("the node's start script ends");
+            }
+            let end = Instant::now() + RABBITMQ_BOOT;
+            for port in [self.port, self.rabbit_ports.0, self.rabbit_ports.1] {
+                while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    assert!(Instant::now() < end, "the RabbitMQ node still listens");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            return;
+        }
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("the broker stops");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+
+    /// Starts (or restarts, on the same data) the private RabbitMQ node and waits for its stream
+    /// listener.
+    async fn rabbitmq_up(&mut self) {
+        let (amqp, dist) = self.rabbit_ports;
+        std::fs::create_dir_all(&self.dir).expect("a scratch directory");
+        let config = self.dir.join("rabbitmq.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listeners.tcp.default = 127.0.0.1:{amqp}\n\
+                 stream.listeners.tcp.default = 127.0.0.1:{port}\n\
+                 stream.advertised_host = 127.0.0.1\n\
+                 stream.advertised_port = {port}\n",
+                port = self.port
+            ),
+        )
+        .expect("the node's configuration");
+        let plugins = self.dir.join("enabled_plugins");
+        std::fs::write(&plugins, "[rabbitmq_stream].\n").expect("the node's plugins");
+        // The node's name is unique among the machine's nodes (one epmd for all).
+        let name = self
+            .dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a UTF-8 name")
+            .to_owned();
+        let child = Command::new(RABBITMQ_SERVER)
+            .current_dir(&self.dir)
+            .env("HOME", &self.dir)
+            .env("RABBITMQ_NODENAME", format!("{name}@localhost"))
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", amqp.to_string())
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            .env("RABBITMQ_CONFIG_FILE", &config)
+            .env(
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                self.dir.join("advanced.config"),
+            )
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", &plugins)
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env("RABBITMQ_PID_FILE", self.dir.join("pid"))
+            // Not the machine's node's environment file (its NODENAME).
+            .env("RABBITMQ_CONF_ENV_FILE", "/dev/null")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {RABBITMQ_SERVER} ({e}): run scripts/services"));
+        self.child = Some(child);
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() {
+                let logs: Vec<String> = std::fs::read_dir(self.dir.join("log"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+                    .map(|text| {
+                        let tail = text.len().saturating_sub(3000);
+                        text[text.floor_char_boundary(tail)..].to_owned()
+                    })
+                    .collect();
+                panic!("the private RabbitMQ node exited ({exited:?}); its logs end: {logs:#?}");
+            }
+            assert!(
+                started.elapsed() < RABBITMQ_BOOT,
+                "the private RabbitMQ node did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "private RabbitMQ node {name}: stream port {} after {} ms",
+            self.port,
+            started.elapsed().as_millis()
+        );
+    }
+}
+
+/// `signal` (`-TERM`, `-KILL`) to `child`'s process group (it leads one of its own).
+fn signal_group(child: &Child, signal: &str) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args([signal, "--", &format!("-{pid}")])
+            .status();
+    }
 }
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
+        // A RabbitMQ node outlives its start script: the whole group goes.
+        if let Some(child) = &self.child
+            && self.kind == BusKind::Rabbitmq
+        {
+            signal_group(child, "-KILL");
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -107,6 +293,15 @@ async fn a_private_redis_restarted_mid_stream_gives_every_event_or_a_gap() {
 #[tokio::test]
 async fn a_private_nats_restarted_mid_stream_gives_every_event_or_a_gap() {
     broker_restarted_mid_stream(BusKind::Nats, "c. private NATS restarted mid-stream").await;
+}
+
+#[tokio::test]
+async fn a_private_rabbitmq_restarted_mid_stream_gives_every_event_or_a_gap() {
+    broker_restarted_mid_stream(
+        BusKind::Rabbitmq,
+        "c. private RabbitMQ node stopped and restarted on its data mid-stream",
+    )
+    .await;
 }
 
 /// Case c on a broker of `kind`.
@@ -163,26 +358,36 @@ async fn broker_restarted_mid_stream(kind: BusKind, case: &str) {
     let convert = async |id: &str| -> Option<bool> {
         let key = IdempotencyKey::new(id).expect("a valid key");
         let payload = common::cluster::conversion_payload("alice", id).into();
-        tokio::time::timeout(
+        match tokio::time::timeout(
             Duration::from_secs(5),
             publisher.publish_once(&topic, payload, &key),
         )
         .await
-        .ok()?
-        .ok()
-        .map(|p| p.duplicate)
+        {
+            Ok(Ok(p)) => Some(p.duplicate),
+            Ok(Err(e)) => {
+                println!("{id}: publish failed: {e}");
+                None
+            }
+            Err(_) => {
+                println!("{id}: publish timed out");
+                None
+            }
+        }
     };
     let publish = async |id: &str| -> (bool, bool) {
         let conversion = convert(id).await.is_some();
-        let command = admin
+        let answer = admin
             .admin(
                 reqwest::Method::POST,
                 &format!("/admin/devices/{}/commands", common::cluster::DEVICE),
                 serde_json::json!({"id": id, "op": "reboot", "args": {}}),
             )
-            .await
-            .status
-            == 202;
+            .await;
+        let command = answer.status == 202;
+        if !command {
+            println!("{id}: command refused: {} {}", answer.status, answer.body);
+        }
         (conversion, command)
     };
     let mut conversions = Vec::new();
@@ -225,7 +430,8 @@ async fn broker_restarted_mid_stream(kind: BusKind, case: &str) {
     until(&on_device, PATIENCE, "device before", |t| t.delivered >= c).await;
 
     // Restart mid-stream: events published while it is down fail (within the operation
-    // timeout); the restarted broker has no history: a new epoch.
+    // timeout); the restarted Redis or NATS has no history: a new epoch. The restarted RabbitMQ
+    // node has its streams back from disk (and the bus its state store): the same epoch.
     broker.down().await;
     for i in 0..3 {
         let id = format!("down-{i}");
@@ -277,7 +483,7 @@ async fn broker_restarted_mid_stream(kind: BusKind, case: &str) {
         "{case}: conversions reported failed during the outage that had landed anyway (their \
          retry was a duplicate): {landed_before_retry:?}"
     );
-    if kind == BusKind::Redis {
+    if kind != BusKind::Nats {
         assert!(landed_before_retry.is_empty(), "{landed_before_retry:?}");
     }
     let last_conversion = conversions.last().expect("published").clone();

@@ -174,6 +174,27 @@ async fn serve_stack() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Milliseconds the threads of process `pid` have spent runnable but waiting for a CPU (the
+/// second field of `/proc/<pid>/task/*/schedstat`), summed over its live threads: the time
+/// other processes on its CPUs took from it.
+fn run_queue_wait_ms(pid: u32) -> anyhow::Result<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| anyhow!("reading /proc/{pid}/task: {e}"))?;
+    let mut ns = 0u64;
+    for task in tasks {
+        let path = task?.path().join("schedstat");
+        // A thread may end between the listing and the read.
+        if let Ok(stat) = std::fs::read_to_string(&path) {
+            ns += stat
+                .split_whitespace()
+                .nth(1)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(ns as f64 / 1e6)
+}
+
 /// One download's figures.
 #[derive(Clone, Copy)]
 struct Run {
@@ -253,11 +274,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             let service_ticks = || service_pid.map_or(Ok(0.0), crate::stats::cpu_ticks);
             let cpu_before = crate::stats::cpu_ticks(pid)?;
             let service_before = service_ticks()?;
+            let waits = || -> anyhow::Result<[f64; 3]> {
+                Ok([
+                    run_queue_wait_ms(pid)?,
+                    service_pid.map_or(Ok(0.0), run_queue_wait_ms)?,
+                    run_queue_wait_ms(std::process::id())?,
+                ])
+            };
+            let waits_before = waits()?;
             let started = Instant::now();
             let got = download(&client, url, &token).await.context(*name)?;
             let took = started.elapsed().as_secs_f64();
             let cpu = (crate::stats::cpu_ticks(pid)? - cpu_before) / ticks;
             let service_cpu = (service_ticks()? - service_before) / ticks;
+            let waits_after = waits()?;
+            let waited: Vec<f64> = waits_after
+                .iter()
+                .zip(waits_before)
+                .map(|(a, b)| a - b)
+                .collect();
             if got != bytes {
                 bail!("{name}: got {got} bytes, expected {bytes}");
             }
@@ -272,8 +307,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             }
             println!(
                 "  round {round} {name:>10}: {:>8.1} MiB/s, gateways' child CPU {:.2} s/GiB, \
-                 service's child {:.2} s/GiB",
-                run.mib_per_s, run.cpu_s_per_gib, run.service_cpu_s_per_gib
+                 service's child {:.2} s/GiB; waited for a CPU (run queue): gateways {:.0} ms, \
+                 service {:.0} ms, bench {:.0} ms of {:.0} ms",
+                run.mib_per_s,
+                run.cpu_s_per_gib,
+                run.service_cpu_s_per_gib,
+                waited[0],
+                waited[1],
+                waited[2],
+                took * 1000.0
             );
             results[i].push(run);
         }
