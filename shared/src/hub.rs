@@ -4,12 +4,14 @@
 //! subscribe to its source once; later subscribers share that subscription; when the last one
 //! leaves, the source subscription is dropped. A pump task per topic fans each event out:
 //!
-//! - **stream** topics: into a bounded queue per subscriber with `try_send`; the pump never waits
-//!   for anyone. A subscriber whose queue is full is unhooked from the live fan-out; once it has
-//!   read what its queue holds, it catches up from the bus's history after the last position it
-//!   delivered and rejoins live delivery — or gets a gap when history no longer covers it. A slow
-//!   subscriber therefore costs its bounded queue and never loses an event silently. Cutting a
-//!   slow *client* off is the gateway's decision, at its own bounded send queue.
+//! - **stream** topics: into one bounded ring per topic (`ring.rs`) that every subscriber of the
+//!   topic reads with its own cursor; the pump appends once per event and never waits for
+//!   anyone. A subscriber that falls more than the ring's bound behind is told so when it reads
+//!   next; it then catches up from the bus's history after the last position it delivered and
+//!   goes on reading the ring (dropping by position what history already gave) — or gets a gap
+//!   when history no longer covers it. A slow subscriber therefore costs the items the ring
+//!   keeps for it (bounded) and never loses an event silently. Cutting a slow *client* off is
+//!   the gateway's decision, at its own bounded send queue.
 //! - **state** topics: into one watch slot shared by all subscribers, so each sees the newest value
 //!   and never a backlog (conflation costs no per-subscriber memory).
 //!
@@ -30,12 +32,12 @@
 use futures::StreamExt;
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 mod config;
+mod ring;
 mod stats;
 mod subscriber;
 use crate::bus::{Bus, BusError, Delivery, StartAt, Subscription};
@@ -91,7 +93,6 @@ struct Inner {
     catalog: std::sync::OnceLock<Arc<Catalog>>,
     /// Counters by pattern, built on first use (after the catalog is set).
     stats: std::sync::OnceLock<stats::HubStats>,
-    next_id: AtomicU64,
 }
 
 struct Entry {
@@ -104,13 +105,16 @@ struct Entry {
 
 struct Subscribers {
     class: TopicClass,
-    stream: Mutex<HashMap<u64, Slot>>,
+    /// The stream subscribers' shared ring (unused on a state topic).
+    ring: Arc<ring::Ring>,
     state: watch::Sender<Option<Event>>,
 }
 
-struct Slot {
-    tx: mpsc::Sender<Arc<Item>>,
-    lagged: Arc<AtomicBool>,
+impl Drop for Subscribers {
+    fn drop(&mut self) {
+        // The fan-out is gone: a reader still holding the ring is told it ended.
+        self.ring.close();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -129,7 +133,6 @@ impl Hub {
                 stats: std::sync::OnceLock::new(),
                 topics: Mutex::new(HashMap::new()),
                 feeders: Mutex::new(Vec::new()),
-                next_id: AtomicU64::new(1),
             }),
         }
     }
@@ -211,12 +214,7 @@ impl Hub {
         let topics = lock(&self.inner.topics);
         let mut depths = QueueDepths::default();
         for entry in topics.values() {
-            for slot in lock(&entry.shared.stream).values() {
-                let queued = (slot.tx.max_capacity() - slot.tx.capacity()) as u64;
-                depths.queued += queued;
-                depths.max = depths.max.max(queued);
-                depths.queues += 1;
-            }
+            entry.shared.ring.add_depths(&mut depths);
         }
         depths
     }
@@ -226,21 +224,6 @@ impl Hub {
     /// For state topics the subscriber first gets the latest value (if any), whatever `from` is.
     pub async fn subscribe(&self, topic: &Topic, from: StartAt) -> Result<Subscriber, BusError> {
         let class = self.class_of(topic);
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let capacity = self.inner.config.subscriber_queue_events.max(1);
-        let lagged = Arc::new(AtomicBool::new(false));
-        // Only a stream subscriber has a queue: state subscribers share the topic's watch slot.
-        let (slot, rx) = match class {
-            TopicClass::Stream => {
-                let (tx, rx) = mpsc::channel(capacity);
-                let slot = Slot {
-                    tx,
-                    lagged: lagged.clone(),
-                };
-                (Some(slot), Some(rx))
-            }
-            TopicClass::State => (None, None),
-        };
         // Where a lagging subscriber that has delivered nothing yet catches up from: the head
         // before it joined (events published while it joins may then come twice, never not).
         let start = match (class, from) {
@@ -251,11 +234,11 @@ impl Hub {
                 offset: 0,
             },
         };
-        let shared = self.join(topic, class, id, slot).await?;
-        let kind = match (class, rx) {
-            (TopicClass::Stream, Some(rx)) => Kind::Stream {
-                rx,
-                lagged,
+        // Only a stream subscriber reads the ring: state subscribers share the topic's watch slot.
+        let (shared, reader) = self.join(topic, class).await?;
+        let kind = match (class, reader) {
+            (TopicClass::Stream, Some(reader)) => Kind::Stream {
+                reader,
                 replay: match from {
                     StartAt::Live => None,
                     StartAt::After(p) => Some(Replay::after(p)),
@@ -280,25 +263,23 @@ impl Hub {
         Ok(Subscriber {
             hub: self.clone(),
             topic: topic.clone(),
-            id,
             pattern,
             kind,
         })
     }
 
-    /// Adds a subscriber slot to the topic's entry, creating the entry (and its one source
+    /// Joins the topic's entry — with a reader of its ring on a stream topic, made under the
+    /// topic table's lock like every join — creating the entry (and its one source
     /// subscription) when this is the first subscriber.
     async fn join(
         &self,
         topic: &Topic,
         class: TopicClass,
-        id: u64,
-        slot: Option<Slot>,
-    ) -> Result<Arc<Subscribers>, BusError> {
-        let slot = match self.join_existing(topic, id, slot) {
-            Ok(shared) => return Ok(shared),
-            Err(slot) => slot,
-        };
+    ) -> Result<(Arc<Subscribers>, Option<ring::Reader>), BusError> {
+        let stream = class == TopicClass::Stream;
+        if let Some(joined) = self.join_existing(topic, stream) {
+            return Ok(joined);
+        }
         // First subscriber: subscribe to the source without holding the lock.
         let source = self.inner.bus.subscribe(topic, StartAt::Live).await?;
         let latest = match class {
@@ -312,19 +293,18 @@ impl Hub {
             // Another subscriber created the entry meanwhile; ours (and our feed guard) is not
             // needed. The guard is dropped after the lock, like every feed guard.
             entry.refs += 1;
-            if let Some(slot) = slot {
-                lock(&entry.shared.stream).insert(id, slot);
-            }
+            let reader = stream.then(|| entry.shared.ring.reader());
             let shared = entry.shared.clone();
             drop(topics);
             drop(feed);
-            return Ok(shared);
+            return Ok((shared, reader));
         }
         let shared = Arc::new(Subscribers {
             class,
-            stream: Mutex::new(slot.map(|slot| (id, slot)).into_iter().collect()),
+            ring: ring::Ring::new(self.inner.config.subscriber_queue_events),
             state: watch::channel(latest).0,
         });
+        let reader = stream.then(|| shared.ring.reader());
         let pump = CancellationToken::new();
         tokio::spawn(run_pump(shared.clone(), source, pump.clone()));
         topics.insert(
@@ -337,49 +317,27 @@ impl Hub {
             },
         );
         tracing::debug!(%topic, ?class, "source subscription opened");
-        Ok(shared)
+        Ok((shared, reader))
     }
 
-    /// Joins the topic's entry if it exists; gives the slot back if it does not.
+    /// Joins the topic's entry (with a reader of its ring if `stream`) if it exists.
     fn join_existing(
         &self,
         topic: &Topic,
-        id: u64,
-        slot: Option<Slot>,
-    ) -> Result<Arc<Subscribers>, Option<Slot>> {
+        stream: bool,
+    ) -> Option<(Arc<Subscribers>, Option<ring::Reader>)> {
         let mut topics = lock(&self.inner.topics);
-        let Some(entry) = topics.get_mut(topic) else {
-            return Err(slot);
-        };
+        let entry = topics.get_mut(topic)?;
         entry.refs += 1;
-        if let Some(slot) = slot {
-            lock(&entry.shared.stream).insert(id, slot);
-        }
-        Ok(entry.shared.clone())
+        let reader = stream.then(|| entry.shared.ring.reader());
+        Some((entry.shared.clone(), reader))
     }
 
-    /// Hooks a subscriber that lagged back into the live fan-out with a fresh queue.
-    fn rejoin(
-        &self,
-        topic: &Topic,
-        id: u64,
-        lagged: &Arc<AtomicBool>,
-    ) -> Option<mpsc::Receiver<Arc<Item>>> {
-        let topics = lock(&self.inner.topics);
-        let entry = topics.get(topic)?;
-        let (tx, rx) = mpsc::channel(self.inner.config.subscriber_queue_events.max(1));
-        lagged.store(false, Ordering::Release);
-        let lagged = lagged.clone();
-        lock(&entry.shared.stream).insert(id, Slot { tx, lagged });
-        Some(rx)
-    }
-
-    fn leave(&self, topic: &Topic, id: u64) {
+    fn leave(&self, topic: &Topic) {
         let mut topics = lock(&self.inner.topics);
         let Some(entry) = topics.get_mut(topic) else {
             return;
         };
-        lock(&entry.shared.stream).remove(&id);
         entry.refs -= 1;
         if entry.refs == 0
             && let Some(entry) = topics.remove(topic)
@@ -394,6 +352,9 @@ impl Hub {
 }
 
 async fn run_pump(shared: Arc<Subscribers>, mut source: Subscription, stop: CancellationToken) {
+    // The wakers of the readers an event is for, woken outside the ring's lock (kept to reuse
+    // its allocation).
+    let mut wake = Vec::new();
     loop {
         let delivery = tokio::select! {
             () = stop.cancelled() => return,
@@ -411,27 +372,13 @@ async fn run_pump(shared: Arc<Subscribers>, mut source: Subscription, stop: Canc
             }
             // A state topic has no backlog to lose: the next value replaces the missed ones.
             (TopicClass::State, Delivery::Gap { .. }) => {}
-            (TopicClass::Stream, Delivery::Event(e)) => shared.fan_out(Item::Event(e)),
+            (TopicClass::Stream, Delivery::Event(e)) => {
+                shared.ring.send(Item::Event(e), &mut wake);
+            }
             (TopicClass::Stream, Delivery::Gap { after, resume }) => {
-                shared.fan_out(Item::Gap { after, resume });
+                shared.ring.send(Item::Gap { after, resume }, &mut wake);
             }
         }
-    }
-}
-
-impl Subscribers {
-    /// Offers `item` to every stream subscriber; cuts off those whose queue is full.
-    fn fan_out(&self, item: Item) {
-        // One allocation per event, shared by every queue: a queue slot is one pointer, so a
-        // subscriber's queue costs a few hundred bytes however large an event is.
-        let item = Arc::new(item);
-        lock(&self.stream).retain(|_, slot| match slot.tx.try_send(item.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                slot.lagged.store(true, Ordering::Release);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        wake.drain(..).for_each(std::task::Waker::wake);
     }
 }

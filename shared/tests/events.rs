@@ -358,6 +358,46 @@ async fn a_subscriber_lagging_beyond_history_gets_a_gap_never_a_silent_hole(kind
     kit.cleanup().await;
 }
 
+async fn subscribers_share_one_bounded_ring_and_one_left_behind_is_told_and_caught_up(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(10_000);
+    let hub = hub(bus.clone(), 8);
+    let t = topic("t");
+    let mut behind = hub.subscribe(&t, StartAt::Live).await.expect("behind");
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        readers.push(hub.subscribe(&t, StartAt::Live).await.expect("reader"));
+    }
+    // The readers keep up (each event is read by all before the next is published).
+    let n = 100u64;
+    for want in 1..=n {
+        publish_n(&*bus, &t, 1).await;
+        for r in &mut readers {
+            assert_eq!(next_offset(r).await, want);
+        }
+    }
+    // The readers have taken everything; the one that has not read holds the ring's bound at
+    // most, never the 100 events.
+    let depths = hub.queue_depths();
+    assert_eq!((depths.queues, depths.max, depths.queued), (4, 8, 8));
+    let catch_ups = |hub: &Hub| hub.stats().iter().map(|p| p.catch_ups).sum::<u64>();
+    assert_eq!(catch_ups(&hub), 0);
+    // When it reads at last it is told it fell behind (counted), catches up from history and
+    // gets every event once, in order; then it follows the ring again with the others.
+    for want in 1..=n {
+        assert_eq!(next_offset(&mut behind).await, want);
+    }
+    assert_eq!(catch_ups(&hub), 1);
+    publish_n(&*bus, &t, 1).await;
+    for r in readers.iter_mut().chain([&mut behind]) {
+        assert_eq!(next_offset(r).await, n + 1);
+    }
+    assert!(hub.queue_depths().max <= 8);
+    drop(readers);
+    assert_eq!(hub.queue_depths().queues, 1);
+    kit.cleanup().await;
+}
+
 async fn state_topics_are_conflated_to_the_latest_value(kind: Kind) {
     let kit = Kit::new(kind);
     let bus = kit.bus(100);
@@ -409,6 +449,7 @@ for_every_bus!(
     one_source_subscription_per_topic_released_by_the_last_subscriber,
     a_subscriber_that_does_not_read_blocks_neither_the_bus_nor_others,
     a_subscriber_lagging_beyond_history_gets_a_gap_never_a_silent_hole,
+    subscribers_share_one_bounded_ring_and_one_left_behind_is_told_and_caught_up,
     state_topics_are_conflated_to_the_latest_value,
     topic_classes_come_from_prefix_rules,
 );

@@ -370,7 +370,7 @@ impl Collector for Scrape {
                 ),
                 (
                     "switchyard_hub_catch_ups",
-                    "Subscribers whose queue filled, unhooked from the live fan-out and caught up from history",
+                    "Subscribers that fell behind their topic's ring and caught up from history",
                     |s| s.catch_ups,
                 ),
             ] {
@@ -380,13 +380,13 @@ impl Collector for Scrape {
             gauge(
                 &mut encoder,
                 "switchyard_hub_queued_events",
-                "Events waiting in the hub's stream subscriber queues now (sum over subscribers)",
+                "Events in the hub's stream topic rings not yet taken, summed over subscribers",
                 &[(vec![("gateway", gw)], signed(depths.queued))],
             )?;
             gauge(
                 &mut encoder,
                 "switchyard_hub_queue_depth_max",
-                "Events waiting in the hub's deepest stream subscriber queue now",
+                "Events not yet taken by the hub's furthest-behind stream subscriber now",
                 &[(vec![("gateway", gw)], signed(depths.max))],
             )?;
         }

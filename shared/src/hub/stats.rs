@@ -35,7 +35,7 @@ pub struct PatternSnapshot {
     pub deliveries: u64,
     /// Gaps handed to subscribers (history no longer covered where they were).
     pub gaps: u64,
-    /// Times a subscriber whose queue filled was unhooked and caught up from history.
+    /// Times a subscriber fell behind its topic's ring and caught up from history.
     pub catch_ups: u64,
 }
 
@@ -44,7 +44,7 @@ pub struct PatternSnapshot {
 pub struct QueueDepths {
     /// Events queued, summed over every stream subscriber.
     pub queued: u64,
-    /// The deepest subscriber queue.
+    /// The most items one subscriber has yet to take.
     pub max: u64,
     /// Stream subscribers with a queue (hooked into the live fan-out).
     pub queues: u64,

@@ -1,10 +1,11 @@
 //! One local subscription of the hub ([`Subscriber`]): its items read as a [`Stream`], poll by
-//! poll, so that the live path — the next event from its queue — costs a queue pop and a
-//! position comparison, with no future built per item.
+//! poll, so that the live path — the next event at its cursor in the topic's ring — costs a
+//! pointer copy under the ring's lock and a position comparison, with no future built per item.
 //!
-//! A stream subscriber reads its bounded queue; after lagging (the pump unhooked it when its
-//! queue was full) or when it starts after a position, it first reads the bus's history, a page
-//! at a time, then its queue again, dropping what history already gave (by position). Those
+//! A stream subscriber reads its topic's shared ring with its own cursor (`ring.rs`); after
+//! lagging (the ring dropped items before it took them) or when it starts after a position, it
+//! first reads the bus's history, a page at a time, then the ring again, dropping what history
+//! already gave (by position). Those
 //! history reads are the only futures it keeps, boxed, while one is in flight. A state
 //! subscriber reads the topic's watch slot (the newest value, never a backlog).
 //!
@@ -14,13 +15,13 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use futures::Stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::ReusableBoxFuture;
 
+use super::ring::{Polled, Reader};
 use super::{Hub, Item, REPLAY_PAGE};
 use crate::bus::Read;
 use crate::event::{Event, Position, Topic};
@@ -29,7 +30,6 @@ use crate::event::{Event, Position, Topic};
 pub struct Subscriber {
     pub(super) hub: Hub,
     pub(super) topic: Topic,
-    pub(super) id: u64,
     /// The index of its pattern in the hub's counters.
     pub(super) pattern: usize,
     pub(super) kind: Kind,
@@ -38,8 +38,8 @@ pub struct Subscriber {
 pub(super) enum Kind {
     State(StateRx),
     Stream {
-        rx: mpsc::Receiver<Arc<Item>>,
-        lagged: Arc<AtomicBool>,
+        /// Its cursor in the topic's ring.
+        reader: Reader,
         replay: Option<Replay>,
         /// The last position delivered (or asked to resume from), to drop live duplicates.
         last: Option<Position>,
@@ -130,8 +130,7 @@ impl Subscriber {
                 }
             },
             Kind::Stream {
-                rx,
-                lagged,
+                reader,
                 replay,
                 last,
                 start,
@@ -148,19 +147,17 @@ impl Subscriber {
                         None => *replay = None,
                     }
                 }
-                let Some(item) = ready!(rx.poll_recv(cx)) else {
-                    if !lagged.load(Ordering::Acquire) {
-                        return Poll::Ready(None);
+                let item = match ready!(reader.poll(cx)) {
+                    Polled::Item(item) => item,
+                    Polled::Closed => return Poll::Ready(None),
+                    Polled::Lagged(missed) => {
+                        // The ring dropped items before it took them: catch up from history,
+                        // then go on reading the ring (what history gave is dropped there).
+                        self.hub.counters().caught_up(self.pattern);
+                        *replay = Some(Replay::after(last.unwrap_or(*start)));
+                        tracing::debug!(topic = %self.topic, missed, "subscriber lagged; catching up from history");
+                        continue;
                     }
-                    // Unhooked for lagging: catch up from history, then rejoin live delivery.
-                    let Some(fresh) = self.hub.rejoin(&self.topic, self.id, lagged) else {
-                        return Poll::Ready(None);
-                    };
-                    *rx = fresh;
-                    self.hub.counters().caught_up(self.pattern);
-                    *replay = Some(Replay::after(last.unwrap_or(*start)));
-                    tracing::debug!(topic = %self.topic, "subscriber lagged; catching up from history");
-                    continue;
                 };
                 let item = Arc::unwrap_or_clone(item);
                 if let (Item::Event(e), Some(l)) = (&item, *last)
@@ -246,6 +243,6 @@ fn poll_replayed(
 impl Drop for Subscriber {
     fn drop(&mut self) {
         self.hub.counters().left(self.pattern);
-        self.hub.leave(&self.topic, self.id);
+        self.hub.leave(&self.topic);
     }
 }
