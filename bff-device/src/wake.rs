@@ -83,7 +83,7 @@ impl Wakes {
         let until = tokio::time::Instant::now() + LINGER;
         {
             let mut lingering = lock(&self.lingering);
-            for wake in wakes {
+            for wake in wakes.into_iter().filter(|w| !w.ended()) {
                 lingering.insert(wake.topic.clone(), (wake, until));
             }
         }
@@ -109,7 +109,13 @@ impl Wakes {
     ) -> Result<(Arc<TopicWake>, watch::Receiver<u64>), BusError> {
         let wake = {
             let mut topics = lock(&self.topics);
-            match topics.get(topic).and_then(Weak::upgrade) {
+            // A wake whose bus subscription ended (the bus gave up on it) wakes nobody any
+            // more: a lingering one is replaced, not handed to the next poll.
+            match topics
+                .get(topic)
+                .and_then(Weak::upgrade)
+                .filter(|w| !w.ended())
+            {
                 Some(w) => w,
                 None => {
                     let w = Arc::new(TopicWake {
@@ -173,6 +179,13 @@ async fn sweep(lingering: Weak<Lingering>) {
         };
         // Dropped outside the lock: the last one of a wake closes its bus subscription.
         drop(expired);
+    }
+}
+
+impl TopicWake {
+    /// Whether its bus subscription was opened and has ended.
+    fn ended(&self) -> bool {
+        self.task.get().is_some_and(|task| task.is_finished())
     }
 }
 
