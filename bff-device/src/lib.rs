@@ -143,6 +143,12 @@ impl App {
     pub fn active_wakes(&self) -> usize {
         self.api.poller.active_wakes()
     }
+
+    /// Bus subscriptions opened for wakes since the gateway started (a wake stays open
+    /// a few seconds after its last poll, so a device polling again reuses it).
+    pub fn wakes_opened(&self) -> u64 {
+        self.api.poller.wakes_opened()
+    }
 }
 
 /// Builds the gateway. Held polls answer (empty, same cursor) when `shutdown` is cancelled.

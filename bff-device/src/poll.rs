@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cursor::Cursor;
 use crate::follow::{self, ChannelItem};
 use crate::registry::Device;
-use crate::wake::{RateRx, RateValue, RateWatch, Wakes};
+use crate::wake::{RateRx, RateValue, RateWatch, TopicWake, Wakes};
 
 /// A command for a device, as a backend publishes it on `devices.{id}.commands` (JSON).
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +131,18 @@ pub(crate) struct Poller {
     pub(crate) holding: Arc<AtomicUsize>,
 }
 
+/// The wakes a held poll opened, handed to [`Wakes::linger`] when it ends.
+struct Opened<'a> {
+    wakes: &'a Wakes,
+    held: Vec<Arc<TopicWake>>,
+}
+
+impl Drop for Opened<'_> {
+    fn drop(&mut self) {
+        self.wakes.linger(self.held.drain(..));
+    }
+}
+
 /// Counts a poll as holding while it lives.
 struct Holding(Arc<AtomicUsize>);
 
@@ -169,13 +181,20 @@ impl Poller {
         }
         // Nothing yet: open the wakes first, then read again, so nothing slips between.
         let deadline = tokio::time::Instant::now() + wait;
-        let (_commands, mut commands_rx) = self.wakes.get(&device.topics.commands).await?;
-        let (_config, mut config_rx) = self.wakes.get(&device.topics.config).await?;
-        let mut channel_wakes = Vec::with_capacity(device.channels.len());
+        // However the poll ends (answered, failed, or dropped with its connection), its wakes
+        // linger a while for the device's next poll.
+        let mut opened = Opened {
+            wakes: &self.wakes,
+            held: Vec::with_capacity(2 + device.channels.len()),
+        };
+        let (wake, mut commands_rx) = self.wakes.get(&device.topics.commands).await?;
+        opened.held.push(wake);
+        let (wake, mut config_rx) = self.wakes.get(&device.topics.config).await?;
+        opened.held.push(wake);
         let mut channel_rxs = Vec::with_capacity(device.channels.len());
         for channel in &device.channels {
             let (wake, rx) = self.wakes.get(&channel.topic).await?;
-            channel_wakes.push(wake);
+            opened.held.push(wake);
             channel_rxs.push(rx);
         }
         let mut holding = None;
@@ -331,6 +350,11 @@ impl Poller {
     /// Device topics with an open wake.
     pub(crate) fn active_wakes(&self) -> usize {
         self.wakes.active()
+    }
+
+    /// Bus subscriptions opened for wakes since the gateway started.
+    pub(crate) fn wakes_opened(&self) -> u64 {
+        self.wakes.opened()
     }
 
     /// The device's configuration document: the latest on its config topic, else its

@@ -4,8 +4,13 @@
 //! - A device's own topics (commands, configuration) get a [`TopicWake`] while at least one
 //!   poll of the device is held: one bus subscription driving a `watch` counter that every
 //!   waiter of the topic shares. It is reference-counted and released (its task aborted) with
-//!   the last held poll. A woken poll reads what is new from the bus's history itself, so the
-//!   wake carries no events and nothing can be lost between wake and read.
+//!   the last held poll, [`LINGER`] after it ends: a device polls again as soon as it has an
+//!   answer, so its next poll finds the subscription open — one subscription per device while
+//!   it polls, instead of a SUBSCRIBE and an UNSUBSCRIBE on the broker per answer (which, at
+//!   a few thousand answers a second, queued up behind the broker's pub/sub connection until
+//!   polls failed with 503 and the queued orders filled the heap). A woken poll reads what is
+//!   new from the bus's history itself, so the wake carries no events and nothing can be lost
+//!   between wake and read.
 //! - Rate pairs get a [`RateWatch`] for the life of the gateway, started with the first device
 //!   configured for the pair: one hub subscription (which starts the upstream source feeding
 //!   `rates.{pair}`, once per pair), the newest rate decoded once into a shared `watch` slot.
@@ -14,7 +19,9 @@
 //! Nothing here encodes for the wire or decides what a device may see.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use demo_api::{Pair, Rate};
 use futures::StreamExt;
@@ -31,10 +38,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type WakeMap = Mutex<HashMap<Topic, Weak<TopicWake>>>;
 
+/// How long a wake stays open after the last poll holding it ends.
+pub(crate) const LINGER: Duration = Duration::from_secs(5);
+
+/// Wakes kept open after their last poll, until the instant each may go.
+type Lingering = Mutex<HashMap<Topic, (Arc<TopicWake>, tokio::time::Instant)>>;
+
 /// The wakes of device topics, by topic.
 pub(crate) struct Wakes {
     bus: Arc<dyn Bus>,
     topics: Arc<WakeMap>,
+    /// Wakes whose polls ended less than [`LINGER`] ago (bounded by the topics polled in
+    /// that time); a sweeper task drops the expired ones.
+    lingering: Arc<Lingering>,
+    /// Whether the sweeper runs (started with the first lingering wake).
+    sweeping: AtomicBool,
+    /// Bus subscriptions opened for wakes, ever.
+    opened: AtomicU64,
 }
 
 /// One bus subscription on a topic, shared by every poll waiting on it.
@@ -52,7 +72,33 @@ impl Wakes {
         Self {
             bus,
             topics: Arc::new(Mutex::new(HashMap::new())),
+            lingering: Arc::new(Mutex::new(HashMap::new())),
+            sweeping: AtomicBool::new(false),
+            opened: AtomicU64::new(0),
         }
+    }
+
+    /// Keeps `wakes` (those of a poll that ended) open for [`LINGER`] from now.
+    pub(crate) fn linger(&self, wakes: impl IntoIterator<Item = Arc<TopicWake>>) {
+        let until = tokio::time::Instant::now() + LINGER;
+        {
+            let mut lingering = lock(&self.lingering);
+            for wake in wakes.into_iter().filter(|w| !w.ended()) {
+                lingering.insert(wake.topic.clone(), (wake, until));
+            }
+        }
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(sweep(Arc::downgrade(&self.lingering)))),
+                // No runtime (a poll dropped while the process ends): nothing to sweep for.
+                Err(_) => self.sweeping.store(false, Ordering::Release),
+            }
+        }
+    }
+
+    /// Bus subscriptions opened for wakes since the gateway started.
+    pub(crate) fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     /// The wake of `topic`, with its bus subscription open: every event published once this
@@ -63,7 +109,13 @@ impl Wakes {
     ) -> Result<(Arc<TopicWake>, watch::Receiver<u64>), BusError> {
         let wake = {
             let mut topics = lock(&self.topics);
-            match topics.get(topic).and_then(Weak::upgrade) {
+            // A wake whose bus subscription ended (the bus gave up on it) wakes nobody any
+            // more: a lingering one is replaced, not handed to the next poll.
+            match topics
+                .get(topic)
+                .and_then(Weak::upgrade)
+                .filter(|w| !w.ended())
+            {
                 Some(w) => w,
                 None => {
                     let w = Arc::new(TopicWake {
@@ -82,6 +134,7 @@ impl Wakes {
         wake.task
             .get_or_try_init(|| async {
                 let mut source = self.bus.subscribe(topic, StartAt::Live).await?;
+                self.opened.fetch_add(1, Ordering::Relaxed);
                 let tx = wake.tx.clone();
                 let task = tokio::spawn(async move {
                     while source.next().await.is_some() {
@@ -100,6 +153,39 @@ impl Wakes {
             .values()
             .filter(|w| w.strong_count() > 0)
             .count()
+    }
+}
+
+/// Drops expired lingering wakes every half [`LINGER`], until the wakes are gone.
+async fn sweep(lingering: Weak<Lingering>) {
+    let mut tick = tokio::time::interval(LINGER / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(lingering) = lingering.upgrade() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let expired: Vec<Arc<TopicWake>> = {
+            let mut map = lock(&lingering);
+            let gone: Vec<Topic> = map
+                .iter()
+                .filter(|(_, (_, until))| *until <= now)
+                .map(|(t, _)| t.clone())
+                .collect();
+            gone.iter()
+                .filter_map(|t| map.remove(t).map(|(w, _)| w))
+                .collect()
+        };
+        // Dropped outside the lock: the last one of a wake closes its bus subscription.
+        drop(expired);
+    }
+}
+
+impl TopicWake {
+    /// Whether its bus subscription was opened and has ended.
+    fn ended(&self) -> bool {
+        self.task.get().is_some_and(|task| task.is_finished())
     }
 }
 

@@ -296,3 +296,56 @@ async fn v2_groups_events_by_kind() {
         serde_json::json!([])
     );
 }
+
+/// What the soak's devices do, over and over: poll, get an answer, poll again at once — or give
+/// up in the middle of a hold (the connection dropped). While a device keeps polling, its
+/// topics keep one bus subscription each (a wake lingers a few seconds after its poll), not one
+/// per answer; and once it stops, nothing of its polls is left: no held or holding poll, no
+/// open wake.
+#[tokio::test]
+async fn polls_in_a_row_share_their_wakes_and_abandoned_polls_leave_nothing_behind() {
+    let gw = Arc::new(start(config(), 100).await);
+    let mut cursor = first_cursor(&gw).await;
+    for round in 0..20 {
+        let (g, c) = (gw.clone(), cursor.clone());
+        let held = tokio::spawn(async move { g.poll("tv-1", TV1_KEY, Some(&c), 30).await });
+        gw.holding(1).await;
+        gw.command("tv-1", &format!("cmd-{round}"), "reboot").await;
+        let v = held.await.unwrap().json();
+        assert_eq!(of_kind(&v, "c").len(), 1, "round {round}: {v}");
+        cursor = v["n"].as_str().expect("a cursor").to_owned();
+    }
+    assert_eq!(
+        gw.app.wakes_opened(),
+        2,
+        "commands and config: one subscription each for twenty polls in a row"
+    );
+    for round in 0..20 {
+        let (g, c) = (gw.clone(), cursor.clone());
+        let held = tokio::spawn(async move { g.poll("tv-1", TV1_KEY, Some(&c), 30).await });
+        gw.holding(1).await;
+        // The client goes away in the middle of the hold: its connection closes.
+        held.abort();
+        let app = gw.app.clone();
+        assert!(
+            test_support::eventually(HANG, || {
+                let app = app.clone();
+                async move { app.held_polls() == 0 && app.holding_polls() == 0 }
+            })
+            .await,
+            "round {round}: the abandoned poll is still held"
+        );
+    }
+    assert_eq!(gw.app.wakes_opened(), 2);
+    // The device stopped polling: its wakes and their subscriptions go.
+    let app = gw.app.clone();
+    assert!(
+        test_support::eventually(HANG, || {
+            let app = app.clone();
+            async move { app.active_wakes() == 0 }
+        })
+        .await,
+        "wakes still open: {}",
+        gw.app.active_wakes()
+    );
+}

@@ -140,9 +140,21 @@ struct Counters {
     reconnects: AtomicU64,
     /// Reconnects by kind of client: web, mobile, device.
     by_kind: [AtomicU64; 3],
+    /// Failed device polls by cause (the status, or the client error), printed with each report.
+    device_failures: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 impl Counters {
+    fn device_failed(&self, why: &str) {
+        let key: String = why.chars().take(160).collect();
+        *self
+            .device_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default() += 1;
+    }
+
     fn reconnected(&self, kind: usize) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
         self.by_kind[kind].fetch_add(1, Ordering::Relaxed);
@@ -787,8 +799,21 @@ async fn device_client(
             .send()
             .await;
         let body = match answer {
-            Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
-            _ => None,
+            Ok(r) if r.status() == 200 => match r.json::<Value>().await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    c.device_failed(&format!("body: {e}"));
+                    None
+                }
+            },
+            Ok(r) => {
+                c.device_failed(&format!("status {}", r.status()));
+                None
+            }
+            Err(e) => {
+                c.device_failed(&format!("error: {e:?}"));
+                None
+            }
         };
         let Some(body) = body else {
             c.reconnected(2);
@@ -1027,6 +1052,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 counters.by_kind[1].load(Ordering::Relaxed),
                 counters.by_kind[2].load(Ordering::Relaxed),
             );
+            for (why, n) in counters
+                .device_failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                println!("soak:   device failures {n}: {why}");
+            }
         }
         if !backend_done && now >= backend_at {
             backend_done = true;

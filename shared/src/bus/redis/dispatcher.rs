@@ -175,6 +175,11 @@ impl Dispatcher {
                 target,
                 done,
             } => {
+                // Its subscriber gave up waiting (its deadline passed while the order queued):
+                // nobody wants the channel any more, and its unsubscribe order follows.
+                if done.is_closed() {
+                    return true;
+                }
                 if let Some(targets) = self.channels.get_mut(&channel) {
                     targets.insert(id, target);
                     let _ = done.send(Ok(()));
