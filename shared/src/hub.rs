@@ -248,6 +248,8 @@ impl Hub {
                     StartAt::After(p) => Some(p),
                 },
                 start,
+                owed: None,
+                stash: None,
             },
             _ => {
                 let mut rx = shared.state.subscribe();

@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use switchyard_core::bus::{Bus, Delivery, Read, StartAt};
-use switchyard_core::event::{Position, Topic, TopicClass};
+use switchyard_core::bus::{
+    Bus, BusError, Delivery, IdempotencyKey, Published, Read, StartAt, Subscription,
+};
+use switchyard_core::event::{Event, Position, Topic, TopicClass};
 use switchyard_core::hub::HubConfig;
 use switchyard_core::hub::{Hub, Item};
+use switchyard_core::trace::TraceContext;
 use tokio::time::timeout;
 
 use common::{Kind, Kit};
@@ -437,6 +440,120 @@ async fn topic_classes_come_from_prefix_rules(kind: Kind) {
     kit.cleanup().await;
 }
 
+/// A bus whose history (`read`, `head`) fails while `down` is set, as a slow broker's timed-out
+/// calls do; publishing and live delivery go on.
+struct HistoryDown {
+    inner: Arc<dyn Bus>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl HistoryDown {
+    fn check_history(&self) -> Result<(), BusError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(BusError::Unavailable("test: history read timed out".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for HistoryDown {
+    async fn publish_traced(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        trace: Option<TraceContext>,
+    ) -> Result<Event, BusError> {
+        self.inner.publish_traced(topic, payload, trace).await
+    }
+
+    async fn publish_once_traced(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+        key: &IdempotencyKey,
+        trace: Option<TraceContext>,
+    ) -> Result<Published, BusError> {
+        self.inner
+            .publish_once_traced(topic, payload, key, trace)
+            .await
+    }
+
+    async fn read(&self, topic: &Topic, after: Position, max: usize) -> Result<Read, BusError> {
+        self.check_history()?;
+        self.inner.read(topic, after, max).await
+    }
+
+    async fn latest(&self, topic: &Topic) -> Result<Option<Event>, BusError> {
+        self.inner.latest(topic).await
+    }
+
+    async fn head(&self, topic: &Topic) -> Result<Position, BusError> {
+        self.check_history()?;
+        self.inner.head(topic).await
+    }
+
+    async fn subscribe(&self, topic: &Topic, from: StartAt) -> Result<Subscription, BusError> {
+        self.inner.subscribe(topic, from).await
+    }
+
+    async fn check(&self) -> Result<(), BusError> {
+        self.inner.check().await
+    }
+}
+
+/// The soak's two silent losses: a subscriber resuming after the head it had just read, while
+/// the broker's history calls time out, was handed a gap that resumed at its own position
+/// (the head call failed too), then the topic's live events from where its ring cursor
+/// joined — a jump over the events published between the two, under a gap that covered none.
+async fn a_resume_whose_history_read_fails_gets_the_exact_gap_never_a_jump(kind: Kind) {
+    let kit = Kit::new(kind);
+    let flaky = Arc::new(HistoryDown {
+        inner: kit.bus(100),
+        down: false.into(),
+    });
+    let bus: Arc<dyn Bus> = flaky.clone();
+    let hub = hub(bus.clone(), 64);
+    let t = topic("conversions.carol");
+    // A live subscriber keeps the topic's ring and bus subscription open throughout.
+    let mut live = hub.subscribe(&t, StartAt::Live).await.expect("subscribe");
+    publish_n(&*bus, &t, 3).await;
+    let head = bus.head(&t).await.expect("head");
+    assert_eq!(head.offset, 3);
+    publish_n(&*bus, &t, 2).await;
+    for want in 1..=5 {
+        assert_eq!(next_offset(&mut live).await, want);
+    }
+    // The resume starts while history cannot be read: 4 and 5 are out of its reach.
+    flaky.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut resumed = hub
+        .subscribe(&t, StartAt::After(head))
+        .await
+        .expect("subscribe");
+    let early = timeout(Duration::from_millis(300), resumed.next()).await;
+    assert!(
+        early.is_err(),
+        "nothing can be said before the next event (no made-up gap), got {early:?}"
+    );
+    flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    publish_n(&*bus, &t, 2).await;
+    match next(&mut resumed).await {
+        Item::Gap { after, resume } => {
+            assert_eq!(after, head, "the gap starts where the subscriber was");
+            assert_eq!(
+                (resume.epoch, resume.offset),
+                (head.epoch, 5),
+                "and covers exactly what history could not give"
+            );
+        }
+        other => panic!("expected the owed gap, got {other:?}"),
+    }
+    assert_eq!(next_offset(&mut resumed).await, 6);
+    assert_eq!(next_offset(&mut resumed).await, 7);
+    kit.cleanup().await;
+}
+
 for_every_bus!(
     a_live_subscription_gets_everything_published_after_it_in_order,
     latest_and_head_follow_the_last_event,
@@ -452,4 +569,5 @@ for_every_bus!(
     subscribers_share_one_bounded_ring_and_one_left_behind_is_told_and_caught_up,
     state_topics_are_conflated_to_the_latest_value,
     topic_classes_come_from_prefix_rules,
+    a_resume_whose_history_read_fails_gets_the_exact_gap_never_a_jump,
 );

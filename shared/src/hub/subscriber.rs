@@ -9,6 +9,11 @@
 //! history reads are the only futures it keeps, boxed, while one is in flight. A state
 //! subscriber reads the topic's watch slot (the newest value, never a backlog).
 //!
+//! It never delivers past a hole without a gap. When history cannot be read (the broker is
+//! failing), the gap is owed from where the subscriber was, and the ring's next item settles it:
+//! a gap that resumes just before that item, which covers exactly what history could not give —
+//! no position is made up and no retry adds to a failing broker's load.
+//!
 //! It does not encode anything and never waits for anyone but its own queue and the bus.
 
 use std::collections::VecDeque;
@@ -45,6 +50,11 @@ pub(super) enum Kind {
         last: Option<Position>,
         /// Where to catch up from after lagging when nothing has been delivered yet.
         start: Position,
+        /// A gap owed from this position: history could not be read to catch up from it, so
+        /// the ring's next item says where delivery resumes (see [`owed_gap`]).
+        owed: Option<Position>,
+        /// The ring event that follows an owed gap, delivered right after it (boxed: rare).
+        stash: Option<Box<Item>>,
     },
 }
 
@@ -67,7 +77,6 @@ pub(super) async fn changed(mut rx: watch::Receiver<Option<Event>>) -> Changed {
 pub(super) struct Replay {
     cursor: Position,
     buf: VecDeque<Event>,
-    done: bool,
     /// The bus call in flight, if any.
     fetch: Option<Pin<Box<dyn Future<Output = Fetched> + Send>>>,
 }
@@ -78,7 +87,6 @@ impl Replay {
         Self {
             cursor,
             buf: VecDeque::new(),
-            done: false,
             fetch: None,
         }
     }
@@ -88,8 +96,16 @@ impl Replay {
 enum Fetched {
     /// A page of history after the cursor.
     Page(Result<Read, crate::bus::BusError>),
-    /// History could not be read: a gap from `after` to the head (or `after` itself).
-    Head { after: Position, head: Position },
+}
+
+/// What a catch-up step gave.
+enum Replayed {
+    /// An item from history.
+    Item(Item),
+    /// History has caught up with the head.
+    Done,
+    /// History could not be read after this position: a gap is owed from it.
+    Failed(Position),
 }
 
 impl Subscriber {
@@ -134,17 +150,24 @@ impl Subscriber {
                 replay,
                 last,
                 start,
+                owed,
+                stash,
             } => loop {
+                if let Some(item) = stash.take() {
+                    *last = Some(position_after(&item));
+                    return Poll::Ready(Some(*item));
+                }
                 if let Some(r) = replay {
                     match ready!(poll_replayed(&self.hub, &self.topic, r, cx)) {
-                        Some(item) => {
-                            *last = Some(match &item {
-                                Item::Event(e) => e.position(),
-                                Item::Gap { resume, .. } => *resume,
-                            });
+                        Replayed::Item(item) => {
+                            *last = Some(position_after(&item));
                             return Poll::Ready(Some(item));
                         }
-                        None => *replay = None,
+                        Replayed::Done => *replay = None,
+                        Replayed::Failed(after) => {
+                            *replay = None;
+                            *owed = Some(after);
+                        }
                     }
                 }
                 let item = match ready!(reader.poll(cx)) {
@@ -154,12 +177,28 @@ impl Subscriber {
                         // The ring dropped items before it took them: catch up from history,
                         // then go on reading the ring (what history gave is dropped there).
                         self.hub.counters().caught_up(self.pattern);
-                        *replay = Some(Replay::after(last.unwrap_or(*start)));
+                        *replay = Some(Replay::after(owed.take().or(*last).unwrap_or(*start)));
                         tracing::debug!(topic = %self.topic, missed, "subscriber lagged; catching up from history");
                         continue;
                     }
                 };
                 let item = Arc::unwrap_or_clone(item);
+                if let Some(after) = *owed {
+                    match owed_gap(after, item) {
+                        Owed::Skip => continue,
+                        Owed::Deliver(item) => {
+                            *owed = None;
+                            *last = Some(position_after(&item));
+                            return Poll::Ready(Some(item));
+                        }
+                        Owed::Gap(gap, next) => {
+                            *owed = None;
+                            *last = Some(position_after(&gap));
+                            *stash = next.map(Box::new);
+                            return Poll::Ready(Some(gap));
+                        }
+                    }
+                }
                 if let (Item::Event(e), Some(l)) = (&item, *last)
                     && e.epoch == l.epoch
                     && e.offset <= l.offset
@@ -183,61 +222,84 @@ impl Stream for Subscriber {
     }
 }
 
-/// The next item from history, or `None` once history has caught up with the head.
-fn poll_replayed(
-    hub: &Hub,
-    topic: &Topic,
-    r: &mut Replay,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Item>> {
-    loop {
-        if let Some(e) = r.buf.pop_front() {
-            return Poll::Ready(Some(Item::Event(e)));
-        }
-        if r.done && r.fetch.is_none() {
-            return Poll::Ready(None);
-        }
-        let fetch = r.fetch.get_or_insert_with(|| {
-            let bus = hub.inner.bus.clone();
-            let topic = topic.clone();
-            let cursor = r.cursor;
-            Box::pin(async move { Fetched::Page(bus.read(&topic, cursor, REPLAY_PAGE).await) })
-        });
-        let fetched = ready!(fetch.as_mut().poll(cx));
-        r.fetch = None;
-        match fetched {
-            Fetched::Page(Ok(Read::Events { events, next })) => {
-                r.cursor = next;
-                r.buf.extend(events);
-                // An empty page: history has caught up with the head.
-                return Poll::Ready(r.buf.pop_front().map(Item::Event));
-            }
-            Fetched::Page(Ok(Read::Gap { resume })) => {
-                let after = r.cursor;
-                r.cursor = resume;
-                return Poll::Ready(Some(Item::Gap { after, resume }));
-            }
-            Fetched::Page(Err(e)) => {
-                // History cannot be read: never skip silently; signal a gap, then go live.
-                tracing::warn!(%topic, error = %e, "history read failed during resume");
-                let bus = hub.inner.bus.clone();
-                let topic = topic.clone();
-                let after = r.cursor;
-                r.done = true;
-                r.fetch = Some(Box::pin(async move {
-                    let head = bus.head(&topic).await.unwrap_or(after);
-                    Fetched::Head { after, head }
-                }));
-            }
-            Fetched::Head { after, head } => {
-                r.cursor = head;
-                return Poll::Ready(Some(Item::Gap {
-                    after,
-                    resume: head,
-                }));
-            }
-        }
+/// The position a reader is at once it has `item`.
+fn position_after(item: &Item) -> Position {
+    match item {
+        Item::Event(e) => e.position(),
+        Item::Gap { resume, .. } => *resume,
     }
+}
+
+/// What to do with a ring item while a gap is owed.
+enum Owed {
+    /// Already covered by the position the gap is owed from.
+    Skip,
+    /// The very next item: nothing was missed after all.
+    Deliver(Item),
+    /// The gap, exactly up to this item, then the item itself (none for a gap, merged).
+    Gap(Item, Option<Item>),
+}
+
+/// Settles a gap owed from `after` with the ring's next `item`: the events between the two are
+/// the ones history could not give, so the gap resumes just before `item` — no bus call, and
+/// no position made up.
+fn owed_gap(after: Position, item: Item) -> Owed {
+    match item {
+        Item::Event(e) if e.epoch == after.epoch && e.offset <= after.offset => Owed::Skip,
+        Item::Event(e) if e.epoch == after.epoch && e.offset == after.offset + 1 => {
+            Owed::Deliver(Item::Event(e))
+        }
+        Item::Event(e) => {
+            let resume = Position {
+                epoch: e.epoch,
+                offset: e.offset.saturating_sub(1),
+            };
+            Owed::Gap(Item::Gap { after, resume }, Some(Item::Event(e)))
+        }
+        Item::Gap { resume, .. } => Owed::Gap(Item::Gap { after, resume }, None),
+    }
+}
+
+/// The next step of a catch-up from history.
+fn poll_replayed(hub: &Hub, topic: &Topic, r: &mut Replay, cx: &mut Context<'_>) -> Poll<Replayed> {
+    if let Some(e) = r.buf.pop_front() {
+        return Poll::Ready(Replayed::Item(Item::Event(e)));
+    }
+    let fetch = r.fetch.get_or_insert_with(|| {
+        let bus = hub.inner.bus.clone();
+        let topic = topic.clone();
+        let cursor = r.cursor;
+        Box::pin(async move { Fetched::Page(bus.read(&topic, cursor, REPLAY_PAGE).await) })
+    });
+    let fetched = ready!(fetch.as_mut().poll(cx));
+    r.fetch = None;
+    Poll::Ready(match fetched {
+        Fetched::Page(Ok(Read::Events { events, next })) => {
+            r.cursor = next;
+            r.buf.extend(events);
+            // An empty page: history has caught up with the head.
+            match r.buf.pop_front() {
+                Some(e) => Replayed::Item(Item::Event(e)),
+                None => Replayed::Done,
+            }
+        }
+        Fetched::Page(Ok(Read::Gap { resume })) => {
+            let after = r.cursor;
+            r.cursor = resume;
+            Replayed::Item(Item::Gap { after, resume })
+        }
+        Fetched::Page(Err(e)) => {
+            // Never skip silently and never make a position up (nor retry into a broker that
+            // is already failing): the gap is owed, and the ring's next item says exactly where
+            // it ends.
+            static THROTTLE: crate::logthrottle::LogThrottle =
+                crate::logthrottle::LogThrottle::new(10_000);
+            if let Some(more) = THROTTLE.allow() {
+                tracing::warn!(%topic, error = %e, more, "history read failed during a catch-up; a gap is owed (logged at most every 10 s; `more` since the last line)");
+            }
+            Replayed::Failed(r.cursor)
+        }
+    })
 }
 
 impl Drop for Subscriber {
