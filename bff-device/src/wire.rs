@@ -249,6 +249,17 @@ pub(crate) enum ApiError {
     UnknownCommand,
 }
 
+/// Logs a bus failure under a device request at most once every 10 s, with how many came
+/// since the last line: in a broker outage every poll of every device fails, and a line each
+/// (thousands a second) would cost the gateway more than the failures themselves.
+fn log_bus_failure(error: &BusError) {
+    static THROTTLE: switchyard_core::logthrottle::LogThrottle =
+        switchyard_core::logthrottle::LogThrottle::new(10_000);
+    if let Some(more) = THROTTLE.allow() {
+        tracing::warn!(error = %error, more, "bus failed under a device request (logged at most every 10 s; `more` failed since the last line)");
+    }
+}
+
 impl From<ApiError> for JsonError {
     fn from(e: ApiError) -> Self {
         let message = e.to_string();
@@ -264,7 +275,7 @@ impl From<ApiError> for JsonError {
                 "this key is not this device's",
             ),
             ApiError::Auth(AuthError::Unavailable(b)) | ApiError::Bus(b) => {
-                tracing::warn!(error = %b, "bus failed under a device request");
+                log_bus_failure(&b);
                 JsonError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "bus_unavailable",

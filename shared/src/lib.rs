@@ -30,6 +30,7 @@ pub mod hub;
 pub mod keyhash;
 pub mod latency;
 pub mod leased;
+pub mod logthrottle;
 pub mod origin;
 pub mod ratelimit;
 pub mod records;

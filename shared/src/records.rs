@@ -92,7 +92,7 @@ impl Records for RedisRecords {
         let mut inv = self.create.prepare_invoke();
         inv.key(&self.hash).arg(name).arg(value.as_ref());
         Ok(matches!(
-            self.bus.run_script(inv).await?,
+            self.bus.run_script("record create", inv).await?,
             redis::Value::Int(1)
         ))
     }
@@ -100,7 +100,7 @@ impl Records for RedisRecords {
     async fn get(&self, name: &str) -> Result<Option<Bytes>, BusError> {
         let mut inv = self.get.prepare_invoke();
         inv.key(&self.hash).arg(name);
-        match self.bus.run_script(inv).await? {
+        match self.bus.run_script("record read", inv).await? {
             redis::Value::BulkString(b) => Ok(Some(b.into())),
             redis::Value::Nil => Ok(None),
             other => Err(BusError::Unavailable(format!(

@@ -119,7 +119,7 @@ impl RateStore for RedisRates {
         inv.key(self.bus.key(&format!("rl:{key}")))
             .arg(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX))
             .arg(u64::try_from(tolerance.as_micros()).unwrap_or(u64::MAX));
-        let wait = match self.bus.run_script(inv).await? {
+        let wait = match self.bus.run_script("rate limit", inv).await? {
             redis::Value::Int(i) => u64::try_from(i).unwrap_or(0),
             other => {
                 return Err(BusError::Unavailable(format!(

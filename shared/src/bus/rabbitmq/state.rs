@@ -132,7 +132,7 @@ impl State {
     pub(super) async fn meta(&self, topic: &Topic) -> Result<(u64, u64), BusError> {
         let mut inv = self.scripts[0].prepare_invoke();
         inv.key(self.meta_key(topic)).arg(new_epoch());
-        match self.redis.run_script(inv).await? {
+        match self.redis.run_script("rabbitmq meta read", inv).await? {
             Value::Array(parts) if parts.len() == 2 => number(&parts[0])
                 .zip(number(&parts[1]))
                 .ok_or_else(|| malformed("meta")),
@@ -145,14 +145,16 @@ impl State {
     pub(super) async fn reset(&self, topic: &Topic) -> Result<u64, BusError> {
         let mut inv = self.scripts[1].prepare_invoke();
         inv.key(self.meta_key(topic)).arg(new_epoch());
-        number(&self.redis.run_script(inv).await?).ok_or_else(|| malformed("reset"))
+        number(&self.redis.run_script("rabbitmq reset", inv).await?)
+            .ok_or_else(|| malformed("reset"))
     }
 
     /// Records that `offset` was published; answers the epoch.
     pub(super) async fn advance(&self, topic: &Topic, offset: u64) -> Result<u64, BusError> {
         let mut inv = self.scripts[2].prepare_invoke();
         inv.key(self.meta_key(topic)).arg(offset).arg(new_epoch());
-        number(&self.redis.run_script(inv).await?).ok_or_else(|| malformed("advance"))
+        number(&self.redis.run_script("rabbitmq advance", inv).await?)
+            .ok_or_else(|| malformed("advance"))
     }
 
     /// Claims an idempotency key for `token` for `ttl_ms`, or says who has it.
@@ -167,7 +169,8 @@ impl State {
         inv.key(self.idempotency_key(topic, key))
             .arg(token)
             .arg(ttl_ms);
-        let found = text(&self.redis.run_script(inv).await?).ok_or_else(|| malformed("claim"))?;
+        let found = text(&self.redis.run_script("rabbitmq claim", inv).await?)
+            .ok_or_else(|| malformed("claim"))?;
         if found.is_empty() {
             return Ok(Claim::Claimed);
         }
@@ -193,7 +196,10 @@ impl State {
         inv.key(self.idempotency_key(topic, key))
             .arg(format!("{}:{}", position.epoch, position.offset))
             .arg(window_ms);
-        self.redis.run_script(inv).await.map(|_| ())
+        self.redis
+            .run_script("rabbitmq settle", inv)
+            .await
+            .map(|_| ())
     }
 
     /// The key's publish failed: the key is free again (if `token` still holds it).
@@ -206,6 +212,9 @@ impl State {
         let mut inv = self.scripts[5].prepare_invoke();
         inv.key(self.idempotency_key(topic, key))
             .arg(format!("p{token}"));
-        self.redis.run_script(inv).await.map(|_| ())
+        self.redis
+            .run_script("rabbitmq release", inv)
+            .await
+            .map(|_| ())
     }
 }

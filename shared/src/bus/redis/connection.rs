@@ -78,20 +78,34 @@ impl Inner {
         c.retry_at = Some(Instant::now() + c.backoff.delay());
     }
 
-    /// Runs a script with a deadline, dropping the connection when it proves unusable.
-    pub(super) async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value, BusError> {
-        let mut conn = self.conn().await?;
+    /// Runs a script with a deadline, dropping the connection when it proves unusable. `op`
+    /// names the operation in the error, so a failure logged far away says what failed.
+    pub(super) async fn run(
+        &self,
+        op: &'static str,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<Value, BusError> {
+        let mut conn = self.conn().await.map_err(|e| match e {
+            BusError::Unavailable(why) => BusError::Unavailable(format!(
+                "redis: {op}: {}",
+                why.trim_start_matches("redis: ")
+            )),
+            other => other,
+        })?;
         match tokio::time::timeout(self.op_timeout, inv.invoke_async::<Value>(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if connection_lost(&e) {
                     self.drop_conn().await;
                 }
-                Err(unavailable(e))
+                Err(BusError::Unavailable(format!("redis: {op}: {e}")))
             }
             Err(_) => {
                 self.drop_conn().await;
-                Err(BusError::Unavailable("redis: operation timed out".into()))
+                Err(BusError::Unavailable(format!(
+                    "redis: {op} timed out after {} ms",
+                    self.op_timeout.as_millis()
+                )))
             }
         }
     }

@@ -57,7 +57,7 @@ impl Inner {
         inv.key(format!("{}:l:{name}", self.prefix))
             .arg(holder)
             .arg(ttl_ms);
-        Ok(as_u64(&self.run(inv).await?) == Some(1))
+        Ok(as_u64(&self.run("lease", inv).await?) == Some(1))
     }
 }
 

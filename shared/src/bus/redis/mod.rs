@@ -271,7 +271,7 @@ impl Bus for RedisBus {
             .arg(inner.channel(topic))
             .arg(traceparent_arg(trace.as_ref()).as_slice())
             .arg(inner.expiry_ms(topic));
-        let v = inner.run(inv).await?;
+        let v = inner.run("publish", inv).await?;
         let parsed = match &v {
             Value::Array(parts) if parts.len() == 2 => as_u64(&parts[0]).zip(as_u64(&parts[1])),
             _ => None,
@@ -306,7 +306,7 @@ impl Bus for RedisBus {
             .arg(traceparent_arg(trace.as_ref()).as_slice())
             .arg(inner.expiry_ms(topic))
             .arg(inner.window_ms);
-        let v = inner.run(inv).await?;
+        let v = inner.run("idempotent publish", inv).await?;
         let parsed = match &v {
             Value::Array(parts) if parts.len() == 3 => {
                 match (as_u64(&parts[0]), as_u64(&parts[1]), as_u64(&parts[2])) {
@@ -380,8 +380,9 @@ impl RedisBus {
     /// Runs a prepared script invocation.
     pub(crate) async fn run_script(
         &self,
+        op: &'static str,
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<Value, BusError> {
-        self.inner.run(inv).await
+        self.inner.run(op, inv).await
     }
 }

@@ -107,7 +107,7 @@ impl Inner {
             .arg(max)
             .arg(if last { "1" } else { "0" })
             .arg(self.expiry_ms(topic));
-        let v = self.run(inv).await?;
+        let v = self.run("history read", inv).await?;
         View::parse(topic, v).ok_or_else(|| unavailable("unexpected reply to the read script"))
     }
 }
