@@ -140,13 +140,18 @@ struct Counters {
     reconnects: AtomicU64,
     /// Reconnects by kind of client: web, mobile, device.
     by_kind: [AtomicU64; 3],
-    /// Failed device polls by cause (the status, or the client error), printed with each report.
+    /// Failed device polls and web reconnects by cause (the status, the close frame, the error
+    /// answered, or the client error), printed with each report.
     device_failures: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 impl Counters {
     fn device_failed(&self, why: &str) {
-        let key: String = why.chars().take(160).collect();
+        self.failed("device failures", why);
+    }
+
+    fn failed(&self, kind: &str, why: &str) {
+        let key: String = format!("{kind}\t{}", why.chars().take(160).collect::<String>());
         *self
             .device_failures
             .lock()
@@ -346,6 +351,13 @@ pub struct ServeArgs {
 /// The server child: prints `ready <web> <mobile> <device>`, then answers `restart-backend`
 /// with `ok` until its standard input closes.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Warnings (a bus operation failing under a device poll names the operation) go to stderr,
+    // which the bench inherits; stdout is the parent's control channel.
+    let log = switchyard_server::config::LogConfig {
+        filter: "warn".into(),
+        ..Default::default()
+    };
+    let _telemetry = switchyard_server::telemetry::init(&log, "switchyard-soak")?;
     let mut stack = SoakStack::start(&args.redis_url, args.channels, args.devices).await?;
     let [w, m, d] = stack.addrs();
     reply(&format!("ready {w} {m} {d}"));
@@ -621,7 +633,22 @@ async fn web_client(
             first = false;
             continue;
         }
-        while let Some(Ok(msg)) = ws.next().await {
+        let mut why = String::from("the server ended the connection");
+        loop {
+            let msg = match ws.next().await {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => {
+                    why = format!("socket error: {e}");
+                    break;
+                }
+                None => break,
+            };
+            if let Message::Close(frame) = &msg {
+                why = match frame {
+                    Some(f) => format!("closed {} {}", u16::from(f.code), f.reason),
+                    None => "closed without a code".into(),
+                };
+            }
             let Message::Text(text) = msg else { continue };
             let Ok(msg) = serde_json::from_str::<Value>(text.as_str()) else {
                 continue;
@@ -652,7 +679,10 @@ async fn web_client(
                     subscribe = true;
                 }
                 // Another error: reconnect and subscribe again.
-                (_, Some(None)) => break,
+                (_, Some(None)) => {
+                    why = format!("error answered: {}", msg["payload"]);
+                    break;
+                }
                 (Some("next"), None) => {
                     if let Some(p) = position(&msg["payload"]["data"]["channel"]) {
                         follow.event(p, &c);
@@ -677,10 +707,12 @@ async fn web_client(
                     .await
                     .is_err()
                 {
+                    why = "the subscribe could not be sent".into();
                     break;
                 }
             }
         }
+        c.failed("web reconnects", &why);
         first = false;
     }
 }
@@ -1058,7 +1090,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
             {
-                println!("soak:   device failures {n}: {why}");
+                let (kind, why) = why.split_once('\t').unwrap_or(("failures", why));
+                println!("soak:   {kind} {n}: {why}");
             }
         }
         if !backend_done && now >= backend_at {
