@@ -86,10 +86,9 @@ async fn upgrade(
         .max_frame_size(max)
         // Small buffers: an idle socket should cost kilobytes, not tungstenite's default 128 KiB.
         .read_buffer_size(READ_BUFFER_BYTES)
-        // Each frame goes straight to the connection, which gathers frames handed over together
-        // into one system call per batch and frees its buffer once flushed: tungstenite's own
-        // buffer would keep its largest batch's capacity for the socket's whole life.
-        .write_buffer_size(0)
+        // Frames handed over together are written together (one system call per batch, not
+        // per frame) up to this much; the buffer is empty until a socket has traffic.
+        .write_buffer_size(switchyard_server::websocket::WRITE_BATCH_BYTES)
         .max_write_buffer_size((1 << 20) * 2);
     if let Some(enc) = encoding {
         upgrade = upgrade.protocols([enc.subprotocol()]);

@@ -248,10 +248,9 @@ where
         .max_frame_size(limits.max_message_bytes)
         // Small buffers: an idle socket should cost kilobytes, not tungstenite's default 128 KiB.
         .read_buffer_size(4 * 1024)
-        // Each frame goes straight to the connection, which gathers frames handed over together
-        // into one system call per batch and frees its buffer once flushed: tungstenite's own
-        // buffer would keep its largest batch's capacity for the socket's whole life.
-        .write_buffer_size(0)
+        // Frames handed over together are written together (one system call per batch, not
+        // per frame) up to this much; the buffer is empty until a socket has traffic.
+        .write_buffer_size(switchyard_server::websocket::WRITE_BATCH_BYTES)
         .max_write_buffer_size(limits.max_message_bytes.saturating_mul(4).max(64 * 1024));
     let protocol_ok = upgrade.selected_protocol().is_some();
     let socket = endpoint.socket.clone();

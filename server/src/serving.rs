@@ -133,7 +133,6 @@ pub(crate) async fn serve(
             tcp,
             _slot: slot,
             stall: Stall::new(send_timeout),
-            gather: Gather::default(),
         });
         let app = app.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -286,95 +285,6 @@ struct Guarded {
     tcp: TcpStream,
     _slot: Slot<IpAddr>,
     stall: Stall,
-    gather: Gather,
-}
-
-/// Small writes gathered until a flush, so frames handed over together go out in one system
-/// call, in a buffer that is freed once it is flushed if it grew past [`Gather::KEEP`]: an idle
-/// connection holds at most that, whatever its busiest moment was. (The WebSocket library's own write buffer never
-/// gives its capacity back, so the gateways set it to 0 and gather here instead.) At most
-/// [`crate::websocket::WRITE_BATCH_BYTES`] is gathered; a write that large, or larger, goes
-/// straight to the socket once what was gathered before it is out.
-#[derive(Default)]
-struct Gather {
-    out: Vec<u8>,
-    /// How much of `out` the socket has taken.
-    sent: usize,
-}
-
-impl Gather {
-    const LIMIT: usize = crate::websocket::WRITE_BATCH_BYTES;
-    /// The most a flushed connection keeps allocated: enough for the usual batch of a few
-    /// small frames (no allocation per flush), freed when a batch needed more.
-    const KEEP: usize = 1024;
-
-    /// Writes what is gathered until none is left, or the socket is full.
-    fn poll_drain<W: AsyncWrite + Unpin>(
-        &mut self,
-        cx: &mut Context<'_>,
-        io: &mut W,
-        stall: &mut Stall,
-    ) -> Poll<io::Result<()>> {
-        while self.sent < self.out.len() {
-            let result = Pin::new(&mut *io).poll_write(cx, &self.out[self.sent..]);
-            match stall.watch(cx, result) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(n)) => self.sent += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        self.out.clear();
-        self.sent = 0;
-        Poll::Ready(Ok(()))
-    }
-
-    /// Takes `bufs` (of `len` bytes in all) into the gather buffer, or, when they are too large
-    /// to gather, writes them to the socket once what was gathered before them is out.
-    fn poll_write<W: AsyncWrite + Unpin>(
-        &mut self,
-        cx: &mut Context<'_>,
-        io: &mut W,
-        stall: &mut Stall,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let len = bufs.iter().map(|b| b.len()).sum::<usize>();
-        if self.out.len() + len > Self::LIMIT {
-            match self.poll_drain(cx, io, stall) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-            if len >= Self::LIMIT {
-                let result = Pin::new(&mut *io).poll_write_vectored(cx, bufs);
-                return stall.watch(cx, result);
-            }
-        }
-        self.out.reserve(len);
-        for buf in bufs {
-            self.out.extend_from_slice(buf);
-        }
-        Poll::Ready(Ok(len))
-    }
-
-    /// Writes everything gathered, then frees the buffer if it grew past [`Self::KEEP`].
-    fn poll_flush<W: AsyncWrite + Unpin>(
-        &mut self,
-        cx: &mut Context<'_>,
-        io: &mut W,
-        stall: &mut Stall,
-    ) -> Poll<io::Result<()>> {
-        match self.poll_drain(cx, io, stall) {
-            Poll::Ready(Ok(())) => {}
-            other => return other,
-        }
-        if self.out.capacity() > Self::KEEP {
-            self.out = Vec::new();
-        }
-        Pin::new(io).poll_flush(cx)
-    }
 }
 
 /// The send timeout: armed when a write finds the client's socket full, disarmed as soon as
@@ -454,8 +364,8 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.gather
-            .poll_write(cx, &mut this.tcp, &mut this.stall, &[io::IoSlice::new(buf)])
+        let result = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.stall.watch(cx, result)
     }
 
     fn poll_write_vectored(
@@ -464,27 +374,21 @@ impl AsyncWrite for Guarded {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.gather
-            .poll_write(cx, &mut this.tcp, &mut this.stall, bufs)
+        let result = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.stall.watch(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.tcp.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Only writes are timed: a TCP stream's own flush never waits.
-        let this = self.get_mut();
-        this.gather.poll_flush(cx, &mut this.tcp, &mut this.stall)
+        // A TCP stream's flush and shutdown never wait: only writes are timed.
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match this.gather.poll_flush(cx, &mut this.tcp, &mut this.stall) {
-            Poll::Ready(Ok(())) => {}
-            other => return other,
-        }
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
     }
 }
 
@@ -549,141 +453,6 @@ mod tests {
         assert_eq!(
             client_key(mapped),
             "10.0.0.7".parse::<IpAddr>().expect("ip")
-        );
-    }
-
-    /// A socket that records each write it takes, and takes nothing while `full`.
-    #[derive(Default)]
-    struct Recorder {
-        writes: Vec<Vec<u8>>,
-        full: bool,
-    }
-
-    impl AsyncWrite for Recorder {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            if this.full {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            this.writes.push(buf.to_vec());
-            Poll::Ready(Ok(buf.len()))
-        }
-
-        fn poll_write_vectored(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            bufs: &[io::IoSlice<'_>],
-        ) -> Poll<io::Result<usize>> {
-            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            self.poll_write(cx, &all)
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    fn write(gather: &mut Gather, io: &mut Recorder, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut stall = Stall::new(None);
-        gather.poll_write(&mut cx, io, &mut stall, &[io::IoSlice::new(buf)])
-    }
-
-    fn flush(gather: &mut Gather, io: &mut Recorder) -> Poll<io::Result<()>> {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        gather.poll_flush(&mut cx, io, &mut Stall::new(None))
-    }
-
-    #[test]
-    fn small_writes_go_out_together_at_the_flush_and_a_large_buffer_is_freed() {
-        let (mut gather, mut io) = (Gather::default(), Recorder::default());
-        for frame in [&b"one"[..], b"two", b"three"] {
-            assert!(
-                matches!(write(&mut gather, &mut io, frame), Poll::Ready(Ok(n)) if n == frame.len())
-            );
-        }
-        assert!(io.writes.is_empty(), "nothing is written before the flush");
-        assert!(matches!(flush(&mut gather, &mut io), Poll::Ready(Ok(()))));
-        assert_eq!(
-            io.writes,
-            vec![b"onetwothree".to_vec()],
-            "one write for the batch"
-        );
-        assert!(
-            gather.out.capacity() <= Gather::KEEP,
-            "a small batch's buffer is kept"
-        );
-        for _ in 0..7 {
-            let _ = write(&mut gather, &mut io, &[0u8; 1000]);
-        }
-        assert!(matches!(flush(&mut gather, &mut io), Poll::Ready(Ok(()))));
-        assert_eq!(io.writes.len(), 2);
-        assert_eq!(
-            gather.out.capacity(),
-            0,
-            "a large batch's buffer is freed once flushed"
-        );
-    }
-
-    #[test]
-    fn a_large_write_follows_what_was_gathered_before_it_without_a_copy() {
-        let (mut gather, mut io) = (Gather::default(), Recorder::default());
-        let large = vec![7u8; Gather::LIMIT * 2];
-        assert!(matches!(
-            write(&mut gather, &mut io, b"head"),
-            Poll::Ready(Ok(4))
-        ));
-        assert!(
-            matches!(write(&mut gather, &mut io, &large), Poll::Ready(Ok(n)) if n == large.len())
-        );
-        assert_eq!(io.writes, vec![b"head".to_vec(), large.clone()], "in order");
-        assert!(
-            gather.out.capacity() < Gather::LIMIT,
-            "the large write was not gathered"
-        );
-        assert!(matches!(flush(&mut gather, &mut io), Poll::Ready(Ok(()))));
-        assert_eq!(io.writes.len(), 2);
-    }
-
-    #[test]
-    fn a_full_socket_stops_the_gathering_at_its_limit_and_loses_nothing() {
-        let (mut gather, mut io) = (Gather::default(), Recorder::default());
-        io.full = true;
-        let frame = vec![1u8; 1000];
-        let mut taken = 0;
-        let mut sent = Vec::new();
-        for i in 0..20u8 {
-            let frame: Vec<u8> = frame.iter().map(|_| i).collect();
-            match write(&mut gather, &mut io, &frame) {
-                Poll::Ready(Ok(n)) => {
-                    taken += n;
-                    sent.extend_from_slice(&frame[..n]);
-                }
-                Poll::Pending => break,
-                Poll::Ready(Err(e)) => panic!("write failed: {e}"),
-            }
-        }
-        assert_eq!(
-            taken, 8000,
-            "gathered up to the limit, then the writer waits"
-        );
-        assert!(gather.out.len() <= Gather::LIMIT);
-        assert!(matches!(flush(&mut gather, &mut io), Poll::Pending));
-        io.full = false;
-        assert!(matches!(flush(&mut gather, &mut io), Poll::Ready(Ok(()))));
-        assert_eq!(
-            io.writes.concat(),
-            sent,
-            "every byte taken went out, in order"
         );
     }
 

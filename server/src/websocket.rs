@@ -14,11 +14,10 @@
 //!
 //! It knows nothing of any gateway's protocol: codes and reasons come from the caller.
 
-/// How many bytes of small writes a connection gathers before it writes them to its socket:
-/// frames handed over together go out in one system call per batch up to this size, and a flush
-/// writes whatever is gathered and frees the buffer (the serving loop's connection IO does it,
-/// below hyper and the WebSocket library, whose own write buffer the gateways set to 0 because it
-/// never gives its capacity back). An idle socket holds no write buffer.
+/// How many bytes of frames a gateway's socket gathers before it writes them (tungstenite's
+/// `write_buffer_size`): frames handed over together go out in one system call per batch up to
+/// this size, and a flush writes whatever is gathered. The buffer costs nothing until the socket
+/// has traffic; it is the most a busy socket keeps allocated between bursts.
 pub const WRITE_BATCH_BYTES: usize = 8 * 1024;
 
 use std::time::Duration;
