@@ -50,6 +50,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use switchyard_core::logthrottle::LogThrottle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -67,7 +68,7 @@ use crate::errors::JsonError;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Most one warn line per this interval for refusals, and for accept errors.
-const LOG_EVERY: Duration = Duration::from_secs(10);
+const LOG_EVERY_MS: u64 = 10_000;
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then drains for at most the
 /// configured drain timeout.
@@ -86,8 +87,8 @@ pub(crate) async fn serve(
     let body_timeout = nonzero(config.body_read_timeout());
     let send_timeout = nonzero(config.send_timeout());
     let mut conns = JoinSet::new();
-    let mut refusals = Throttled::default();
-    let mut accept_errors = Throttled::default();
+    let refusals = LogThrottle::new(LOG_EVERY_MS);
+    let accept_errors = LogThrottle::new(LOG_EVERY_MS);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -98,8 +99,8 @@ pub(crate) async fn serve(
             Ok(a) => a,
             Err(e) if client_gone(&e) => continue,
             Err(e) => {
-                if let Some(n) = accept_errors.note() {
-                    tracing::error!(%addr, error = %e, errors = n, "accept failed; backing off");
+                if let Some(left_out) = accept_errors.allow() {
+                    tracing::error!(%addr, error = %e, errors = left_out + 1, "accept failed; backing off");
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -112,10 +113,10 @@ pub(crate) async fn serve(
             Err(why) => {
                 drop(tcp);
                 tracing::debug!(%peer, ?why, "connection refused: over the cap");
-                if let Some(n) = refusals.note() {
+                if let Some(left_out) = refusals.allow() {
                     tracing::warn!(
                         %addr,
-                        refused = n,
+                        refused = left_out + 1,
                         last_peer = %peer,
                         cap = match why {
                             Refused::PerKey => "max_connections_per_ip",
@@ -418,26 +419,6 @@ fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
-/// Counts occurrences and says when to log them: at most once per [`LOG_EVERY`], with the count
-/// since the last line.
-#[derive(Default)]
-struct Throttled {
-    count: u64,
-    last: Option<Instant>,
-}
-
-impl Throttled {
-    fn note(&mut self) -> Option<u64> {
-        self.count += 1;
-        let now = Instant::now();
-        if self.last.is_some_and(|l| now.duration_since(l) < LOG_EVERY) {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.count))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,15 +435,5 @@ mod tests {
             client_key(mapped),
             "10.0.0.7".parse::<IpAddr>().expect("ip")
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn throttled_logs_once_per_interval_with_the_count() {
-        let mut t = Throttled::default();
-        assert_eq!(t.note(), Some(1));
-        assert_eq!(t.note(), None);
-        assert_eq!(t.note(), None);
-        tokio::time::advance(LOG_EVERY).await;
-        assert_eq!(t.note(), Some(3));
     }
 }
