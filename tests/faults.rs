@@ -20,6 +20,8 @@
 //!   apps do (`faults/slow_link.rs`, the resuming readers in `faults/resume.rs`).
 //! - f. Gateway instances, real processes behind nginx with the deploy configuration, SIGKILLed
 //!   (`faults/killed.rs`; nginx must be installed: scripts/services).
+//! - g. A slow (not dead) private Redis under the bus: a burst of subscriptions, and a call past
+//!   its deadline on a connection that still answers (`faults/slow_broker.rs`).
 //!
 //! Each prints its figures (`FIGURES | case | client | published | delivered | gaps |
 //! duplicates | recovery |`), the rows of docs/reliability.md. Run:
@@ -40,6 +42,8 @@ mod killed;
 mod partition;
 #[path = "faults/resume.rs"]
 mod resume;
+#[path = "faults/slow_broker.rs"]
+mod slow_broker;
 #[path = "faults/slow_link.rs"]
 mod slow_link;
 #[path = "faults/source.rs"]

@@ -5,7 +5,7 @@
 //! task pings its connection, reconnects with backoff, re-SUBSCRIBEs every channel with
 //! interest and tells every subscription to resync.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,6 +21,9 @@ use crate::event::{Event, Topic};
 
 /// How often the dispatcher pings an idle pub/sub connection to notice a dead broker.
 const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// The most orders handled together (one SUBSCRIBE and one UNSUBSCRIBE for all of them).
+const MAX_BATCH: usize = 1024;
 
 impl Inner {
     /// The dispatcher's order queue, starting the task on first use (or after it ended).
@@ -65,6 +68,69 @@ pub(super) struct Target {
     pub(super) topic: Topic,
     pub(super) tx: mpsc::Sender<Event>,
     pub(super) resync: Arc<Notify>,
+}
+
+/// What a batch of orders needs of Redis, once the orders that need nothing (a subscription to
+/// a channel already subscribed, an unsubscription that leaves others) are done.
+#[derive(Default)]
+struct Batch {
+    /// Channels to SUBSCRIBE, with the subscriptions waiting for each.
+    subscribe: HashMap<String, Vec<Waiting>>,
+    /// Channels whose last subscription went, to UNSUBSCRIBE.
+    unsubscribe: HashSet<String>,
+}
+
+type Waiting = (u64, Target, oneshot::Sender<Result<(), BusError>>);
+
+impl Batch {
+    /// Takes one order, in queue order, against the channels subscribed before the batch.
+    fn take(&mut self, channels: &mut HashMap<String, HashMap<u64, Target>>, order: Ctl) {
+        match order {
+            Ctl::Subscribe {
+                channel,
+                id,
+                target,
+                done,
+            } => {
+                // Its subscriber gave up waiting (its deadline passed while the order queued):
+                // nobody wants the channel any more, and its unsubscribe order follows.
+                if done.is_closed() {
+                    return;
+                }
+                if let Some(targets) = channels.get_mut(&channel) {
+                    targets.insert(id, target);
+                    let _ = done.send(Ok(()));
+                } else if self.unsubscribe.remove(&channel) {
+                    // Its last subscription went earlier in this batch: Redis still has it.
+                    channels.insert(channel, HashMap::from([(id, target)]));
+                    let _ = done.send(Ok(()));
+                } else {
+                    self.subscribe
+                        .entry(channel)
+                        .or_default()
+                        .push((id, target, done));
+                }
+            }
+            Ctl::Unsubscribe { channel, id } => {
+                if let Some(waiting) = self.subscribe.get_mut(&channel) {
+                    // Subscribed and gone within the batch: Redis never needs to hear of it.
+                    waiting.retain(|(waiting_id, _, _)| *waiting_id != id);
+                    if waiting.is_empty() {
+                        self.subscribe.remove(&channel);
+                    }
+                    return;
+                }
+                let Some(targets) = channels.get_mut(&channel) else {
+                    return;
+                };
+                targets.remove(&id);
+                if targets.is_empty() {
+                    channels.remove(&channel);
+                    self.unsubscribe.insert(channel);
+                }
+            }
+        }
+    }
 }
 
 /// The task owning the pub/sub connection: channels with interest, and who wants them.
@@ -119,24 +185,21 @@ impl Dispatcher {
             let alive = tokio::select! {
                 order = ctl.recv() => match order {
                     None => return,
-                    Some(order) => self.order(sink, order).await,
+                    Some(order) => self.orders(sink, order, &mut ctl).await,
                 },
                 msg = stream.next() => match msg {
-                    None => false,
+                    None => Err("the connection ended"),
                     Some(msg) => {
                         self.deliver(&msg);
-                        true
+                        Ok(())
                     }
                 },
                 () = tokio::time::sleep(PING_EVERY) => {
-                    matches!(
-                        tokio::time::timeout(self.op_timeout, sink.ping::<String>()).await,
-                        Ok(Ok(_))
-                    )
+                    if self.answers(sink).await { Ok(()) } else { Err("idle ping unanswered") }
                 }
             };
-            if !alive {
-                tracing::warn!("redis bus pub/sub connection lost; reconnecting");
+            if let Err(why) = alive {
+                tracing::warn!(why, "redis bus pub/sub connection lost; reconnecting");
                 self.metrics.connection_lost();
                 conn = None;
                 self.up.store(false, Ordering::Relaxed);
@@ -166,59 +229,91 @@ impl Dispatcher {
         Ok((sink, stream))
     }
 
-    /// Handles an order on a live connection; `false` when the connection proved dead.
-    async fn order(&mut self, sink: &mut PubSubSink, order: Ctl) -> bool {
-        match order {
-            Ctl::Subscribe {
-                channel,
-                id,
-                target,
-                done,
-            } => {
-                // Its subscriber gave up waiting (its deadline passed while the order queued):
-                // nobody wants the channel any more, and its unsubscribe order follows.
-                if done.is_closed() {
-                    return true;
-                }
-                if let Some(targets) = self.channels.get_mut(&channel) {
-                    targets.insert(id, target);
-                    let _ = done.send(Ok(()));
-                    return true;
-                }
-                match tokio::time::timeout(self.op_timeout, sink.subscribe(&channel)).await {
-                    Ok(Ok(())) => {
-                        self.channels.insert(channel, HashMap::from([(id, target)]));
-                        let _ = done.send(Ok(()));
-                        true
-                    }
-                    Ok(Err(e)) => {
-                        let _ = done.send(Err(unavailable(&e)));
-                        !connection_lost(&e)
-                    }
-                    Err(_) => {
-                        let _ = done.send(Err(BusError::Unavailable(
-                            "redis: subscribe timed out".into(),
-                        )));
-                        false
-                    }
-                }
-            }
-            Ctl::Unsubscribe { channel, id } => {
-                let Some(targets) = self.channels.get_mut(&channel) else {
-                    return true;
-                };
-                targets.remove(&id);
-                if !targets.is_empty() {
-                    return true;
-                }
-                self.channels.remove(&channel);
-                match tokio::time::timeout(self.op_timeout, sink.unsubscribe(&channel)).await {
-                    Ok(Ok(())) => true,
-                    Ok(Err(e)) => !connection_lost(&e),
-                    Err(_) => false,
-                }
+    /// Handles `first` and every order queued behind it (up to [`MAX_BATCH`]) on a live
+    /// connection, sending what they need of Redis as one UNSUBSCRIBE and one SUBSCRIBE, so a
+    /// burst of subscriptions costs two round trips, not one each; an error saying why when the
+    /// connection proved dead.
+    async fn orders(
+        &mut self,
+        sink: &mut PubSubSink,
+        first: Ctl,
+        ctl: &mut mpsc::UnboundedReceiver<Ctl>,
+    ) -> Result<(), &'static str> {
+        let mut batch = Batch::default();
+        batch.take(&mut self.channels, first);
+        for _ in 1..MAX_BATCH {
+            match ctl.try_recv() {
+                Ok(order) => batch.take(&mut self.channels, order),
+                Err(_) => break,
             }
         }
+        let mut alive = Ok(());
+        if !batch.unsubscribe.is_empty() {
+            let channels: Vec<&String> = batch.unsubscribe.iter().collect();
+            alive = match tokio::time::timeout(self.op_timeout, sink.unsubscribe(&channels)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) if connection_lost(&e) => Err("unsubscribe failed"),
+                Ok(Err(_)) => Ok(()),
+                Err(_) if self.answers(sink).await => Ok(()),
+                Err(_) => Err("unsubscribe and ping unanswered"),
+            };
+        }
+        if batch.subscribe.is_empty() {
+            return alive;
+        }
+        let outcome = if alive.is_err() {
+            Err((
+                BusError::Unavailable("redis: pub/sub connection lost".into()),
+                Ok(()),
+            ))
+        } else {
+            let channels: Vec<&String> = batch.subscribe.keys().collect();
+            match tokio::time::timeout(self.op_timeout, sink.subscribe(&channels)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) if connection_lost(&e) => {
+                    Err((unavailable(&e), Err("subscribe failed")))
+                }
+                Ok(Err(e)) => Err((unavailable(&e), Ok(()))),
+                // Redis answers a connection's commands in order: if a PING sent after the
+                // SUBSCRIBE is answered, the SUBSCRIBE took effect; the broker was only slow.
+                Err(_) if self.answers(sink).await => Ok(()),
+                Err(_) => Err((
+                    BusError::Unavailable("redis: subscribe timed out".into()),
+                    Err("subscribe and ping unanswered"),
+                )),
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                for (channel, waiting) in batch.subscribe {
+                    let targets = self.channels.entry(channel).or_default();
+                    for (id, target, done) in waiting {
+                        // A subscriber that gave up meanwhile is registered all the same: its
+                        // unsubscribe order follows and removes it (and the channel, if last).
+                        targets.insert(id, target);
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                alive
+            }
+            Err((error, still_alive)) => {
+                for (_, waiting) in batch.subscribe {
+                    for (_, _, done) in waiting {
+                        let _ = done.send(Err(error.clone()));
+                    }
+                }
+                alive.and(still_alive)
+            }
+        }
+    }
+
+    /// Whether the connection still answers a PING within the deadline (after a command on it
+    /// timed out: a slow broker answers, a dead connection does not).
+    async fn answers(&self, sink: &mut PubSubSink) -> bool {
+        matches!(
+            tokio::time::timeout(self.op_timeout, sink.ping::<String>()).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Handles an order while disconnected: subscriptions fail (a subscriber must learn that

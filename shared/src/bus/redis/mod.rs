@@ -42,7 +42,10 @@
 //!
 //! Commands go over one multiplexed connection, opened lazily and reopened after a failure, no
 //! sooner than the backoff allows (calls meanwhile fail at once with [`BusError::Unavailable`]):
-//! nothing is queued while Redis is down. The dispatcher pings its connection, reconnects with
+//! nothing is queued while Redis is down. A call that times out drops the connection only if
+//! nothing else was answered on it meanwhile (a slow broker keeps its connection; a dead one
+//! answers nothing). The dispatcher sends the SUBSCRIBEs (and UNSUBSCRIBEs) queued for it as one
+//! command each, pings its connection, reconnects with
 //! backoff, re-SUBSCRIBEs every channel with interest, and tells every subscription to resync —
 //! so they get what they missed from the stream, or a gap when the stream lost it (a restart
 //! without persistence means a new epoch). Subscriptions opened while Redis is down fail.
@@ -70,7 +73,7 @@ use bytes::Bytes;
 use redis::Value;
 use tokio::sync::mpsc;
 
-use self::connection::Commands;
+use self::connection::{Commands, Replies};
 use self::dispatcher::Ctl;
 use self::scripts::{as_u64, new_epoch};
 use super::live::{self, Backoff};
@@ -105,6 +108,8 @@ struct Inner {
     read: redis::Script,
     lease_scripts: [redis::Script; 3],
     commands: tokio::sync::Mutex<Commands>,
+    /// When the command connection last answered (whether a timed-out call's connection is dead).
+    replies: Replies,
     dispatcher: Mutex<Option<mpsc::UnboundedSender<Ctl>>>,
     /// Whether the dispatcher's pub/sub connection is up (it is not started until the first
     /// subscription; `true` until then so an idle bus is judged by its command connection).
@@ -161,6 +166,7 @@ impl RedisBus {
                 read: redis::Script::new(scripts::READ),
                 lease_scripts: lease::scripts(),
                 commands: tokio::sync::Mutex::new(Commands::new(backoff)),
+                replies: Replies::new(),
                 dispatcher: Mutex::new(None),
                 live_up: Arc::new(AtomicBool::new(true)),
                 received: Arc::new(AtomicU64::new(0)),
@@ -353,16 +359,18 @@ impl Bus for RedisBus {
         let mut conn = self.inner.conn().await?;
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
+        let started = std::time::Instant::now();
         match tokio::time::timeout(self.inner.op_timeout, ping).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                self.inner.replies.answered();
+                Ok(())
+            }
             Ok(Err(e)) => {
-                if connection_lost(&e) {
-                    self.inner.drop_conn().await;
-                }
+                self.inner.call_failed(started, &e).await;
                 Err(unavailable(e))
             }
             Err(_) => {
-                self.inner.drop_conn().await;
+                self.inner.timed_out(started).await;
                 Err(BusError::Unavailable("redis: ping timed out".into()))
             }
         }
