@@ -17,8 +17,15 @@ fn items(sub: Subscriber) -> futures::stream::BoxStream<'static, Item> {
     sub.boxed()
 }
 
+/// The error a subscription gets when the hub cannot open its topic; logged at most once every
+/// 10 s, with how many failed since the last line (in a broker outage every socket's every
+/// subscription fails: a line each would cost more than the failures).
 fn unavailable(e: impl std::fmt::Display) -> async_graphql::Error {
-    tracing::warn!(error = %e, "event source unavailable");
+    static THROTTLE: switchyard_core::logthrottle::LogThrottle =
+        switchyard_core::logthrottle::LogThrottle::new(10_000);
+    if let Some(more) = THROTTLE.allow() {
+        tracing::warn!(error = %e, more, "event source unavailable (logged at most every 10 s; `more` failed since the last line)");
+    }
     async_graphql::Error::new(format!("events are unavailable: {e}"))
         .extend_with(|_, ext| ext.set("code", "EVENTS_UNAVAILABLE"))
 }

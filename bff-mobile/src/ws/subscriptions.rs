@@ -112,14 +112,24 @@ pub(super) async fn start(
     match tokio::time::timeout(SUBSCRIBE_TIMEOUT, started).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
-            tracing::warn!(topic = %topic, error = %e, "subscription failed");
+            log_failure(topic, &e);
             None
         }
         Err(_) => {
-            let e = "timed out";
-            tracing::warn!(topic = %topic, error = %e, "subscription failed");
+            log_failure(topic, &"timed out");
             None
         }
+    }
+}
+
+/// Logs a failed subscription at most once every 10 s, with how many failed since the last line:
+/// in a broker outage every socket's every subscription fails, and a line each (thousands a
+/// second, written from the gateway's own threads) would cost more than the failures.
+fn log_failure(topic: &Topic, error: &dyn std::fmt::Display) {
+    static THROTTLE: switchyard_core::logthrottle::LogThrottle =
+        switchyard_core::logthrottle::LogThrottle::new(10_000);
+    if let Some(more) = THROTTLE.allow() {
+        tracing::warn!(topic = %topic, error = %error, more, "subscription failed (logged at most every 10 s; `more` failed since the last line)");
     }
 }
 
