@@ -4,6 +4,12 @@
 //! without waiting (a full queue tells the subscription to resync from the stream instead). The
 //! task pings its connection, reconnects with backoff, re-SUBSCRIBEs every channel with
 //! interest and tells every subscription to resync.
+//!
+//! Orders are taken in batches (every order queued when the task wakes, up to [`MAX_BATCH`]):
+//! what they need of Redis goes as one UNSUBSCRIBE and one SUBSCRIBE, so a burst of
+//! subscriptions costs two round trips, not one each. A command that runs past its deadline is
+//! followed by a PING: Redis answers in order, so an answered PING means the command took effect
+//! on a slow broker, and only an unanswered one drops the connection.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
