@@ -401,6 +401,53 @@ async fn subscribers_share_one_bounded_ring_and_one_left_behind_is_told_and_caug
     kit.cleanup().await;
 }
 
+/// The next item as the hub shares it.
+async fn shared(sub: &mut switchyard_core::hub::Subscriber) -> Arc<Item> {
+    let next = std::future::poll_fn(|cx| sub.poll_shared(cx));
+    timeout(Duration::from_secs(5), next)
+        .await
+        .expect("an item within 5 s")
+        .expect("subscription open")
+}
+
+async fn live_events_are_shared_by_every_subscriber_not_copied(kind: Kind) {
+    let kit = Kit::new(kind);
+    let bus = kit.bus(10_000);
+    // Room for every event: none is read from history (a catch-up's items are each reader's).
+    let hub = hub(bus.clone(), 1_000);
+    let t = topic("shared");
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        subs.push(hub.subscribe(&t, StartAt::Live).await.expect("subscribe"));
+    }
+    // More than one reader's batch, published before anyone reads: taken in batches, handed
+    // out one by one, in order, and every subscriber holds the very same item.
+    let n = 100u64;
+    publish_n(&*bus, &t, n as usize).await;
+    for want in 1..=n {
+        let mut items = Vec::new();
+        for sub in &mut subs {
+            items.push(shared(sub).await);
+        }
+        match &*items[0] {
+            Item::Event(e) => assert_eq!(e.offset, want),
+            other => panic!("expected event {want}, got {other:?}"),
+        }
+        assert!(
+            items.iter().all(|i| Arc::ptr_eq(i, &items[0])),
+            "event {want} copied"
+        );
+    }
+    // `poll_item` still hands out an owned copy of the same event.
+    publish_n(&*bus, &t, 1).await;
+    let owned = next_offset(&mut subs[0]).await;
+    let Item::Event(e) = &*shared(&mut subs[1]).await else {
+        panic!("an event")
+    };
+    assert_eq!((owned, e.offset), (n + 1, n + 1));
+    kit.cleanup().await;
+}
+
 async fn state_topics_are_conflated_to_the_latest_value(kind: Kind) {
     let kit = Kit::new(kind);
     let bus = kit.bus(100);
@@ -567,6 +614,7 @@ for_every_bus!(
     a_subscriber_that_does_not_read_blocks_neither_the_bus_nor_others,
     a_subscriber_lagging_beyond_history_gets_a_gap_never_a_silent_hole,
     subscribers_share_one_bounded_ring_and_one_left_behind_is_told_and_caught_up,
+    live_events_are_shared_by_every_subscriber_not_copied,
     state_topics_are_conflated_to_the_latest_value,
     topic_classes_come_from_prefix_rules,
     a_resume_whose_history_read_fails_gets_the_exact_gap_never_a_jump,

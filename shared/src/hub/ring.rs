@@ -3,8 +3,13 @@
 //! one queue per subscriber that the pump pushes every item into.
 //!
 //! Per event the pump takes the ring's lock once, appends one `Arc<Item>` and collects the
-//! wakers of the readers waiting for it; per delivery a reader takes the lock, clones the
-//! pointer at its cursor and moves on. No per-subscriber push, semaphore permit or allocation.
+//! wakers of the readers waiting for it. A reader keeps its cursor itself and, per wake, takes
+//! under ONE lock every item from its cursor up to the tail (at most [`BATCH`]): a pointer copy
+//! and a count each, into a small buffer of its own that it hands out without the lock. While
+//! events arrive faster than one socket's turn comes round (a burst, or many sockets on one
+//! core), that is one lock per batch, not per item, and the reader's own state — not a shared
+//! table's entry — is what each delivery touches. No per-subscriber push, semaphore permit or
+//! allocation per item.
 //!
 //! # Bounds and memory
 //!
@@ -15,8 +20,11 @@
 //! `subscriber_queue_events`, the bound each subscriber's own queue had): a new item past it
 //! drops the oldest, and a reader whose cursor pointed there is told how many it missed
 //! ([`Polled::Lagged`]) — never a silent skip. The hub's subscriber then catches up from
-//! history, as it did when its own queue overflowed. A reader costs one slot (cursor and waker)
-//! in the ring's table, reused after it leaves.
+//! history, as it did when its own queue overflowed. A reader costs one slot (waker, and its
+//! cursor as of its last batch, for the queue-depth gauge) in the ring's table, reused after it
+//! leaves, and its buffer of taken items: empty until a wake finds two or more items, then at
+//! most [`BATCH`] pointers (taken items count as delivered to it: the ring no longer holds them
+//! for it, and the depth gauge no longer counts them).
 //!
 //! Lock order: the hub's topic table, then a ring's lock; nothing else is taken under it, and
 //! wakers are woken after it is released.
@@ -27,6 +35,9 @@ use std::task::{Context, Poll, Waker};
 
 use super::Item;
 use super::stats::QueueDepths;
+
+/// Most items a reader takes under one lock.
+pub(super) const BATCH: usize = 32;
 
 /// A ring shared by the stream subscribers of one topic.
 pub(super) struct Ring {
@@ -52,7 +63,7 @@ struct State {
 
 #[derive(Default)]
 struct ReaderSlot {
-    /// The position of the reader's next item.
+    /// The position of the reader's next item as of its last batch (the reader keeps its own).
     next: u64,
     /// Set while the reader waits for an item.
     waker: Option<Waker>,
@@ -74,6 +85,10 @@ pub(super) enum Polled {
 pub(super) struct Reader {
     ring: Arc<Ring>,
     slot: usize,
+    /// The position of its next item in the ring.
+    next: u64,
+    /// Items taken from the ring under its last lock and not handed out yet, in order.
+    taken: VecDeque<Arc<Item>>,
 }
 
 impl State {
@@ -139,6 +154,8 @@ impl Ring {
         Reader {
             ring: self.clone(),
             slot,
+            next,
+            taken: VecDeque::new(),
         }
     }
 
@@ -203,31 +220,40 @@ impl Reader {
     /// The item at this reader's cursor, or why there is none; `Pending` (woken by the next
     /// item) when it has taken everything.
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Polled> {
+        if let Some(item) = self.taken.pop_front() {
+            return Poll::Ready(Polled::Item(item));
+        }
         let mut st = self.ring.lock();
         let st = &mut *st;
         let base = st.base;
         let tail = st.tail();
-        let reader = &mut st.readers[self.slot];
-        if reader.next < base {
-            let missed = base - reader.next;
-            reader.next = base;
+        if self.next < base {
+            let missed = base - self.next;
+            self.next = base;
             return Poll::Ready(Polled::Lagged(missed));
         }
-        if reader.next < tail {
-            let index = (reader.next - base) as usize;
-            reader.next += 1;
-            let (item, left) = &mut st.items[index];
-            let item = item.clone();
-            *left -= 1;
-            if index == 0 && *left == 0 {
+        if self.next < tail {
+            let from = (self.next - base) as usize;
+            let n = ((tail - self.next) as usize).min(BATCH);
+            let mut taken = st.items.range_mut(from..from + n).map(|(item, left)| {
+                *left -= 1;
+                item.clone()
+            });
+            let first = taken.next();
+            self.taken.extend(taken);
+            self.next += n as u64;
+            st.readers[self.slot].next = self.next;
+            if from == 0 {
                 st.trim();
             }
-            return Poll::Ready(Polled::Item(item));
+            if let Some(first) = first {
+                return Poll::Ready(Polled::Item(first));
+            }
         }
         if st.closed {
             return Poll::Ready(Polled::Closed);
         }
-        match &mut reader.waker {
+        match &mut st.readers[self.slot].waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             w => *w = Some(cx.waker().clone()),
         }
@@ -240,9 +266,9 @@ impl Drop for Reader {
         let mut st = self.ring.lock();
         let st = &mut *st;
         let base = st.base;
-        let reader = std::mem::take(&mut st.readers[self.slot]);
-        // Every item from its cursor on was counted for it.
-        let from = reader.next.max(base) - base;
+        st.readers[self.slot] = ReaderSlot::default();
+        // Every item from its cursor on was counted for it (those it took already were not).
+        let from = self.next.max(base) - base;
         for (_, left) in st.items.iter_mut().skip(from as usize) {
             *left -= 1;
         }
@@ -361,6 +387,48 @@ mod tests {
         assert!(poll(&mut late).is_pending());
         send(&ring, 7);
         assert_eq!(offset(poll(&mut late)), 7);
+    }
+
+    #[test]
+    fn a_reader_takes_a_batch_under_one_lock_and_hands_it_out_in_order() {
+        let ring = Ring::new(64);
+        let mut r = ring.reader();
+        let mut other = ring.reader();
+        for o in 1..=40 {
+            send(&ring, o);
+        }
+        // One poll takes the first BATCH items: the ring keeps them only for the other reader.
+        assert_eq!(offset(poll(&mut r)), 1);
+        drop(other);
+        assert_eq!(ring.held(), 40 - BATCH);
+        let mut depths = QueueDepths::default();
+        ring.add_depths(&mut depths);
+        assert_eq!(depths.queued, (40 - BATCH) as u64);
+        // Items sent meanwhile come after the taken ones, and an overrun is still told.
+        for o in 41..=100 {
+            send(&ring, o);
+        }
+        for o in 2..=BATCH as u64 {
+            assert_eq!(offset(poll(&mut r)), o);
+        }
+        assert!(
+            matches!(poll(&mut r), Poll::Ready(Polled::Lagged(n)) if n == 100 - 64 - BATCH as u64)
+        );
+        for o in 37..=100 {
+            assert_eq!(offset(poll(&mut r)), o);
+        }
+        assert!(poll(&mut r).is_pending());
+        assert_eq!(ring.held(), 0);
+        // A reader dropped with items taken and not handed out releases everything.
+        other = ring.reader();
+        for o in 101..=110 {
+            send(&ring, o);
+        }
+        assert_eq!(offset(poll(&mut other)), 101);
+        drop(other);
+        assert_eq!(offset(poll(&mut r)), 101);
+        drop(r);
+        assert_eq!((ring.held(), ring.readers()), (0, 0));
     }
 
     #[test]

@@ -122,8 +122,18 @@ impl Subscriber {
 
     /// Polls for the next item (counted, like [`Subscriber::next`]).
     pub fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        self.poll_shared(cx)
+            .map(|item| item.map(Arc::unwrap_or_clone))
+    }
+
+    /// Polls for the next item as the hub shares it (counted, like [`Subscriber::next`]): a
+    /// stream topic's live event is the very `Arc` every subscriber of the topic reads from its
+    /// ring, so a subscriber that only reads the item (to find its encoded frame) gets it for
+    /// one reference count, where [`Subscriber::poll_item`] copies the event out of it (its
+    /// topic, payload and trace, each a count up and, later, down).
+    pub fn poll_shared(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Item>>> {
         let item = ready!(self.poll_uncounted(cx));
-        match &item {
+        match item.as_deref() {
             Some(Item::Event(_)) => self.hub.counters().delivered(self.pattern),
             Some(Item::Gap { .. }) => self.hub.counters().gap(self.pattern),
             None => {}
@@ -131,7 +141,7 @@ impl Subscriber {
         Poll::Ready(item)
     }
 
-    fn poll_uncounted(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+    fn poll_uncounted(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Item>>> {
         match &mut self.kind {
             Kind::State(wait) => loop {
                 let (changed, mut rx) = ready!(wait.poll(cx));
@@ -142,7 +152,7 @@ impl Subscriber {
                     return Poll::Ready(None);
                 }
                 if let Some(Some(e)) = value {
-                    return Poll::Ready(Some(Item::Event(e)));
+                    return Poll::Ready(Some(Arc::new(Item::Event(e))));
                 }
             },
             Kind::Stream {
@@ -155,13 +165,13 @@ impl Subscriber {
             } => loop {
                 if let Some(item) = stash.take() {
                     *last = Some(position_after(&item));
-                    return Poll::Ready(Some(*item));
+                    return Poll::Ready(Some(Arc::new(*item)));
                 }
                 if let Some(r) = replay {
                     match ready!(poll_replayed(&self.hub, &self.topic, r, cx)) {
                         Replayed::Item(item) => {
                             *last = Some(position_after(&item));
-                            return Poll::Ready(Some(item));
+                            return Poll::Ready(Some(Arc::new(item)));
                         }
                         Replayed::Done => *replay = None,
                         Replayed::Failed(after) => {
@@ -182,30 +192,29 @@ impl Subscriber {
                         continue;
                     }
                 };
-                let item = Arc::unwrap_or_clone(item);
                 if let Some(after) = *owed {
-                    match owed_gap(after, item) {
+                    match owed_gap(after, Arc::unwrap_or_clone(item)) {
                         Owed::Skip => continue,
                         Owed::Deliver(item) => {
                             *owed = None;
                             *last = Some(position_after(&item));
-                            return Poll::Ready(Some(item));
+                            return Poll::Ready(Some(Arc::new(item)));
                         }
                         Owed::Gap(gap, next) => {
                             *owed = None;
                             *last = Some(position_after(&gap));
                             *stash = next.map(Box::new);
-                            return Poll::Ready(Some(gap));
+                            return Poll::Ready(Some(Arc::new(gap)));
                         }
                     }
                 }
-                if let (Item::Event(e), Some(l)) = (&item, *last)
+                if let (Item::Event(e), Some(l)) = (&*item, *last)
                     && e.epoch == l.epoch
                     && e.offset <= l.offset
                 {
                     continue; // Already delivered from history.
                 }
-                if let Item::Event(e) = &item {
+                if let Item::Event(e) = &*item {
                     *last = Some(e.position());
                 }
                 return Poll::Ready(Some(item));
