@@ -8,7 +8,7 @@
 //! - A close frame must actually reach the client. A client cut off for being slow has a full
 //!   socket buffer in front of the close frame; dropping the connection a second after queueing
 //!   the frame (or while the client's own frames sit unread, which makes the kernel answer with
-//!   a reset) loses it, and the client sees only EOF. [`close`] queues the frame, keeps flushing
+//!   a reset) loses it, and the client sees only EOF. [`close`] ([`close_socket`]) queues the frame, keeps flushing
 //!   it while reading and discarding whatever the client still sends, and returns when the
 //!   client answers the close, goes away, or the bounded linger time passes.
 //!
@@ -20,6 +20,8 @@
 /// has traffic; it is the most a busy socket keeps allocated between bursts.
 pub const WRITE_BATCH_BYTES: usize = 8 * 1024;
 
+use std::future::Future;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -59,7 +61,8 @@ pub fn close_reason(reason: &str) -> Utf8Bytes {
 
 /// Sends a close frame and lingers until the client has it: flushes while reading and
 /// discarding what the client still sends, and returns when the client answers the close or
-/// goes away, or after `linger`. Never waits longer than `linger` in all.
+/// goes away, or after `linger`. Never waits longer than `linger` in all. For a socket split in
+/// two halves; [`close_socket`] for one that is not.
 pub async fn close<Si, St>(
     sink: &mut Si,
     stream: &mut St,
@@ -70,36 +73,103 @@ pub async fn close<Si, St>(
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    let frame = CloseFrame {
-        code,
-        reason: close_reason(reason),
-    };
-    let deadline = tokio::time::Instant::now() + linger;
-    let mut sent = false;
-    let mut send = std::pin::pin!(async {
-        // `send` writes and flushes; a slow client's buffers make this wait for its reads.
-        let _ = sink.send(Message::Close(Some(frame))).await;
-    });
-    loop {
-        tokio::select! {
-            () = &mut send, if !sent => sent = true,
-            incoming = stream.next() => match incoming {
-                // The client's own close answers ours (or crossed it): the handshake is done.
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    if sent {
-                        return;
-                    }
-                    // Still give the frame its chance to go out, within the deadline.
-                    let _ = tokio::time::timeout_at(deadline, &mut send).await;
-                    return;
-                }
-                // Read and discard: unread input would make the kernel reset the connection
-                // when it is dropped, losing the close frame still in flight.
-                Some(Ok(_)) => {}
-            },
-            () = tokio::time::sleep_until(deadline) => return,
+    linger_close(Halves(sink, stream), code, reason, linger).await;
+}
+
+/// [`close`] for a socket that is one object, reading and writing (not split: no lock between
+/// the halves on every message).
+pub async fn close_socket<S>(socket: &mut S, code: u16, reason: &str, linger: Duration)
+where
+    S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    linger_close(Whole(socket), code, reason, linger).await;
+}
+
+/// What a close needs of a socket: to push a message out (ready, send, flush) and to read.
+trait Duplex {
+    /// Sends `frame` (taken once the sink accepts it) and flushes; ready when done or failed.
+    fn poll_send(&mut self, cx: &mut Context<'_>, frame: &mut Option<Message>) -> Poll<()>;
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, axum::Error>>>;
+}
+
+struct Halves<'a, Si, St>(&'a mut Si, &'a mut St);
+struct Whole<'a, S>(&'a mut S);
+
+/// Sends `frame` through `sink` and flushes it; an error ends it as done (nothing more to do).
+fn poll_send_on<Si: Sink<Message> + Unpin>(
+    sink: &mut Si,
+    cx: &mut Context<'_>,
+    frame: &mut Option<Message>,
+) -> Poll<()> {
+    if frame.is_some() {
+        match sink.poll_ready_unpin(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(())) => {}
+        }
+        if let Some(f) = frame.take()
+            && sink.start_send_unpin(f).is_err()
+        {
+            return Poll::Ready(());
         }
     }
+    sink.poll_flush_unpin(cx).map(|_| ())
+}
+
+impl<Si, St> Duplex for Halves<'_, Si, St>
+where
+    Si: Sink<Message> + Unpin,
+    St: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    fn poll_send(&mut self, cx: &mut Context<'_>, frame: &mut Option<Message>) -> Poll<()> {
+        poll_send_on(self.0, cx, frame)
+    }
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, axum::Error>>> {
+        self.1.poll_next_unpin(cx)
+    }
+}
+
+impl<S> Duplex for Whole<'_, S>
+where
+    S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    fn poll_send(&mut self, cx: &mut Context<'_>, frame: &mut Option<Message>) -> Poll<()> {
+        poll_send_on(self.0, cx, frame)
+    }
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, axum::Error>>> {
+        self.0.poll_next_unpin(cx)
+    }
+}
+
+async fn linger_close(mut io: impl Duplex, code: u16, reason: &str, linger: Duration) {
+    let mut frame = Some(Message::Close(Some(CloseFrame {
+        code,
+        reason: close_reason(reason),
+    })));
+    let mut deadline = std::pin::pin!(tokio::time::sleep(linger));
+    // Sent: the frame is written and flushed (a slow client's buffers make that wait for its
+    // reads). Answered: the client's own close answered ours (or crossed it), or it went away.
+    let (mut sent, mut answered) = (false, false);
+    std::future::poll_fn(|cx| {
+        if !sent && io.poll_send(cx, &mut frame).is_ready() {
+            sent = true;
+        }
+        // Read and discard: unread input would make the kernel reset the connection when it
+        // is dropped, losing the close frame still in flight.
+        while !answered {
+            match io.poll_read(cx) {
+                Poll::Ready(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => answered = true,
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Pending => break,
+            }
+        }
+        // Once answered, the frame still gets its chance to go out, within the deadline.
+        if (sent && answered) || deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await;
 }
 
 #[cfg(test)]

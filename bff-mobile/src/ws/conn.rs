@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use super::channels::Claims;
 use super::gateway::Gateway;
 use super::subscriptions::Subscriptions;
-use super::transport::{Closing, Io, Kind, message, read_error, write_queued};
+use super::transport::{Closing, Io, Kind, Turn, message, read_error, write_queued};
 use crate::WebSocketConfig;
 use crate::calls::{self, CallError};
 
@@ -195,22 +195,21 @@ impl Conn {
                         io.queue.push(Kind::Ping, message(frame));
                     }
                 }
-                written = write_queued(&mut io.sink, &mut io.queue), if busy => {
-                    if written.is_err() {
-                        return None;
+                turn = io.turn(busy) => match turn {
+                    Turn::Written(Ok(())) => {}
+                    Turn::Written(Err(_)) => return None,
+                    Turn::Incoming(incoming) => {
+                        self.last_heard = Instant::now();
+                        let msg = match incoming {
+                            None => return None,
+                            Some(Ok(msg)) => msg,
+                            Some(Err(e)) => return read_error(&e),
+                        };
+                        if let Some(closing) = self.on_message(io, msg).await {
+                            return Some(closing);
+                        }
                     }
-                }
-                incoming = io.stream.next() => {
-                    self.last_heard = Instant::now();
-                    let msg = match incoming {
-                        None => return None,
-                        Some(Ok(msg)) => msg,
-                        Some(Err(e)) => return read_error(&e),
-                    };
-                    if let Some(closing) = self.on_message(io, msg).await {
-                        return Some(closing);
-                    }
-                }
+                },
                 Some((id, outcome)) = self.calls.next(), if !self.calls.is_empty() => {
                     self.call_ids.remove(&id);
                     let msg = match outcome {
@@ -237,7 +236,7 @@ impl Conn {
                     // less per batch. A write the socket cannot take yet is left (it is
                     // cancel-safe) to the loop's write branch, which waits for it.
                     if io.queue.busy()
-                        && let Some(Err(_)) = write_queued(&mut io.sink, &mut io.queue).now_or_never()
+                        && let Some(Err(_)) = write_queued(&mut io.socket, &mut io.queue).now_or_never()
                     {
                         return None;
                     }
@@ -267,7 +266,7 @@ impl Conn {
     }
 
     /// An item of a subscription; returns a closing when the client is too slow.
-    fn on_item(&mut self, io: &mut Io, id: u32, item: Option<Item>) -> Option<Closing> {
+    fn on_item(&mut self, io: &mut Io, id: u32, item: Option<Arc<Item>>) -> Option<Closing> {
         let Some(item) = item else {
             let sub = self.subs.ended(id)?;
             tracing::warn!(topic = %sub.hub_topic(), "the hub ended a subscription");
@@ -282,9 +281,9 @@ impl Conn {
         let enc = self.enc;
         let send_queue = self.config().send_queue_messages;
         let sub = self.subs.get_mut(id)?;
-        let (kind, msg) = match item {
+        let (kind, msg) = match &*item {
             Item::Event(event) => {
-                let msg = sub.frames.frame_at(enc, &event, &mut sub.cursor)?;
+                let msg = sub.frames.frame_at(enc, event, &mut sub.cursor)?;
                 match sub.class {
                     TopicClass::State => (Kind::State(id), msg),
                     TopicClass::Stream => (Kind::Stream, msg),

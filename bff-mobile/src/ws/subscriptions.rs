@@ -25,18 +25,18 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One subscription's items: `Some(item)` each, then `None` once, when the hub ended it (so
 /// the client is never left subscribed to a silent topic). Polls the hub's subscriber directly:
-/// no future is built per item.
+/// no future is built per item, and a live event is the hub's shared `Arc`, not a copy.
 pub(super) struct SubStream(Option<Subscriber>);
 
 impl Stream for SubStream {
-    type Item = Option<Item>;
+    type Item = Option<Arc<Item>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let Some(sub) = &mut this.0 else {
             return Poll::Ready(None);
         };
-        match sub.poll_item(cx) {
+        match sub.poll_shared(cx) {
             Poll::Ready(Some(item)) => Poll::Ready(Some(Some(item))),
             Poll::Ready(None) => {
                 this.0 = None;
@@ -157,7 +157,7 @@ impl Merged {
 }
 
 impl Stream for Merged {
-    type Item = (u32, Option<Item>);
+    type Item = (u32, Option<Arc<Item>>);
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();

@@ -11,7 +11,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use mobile_proto::{Frame, close};
 use tokio::time::Instant;
@@ -123,64 +122,89 @@ impl Queue {
     }
 }
 
-/// The socket's two halves and its outgoing queue.
+/// The socket and its outgoing queue. The socket is not split into halves: one task reads and
+/// writes it, and a split would put a lock between the halves on every message.
 pub(super) struct Io {
-    pub(super) sink: SplitSink<WebSocket, Message>,
-    pub(super) stream: SplitStream<WebSocket>,
+    pub(super) socket: WebSocket,
     pub(super) queue: Queue,
+}
+
+/// What a turn of the socket's IO gave ([`Io::turn`]).
+pub(super) enum Turn {
+    /// The queue was written and flushed (or the write failed: the client is gone).
+    Written(Result<(), axum::Error>),
+    /// A message from the client, a read error, or `None` at its end.
+    Incoming(Option<Result<Message, axum::Error>>),
 }
 
 /// Writes queued messages and flushes; resolves once the queue is empty and flushed. Cancel-safe:
 /// a message leaves the queue only when the sink has taken it.
 pub(super) async fn write_queued(
-    sink: &mut SplitSink<WebSocket, Message>,
+    sink: &mut WebSocket,
     queue: &mut Queue,
 ) -> Result<(), axum::Error> {
-    futures::future::poll_fn(|cx| {
-        let mut moved = false;
-        while !queue.items.is_empty() {
-            match sink.poll_ready_unpin(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    if moved {
-                        queue.progress = Instant::now();
-                    }
-                    return Poll::Pending;
-                }
-            }
-            if let Some((_, msg)) = queue.items.pop_front() {
-                sink.start_send_unpin(msg)?;
-                queue.dirty = true;
-                // The clock is read once per batch, not once per message.
-                moved = true;
-            }
-        }
-        match sink.poll_flush_unpin(cx) {
-            Poll::Ready(Ok(())) => {
-                queue.dirty = false;
-                queue.progress = Instant::now();
-                Poll::Ready(Ok(()))
-            }
-            other => {
+    futures::future::poll_fn(|cx| poll_write(sink, queue, cx)).await
+}
+
+/// One poll of [`write_queued`].
+fn poll_write(
+    sink: &mut WebSocket,
+    queue: &mut Queue,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Result<(), axum::Error>> {
+    let mut moved = false;
+    while !queue.items.is_empty() {
+        match sink.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
                 if moved {
                     queue.progress = Instant::now();
                 }
-                other
+                return Poll::Pending;
             }
         }
-    })
-    .await
+        if let Some((_, msg)) = queue.items.pop_front() {
+            sink.start_send_unpin(msg)?;
+            queue.dirty = true;
+            // The clock is read once per batch, not once per message.
+            moved = true;
+        }
+    }
+    match sink.poll_flush_unpin(cx) {
+        Poll::Ready(Ok(())) => {
+            queue.dirty = false;
+            queue.progress = Instant::now();
+            Poll::Ready(Ok(()))
+        }
+        other => {
+            if moved {
+                queue.progress = Instant::now();
+            }
+            other
+        }
+    }
 }
 
 impl Io {
     pub(super) fn new(socket: WebSocket) -> Self {
-        let (sink, stream) = socket.split();
         Self {
-            sink,
-            stream,
+            socket,
             queue: Queue::default(),
         }
+    }
+
+    /// Writes what is queued (when `write`), else — or while the write waits for the client —
+    /// reads the client's next message: writing first, so the queue only grows while the socket
+    /// itself is blocked. Cancel-safe, like [`write_queued`] and a socket's read.
+    pub(super) async fn turn(&mut self, write: bool) -> Turn {
+        futures::future::poll_fn(|cx| {
+            if write && let Poll::Ready(r) = poll_write(&mut self.socket, &mut self.queue, cx) {
+                return Poll::Ready(Turn::Written(r));
+            }
+            self.socket.poll_next_unpin(cx).map(Turn::Incoming)
+        })
+        .await
     }
 
     /// Closes the socket: flushes what is queued (except for a slow consumer, whose queue is
@@ -192,10 +216,9 @@ impl Io {
             self.queue.items.clear();
         }
         let _ =
-            tokio::time::timeout(CLOSE_WAIT, write_queued(&mut self.sink, &mut self.queue)).await;
-        switchyard_server::websocket::close(
-            &mut self.sink,
-            &mut self.stream,
+            tokio::time::timeout(CLOSE_WAIT, write_queued(&mut self.socket, &mut self.queue)).await;
+        switchyard_server::websocket::close_socket(
+            &mut self.socket,
             closing.code,
             &closing.reason,
             CLOSE_LINGER,
@@ -205,7 +228,7 @@ impl Io {
 
     /// The client is gone or closed: flushes whatever close answer is pending, within a bound.
     pub(super) async fn finish(&mut self) {
-        let _ = tokio::time::timeout(CLOSE_WAIT, self.sink.flush()).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.socket.flush()).await;
     }
 }
 
