@@ -16,6 +16,12 @@
 //! - `pub <server> <id>`: publishes the event whose conversion id is `id` on server number
 //!   `server` (for the gateway: on the bus, as the conversions service would).
 //!
+//! On Redis the gateway's events are not published by the child but by the parent
+//! ([`BusPublisher`]): a backend publishes from a process of its own, and a publisher inside the
+//! child would run each publish's round trip to Redis on the gateway's one busy worker, a turn
+//! behind every socket task, so events would reach the hub one per turn of the runtime — a
+//! measure of that queue, not of the broker hop.
+//!
 //! A command it cannot run ends the child with an error on standard error: the parent then sees
 //! its stdout close and fails the run. It stops when its standard input closes.
 
@@ -51,9 +57,12 @@ pub(crate) struct Args {
     #[arg(long, value_enum, default_value = "memory")]
     bus: BusChoice,
     /// Redis URL (with `--bus redis`).
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, default_value = DEFAULT_REDIS_URL)]
     redis_url: String,
 }
+
+/// The machine's Redis, where `--bus redis` runs.
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// The bus section of the stack for `choice`.
 fn bus_config(choice: BusChoice, redis_url: &str) -> BusConfig {
@@ -110,6 +119,75 @@ pub(crate) struct Remote {
     /// The servers' URLs, in the order of [`crate::fanout::SERVER_NAMES`].
     pub(crate) urls: Vec<String>,
     ticks_per_s: f64,
+    /// With `--bus redis`: publishes the gateway's events from this process.
+    publisher: Option<BusPublisher>,
+}
+
+/// Publishes the gateway's events on the child's Redis bus (the same URL and prefix) from a
+/// thread of the bench's own, with its own runtime and connection, in the order they are
+/// handed over: as a backend would, outside the gateway's process.
+struct BusPublisher {
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Why the publisher stopped, if it did.
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl BusPublisher {
+    fn start(redis_url: &str, prefix: String) -> anyhow::Result<Self> {
+        let user = demo_api::UserId::parse(crate::client::USER).map_err(|e| anyhow!("{e}"))?;
+        let topic = switchyard_core::event::Topic::new(&demo_api::conversions_topic(&user))?;
+        let template = fanout::template(user)?;
+        let config = BusConfig {
+            kind: BusKind::Redis,
+            url: redis_url.to_owned(),
+            prefix,
+            ..BusConfig::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let fail = failed.clone();
+        std::thread::Builder::new()
+            .name("bench-publisher".into())
+            .spawn(move || {
+                let outcome: anyhow::Result<()> = runtime.block_on(async move {
+                    let broker = switchyard_core::bus::Broker::connect(&config);
+                    let bus = broker.bus();
+                    // The connection opens in the background: wait for it (bounded).
+                    let ready = async {
+                        while bus.check().await.is_err() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    };
+                    tokio::time::timeout(Duration::from_secs(10), ready)
+                        .await
+                        .map_err(|_| anyhow!("Redis did not answer within 10 s"))?;
+                    while let Some(id) = rx.recv().await {
+                        let mut event = template.clone();
+                        event.conversion.id = id;
+                        let payload = bytes::Bytes::from(serde_json::to_vec(&event)?);
+                        bus.publish(&topic, payload).await?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = outcome {
+                    eprintln!("error: the bench's Redis publisher stopped: {e:#}");
+                    *fail.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
+                }
+            })?;
+        Ok(Self { tx, failed })
+    }
+
+    fn publish(&self, id: &str) -> anyhow::Result<()> {
+        if let Some(why) = &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
+            bail!("the bench's Redis publisher stopped: {why}");
+        }
+        self.tx
+            .send(id.to_owned())
+            .map_err(|_| anyhow!("the bench's Redis publisher is gone"))
+    }
 }
 
 impl Remote {
@@ -157,17 +235,32 @@ impl Remote {
         if urls.len() != fanout::SERVER_NAMES.len() {
             bail!("unexpected line from the server: {line}");
         }
+        let publisher = match bus {
+            BusChoice::Memory => None,
+            // The child's bus: its prefix is named after its pid (`bus_config`).
+            BusChoice::Redis => Some(BusPublisher::start(
+                DEFAULT_REDIS_URL,
+                format!("fanout-bench-{pid}"),
+            )?),
+        };
         Ok(Arc::new(Self {
             child: Mutex::new(child),
             stdin: Mutex::new(Some(stdin)),
             pid,
             urls,
             ticks_per_s: crate::publish_serve::clock_ticks()?,
+            publisher,
         }))
     }
 
-    /// Asks the child to publish event `id` on server `index`.
+    /// Asks the child to publish event `id` on server `index` (the gateway's events on Redis
+    /// are published from here: [`BusPublisher`]).
     pub(crate) async fn publish(&self, index: usize, id: &str) -> anyhow::Result<()> {
+        if let Some(publisher) = &self.publisher
+            && fanout::SERVER_NAMES.get(index) == Some(&"gateway")
+        {
+            return publisher.publish(id);
+        }
         let mut stdin = self.stdin.lock().await;
         let stdin = stdin
             .as_mut()
