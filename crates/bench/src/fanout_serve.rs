@@ -61,6 +61,10 @@ pub(crate) struct Args {
     redis_url: String,
 }
 
+/// Events the bench's Redis publisher may hold unpublished: far above a run's window (the
+/// client must stay below bff-web's send queue), so reaching it means the publisher is stuck.
+const PUBLISH_QUEUE: usize = 4_096;
+
 /// The machine's Redis, where `--bus redis` runs.
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
@@ -127,7 +131,7 @@ pub(crate) struct Remote {
 /// thread of the bench's own, with its own runtime and connection, in the order they are
 /// handed over: as a backend would, outside the gateway's process.
 struct BusPublisher {
-    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    tx: tokio::sync::mpsc::Sender<String>,
     /// Why the publisher stopped, if it did.
     failed: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -146,7 +150,9 @@ impl BusPublisher {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        // Bounded: a run has at most its window of events in flight (and a probe at a time),
+        // so a full queue means the publisher is stuck, and the run fails rather than queue on.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(PUBLISH_QUEUE);
         let failed = Arc::new(std::sync::Mutex::new(None));
         let fail = failed.clone();
         std::thread::Builder::new()
@@ -184,9 +190,14 @@ impl BusPublisher {
         if let Some(why) = &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
             bail!("the bench's Redis publisher stopped: {why}");
         }
-        self.tx
-            .send(id.to_owned())
-            .map_err(|_| anyhow!("the bench's Redis publisher is gone"))
+        self.tx.try_send(id.to_owned()).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                anyhow!("the bench's Redis publisher is {PUBLISH_QUEUE} events behind")
+            }
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                anyhow!("the bench's Redis publisher is gone")
+            }
+        })
     }
 }
 
