@@ -1,11 +1,13 @@
 //! Server plumbing: the bounded graceful drain, body limits, health and readiness.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::{get, post};
 use switchyard_server::config::ServerConfig;
 use switchyard_server::server::{self, CancellationToken, Readiness};
+use tokio::sync::Notify;
 
 async fn start(
     app: Router,
@@ -23,29 +25,43 @@ async fn start(
     (url, stop, task)
 }
 
-fn slow_app() -> Router {
+/// A slow route and a hanging one; each tells `arrived` when a request reaches its handler, so
+/// a test stops the server only once its request is in flight (not after a guessed sleep, which a
+/// loaded machine outlasts: the request then meets a closed listener).
+fn slow_app(arrived: Arc<Notify>) -> Router {
+    let slow = arrived.clone();
     Router::new()
         .route(
             "/slow",
-            get(|| async {
+            get(move || async move {
+                slow.notify_one();
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 "done"
             }),
         )
         .route(
             "/hang",
-            get(|| async {
+            get(move || async move {
+                arrived.notify_one();
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 "never"
             }),
         )
 }
 
+/// Waits until a request has reached a handler of [`slow_app`].
+async fn in_flight(arrived: &Notify) {
+    tokio::time::timeout(Duration::from_secs(10), arrived.notified())
+        .await
+        .expect("the request reaches its handler within 10 s");
+}
+
 #[tokio::test]
 async fn in_flight_requests_finish_during_the_drain() {
-    let (url, stop, task) = start(slow_app(), Duration::from_secs(5)).await;
+    let arrived = Arc::new(Notify::new());
+    let (url, stop, task) = start(slow_app(arrived.clone()), Duration::from_secs(5)).await;
     let req = tokio::spawn(async move { reqwest::get(format!("{url}/slow")).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    in_flight(&arrived).await;
     stop.cancel();
     let resp = req
         .await
@@ -60,9 +76,10 @@ async fn in_flight_requests_finish_during_the_drain() {
 
 #[tokio::test]
 async fn the_drain_is_bounded() {
-    let (url, stop, task) = start(slow_app(), Duration::from_millis(200)).await;
+    let arrived = Arc::new(Notify::new());
+    let (url, stop, task) = start(slow_app(arrived.clone()), Duration::from_millis(200)).await;
     let _req = tokio::spawn(async move { reqwest::get(format!("{url}/hang")).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    in_flight(&arrived).await;
     let started = Instant::now();
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), task)
